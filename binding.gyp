@@ -1,0 +1,19 @@
+{
+  "targets": [
+    {
+      "target_name": "ublk_ts",
+      "sources": [
+        "native/addon.cpp",
+        "native/control.cpp",
+        "native/errors.cpp",
+        "native/queue.cpp"
+      ],
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+      "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED"],
+      "cflags_cc": ["-std=c++17", "-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers", "<!@(pkg-config --cflags liburing)"],
+      "cflags_cc!": ["-fno-exceptions"],
+      "cflags!": ["-fno-exceptions"],
+      "libraries": ["<!@(pkg-config --libs liburing)", "-lpthread"]
+    }
+  ]
+}

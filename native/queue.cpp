@@ -1,0 +1,269 @@
+#include "queue.h"
+
+#include <fcntl.h>
+#include <liburing.h>
+#include <pthread.h>
+#include <sched.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "errors.h"
+
+namespace ublkts {
+namespace {
+
+constexpr uint64_t kStopToken = 1ull << 63;
+
+size_t RoundUp(size_t value, size_t unit) { return (value + unit - 1) / unit * unit; }
+
+size_t PageSize() { return static_cast<size_t>(sysconf(_SC_PAGESIZE)); }
+
+int SetupRing(io_uring *ring, unsigned entries, unsigned flags) {
+  io_uring_params p{};
+  p.flags = flags;
+  int ret = io_uring_queue_init_params(entries, ring, &p);
+  if (ret == -EINVAL && flags != 0) {
+    // Older kernels reject newer setup flags; the plain ring still works.
+    io_uring_params plain{};
+    ret = io_uring_queue_init_params(entries, ring, &plain);
+  }
+  return ret;
+}
+
+} // namespace
+
+QueueRunner::QueueRunner(QueueConfig config, int charFd, QueueGroup *group)
+    : config_(std::move(config)), charFd_(charFd), group_(group) {
+  stopFd_ = eventfd(0, EFD_CLOEXEC);
+}
+
+QueueRunner::~QueueRunner() {
+  Join();
+  if (stopFd_ >= 0) close(stopFd_);
+}
+
+void QueueRunner::Start() { thread_ = std::thread([this] { Run(); }); }
+
+void QueueRunner::RequestStop() {
+  uint64_t one = 1;
+  if (stopFd_ >= 0) (void)!write(stopFd_, &one, sizeof(one));
+}
+
+void QueueRunner::Join() {
+  if (thread_.joinable()) thread_.join();
+}
+
+void QueueRunner::Report(const char *kind, const std::string &op, int err) {
+  group_->Emit(new QueueEvent{config_.qid, kind, op, err, ios_});
+}
+
+void QueueRunner::Run() {
+  std::string name = "ublk" + std::to_string(config_.devId) + "q" + std::to_string(config_.qid);
+  pthread_setname_np(pthread_self(), name.substr(0, 15).c_str());
+  if (!config_.cpus.empty()) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    for (int cpu : config_.cpus) CPU_SET(cpu, &set);
+    pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+  }
+  Serve();
+}
+
+void QueueRunner::Serve() {
+  const size_t page = PageSize();
+  const uint16_t depth = config_.depth;
+  if (stopFd_ < 0) return Report("exit", "eventfd", EMFILE);
+
+  const size_t descBytes = RoundUp(depth * sizeof(ublk::io_desc), page);
+  const off_t descOffset =
+      ublk::CMD_BUF_OFFSET + config_.qid * RoundUp(ublk::MAX_QUEUE_DEPTH * sizeof(ublk::io_desc), page);
+  void *descMap = mmap(nullptr, descBytes, PROT_READ, MAP_SHARED | MAP_POPULATE, charFd_, descOffset);
+  if (descMap == MAP_FAILED) return Report("exit", "mmap io descriptors", errno);
+  auto *descs = static_cast<const ublk::io_desc *>(descMap);
+
+  const size_t bufBytes = static_cast<size_t>(depth) * config_.maxIoSize;
+  void *bufMap = mmap(nullptr, bufBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (bufMap == MAP_FAILED) {
+    int err = errno;
+    munmap(descMap, descBytes);
+    return Report("exit", "mmap io buffers", err);
+  }
+  auto *buffers = static_cast<uint8_t *>(bufMap);
+  auto bufferOf = [&](unsigned tag) { return reinterpret_cast<uint64_t>(buffers + static_cast<size_t>(tag) * config_.maxIoSize); };
+
+  io_uring ring;
+  int ret = SetupRing(&ring, RoundUp(depth + 2, 2), config_.ringFlags);
+  if (ret < 0) {
+    munmap(bufMap, bufBytes);
+    munmap(descMap, descBytes);
+    return Report("exit", "io_uring_setup", -ret);
+  }
+
+  const unsigned fetchOp = ublk::io_opcode(ublk::IO_FETCH_REQ, config_.legacyOpcodes);
+  const unsigned commitOp = ublk::io_opcode(ublk::IO_COMMIT_AND_FETCH_REQ, config_.legacyOpcodes);
+  auto getSqe = [&]() {
+    io_uring_sqe *sqe = io_uring_get_sqe(&ring);
+    if (sqe == nullptr) {
+      io_uring_submit(&ring);
+      sqe = io_uring_get_sqe(&ring);
+    }
+    return sqe;
+  };
+  // The ring has a slot for every tag plus the stop poll, so a slot is
+  // always free once the previous batch is submitted.
+  auto prepIoCmd = [&](unsigned opcode, unsigned tag, int result) {
+    io_uring_sqe *sqe = getSqe();
+    if (sqe == nullptr) return;
+    std::memset(static_cast<void *>(sqe), 0, sizeof(*sqe));
+    sqe->opcode = IORING_OP_URING_CMD;
+    sqe->fd = charFd_;
+    sqe->cmd_op = opcode;
+    sqe->user_data = tag;
+    auto *cmd = reinterpret_cast<ublk::io_cmd *>(sqe->cmd);
+    cmd->q_id = config_.qid;
+    cmd->tag = static_cast<uint16_t>(tag);
+    cmd->result = result;
+    cmd->addr = bufferOf(tag);
+  };
+
+  io_uring_sqe *stopSqe = getSqe();
+  if (stopSqe != nullptr) {
+    io_uring_prep_poll_add(stopSqe, stopFd_, POLLIN);
+    stopSqe->user_data = kStopToken;
+  }
+  for (unsigned tag = 0; tag < depth; tag++) prepIoCmd(fetchOp, tag, 0);
+  ret = io_uring_submit(&ring);
+  std::string failedOp;
+  int failure = 0;
+  if (ret < 0) {
+    failedOp = "FETCH_REQ";
+    failure = -ret;
+  } else {
+    Report("ready", "", 0);
+  }
+
+  unsigned liveTags = failure ? 0 : depth;
+  bool stopping = false;
+  while (liveTags > 0 && !stopping) {
+    ret = io_uring_submit_and_wait(&ring, 1);
+    if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) {
+      failedOp = "io_uring_enter";
+      failure = -ret;
+      break;
+    }
+    unsigned head;
+    unsigned seen = 0;
+    io_uring_cqe *cqe;
+    io_uring_for_each_cqe(&ring, head, cqe) {
+      seen++;
+      if (cqe->user_data == kStopToken) {
+        stopping = true;
+        continue;
+      }
+      const unsigned tag = static_cast<unsigned>(cqe->user_data);
+      if (cqe->res == ublk::IO_RES_OK) {
+        const ublk::io_desc &iod = descs[tag];
+        ios_++;
+        prepIoCmd(commitOp, tag, NullTargetResult(iod));
+      } else {
+        // ABORT (-ENODEV) is the normal end after STOP_DEV; anything else is
+        // a protocol error for this tag, which then stays with the kernel.
+        liveTags--;
+        if (cqe->res != -ENODEV && failure == 0) {
+          failedOp = "COMMIT_AND_FETCH_REQ";
+          failure = -cqe->res;
+        }
+      }
+    }
+    io_uring_cq_advance(&ring, seen);
+  }
+
+  // Exiting the ring cancels any command still owned by the kernel.
+  io_uring_queue_exit(&ring);
+  munmap(bufMap, bufBytes);
+  munmap(descMap, descBytes);
+  Report("exit", failedOp, failure);
+}
+
+Napi::Function QueueGroup::Define(Napi::Env env) {
+  return DefineClass(env, "QueueGroup", {InstanceMethod("stop", &QueueGroup::Stop)});
+}
+
+// new QueueGroup({devId, charPath, depth, maxIoSize, legacyOpcodes, ringFlags,
+//                 target, queues: [{qid, cpus: number[]}]}, onEvent)
+QueueGroup::QueueGroup(const Napi::CallbackInfo &info) : Napi::ObjectWrap<QueueGroup>(info) {
+  Napi::Env env = info.Env();
+  Napi::Object o = info[0].As<Napi::Object>();
+  Napi::Function onEvent = info[1].As<Napi::Function>();
+  uint32_t devId = o.Get("devId").As<Napi::Number>().Uint32Value();
+  std::string charPath = o.Get("charPath").As<Napi::String>().Utf8Value();
+  charFd_ = open(charPath.c_str(), O_RDWR | O_CLOEXEC);
+  if (charFd_ < 0) {
+    MakeUblkError(env, "OPEN " + charPath, static_cast<int>(devId), errno).ThrowAsJavaScriptException();
+    return;
+  }
+  Napi::Array queues = o.Get("queues").As<Napi::Array>();
+  for (uint32_t i = 0; i < queues.Length(); i++) {
+    Napi::Object q = queues.Get(i).As<Napi::Object>();
+    QueueConfig c;
+    c.devId = devId;
+    c.qid = static_cast<uint16_t>(q.Get("qid").As<Napi::Number>().Uint32Value());
+    c.depth = static_cast<uint16_t>(o.Get("depth").As<Napi::Number>().Uint32Value());
+    c.maxIoSize = o.Get("maxIoSize").As<Napi::Number>().Uint32Value();
+    c.legacyOpcodes = o.Get("legacyOpcodes").ToBoolean().Value();
+    c.ringFlags = o.Get("ringFlags").As<Napi::Number>().Uint32Value();
+    c.target = TargetKind::Null;
+    Napi::Array cpus = q.Get("cpus").As<Napi::Array>();
+    for (uint32_t k = 0; k < cpus.Length(); k++) c.cpus.push_back(cpus.Get(k).As<Napi::Number>().Int32Value());
+    runners_.push_back(std::make_unique<QueueRunner>(std::move(c), charFd_, this));
+  }
+  // The function keeps the event loop alive while any queue thread runs;
+  // its finalizer runs on the JS thread once every thread has let go.
+  events_ = Napi::ThreadSafeFunction::New(env, onEvent, "ublk-queue-events", 0, runners_.size(), this,
+                                          [](Napi::Env, QueueGroup *group) {
+                                            group->ShutdownAndJoin();
+                                            group->Unref();
+                                          });
+  Ref(); // released when the threads are joined, so events outlive a dropped handle
+  for (auto &r : runners_) r->Start();
+}
+
+QueueGroup::~QueueGroup() { ShutdownAndJoin(); }
+
+void QueueGroup::Emit(QueueEvent *event) {
+  bool exiting = std::strcmp(event->kind, "exit") == 0;
+  events_.BlockingCall(event, [](Napi::Env env, Napi::Function fn, QueueEvent *e) {
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("qid", Napi::Number::New(env, e->qid));
+    o.Set("kind", Napi::String::New(env, e->kind));
+    o.Set("ios", Napi::Number::New(env, static_cast<double>(e->ios)));
+    if (e->err != 0) {
+      o.Set("error", MakeUblkError(env, e->op, -1, e->err).Value());
+    }
+    delete e;
+    fn.Call({o});
+  });
+  if (exiting) events_.Release();
+}
+
+void QueueGroup::ShutdownAndJoin() {
+  std::lock_guard<std::mutex> lock(joinMutex_);
+  if (joined_) return;
+  joined_ = true;
+  for (auto &r : runners_) r->RequestStop();
+  for (auto &r : runners_) r->Join();
+  if (charFd_ >= 0) close(charFd_);
+  charFd_ = -1;
+}
+
+Napi::Value QueueGroup::Stop(const Napi::CallbackInfo &info) {
+  for (auto &r : runners_) r->RequestStop();
+  return info.Env().Undefined();
+}
+
+} // namespace ublkts

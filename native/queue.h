@@ -1,0 +1,81 @@
+#pragma once
+
+#include <napi.h>
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "targets.h"
+
+namespace ublkts {
+
+struct QueueConfig {
+  uint32_t devId = 0;
+  uint16_t qid = 0;
+  uint16_t depth = 0;
+  uint32_t maxIoSize = 0;
+  bool legacyOpcodes = false;
+  unsigned ringFlags = 0;
+  std::vector<int> cpus;
+  TargetKind target = TargetKind::Null;
+};
+
+struct QueueEvent {
+  uint16_t qid;
+  const char *kind; // "ready" | "exit"
+  std::string op;   // what failed, when err != 0
+  int err;
+  uint64_t ios;     // requests served, on exit
+};
+
+class QueueGroup;
+
+// One ublk hardware queue served by one native thread and one io_uring:
+// FETCH_REQ for every tag, then COMMIT_AND_FETCH_REQ for each request.
+class QueueRunner {
+public:
+  QueueRunner(QueueConfig config, int charFd, QueueGroup *group);
+  ~QueueRunner();
+  void Start();
+  void RequestStop();
+  void Join();
+
+private:
+  void Run();
+  void Serve();
+  void Report(const char *kind, const std::string &op, int err);
+
+  QueueConfig config_;
+  int charFd_;
+  int stopFd_ = -1;
+  QueueGroup *group_;
+  std::thread thread_;
+  uint64_t ios_ = 0;
+};
+
+// The queues of one device, as seen from JS: started together, stopped
+// together, each reporting "ready" (all tags fetched) and "exit" events.
+class QueueGroup : public Napi::ObjectWrap<QueueGroup> {
+public:
+  static Napi::Function Define(Napi::Env env);
+  explicit QueueGroup(const Napi::CallbackInfo &info);
+  ~QueueGroup() override;
+
+  void Emit(QueueEvent *event);
+  void ShutdownAndJoin();
+
+private:
+  Napi::Value Stop(const Napi::CallbackInfo &info);
+
+  int charFd_ = -1;
+  std::vector<std::unique_ptr<QueueRunner>> runners_;
+  Napi::ThreadSafeFunction events_;
+  std::mutex joinMutex_;
+  bool joined_ = false;
+};
+
+} // namespace ublkts
