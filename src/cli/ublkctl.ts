@@ -1,0 +1,208 @@
+#!/usr/bin/env node
+/**
+ * ublkctl — device-level tool, like the C `ublk` utility:
+ * add, del, list, features. Exit status: 0 done, 1 the kernel or a server
+ * refused, 2 bad usage or an environment without ublk.
+ */
+import { parseArgs } from 'node:util';
+import { DeviceInfo, UblkControl } from '../control';
+import { normalizeDeviceSpec } from '../device-spec';
+import { EnvironmentError, SpecError, UblkError } from '../errors';
+import { DEFAULT_STATE_DIR, removeDevice, startServer } from '../launcher';
+import { formatSize } from '../sizes';
+
+const USAGE = `usage:
+  ublkctl add -t null --size SIZE [--id N] [--queues Q] [--depth D]
+              [--max-io-size SIZE] [--logical-block-size B] [--read-only] [--json]
+  ublkctl del ID|--all [--json]
+  ublkctl list [--json]
+  ublkctl features [--json]
+
+SIZE is bytes or a number with KiB, MiB, GiB, TiB (e.g. 1GiB).
+Options for every command: --state-dir DIR (default ${DEFAULT_STATE_DIR}).`;
+
+class UsageError extends Error {}
+
+function toJson(value: unknown): string {
+  return JSON.stringify(value, (_k, v) => (typeof v === 'bigint' ? `0x${v.toString(16)}` : v), 2);
+}
+
+/** Numbers stay strings when they are not plain integers, so validation can say what was given. */
+function numeric(value: string | undefined): number | string | undefined {
+  if (value === undefined) return undefined;
+  return /^\d+$/.test(value) ? Number(value) : value;
+}
+
+async function withControl<T>(fn: (control: UblkControl) => Promise<T>): Promise<T> {
+  const control = await UblkControl.open();
+  try {
+    return await fn(control);
+  } finally {
+    control.close();
+  }
+}
+
+async function cmdAdd(args: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      type: { type: 'string', short: 't' },
+      size: { type: 'string', short: 's' },
+      id: { type: 'string', short: 'n' },
+      queues: { type: 'string', short: 'q' },
+      depth: { type: 'string', short: 'd' },
+      'max-io-size': { type: 'string' },
+      'logical-block-size': { type: 'string' },
+      'read-only': { type: 'boolean' },
+      json: { type: 'boolean' },
+      'state-dir': { type: 'string' },
+    },
+  });
+  if (values.type === undefined) throw new UsageError('add: -t/--type is required (null)');
+  const spec = normalizeDeviceSpec({
+    target: values.type,
+    size: numeric(values.size),
+    id: numeric(values.id) as number | undefined,
+    queues: numeric(values.queues) as number | undefined,
+    depth: numeric(values.depth) as number | undefined,
+    maxIoSize: numeric(values['max-io-size']),
+    logicalBlockSize: numeric(values['logical-block-size']) as number | undefined,
+    readOnly: values['read-only'],
+  });
+  // Open the control device first so a host without ublk fails before a server is spawned.
+  await withControl(async () => undefined);
+  const server = await startServer(spec, { stateDir: values['state-dir'] });
+  if (values.json) {
+    console.log(toJson({ ...server.info, sizeBytes: spec.sizeBytes, logPath: server.logPath }));
+  } else {
+    console.log(
+      `dev ${server.info.id}: ${server.info.blockPath} ${formatSize(spec.sizeBytes)} ${spec.target.type}, ` +
+        `${server.info.queues} queue(s) x depth ${server.info.depth}, server pid ${server.pid}, log ${server.logPath}`,
+    );
+  }
+}
+
+async function cmdDel(args: string[]): Promise<void> {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: { all: { type: 'boolean', short: 'a' }, json: { type: 'boolean' }, 'state-dir': { type: 'string' } },
+  });
+  if (!values.all && positionals.length !== 1) throw new UsageError('del: give one device ID, or --all');
+  if (values.all && positionals.length > 0) throw new UsageError('del: give either a device ID or --all, not both');
+  const results = await withControl(async (control) => {
+    const ids = values.all ? (await control.listDevices()).map((d) => d.id) : [parseId(positionals[0]!)];
+    const done: Array<{ id: number; serverPid: number; serverExited: boolean }> = [];
+    for (const id of ids) done.push({ id, ...(await removeDevice(control, id)) });
+    return done;
+  });
+  if (values.json) console.log(toJson(results));
+  else for (const r of results) console.log(`dev ${r.id}: deleted${r.serverExited ? '' : ` (server pid ${r.serverPid} still running)`}`);
+}
+
+function parseId(text: string): number {
+  if (!/^\d+$/.test(text)) throw new UsageError(`not a device id: ${JSON.stringify(text)}`);
+  return Number(text);
+}
+
+interface ListedDevice extends DeviceInfo {
+  sizeBytes?: number;
+}
+
+async function cmdList(args: string[]): Promise<void> {
+  const { values } = parseArgs({ args, options: { json: { type: 'boolean' }, 'state-dir': { type: 'string' } } });
+  const devices = await withControl(async (control) => {
+    const infos = await control.listDevices();
+    return Promise.all(
+      infos.map(async (info): Promise<ListedDevice> => {
+        const params = await control.getParams(info.id).catch(() => undefined);
+        return { ...info, sizeBytes: params?.sizeBytes };
+      }),
+    );
+  });
+  if (values.json) {
+    console.log(toJson(devices));
+    return;
+  }
+  if (devices.length === 0) {
+    console.log('no ublk devices');
+    return;
+  }
+  const rows = [['ID', 'STATE', 'SIZE', 'QUEUES', 'DEPTH', 'MAX-IO', 'PID', 'BLOCK']];
+  for (const d of devices) {
+    rows.push([
+      String(d.id),
+      d.state,
+      d.sizeBytes !== undefined ? formatSize(d.sizeBytes) : '-',
+      String(d.queues),
+      String(d.depth),
+      formatSize(d.maxIoSize),
+      d.serverPid > 0 ? String(d.serverPid) : '-',
+      d.blockPath,
+    ]);
+  }
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+  for (const r of rows) console.log(r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd());
+}
+
+async function cmdFeatures(args: string[]): Promise<void> {
+  const { values } = parseArgs({ args, options: { json: { type: 'boolean' } } });
+  const control = await UblkControl.open();
+  control.close();
+  if (values.json) {
+    console.log(toJson({ features: control.features, names: control.featureNames, legacyOpcodes: control.legacyOpcodes }));
+  } else {
+    console.log(`features 0x${control.features.toString(16)}: ${control.featureNames.join(' ') || '(none)'}`);
+    if (control.legacyOpcodes) console.log('kernel uses legacy command opcodes (before 6.4)');
+  }
+}
+
+const commands: Record<string, (args: string[]) => Promise<void>> = {
+  add: cmdAdd,
+  del: cmdDel,
+  list: cmdList,
+  features: cmdFeatures,
+};
+
+async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (name === undefined || name === '-h' || name === '--help' || name === 'help') {
+    console.log(USAGE);
+    return name === undefined ? 2 : 0;
+  }
+  const command = commands[name];
+  if (!command) {
+    console.error(`ublkctl: unknown command ${JSON.stringify(name)}\n${USAGE}`);
+    return 2;
+  }
+  try {
+    await command(rest);
+    return 0;
+  } catch (err) {
+    if (err instanceof UsageError || (err as NodeJS.ErrnoException).code?.startsWith('ERR_PARSE_ARGS')) {
+      console.error(`ublkctl: ${(err as Error).message}\n${USAGE}`);
+      return 2;
+    }
+    if (err instanceof SpecError) {
+      console.error(`ublkctl ${name}: invalid ${err.message}`);
+      return 2;
+    }
+    if (err instanceof EnvironmentError) {
+      console.error(`ublkctl: ${err.message}`);
+      console.error(
+        'ublkctl: to see ublk-ts work on a host without ublk, run it in the bundled VM from a checkout: npm run vm -- npm start',
+      );
+      return 2;
+    }
+    if (err instanceof UblkError) {
+      console.error(`ublkctl ${name}: ${err.message}`);
+      return 1;
+    }
+    console.error(`ublkctl ${name}: ${(err as Error).message}`);
+    return 1;
+  }
+}
+
+main(process.argv.slice(2)).then((code) => {
+  process.exitCode = code;
+});

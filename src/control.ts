@@ -1,0 +1,313 @@
+import * as fs from 'node:fs';
+import { EnvironmentError, UblkError } from './errors';
+import { native, NativeControlDevice, NativeDevInfo, NativeParams } from './native';
+import {
+  ATTR_FUA,
+  ATTR_READ_ONLY,
+  ATTR_ROTATIONAL,
+  ATTR_VOLATILE_CACHE,
+  DeviceState,
+  deviceStateName,
+  featureNames,
+  PARAM_TYPE_BASIC,
+  PARAM_TYPE_DISCARD,
+  UBLK_F_CMD_IOCTL_ENCODE,
+} from './uapi';
+
+/** Where the kernel exposes the ublk control device. */
+export const CONTROL_PATH = '/dev/ublk-control';
+/** sysfs class listing every ublk character device (one per device, whoever made it). */
+export const CHAR_CLASS_DIR = '/sys/class/ublk-char';
+
+/** A ublk device as the kernel describes it (GET_DEV_INFO). */
+export interface DeviceInfo {
+  id: number;
+  state: DeviceState | `UNKNOWN_${number}`;
+  queues: number;
+  depth: number;
+  maxIoSize: number;
+  /** pid of the process serving it (the one that sent START_DEV or END_USER_RECOVERY). */
+  serverPid: number;
+  flags: bigint;
+  flagNames: string[];
+  ownerUid: number;
+  ownerGid: number;
+  charPath: string;
+  blockPath: string;
+}
+
+/** Device parameters in user terms; converted to struct ublk_params. */
+export interface DeviceParams {
+  sizeBytes: number;
+  logicalBlockSize: number;
+  physicalBlockSize?: number;
+  /** Largest single request, in bytes (defaults to the device's maxIoSize). */
+  maxIoSize: number;
+  readOnly?: boolean;
+  rotational?: boolean;
+  volatileCache?: boolean;
+  fua?: boolean;
+  discard?: { granularity: number; maxDiscardBytes: number; maxWriteZeroesBytes: number };
+}
+
+/** Parameters read back from the kernel, with the device numbers it assigned. */
+export interface DeviceParamsReadback extends DeviceParams {
+  disk?: { major: number; minor: number };
+  char?: { major: number; minor: number };
+}
+
+/** Options of ADD_DEV. */
+export interface AddDeviceOptions {
+  /** Fixed device id; omitted: the kernel picks the lowest free one. */
+  id?: number;
+  queues: number;
+  depth: number;
+  maxIoSize: number;
+  flags?: bigint;
+}
+
+function toDeviceInfo(d: NativeDevInfo): DeviceInfo {
+  return {
+    id: d.devId,
+    state: deviceStateName(d.state),
+    queues: d.queues,
+    depth: d.depth,
+    maxIoSize: d.maxIoBufBytes,
+    serverPid: d.serverPid,
+    flags: d.flags,
+    flagNames: featureNames(d.flags),
+    ownerUid: d.ownerUid,
+    ownerGid: d.ownerGid,
+    charPath: `/dev/ublkc${d.devId}`,
+    blockPath: `/dev/ublkb${d.devId}`,
+  };
+}
+
+function shiftOf(bytes: number): number {
+  return Math.log2(bytes);
+}
+
+/** Converts user-level parameters to the kernel's struct. */
+export function toNativeParams(p: DeviceParams): NativeParams {
+  let attrs = 0;
+  if (p.readOnly) attrs |= ATTR_READ_ONLY;
+  if (p.rotational) attrs |= ATTR_ROTATIONAL;
+  if (p.volatileCache) attrs |= ATTR_VOLATILE_CACHE;
+  if (p.fua) attrs |= ATTR_FUA;
+  const physical = p.physicalBlockSize ?? Math.max(p.logicalBlockSize, 4096);
+  const params: NativeParams = {
+    types: PARAM_TYPE_BASIC,
+    basic: {
+      attrs,
+      logicalBsShift: shiftOf(p.logicalBlockSize),
+      physicalBsShift: shiftOf(physical),
+      ioOptShift: shiftOf(physical),
+      ioMinShift: shiftOf(p.logicalBlockSize),
+      maxSectors: Math.floor(p.maxIoSize / 512),
+      chunkSectors: 0,
+      devSectors: p.sizeBytes / 512,
+    },
+  };
+  if (p.discard) {
+    params.types |= PARAM_TYPE_DISCARD;
+    params.discard = {
+      discardAlignment: 0,
+      discardGranularity: p.discard.granularity,
+      maxDiscardSectors: Math.floor(p.discard.maxDiscardBytes / 512),
+      maxWriteZeroesSectors: Math.floor(p.discard.maxWriteZeroesBytes / 512),
+      maxDiscardSegments: 1,
+    };
+  }
+  return params;
+}
+
+function fromNativeParams(p: NativeParams): DeviceParamsReadback {
+  const basic = p.basic!;
+  const out: DeviceParamsReadback = {
+    sizeBytes: basic.devSectors * 512,
+    logicalBlockSize: 2 ** basic.logicalBsShift,
+    physicalBlockSize: 2 ** basic.physicalBsShift,
+    maxIoSize: basic.maxSectors * 512,
+    readOnly: (basic.attrs & ATTR_READ_ONLY) !== 0,
+    rotational: (basic.attrs & ATTR_ROTATIONAL) !== 0,
+    volatileCache: (basic.attrs & ATTR_VOLATILE_CACHE) !== 0,
+    fua: (basic.attrs & ATTR_FUA) !== 0,
+  };
+  if (p.types & PARAM_TYPE_DISCARD && p.discard) {
+    out.discard = {
+      granularity: p.discard.discardGranularity,
+      maxDiscardBytes: p.discard.maxDiscardSectors * 512,
+      maxWriteZeroesBytes: p.discard.maxWriteZeroesSectors * 512,
+    };
+  }
+  if (p.devt && p.devt.diskMajor !== 0) {
+    out.disk = { major: p.devt.diskMajor, minor: p.devt.diskMinor };
+    out.char = { major: p.devt.charMajor, minor: p.devt.charMinor };
+  }
+  return out;
+}
+
+/** Explains why /dev/ublk-control could not be opened, in terms a user can act on. */
+function explainOpenFailure(err: UblkError, path: string): Error {
+  if (err.code === 'ENOENT') {
+    return new EnvironmentError(
+      `${path} does not exist: this kernel has no ublk driver loaded ` +
+        `(needs CONFIG_BLK_DEV_UBLK and 'modprobe ublk_drv'; Linux 6.0 or newer)`,
+    );
+  }
+  if (err.code === 'EACCES' || err.code === 'EPERM') {
+    return new EnvironmentError(`${path}: permission denied: ublk devices are managed as root`);
+  }
+  return err;
+}
+
+/**
+ * A handle on /dev/ublk-control: the kernel's ublk control commands
+ * (features, add, parameters, start, stop, delete, recovery, info).
+ * Every method returns a Promise and runs off the JS thread.
+ */
+export class UblkControl {
+  /** Feature flags the kernel supports (GET_FEATURES; 0n on kernels before 6.5). */
+  readonly features: bigint;
+  /** True on kernels that only understand the pre-6.4 command numbers. */
+  readonly legacyOpcodes: boolean;
+  private readonly dev: NativeControlDevice;
+
+  private constructor(dev: NativeControlDevice, features: bigint, legacyOpcodes: boolean) {
+    this.dev = dev;
+    this.features = features;
+    this.legacyOpcodes = legacyOpcodes;
+  }
+
+  /** Opens the control device and probes the kernel's features and command encoding. */
+  static async open(path: string = CONTROL_PATH): Promise<UblkControl> {
+    let dev: NativeControlDevice;
+    try {
+      dev = new native.ControlDevice(path);
+    } catch (err) {
+      throw err instanceof UblkError ? explainOpenFailure(err, path) : err;
+    }
+    let features = 0n;
+    let legacy = false;
+    try {
+      features = await dev.getFeatures();
+    } catch (err) {
+      // Kernels before 6.5 have no GET_FEATURES: treat that as "no optional
+      // features" and use the command numbers every kernel understands.
+      if (!(err instanceof UblkError) || !['EOPNOTSUPP', 'EINVAL', 'ENOTTY', 'ENOTSUP'].includes(err.code)) {
+        dev.close();
+        throw err;
+      }
+      legacy = true;
+    }
+    dev.setLegacyOpcodes(legacy);
+    return new UblkControl(dev, features, legacy);
+  }
+
+  /** Names of the kernel's feature flags. */
+  get featureNames(): string[] {
+    return featureNames(this.features);
+  }
+
+  /** ADD_DEV: creates a device (state DEAD until started); resolves with what the kernel granted. */
+  async addDevice(opts: AddDeviceOptions): Promise<DeviceInfo> {
+    let flags = opts.flags ?? 0n;
+    if (this.features & UBLK_F_CMD_IOCTL_ENCODE) flags |= UBLK_F_CMD_IOCTL_ENCODE;
+    const info = await this.dev.addDev({
+      devId: opts.id ?? -1,
+      queues: opts.queues,
+      depth: opts.depth,
+      maxIoBufBytes: opts.maxIoSize,
+      flags,
+    });
+    return toDeviceInfo(info);
+  }
+
+  /** SET_PARAMS: size, block sizes, attributes; only before START_DEV. */
+  async setParams(id: number, params: DeviceParams): Promise<void> {
+    await this.dev.setParams(id, toNativeParams(params));
+  }
+
+  /** GET_PARAMS. */
+  async getParams(id: number): Promise<DeviceParamsReadback> {
+    return fromNativeParams(await this.dev.getParams(id));
+  }
+
+  /** START_DEV: waits until every queue has fetched its tags, then exposes /dev/ublkbN. */
+  async startDevice(id: number, serverPid: number = process.pid): Promise<void> {
+    await this.dev.startDev(id, serverPid);
+  }
+
+  /** STOP_DEV: removes /dev/ublkbN and aborts the queues' pending fetches; the device stays (DEAD). */
+  async stopDevice(id: number): Promise<void> {
+    await this.dev.stopDev(id);
+  }
+
+  /**
+   * DEL_DEV: removes the device. The synchronous form waits until every
+   * opener of /dev/ublkcN (the server) has closed it.
+   */
+  async deleteDevice(id: number, opts: { async?: boolean } = {}): Promise<void> {
+    await this.dev.delDev(id, opts.async ?? false);
+  }
+
+  /** START_USER_RECOVERY: prepares a QUIESCED device for a new server. */
+  async startUserRecovery(id: number): Promise<void> {
+    await this.dev.startUserRecovery(id);
+  }
+
+  /** END_USER_RECOVERY: the new server (pid) has fetched every tag; the device goes LIVE. */
+  async endUserRecovery(id: number, serverPid: number = process.pid): Promise<void> {
+    await this.dev.endUserRecovery(id, serverPid);
+  }
+
+  /** GET_DEV_INFO2 (GET_DEV_INFO on older kernels). */
+  async getDeviceInfo(id: number): Promise<DeviceInfo> {
+    return toDeviceInfo(await this.dev.getDevInfo(id));
+  }
+
+  /** GET_QUEUE_AFFINITY: the CPUs whose IO lands on queue `qid`. */
+  async getQueueAffinity(id: number, qid: number): Promise<number[]> {
+    return this.dev.getQueueAffinity(id, qid);
+  }
+
+  /**
+   * Every ublk device on the host, including ones made by other tools:
+   * the ids under /sys/class/ublk-char, each asked for its info. A device
+   * deleted while listing is left out.
+   */
+  async listDevices(): Promise<DeviceInfo[]> {
+    const ids = listDeviceIds();
+    const infos = await Promise.all(
+      ids.map(async (id) => {
+        try {
+          return await this.getDeviceInfo(id);
+        } catch (err) {
+          if (err instanceof UblkError && err.code === 'ENODEV') return undefined;
+          throw err;
+        }
+      }),
+    );
+    return infos.filter((i): i is DeviceInfo => i !== undefined);
+  }
+
+  /** Releases the control device; commands already sent still complete. */
+  close(): void {
+    this.dev.close();
+  }
+}
+
+/** Device ids from /sys/class/ublk-char (empty when the driver is absent). */
+export function listDeviceIds(): number[] {
+  let names: string[];
+  try {
+    names = fs.readdirSync(CHAR_CLASS_DIR);
+  } catch {
+    return [];
+  }
+  return names
+    .map((n) => /^ublkc(\d+)$/.exec(n))
+    .filter((m): m is RegExpExecArray => m !== null)
+    .map((m) => Number(m[1]))
+    .sort((a, b) => a - b);
+}

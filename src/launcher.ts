@@ -1,0 +1,179 @@
+import { spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Readable } from 'node:stream';
+import { DeviceInfo, UblkControl } from './control';
+import { DeviceSpec } from './device-spec';
+import { UblkError } from './errors';
+import { deserializeError, deserializeInfo, ServerMessage } from './server-protocol';
+
+/** Default state directory: per-device records and server logs. */
+export const DEFAULT_STATE_DIR = '/run/ublk-ts';
+
+/** A device server that reported its device LIVE. */
+export interface StartedServer {
+  info: DeviceInfo;
+  pid: number;
+  logPath: string;
+}
+
+export interface LaunchOptions {
+  stateDir?: string;
+  /** How long the server may take to bring the device up. */
+  timeoutMs?: number;
+}
+
+const SERVER_MAIN = path.join(__dirname, 'server-main.js');
+
+/** Where the server of device `id` logs. */
+export function serverLogPath(stateDir: string, id: number): string {
+  return path.join(stateDir, 'logs', `ublkb${id}.log`);
+}
+
+function tail(file: string, lines = 20): string {
+  try {
+    return fs.readFileSync(file, 'utf8').trimEnd().split('\n').slice(-lines).join('\n');
+  } catch {
+    return '';
+  }
+}
+
+/**
+ * Starts a detached device server (own session, stdio to a log file, no
+ * pipe left shared once it is up) and resolves when the device is LIVE.
+ * If the server fails or hangs, it is killed and any device it added is
+ * deleted, so a failed start leaves nothing behind.
+ */
+export async function startServer(spec: DeviceSpec, opts: LaunchOptions = {}): Promise<StartedServer> {
+  const stateDir = opts.stateDir ?? DEFAULT_STATE_DIR;
+  const timeoutMs = opts.timeoutMs ?? 60_000;
+  const logDir = path.join(stateDir, 'logs');
+  fs.mkdirSync(logDir, { recursive: true, mode: 0o750 });
+  const pendingLog = path.join(logDir, `.starting-${process.pid}-${Date.now()}.log`);
+  const logFd = fs.openSync(pendingLog, 'a', 0o640);
+  const child = spawn(process.execPath, [SERVER_MAIN, JSON.stringify(spec)], {
+    detached: true,
+    stdio: ['ignore', logFd, logFd, 'pipe'],
+  });
+  fs.closeSync(logFd);
+  const status = child.stdio[3] as Readable;
+
+  let addedId: number | undefined;
+  const outcome = await new Promise<{ info: DeviceInfo } | { error: Error }>((resolve) => {
+    let buffered = '';
+    const timer = setTimeout(() => {
+      resolve({ error: new Error(`device server did not bring the device up within ${timeoutMs} ms`) });
+    }, timeoutMs);
+    const finish = (r: { info: DeviceInfo } | { error: Error }): void => {
+      clearTimeout(timer);
+      resolve(r);
+    };
+    status.setEncoding('utf8');
+    status.on('data', (chunk: string) => {
+      buffered += chunk;
+      let nl: number;
+      while ((nl = buffered.indexOf('\n')) >= 0) {
+        const msg = JSON.parse(buffered.slice(0, nl)) as ServerMessage;
+        buffered = buffered.slice(nl + 1);
+        if (msg.event === 'added') addedId = msg.devId;
+        else if (msg.event === 'live') finish({ info: deserializeInfo(msg.info) });
+        else if (msg.event === 'error') finish({ error: deserializeError(msg.error) });
+      }
+    });
+    child.on('error', (err) => finish({ error: err }));
+    child.on('exit', (code, signal) => {
+      const log = tail(pendingLog);
+      finish({
+        error: new Error(
+          `device server exited (${signal ?? `status ${code}`}) before the device was live${log ? `:\n${log}` : ''}`,
+        ),
+      });
+    });
+  });
+
+  if ('info' in outcome) {
+    const logPath = serverLogPath(stateDir, outcome.info.id);
+    fs.renameSync(pendingLog, logPath);
+    status.destroy();
+    child.removeAllListeners('exit');
+    child.unref();
+    return { info: outcome.info, pid: child.pid!, logPath };
+  }
+
+  await reapFailedServer(child.pid, addedId);
+  fs.rmSync(pendingLog, { force: true });
+  status.destroy();
+  throw outcome.error;
+}
+
+async function reapFailedServer(pid: number | undefined, addedId: number | undefined): Promise<void> {
+  if (pid !== undefined && isAlive(pid)) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      // already gone
+    }
+    await waitForExit(pid, 5000);
+  }
+  if (addedId === undefined) return;
+  // The server normally deletes its own half-made device; this covers a crash.
+  const control = await UblkControl.open();
+  try {
+    await control.deleteDevice(addedId);
+  } catch (err) {
+    if (!(err instanceof UblkError && err.code === 'ENODEV')) throw err;
+  } finally {
+    control.close();
+  }
+}
+
+/** True while a process with this pid exists. */
+export function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** Polls until `pid` is gone; false on timeout. */
+export async function waitForExit(pid: number, timeoutMs: number): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  while (isAlive(pid)) {
+    if (Date.now() > deadline) return false;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  return true;
+}
+
+function withTimeout<T>(promise: Promise<T>, ms: number, onTimeout: () => Error): Promise<T> {
+  let timer: NodeJS.Timeout;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(onTimeout()), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * Stops and deletes a device and waits for its server to exit: STOP_DEV
+ * ends the server's queues, DEL_DEV completes once it has closed /dev/ublkcN.
+ */
+export async function removeDevice(
+  control: UblkControl,
+  id: number,
+  opts: { timeoutMs?: number } = {},
+): Promise<{ serverPid: number; serverExited: boolean }> {
+  const timeoutMs = opts.timeoutMs ?? 30_000;
+  const info = await control.getDeviceInfo(id);
+  await control.stopDevice(id);
+  await withTimeout(
+    control.deleteDevice(id),
+    timeoutMs,
+    () =>
+      new UblkError('DEL_DEV', id, 110, `server pid ${info.serverPid} still holds ${info.charPath} after ${timeoutMs} ms`),
+  );
+  const own = info.serverPid === process.pid || info.serverPid <= 0;
+  const serverExited = own ? true : await waitForExit(info.serverPid, timeoutMs);
+  return { serverPid: info.serverPid, serverExited };
+}

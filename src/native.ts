@@ -1,0 +1,117 @@
+/**
+ * The only module that touches the native addon: it loads the binding,
+ * hands it the JS error class, and declares its surface in TypeScript.
+ */
+import * as path from 'node:path';
+import { UblkError } from './errors';
+
+/** struct ublksrv_ctrl_dev_info, as the addon returns it. */
+export interface NativeDevInfo {
+  devId: number;
+  queues: number;
+  depth: number;
+  state: number;
+  maxIoBufBytes: number;
+  serverPid: number;
+  flags: bigint;
+  ownerUid: number;
+  ownerGid: number;
+}
+
+/** struct ublk_params (basic, discard, devt), as the addon reads and writes it. */
+export interface NativeParams {
+  types: number;
+  basic?: {
+    attrs: number;
+    logicalBsShift: number;
+    physicalBsShift: number;
+    ioOptShift: number;
+    ioMinShift: number;
+    maxSectors: number;
+    chunkSectors: number;
+    devSectors: number;
+    virtBoundaryMask?: bigint;
+  };
+  discard?: {
+    discardAlignment: number;
+    discardGranularity: number;
+    maxDiscardSectors: number;
+    maxWriteZeroesSectors: number;
+    maxDiscardSegments: number;
+  };
+  devt?: { charMajor: number; charMinor: number; diskMajor: number; diskMinor: number };
+}
+
+export interface NativeAddDev {
+  devId: number; // -1: the kernel picks
+  queues: number;
+  depth: number;
+  maxIoBufBytes: number;
+  flags: bigint;
+}
+
+/** An open /dev/ublk-control; every command resolves on the JS thread. */
+export interface NativeControlDevice {
+  getFeatures(): Promise<bigint>;
+  addDev(info: NativeAddDev): Promise<NativeDevInfo>;
+  delDev(devId: number, async?: boolean): Promise<void>;
+  startDev(devId: number, serverPid: number): Promise<void>;
+  stopDev(devId: number): Promise<void>;
+  startUserRecovery(devId: number): Promise<void>;
+  endUserRecovery(devId: number, serverPid: number): Promise<void>;
+  setParams(devId: number, params: NativeParams): Promise<void>;
+  getParams(devId: number): Promise<NativeParams>;
+  getDevInfo(devId: number): Promise<NativeDevInfo>;
+  getQueueAffinity(devId: number, qid: number): Promise<number[]>;
+  setLegacyOpcodes(legacy: boolean): void;
+  close(): void;
+}
+
+export interface NativeQueueGroupOptions {
+  devId: number;
+  charPath: string;
+  depth: number;
+  maxIoSize: number;
+  legacyOpcodes: boolean;
+  ringFlags: number;
+  target: 'null';
+  queues: Array<{ qid: number; cpus: number[] }>;
+}
+
+/** What a queue thread reports: 'ready' once every tag is fetched, 'exit' when it ends. */
+export interface NativeQueueEvent {
+  qid: number;
+  kind: 'ready' | 'exit';
+  ios: number;
+  error?: UblkError;
+}
+
+export interface NativeQueueGroup {
+  stop(): void;
+}
+
+interface Binding {
+  init(errorClass: typeof UblkError): void;
+  ControlDevice: new (path: string) => NativeControlDevice;
+  QueueGroup: new (options: NativeQueueGroupOptions, onEvent: (e: NativeQueueEvent) => void) => NativeQueueGroup;
+  constants: {
+    MAX_QUEUE_DEPTH: number;
+    MAX_NR_QUEUES: number;
+    MAX_IO_BUF_BYTES: number;
+    SIZEOF_PARAMS: number;
+    IORING_SETUP_SINGLE_ISSUER: number;
+    IORING_SETUP_DEFER_TASKRUN: number;
+    IORING_SETUP_COOP_TASKRUN: number;
+  };
+}
+
+function load(): Binding {
+  const root = path.resolve(__dirname, '..', '..');
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const binding = require(path.join(root, 'build', 'Release', 'ublk_ts.node')) as Binding;
+  binding.init(UblkError);
+  return binding;
+}
+
+/** The loaded addon. */
+export const native: Binding = load();

@@ -1,0 +1,84 @@
+/**
+ * A device server process: serves exactly one ublk device until it is
+ * stopped. Started detached by the launcher with the device spec as its
+ * argument; stdout/stderr are its log file, fd 3 its status channel.
+ * SIGTERM or SIGINT stop and delete the device; STOP_DEV from elsewhere
+ * (ublkctl del) ends it too. Exit status 0 means every queue ended cleanly.
+ */
+import * as fs from 'node:fs';
+import { UblkDevice } from './device';
+import { DeviceSpec } from './device-spec';
+import { serializeError, serializeInfo, ServerMessage, STATUS_FD } from './server-protocol';
+
+function log(message: string): void {
+  process.stderr.write(`${new Date().toISOString()} [server ${process.pid}] ${message}\n`);
+}
+
+let statusOpen = true;
+function send(message: ServerMessage): void {
+  if (!statusOpen) return;
+  try {
+    fs.writeSync(STATUS_FD, `${JSON.stringify(message)}\n`);
+  } catch {
+    statusOpen = false; // the launcher is gone; the log still records everything
+  }
+}
+
+function closeStatus(): void {
+  if (!statusOpen) return;
+  statusOpen = false;
+  try {
+    fs.closeSync(STATUS_FD);
+  } catch {
+    // already closed
+  }
+}
+
+async function main(): Promise<void> {
+  const spec = JSON.parse(process.argv[2] ?? '') as DeviceSpec;
+  log(`starting ${spec.target.type} device: ${JSON.stringify(spec)}`);
+  let device: UblkDevice;
+  try {
+    device = await UblkDevice.create(spec, {
+      onProgress: (p) => {
+        log(`added device ${p.info.id}`);
+        send({ event: 'added', devId: p.info.id });
+      },
+    });
+  } catch (err) {
+    log(`failed to start: ${(err as Error).message}`);
+    send({ event: 'error', error: serializeError(err) });
+    closeStatus();
+    process.exitCode = 1;
+    return;
+  }
+  log(`device ${device.id} is LIVE at ${device.blockPath}`);
+  send({ event: 'live', info: serializeInfo(device.info) });
+  closeStatus();
+
+  let stopping = false;
+  const shutdown = (signal: string): void => {
+    if (stopping) return;
+    stopping = true;
+    log(`${signal}: stopping and deleting device ${device.id}`);
+    device.delete().catch((err: Error) => log(`delete failed: ${err.message}`));
+  };
+  process.on('SIGTERM', () => shutdown('SIGTERM'));
+  process.on('SIGINT', () => shutdown('SIGINT'));
+  process.on('SIGHUP', () => undefined);
+
+  const exits = await device.exited;
+  const failed = exits.filter((e) => e.error);
+  for (const e of exits) log(`queue ${e.qid} ended after ${e.ios} requests${e.error ? `: ${e.error.message}` : ''}`);
+  process.exitCode = failed.length > 0 ? 1 : 0;
+  log(`exiting with status ${process.exitCode}`);
+  process.removeAllListeners('SIGTERM');
+  process.removeAllListeners('SIGINT');
+  process.removeAllListeners('SIGHUP');
+}
+
+main().catch((err: Error) => {
+  log(`fatal: ${err.stack ?? err.message}`);
+  send({ event: 'error', error: serializeError(err) });
+  process.exit(1);
+});

@@ -1,0 +1,46 @@
+/** Byte sizes as users write them: integers, or strings like '512KiB', '10GiB'. */
+
+const units: Record<string, number> = {
+  '': 1,
+  B: 1,
+  K: 1024,
+  KiB: 1024,
+  M: 1024 ** 2,
+  MiB: 1024 ** 2,
+  G: 1024 ** 3,
+  GiB: 1024 ** 3,
+  T: 1024 ** 4,
+  TiB: 1024 ** 4,
+};
+
+/** Accepted unit suffixes, for error messages. */
+export const SIZE_UNITS = 'bytes, or a number with KiB, MiB, GiB or TiB';
+
+/**
+ * Parses a size into bytes. Returns an error string instead of throwing so
+ * callers can attach the field name and source location.
+ */
+export function parseSize(value: unknown): { bytes: number } | { error: string } {
+  if (typeof value === 'number') {
+    if (!Number.isSafeInteger(value) || value < 0) return { error: `expected a whole number of bytes, got ${value}` };
+    return { bytes: value };
+  }
+  if (typeof value !== 'string') return { error: `expected ${SIZE_UNITS}, got ${typeof value}` };
+  const match = /^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$/.exec(value);
+  if (!match) return { error: `expected ${SIZE_UNITS}, got "${value}"` };
+  const unit = match[2] ?? '';
+  const factor = units[unit];
+  if (factor === undefined) return { error: `unknown size unit "${unit}" in "${value}": expected ${SIZE_UNITS}` };
+  const bytes = Number(match[1]) * factor;
+  if (!Number.isSafeInteger(bytes)) return { error: `"${value}" is not a whole number of bytes` };
+  return { bytes };
+}
+
+/** Formats bytes with the largest binary unit that divides them exactly. */
+export function formatSize(bytes: number): string {
+  for (const unit of ['TiB', 'GiB', 'MiB', 'KiB']) {
+    const factor = units[unit]!;
+    if (bytes >= factor && bytes % factor === 0) return `${bytes / factor}${unit}`;
+  }
+  return `${bytes}B`;
+}

@@ -1,0 +1,60 @@
+/** ublk UAPI names the TypeScript side needs: feature flags and device states. */
+
+/** UBLK_F_* feature flags by bit, as GET_FEATURES and dev_info.flags report them. */
+export const FEATURE_FLAGS: ReadonlyArray<[string, bigint]> = [
+  ['SUPPORT_ZERO_COPY', 1n << 0n],
+  ['URING_CMD_COMP_IN_TASK', 1n << 1n],
+  ['NEED_GET_DATA', 1n << 2n],
+  ['USER_RECOVERY', 1n << 3n],
+  ['USER_RECOVERY_REISSUE', 1n << 4n],
+  ['UNPRIVILEGED_DEV', 1n << 5n],
+  ['CMD_IOCTL_ENCODE', 1n << 6n],
+  ['USER_COPY', 1n << 7n],
+  ['ZONED', 1n << 8n],
+  ['USER_RECOVERY_FAIL_IO', 1n << 9n],
+  ['UPDATE_SIZE', 1n << 10n],
+  ['AUTO_BUF_REG', 1n << 11n],
+  ['QUIESCE', 1n << 12n],
+  ['PER_IO_DAEMON', 1n << 13n],
+  ['BUF_REG_OFF_DAEMON', 1n << 14n],
+];
+
+export const UBLK_F_USER_RECOVERY = 1n << 3n;
+export const UBLK_F_USER_RECOVERY_REISSUE = 1n << 4n;
+export const UBLK_F_CMD_IOCTL_ENCODE = 1n << 6n;
+export const UBLK_F_USER_RECOVERY_FAIL_IO = 1n << 9n;
+
+/** Names of the flags set in `flags`; unknown bits appear as 'BIT<n>'. */
+export function featureNames(flags: bigint): string[] {
+  const names: string[] = [];
+  for (let bit = 0n; bit < 64n; bit++) {
+    const mask = 1n << bit;
+    if ((flags & mask) === 0n) continue;
+    names.push(FEATURE_FLAGS.find(([, value]) => value === mask)?.[0] ?? `BIT${bit}`);
+  }
+  return names;
+}
+
+/**
+ * The kernel's device states, all four in one place:
+ * DEAD (not started, or stopped), LIVE (serving), QUIESCED (server gone,
+ * IO held for a recovering server), FAIL_IO (server gone, IO fails until recovery).
+ */
+export type DeviceState = 'DEAD' | 'LIVE' | 'QUIESCED' | 'FAIL_IO';
+
+const states: DeviceState[] = ['DEAD', 'LIVE', 'QUIESCED', 'FAIL_IO'];
+
+/** Maps UBLK_S_DEV_* to its name. */
+export function deviceStateName(state: number): DeviceState | `UNKNOWN_${number}` {
+  return states[state] ?? `UNKNOWN_${state}`;
+}
+
+/** UBLK_ATTR_* bits of ublk_param_basic.attrs. */
+export const ATTR_READ_ONLY = 1 << 0;
+export const ATTR_ROTATIONAL = 1 << 1;
+export const ATTR_VOLATILE_CACHE = 1 << 2;
+export const ATTR_FUA = 1 << 3;
+
+export const PARAM_TYPE_BASIC = 1 << 0;
+export const PARAM_TYPE_DISCARD = 1 << 1;
+export const PARAM_TYPE_DEVT = 1 << 2;
