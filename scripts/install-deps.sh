@@ -8,7 +8,7 @@ packages=(
   # build: node-gyp toolchain and liburing (found with pkg-config)
   g++ make python3 pkg-config liburing-dev
   # end-to-end tests and benchmarks: the VM and the real tools used in it
-  qemu-system-x86 busybox-static cpio xz-utils fio e2fsprogs util-linux
+  qemu-system-x86 busybox-static xz-utils fio e2fsprogs util-linux
 )
 
 missing=()
