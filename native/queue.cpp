@@ -94,7 +94,8 @@ void QueueRunner::Serve() {
     return Report("exit", "mmap io buffers", err);
   }
   auto *buffers = static_cast<uint8_t *>(bufMap);
-  auto bufferOf = [&](unsigned tag) { return reinterpret_cast<uint64_t>(buffers + static_cast<size_t>(tag) * config_.maxIoSize); };
+  auto bufferAt = [&](unsigned tag) { return buffers + static_cast<size_t>(tag) * config_.maxIoSize; };
+  auto bufferOf = [&](unsigned tag) { return reinterpret_cast<uint64_t>(bufferAt(tag)); };
 
   io_uring ring;
   int ret = SetupRing(&ring, RoundUp(depth + 2, 2), config_.ringFlags);
@@ -147,6 +148,28 @@ void QueueRunner::Serve() {
     Report("ready", "", 0);
   }
 
+  auto commit = [&](unsigned tag, int result) { prepIoCmd(commitOp, tag, result); };
+  auto submitLoopIo = [&](unsigned tag, bool retry) {
+    const ublk::io_desc &iod = descs[tag];
+    if (!LoopTargetSupports(iod)) return commit(tag, -EOPNOTSUPP);
+    io_uring_sqe *sqe = getSqe();
+    if (sqe == nullptr) return;
+    int immediate = 0;
+    LoopTargetPrep(sqe, config_.backingFd, iod, bufferAt(tag), retry, &immediate);
+    sqe->user_data = kTargetIoBit | (retry ? kRetryBit : 0) | tag;
+  };
+  auto serveRequest = [&](unsigned tag) {
+    const ublk::io_desc &iod = descs[tag];
+    switch (config_.target) {
+    case TargetKind::Null:
+      return commit(tag, NullTargetResult(iod));
+    case TargetKind::Memory:
+      return commit(tag, MemoryTargetIo(config_.backingFd, config_.sizeBytes, iod, bufferAt(tag)));
+    case TargetKind::Loop:
+      return submitLoopIo(tag, false);
+    }
+  };
+
   unsigned liveTags = failure ? 0 : depth;
   bool stopping = false;
   while (liveTags > 0 && !stopping) {
@@ -161,15 +184,24 @@ void QueueRunner::Serve() {
     io_uring_cqe *cqe;
     io_uring_for_each_cqe(&ring, head, cqe) {
       seen++;
-      if (cqe->user_data == kStopToken) {
+      const uint64_t data = cqe->user_data;
+      if (data == kStopToken) {
         stopping = true;
         continue;
       }
-      const unsigned tag = static_cast<unsigned>(cqe->user_data);
+      const unsigned tag = static_cast<unsigned>(data & 0xffff);
+      if (data & kTargetIoBit) {
+        int result = 0;
+        if (LoopTargetComplete(descs[tag], bufferAt(tag), cqe->res, (data & kRetryBit) != 0, &result)) {
+          submitLoopIo(tag, true);
+        } else {
+          commit(tag, result);
+        }
+        continue;
+      }
       if (cqe->res == ublk::IO_RES_OK) {
-        const ublk::io_desc &iod = descs[tag];
         ios_++;
-        prepIoCmd(commitOp, tag, NullTargetResult(iod));
+        serveRequest(tag);
       } else {
         // ABORT (-ENODEV) is the normal end after STOP_DEV; anything else is
         // a protocol error for this tag, which then stays with the kernel.
@@ -217,7 +249,11 @@ QueueGroup::QueueGroup(const Napi::CallbackInfo &info) : Napi::ObjectWrap<QueueG
     c.maxIoSize = o.Get("maxIoSize").As<Napi::Number>().Uint32Value();
     c.legacyOpcodes = o.Get("legacyOpcodes").ToBoolean().Value();
     c.ringFlags = o.Get("ringFlags").As<Napi::Number>().Uint32Value();
-    c.target = TargetKind::Null;
+    std::string target = o.Get("target").As<Napi::String>().Utf8Value();
+    c.target = target == "loop" ? TargetKind::Loop : target == "memory" ? TargetKind::Memory : TargetKind::Null;
+    Napi::Value backing = o.Get("backingFd");
+    c.backingFd = backing.IsNumber() ? backing.As<Napi::Number>().Int32Value() : -1;
+    c.sizeBytes = static_cast<uint64_t>(o.Get("sizeBytes").As<Napi::Number>().Int64Value());
     Napi::Array cpus = q.Get("cpus").As<Napi::Array>();
     for (uint32_t k = 0; k < cpus.Length(); k++) c.cpus.push_back(cpus.Get(k).As<Napi::Number>().Int32Value());
     runners_.push_back(std::make_unique<QueueRunner>(std::move(c), charFd_, this));

@@ -22,6 +22,8 @@ struct QueueConfig {
   unsigned ringFlags = 0;
   std::vector<int> cpus;
   TargetKind target = TargetKind::Null;
+  int backingFd = -1;      // loop: the backing file; memory: the memfd
+  uint64_t sizeBytes = 0;  // device size, for bounds checks
 };
 
 struct QueueEvent {

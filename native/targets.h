@@ -1,29 +1,46 @@
 // Built-in targets: the per-IO work done on the queue thread without any JS.
 #pragma once
 
+#include <liburing.h>
+
 #include <cstdint>
 
 #include "ublk_uapi.h"
 
 namespace ublkts {
 
-enum class TargetKind { Null };
+enum class TargetKind { Null, Loop, Memory };
+
+// Marks a CQE as the completion of target IO (not of a ublk command).
+constexpr uint64_t kTargetIoBit = 1ull << 62;
+// Set when a WRITE_ZEROES is retried as a hole punch.
+constexpr uint64_t kRetryBit = 1ull << 48;
+
+inline unsigned IoOp(const ublk::io_desc &iod) { return iod.op_flags & 0xff; }
+inline unsigned IoFlags(const ublk::io_desc &iod) { return iod.op_flags >> 8 << 8; }
+inline uint64_t IoOffset(const ublk::io_desc &iod) { return iod.start_sector << 9; }
+inline uint32_t IoBytes(const ublk::io_desc &iod) { return iod.nr_sectors << 9; }
 
 // The null target completes every request at once: reads return whatever
-// the tag's buffer holds, writes are dropped. Used for benchmarks and tests
-// of the ublk path itself.
-inline int NullTargetResult(const ublk::io_desc &iod) {
-  switch (iod.op_flags & 0xff) {
-  case ublk::IO_OP_READ:
-  case ublk::IO_OP_WRITE:
-    return static_cast<int>(iod.nr_sectors) << 9;
-  case ublk::IO_OP_FLUSH:
-  case ublk::IO_OP_DISCARD:
-  case ublk::IO_OP_WRITE_ZEROES:
-    return 0;
-  default:
-    return -95; // EOPNOTSUPP
-  }
-}
+// the tag's buffer holds, writes are dropped.
+int NullTargetResult(const ublk::io_desc &iod);
+
+// The memory target: a memfd holding the device's bytes. Pages exist only
+// where data was written (reads of holes come back as zeroes without
+// allocating); discard and write-zeroes punch holes and give memory back.
+int MemoryTargetIo(int memfd, uint64_t sizeBytes, const ublk::io_desc &iod, uint8_t *buffer);
+
+// True for the requests the loop target turns into a backing-file operation.
+bool LoopTargetSupports(const ublk::io_desc &iod);
+
+// The loop target: prepares the backing-file operation for a request on the
+// queue's own ring. Returns false when the request has no file operation
+// (then *immediate holds its result).
+bool LoopTargetPrep(io_uring_sqe *sqe, int fd, const ublk::io_desc &iod, uint8_t *buffer, bool retry, int *immediate);
+
+// Turns the backing file's CQE result into the request's result. Returns
+// true when the request must be re-submitted as a fallback (WRITE_ZEROES
+// on a file system without FALLOC_FL_ZERO_RANGE).
+bool LoopTargetComplete(const ublk::io_desc &iod, uint8_t *buffer, int res, bool retried, int *result);
 
 } // namespace ublkts

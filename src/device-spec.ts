@@ -1,10 +1,29 @@
 import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { native } from './native';
 import { SpecError } from './errors';
 import { formatSize, parseSize } from './sizes';
 
 /** Targets a device can be created with. */
-export const TARGET_TYPES = ['null'] as const;
+export const TARGET_TYPES = ['null', 'memory', 'loop'] as const;
 export type TargetType = (typeof TARGET_TYPES)[number];
+
+/** Direct IO on a loop target's backing file: auto uses it where the file system and block size allow. */
+export type DirectIoMode = 'auto' | boolean;
+
+/** A target as requested. */
+export type TargetSpec =
+  | { type: 'null' }
+  | { type: 'memory' }
+  | { type: 'loop'; file: string; create: boolean; directIo: DirectIoMode };
+
+/** Loose target input (CLI flags, library calls, manifests). */
+export interface TargetInput {
+  type: string;
+  file?: string;
+  create?: boolean;
+  directIo?: DirectIoMode | 'true' | 'false';
+}
 
 /** Defaults shared by ublkctl, the library and manifests. */
 export const DEFAULTS = {
@@ -22,7 +41,7 @@ const MAX_DEVICE_ID = (1 << 20) - 1;
 
 /** A device request as a user writes it (CLI flags, library call). */
 export interface DeviceSpecInput {
-  target: string | { type: string };
+  target: string | TargetInput;
   size?: number | string;
   id?: number;
   queues?: number;
@@ -34,7 +53,7 @@ export interface DeviceSpecInput {
 
 /** A validated device request with every default applied. */
 export interface DeviceSpec {
-  target: { type: TargetType };
+  target: TargetSpec;
   sizeBytes: number;
   id?: number;
   queues: number;
@@ -81,7 +100,8 @@ function bytesOf(field: string, value: unknown): number {
  * SpecError naming the field, raised before anything touches the kernel.
  */
 export function normalizeDeviceSpec(input: DeviceSpecInput, limits = { maxQueues: maxQueues() }): DeviceSpec {
-  const type = typeof input.target === 'string' ? input.target : input.target?.type;
+  const targetInput: TargetInput = typeof input.target === 'string' ? { type: input.target } : (input.target ?? { type: '' });
+  const type = targetInput.type;
   if (!(TARGET_TYPES as readonly string[]).includes(type)) {
     throw new SpecError('target', `unknown target ${JSON.stringify(type)}: expected one of ${TARGET_TYPES.join(', ')}`);
   }
@@ -89,8 +109,14 @@ export function normalizeDeviceSpec(input: DeviceSpecInput, limits = { maxQueues
   if (!(LOGICAL_BLOCK_SIZES as readonly number[]).includes(logicalBlockSize)) {
     throw new SpecError('logicalBlockSize', `must be one of ${LOGICAL_BLOCK_SIZES.join(', ')}, got ${logicalBlockSize}`);
   }
-  if (input.size === undefined) throw new SpecError('size', `is required for the ${type} target`);
-  const sizeBytes = bytesOf('size', input.size);
+  const target = normalizeTarget(targetInput);
+  let sizeBytes: number;
+  if (target.type === 'loop') {
+    sizeBytes = loopSize(target, input.size === undefined ? undefined : bytesOf('size', input.size), input.readOnly ?? false);
+  } else {
+    if (input.size === undefined) throw new SpecError('size', `is required for the ${type} target`);
+    sizeBytes = bytesOf('size', input.size);
+  }
   if (sizeBytes === 0) throw new SpecError('size', 'must be greater than 0');
   if (sizeBytes % logicalBlockSize !== 0) {
     throw new SpecError('size', `must be a multiple of the logical block size (${logicalBlockSize}), got ${sizeBytes}`);
@@ -105,7 +131,7 @@ export function normalizeDeviceSpec(input: DeviceSpecInput, limits = { maxQueues
     );
   }
   const spec: DeviceSpec = {
-    target: { type: type as TargetType },
+    target,
     sizeBytes,
     queues,
     depth,
@@ -115,4 +141,68 @@ export function normalizeDeviceSpec(input: DeviceSpecInput, limits = { maxQueues
   };
   if (input.id !== undefined) spec.id = integerIn('id', input.id, 0, MAX_DEVICE_ID);
   return spec;
+}
+
+function normalizeTarget(t: TargetInput): TargetSpec {
+  if (t.type === 'null' || t.type === 'memory') return { type: t.type };
+  if (typeof t.file !== 'string' || t.file === '') throw new SpecError('target.file', 'is required for the loop target');
+  if (!path.isAbsolute(t.file)) throw new SpecError('target.file', `must be an absolute path, got ${JSON.stringify(t.file)}`);
+  let directIo: DirectIoMode;
+  const d = t.directIo ?? 'auto';
+  if (d === 'auto' || d === true || d === false) directIo = d;
+  else if (d === 'true') directIo = true;
+  else if (d === 'false') directIo = false;
+  else throw new SpecError('target.directIo', `must be auto, true or false, got ${JSON.stringify(d)}`);
+  return { type: 'loop', file: path.normalize(t.file), create: t.create ?? false, directIo };
+}
+
+/**
+ * Size of a loop device: the backing file's, or the size asked for. Checks
+ * the file as far as can be done without opening it for IO: it exists (or
+ * will be created), is a regular file or block device, and is accessible.
+ */
+function loopSize(target: Extract<TargetSpec, { type: 'loop' }>, requested: number | undefined, readOnly: boolean): number {
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(target.file);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' && target.create) {
+      if (requested === undefined) throw new SpecError('size', `is required to create ${target.file}`);
+      const dir = path.dirname(target.file);
+      if (!fs.existsSync(dir)) throw new SpecError('target.file', `cannot create ${target.file}: ${dir} does not exist`);
+      return requested;
+    }
+    if (code === 'ENOENT') {
+      throw new SpecError('target.file', `${target.file} does not exist (set create to make a sparse file of the given size)`);
+    }
+    if (code === 'EACCES') throw new SpecError('target.file', `${target.file}: permission denied`);
+    throw new SpecError('target.file', `${target.file}: ${(err as Error).message}`);
+  }
+  if (!st.isFile() && !st.isBlockDevice()) {
+    throw new SpecError('target.file', `${target.file} is not a regular file or block device`);
+  }
+  try {
+    fs.accessSync(target.file, readOnly ? fs.constants.R_OK : fs.constants.R_OK | fs.constants.W_OK);
+  } catch {
+    throw new SpecError('target.file', `${target.file}: permission denied (needs ${readOnly ? 'read' : 'read and write'} access)`);
+  }
+  const fileSize = st.isFile() ? st.size : blockDeviceSize(target.file);
+  if (requested === undefined) return fileSize;
+  if (requested > fileSize) {
+    throw new SpecError(
+      'size',
+      `${requested} bytes is larger than ${target.file} (${fileSize} bytes); an existing file is never grown`,
+    );
+  }
+  return requested;
+}
+
+function blockDeviceSize(file: string): number {
+  const fd = fs.openSync(file, fs.constants.O_RDONLY);
+  try {
+    return native.blockDeviceGeometry(fd).sizeBytes;
+  } finally {
+    fs.closeSync(fd);
+  }
 }

@@ -1,5 +1,6 @@
 import * as fs from 'node:fs/promises';
-import { DeviceInfo, UblkControl } from './control';
+import { Backing, openBacking } from './backing';
+import { DeviceInfo, DeviceParams, UblkControl } from './control';
 import { UblkError } from './errors';
 import { native, NativeQueueEvent, NativeQueueGroup } from './native';
 import { DeviceSpec } from './device-spec';
@@ -54,6 +55,8 @@ export class UblkDevice {
   private readonly control: UblkControl;
   private readonly ownsControl: boolean;
   private readonly queues: NativeQueueGroup;
+  /** The loop target's file or the memory target's memfd, when there is one. */
+  readonly backing: Backing | undefined;
 
   private constructor(
     info: DeviceInfo,
@@ -62,7 +65,9 @@ export class UblkDevice {
     ownsControl: boolean,
     queues: NativeQueueGroup,
     exited: Promise<QueueExit[]>,
+    backing: Backing | undefined,
   ) {
+    this.backing = backing;
     this.info = info;
     this.spec = spec;
     this.control = control;
@@ -88,7 +93,14 @@ export class UblkDevice {
     spec: DeviceSpec,
     opts: { control?: UblkControl; onProgress?: (p: CreateProgress) => void } = {},
   ): Promise<UblkDevice> {
-    const control = opts.control ?? (await UblkControl.open());
+    const backing = openBacking(spec);
+    let control: UblkControl;
+    try {
+      control = opts.control ?? (await UblkControl.open());
+    } catch (err) {
+      backing?.close({ discardCreated: true });
+      throw err;
+    }
     const ownsControl = opts.control === undefined;
     let info: DeviceInfo | undefined;
     let group: NativeQueueGroup | undefined;
@@ -101,23 +113,19 @@ export class UblkDevice {
         maxIoSize: spec.maxIoSize,
       });
       opts.onProgress?.({ stage: 'added', info });
-      await control.setParams(info.id, {
-        sizeBytes: spec.sizeBytes,
-        logicalBlockSize: spec.logicalBlockSize,
-        maxIoSize: info.maxIoSize,
-        readOnly: spec.readOnly,
-      });
+      await control.setParams(info.id, deviceParams(spec, info.maxIoSize));
       await waitForNode(info.charPath, NODE_WAIT_MS);
       const affinities = await Promise.all(
         Array.from({ length: info.queues }, (_, qid) => control.getQueueAffinity(info!.id, qid).catch(() => [])),
       );
-      const started = startQueues(info, spec, affinities);
+      const started = startQueues(info, spec, affinities, backing);
       group = started.group;
       exited = started.exited;
       await started.ready;
       await control.startDevice(info.id, process.pid);
       const live = await control.getDeviceInfo(info.id);
-      return new UblkDevice(live, spec, control, ownsControl, group, exited);
+      const closed = exited.finally(() => backing?.close());
+      return new UblkDevice(live, spec, control, ownsControl, group, closed, backing);
     } catch (err) {
       if (group) {
         group.stop();
@@ -125,6 +133,7 @@ export class UblkDevice {
       }
       if (info) await control.deleteDevice(info.id).catch(() => undefined);
       if (ownsControl) control.close();
+      backing?.close({ discardCreated: true });
       throw err;
     }
   }
@@ -144,10 +153,32 @@ export class UblkDevice {
   }
 }
 
+/** What the kernel is told about the device: geometry, cache, discard support. */
+export function deviceParams(spec: DeviceSpec, maxIoSize: number): DeviceParams {
+  const params: DeviceParams = {
+    sizeBytes: spec.sizeBytes,
+    logicalBlockSize: spec.logicalBlockSize,
+    maxIoSize,
+    readOnly: spec.readOnly,
+  };
+  if (spec.target.type === 'loop' || spec.target.type === 'memory') {
+    // Discards become hole punches; advertise them so blkdiscard and mkfs use them.
+    const limit = 1 << 30;
+    params.discard = { granularity: 4096, maxDiscardBytes: limit, maxWriteZeroesBytes: limit };
+  }
+  if (spec.target.type === 'loop') {
+    // The page cache of a buffered backing file is a volatile write cache.
+    params.volatileCache = true;
+    params.fua = true;
+  }
+  return params;
+}
+
 function startQueues(
   info: DeviceInfo,
   spec: DeviceSpec,
   affinities: number[][],
+  backing: Backing | undefined,
 ): { group: NativeQueueGroup; ready: Promise<void>; exited: Promise<QueueExit[]> } {
   let readyCount = 0;
   const exits: QueueExit[] = [];
@@ -179,6 +210,8 @@ function startQueues(
       legacyOpcodes: (info.flags & UBLK_F_CMD_IOCTL_ENCODE) === 0n,
       ringFlags: queueRingFlags(),
       target: spec.target.type,
+      backingFd: backing?.fd,
+      sizeBytes: spec.sizeBytes,
       queues: Array.from({ length: info.queues }, (_, qid) => ({ qid, cpus: affinities[qid] ?? [] })),
     },
     onEvent,

@@ -74,7 +74,10 @@ export interface NativeQueueGroupOptions {
   maxIoSize: number;
   legacyOpcodes: boolean;
   ringFlags: number;
-  target: 'null';
+  target: 'null' | 'loop' | 'memory';
+  /** loop: the backing file; memory: the memfd holding the data. */
+  backingFd?: number;
+  sizeBytes: number;
   queues: Array<{ qid: number; cpus: number[] }>;
 }
 
@@ -94,6 +97,10 @@ interface Binding {
   init(errorClass: typeof UblkError): void;
   ControlDevice: new (path: string) => NativeControlDevice;
   QueueGroup: new (options: NativeQueueGroupOptions, onEvent: (e: NativeQueueEvent) => void) => NativeQueueGroup;
+  flock(fd: number, exclusive: boolean, nonBlocking: boolean): boolean;
+  memfdCreate(name: string): number;
+  dioAlignment(fd: number): { memory: number; offset: number } | null;
+  blockDeviceGeometry(fd: number): { sizeBytes: number; logicalBlockSize: number };
   constants: {
     MAX_QUEUE_DEPTH: number;
     MAX_NR_QUEUES: number;

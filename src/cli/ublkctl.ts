@@ -12,8 +12,10 @@ import { DEFAULT_STATE_DIR, removeDevice, startServer } from '../launcher';
 import { formatSize } from '../sizes';
 
 const USAGE = `usage:
-  ublkctl add -t null --size SIZE [--id N] [--queues Q] [--depth D]
-              [--max-io-size SIZE] [--logical-block-size B] [--read-only] [--json]
+  ublkctl add -t null|memory --size SIZE [options]
+  ublkctl add -t loop --file PATH [--size SIZE] [--create] [--direct-io auto|on|off] [options]
+      options: [--id N] [--queues Q] [--depth D] [--max-io-size SIZE]
+               [--logical-block-size B] [--read-only] [--json]
   ublkctl del ID|--all [--json]
   ublkctl list [--json]
   ublkctl features [--json]
@@ -54,13 +56,22 @@ async function cmdAdd(args: string[]): Promise<void> {
       'max-io-size': { type: 'string' },
       'logical-block-size': { type: 'string' },
       'read-only': { type: 'boolean' },
+      file: { type: 'string', short: 'f' },
+      create: { type: 'boolean' },
+      'direct-io': { type: 'string' },
       json: { type: 'boolean' },
       'state-dir': { type: 'string' },
     },
   });
-  if (values.type === undefined) throw new UsageError('add: -t/--type is required (null)');
+  if (values.type === undefined) throw new UsageError('add: -t/--type is required (null, memory or loop)');
+  const directIo = values['direct-io'];
   const spec = normalizeDeviceSpec({
-    target: values.type,
+    target: {
+      type: values.type,
+      file: values.file,
+      create: values.create,
+      directIo: directIo === 'on' ? true : directIo === 'off' ? false : (directIo as 'auto' | undefined),
+    },
     size: numeric(values.size),
     id: numeric(values.id) as number | undefined,
     queues: numeric(values.queues) as number | undefined,

@@ -1,0 +1,132 @@
+#include "targets.h"
+
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+namespace ublkts {
+
+int NullTargetResult(const ublk::io_desc &iod) {
+  switch (IoOp(iod)) {
+  case ublk::IO_OP_READ:
+  case ublk::IO_OP_WRITE:
+    return static_cast<int>(IoBytes(iod));
+  case ublk::IO_OP_FLUSH:
+  case ublk::IO_OP_DISCARD:
+  case ublk::IO_OP_WRITE_ZEROES:
+    return 0;
+  default:
+    return -EOPNOTSUPP;
+  }
+}
+
+namespace {
+
+// pread/pwrite until done: a memfd never returns short except at its end.
+int FullTransfer(bool write, int fd, uint8_t *buffer, uint32_t bytes, uint64_t offset) {
+  uint32_t done = 0;
+  while (done < bytes) {
+    ssize_t n = write ? pwrite(fd, buffer + done, bytes - done, static_cast<off_t>(offset + done))
+                      : pread(fd, buffer + done, bytes - done, static_cast<off_t>(offset + done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return -errno;
+    }
+    if (n == 0) {
+      if (write) return -EIO;
+      std::memset(buffer + done, 0, bytes - done);
+      break;
+    }
+    done += static_cast<uint32_t>(n);
+  }
+  return static_cast<int>(bytes);
+}
+
+} // namespace
+
+int MemoryTargetIo(int memfd, uint64_t sizeBytes, const ublk::io_desc &iod, uint8_t *buffer) {
+  const uint64_t offset = IoOffset(iod);
+  const uint32_t bytes = IoBytes(iod);
+  if (offset + bytes > sizeBytes) return -EIO;
+  switch (IoOp(iod)) {
+  case ublk::IO_OP_READ:
+    return FullTransfer(false, memfd, buffer, bytes, offset);
+  case ublk::IO_OP_WRITE:
+    return FullTransfer(true, memfd, buffer, bytes, offset);
+  case ublk::IO_OP_FLUSH:
+    return 0;
+  case ublk::IO_OP_DISCARD:
+  case ublk::IO_OP_WRITE_ZEROES:
+    if (fallocate(memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
+                  static_cast<off_t>(bytes)) < 0) {
+      return -errno;
+    }
+    return 0;
+  default:
+    return -EOPNOTSUPP;
+  }
+}
+
+bool LoopTargetSupports(const ublk::io_desc &iod) {
+  switch (IoOp(iod)) {
+  case ublk::IO_OP_READ:
+  case ublk::IO_OP_WRITE:
+  case ublk::IO_OP_FLUSH:
+  case ublk::IO_OP_DISCARD:
+  case ublk::IO_OP_WRITE_ZEROES:
+    return true;
+  default:
+    return false;
+  }
+}
+
+bool LoopTargetPrep(io_uring_sqe *sqe, int fd, const ublk::io_desc &iod, uint8_t *buffer, bool retry, int *immediate) {
+  const uint64_t offset = IoOffset(iod);
+  const uint32_t bytes = IoBytes(iod);
+  switch (IoOp(iod)) {
+  case ublk::IO_OP_READ:
+    io_uring_prep_read(sqe, fd, buffer, bytes, offset);
+    return true;
+  case ublk::IO_OP_WRITE:
+    io_uring_prep_write(sqe, fd, buffer, bytes, offset);
+    if (IoFlags(iod) & ublk::IO_F_FUA) sqe->rw_flags = RWF_DSYNC;
+    return true;
+  case ublk::IO_OP_FLUSH:
+    io_uring_prep_fsync(sqe, fd, IORING_FSYNC_DATASYNC);
+    return true;
+  case ublk::IO_OP_DISCARD:
+    io_uring_prep_fallocate(sqe, fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, bytes);
+    return true;
+  case ublk::IO_OP_WRITE_ZEROES: {
+    // NOUNMAP asks for allocated zeroes; otherwise a hole reads as zeroes too.
+    int mode = retry ? FALLOC_FL_PUNCH_HOLE : FALLOC_FL_ZERO_RANGE;
+    io_uring_prep_fallocate(sqe, fd, mode | FALLOC_FL_KEEP_SIZE, offset, bytes);
+    return true;
+  }
+  default:
+    *immediate = -EOPNOTSUPP;
+    return false;
+  }
+}
+
+bool LoopTargetComplete(const ublk::io_desc &iod, uint8_t *buffer, int res, bool retried, int *result) {
+  const unsigned op = IoOp(iod);
+  if (op == ublk::IO_OP_WRITE_ZEROES && !retried && (res == -EOPNOTSUPP || res == -EINVAL) &&
+      !(IoFlags(iod) & ublk::IO_F_NOUNMAP)) {
+    return true;
+  }
+  if (op == ublk::IO_OP_READ && res >= 0 && static_cast<uint32_t>(res) < IoBytes(iod)) {
+    // Past the end of a file that shrank under us: the device reads zeroes.
+    std::memset(buffer + res, 0, IoBytes(iod) - res);
+    *result = static_cast<int>(IoBytes(iod));
+    return false;
+  }
+  *result = res;
+  return false;
+}
+
+} // namespace ublkts

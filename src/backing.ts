@@ -1,0 +1,125 @@
+import * as fs from 'node:fs';
+import { DeviceSpec } from './device-spec';
+import { SpecError, UblkError } from './errors';
+import { native } from './native';
+
+/** An open backing store handed to the queue threads. */
+export interface Backing {
+  fd: number;
+  /** Whether the loop target's file was opened with O_DIRECT. */
+  directIo: boolean;
+  /** What it is, for logs. */
+  description: string;
+  /** Closes it; with `discardCreated`, also removes a file this process created. */
+  close(opts?: { discardCreated?: boolean }): void;
+}
+
+/**
+ * Opens what a target stores its data in, before the device exists, so
+ * every problem with it is reported while nothing needs undoing:
+ * loop — the backing file (created sparse if asked), O_DIRECT where it
+ * works, locked exclusively against other ublk-ts devices;
+ * memory — a memfd of the device size (pages appear only when written).
+ */
+export function openBacking(spec: DeviceSpec): Backing | undefined {
+  if (spec.target.type === 'memory') return openMemory(spec);
+  if (spec.target.type === 'loop') return openLoop(spec, spec.target);
+  return undefined;
+}
+
+function openMemory(spec: DeviceSpec): Backing {
+  const fd = native.memfdCreate(`ublk-ts-memory-${spec.sizeBytes}`);
+  try {
+    fs.ftruncateSync(fd, spec.sizeBytes);
+  } catch (err) {
+    fs.closeSync(fd);
+    throw err;
+  }
+  return { fd, directIo: false, description: `memfd of ${spec.sizeBytes} bytes`, close: () => fs.closeSync(fd) };
+}
+
+type LoopTarget = Extract<DeviceSpec['target'], { type: 'loop' }>;
+
+function openLoop(spec: DeviceSpec, target: LoopTarget): Backing {
+  const file = target.file;
+  let created = false;
+  if (target.create && !fs.existsSync(file)) {
+    const fd = openOrExplain(file, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
+    try {
+      fs.ftruncateSync(fd, spec.sizeBytes);
+    } finally {
+      fs.closeSync(fd);
+    }
+    created = true;
+  }
+  const discard = (): void => {
+    if (created) fs.rmSync(file, { force: true });
+  };
+  try {
+    const { fd, directIo } = openWithDirectIoPolicy(spec, target);
+    if (!native.flock(fd, true, true)) {
+      fs.closeSync(fd);
+      throw new SpecError('target.file', `${file} is already in use by another ublk-ts device (it holds the file's lock)`);
+    }
+    return {
+      fd,
+      directIo,
+      description: `${file} (${directIo ? 'direct IO' : 'buffered'}${spec.readOnly ? ', read-only' : ''})`,
+      close: (opts) => {
+        fs.closeSync(fd);
+        if (opts?.discardCreated) discard();
+      },
+    };
+  } catch (err) {
+    discard();
+    throw err;
+  }
+}
+
+function openOrExplain(file: string, flags: number, mode?: number): number {
+  try {
+    return fs.openSync(file, flags, mode);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'EACCES' || code === 'EPERM' || code === 'EROFS') throw new SpecError('target.file', `${file}: permission denied (${code})`);
+    if (code === 'ENOENT') throw new SpecError('target.file', `${file} does not exist`);
+    throw err;
+  }
+}
+
+/** The file system's O_DIRECT alignment for this fd, or undefined when unknown. */
+function directIoAlignment(fd: number): number | undefined {
+  if (fs.fstatSync(fd).isBlockDevice()) return native.blockDeviceGeometry(fd).logicalBlockSize;
+  return native.dioAlignment(fd)?.offset || undefined;
+}
+
+function openWithDirectIoPolicy(spec: DeviceSpec, target: LoopTarget): { fd: number; directIo: boolean } {
+  const access = spec.readOnly ? fs.constants.O_RDONLY : fs.constants.O_RDWR;
+  if (target.directIo === false) return { fd: openOrExplain(target.file, access), directIo: false };
+  let fd: number;
+  try {
+    fd = openOrExplain(target.file, access | fs.constants.O_DIRECT);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;
+    if (target.directIo === true) {
+      throw new SpecError(
+        'target.directIo',
+        `${target.file} is on a file system without O_DIRECT support: use directIo auto or false`,
+      );
+    }
+    return { fd: openOrExplain(target.file, access), directIo: false };
+  }
+  const alignment = directIoAlignment(fd);
+  if (alignment !== undefined && alignment > spec.logicalBlockSize) {
+    fs.closeSync(fd);
+    if (target.directIo === true) {
+      throw new SpecError(
+        'target.directIo',
+        `${target.file} needs ${alignment}-byte aligned direct IO, larger than the logical block size ${spec.logicalBlockSize}`,
+      );
+    }
+    return { fd: openOrExplain(target.file, access), directIo: false };
+  }
+  return { fd, directIo: true };
+}
+

@@ -1,0 +1,253 @@
+import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import {
+  DeviceTracker,
+  fio,
+  listDevices,
+  makeStateDir,
+  requireUblk,
+  run,
+  serverPids,
+  ublkctl,
+  ublkctlJson,
+} from './helpers';
+
+interface AddedDevice {
+  id: number;
+  blockPath: string;
+  serverPid: number;
+  logPath: string;
+}
+
+const MiB = 1024 * 1024;
+
+function sha256(file: string, bytes?: number): string {
+  const args = bytes === undefined ? ['-c', `sha256sum < ${file}`] : ['-c', `head -c ${bytes} ${file} | sha256sum`];
+  return run('bash', args).stdout.split(' ')[0]!;
+}
+
+function allocatedBytes(file: string): number {
+  return Number(run('stat', ['-c', '%b', file]).stdout.trim()) * 512;
+}
+
+function shmemBytes(): number {
+  const m = /^Shmem:\s+(\d+) kB/m.exec(fs.readFileSync('/proc/meminfo', 'utf8'));
+  return Number(m![1]) * 1024;
+}
+
+/** fio write-then-verify jobs spanning block sizes 4 KiB..512 KiB and iodepths 1..128, two jobs on two CPUs (queues). */
+function fioVerify(device: string): void {
+  const cases: Array<[string, number]> = [
+    ['4k', 1],
+    ['16k', 8],
+    ['64k', 32],
+    ['512k', 128],
+    ['4k-512k', 16],
+  ];
+  for (const [bs, iodepth] of cases) {
+    const jobs = fio([
+      '--name=verify',
+      `--filename=${device}`,
+      '--ioengine=io_uring',
+      '--direct=1',
+      '--rw=randwrite',
+      bs.includes('-') ? `--bsrange=${bs}` : `--bs=${bs}`,
+      `--iodepth=${iodepth}`,
+      '--numjobs=2',
+      '--cpus_allowed=0-1',
+      '--cpus_allowed_policy=split',
+      '--size=24M',
+      '--offset_increment=32M',
+      '--verify=crc32c',
+      '--do_verify=1',
+      '--verify_fatal=1',
+      '--group_reporting=0',
+    ]);
+    assert.equal(jobs.length, 2);
+    for (const job of jobs) {
+      assert.equal(job.error, 0, `fio bs=${bs} iodepth=${iodepth}: error ${job.error}`);
+      assert.ok(job.write.io_bytes > 0 && job.read.io_bytes > 0, `bs=${bs} iodepth=${iodepth} wrote and verified`);
+    }
+  }
+}
+
+/** mkfs.ext4, mount, write and read back files, unmount, fsck -fn clean. */
+function filesystemRoundTrip(device: string, scratch: string): void {
+  run('mkfs.ext4', ['-q', '-F', device]);
+  const mnt = fs.mkdtempSync(path.join(scratch, 'mnt-'));
+  run('mount', [device, mnt]);
+  const sums = new Map<string, string>();
+  try {
+    for (let i = 0; i < 4; i++) {
+      const file = path.join(mnt, `file${i}`);
+      run('dd', ['if=/dev/urandom', `of=${file}`, 'bs=256k', `count=${4 + i}`, 'status=none']);
+      sums.set(file, sha256(file));
+    }
+    run('sync', []);
+  } finally {
+    run('umount', [mnt]);
+  }
+  run('mount', [device, mnt]);
+  try {
+    for (const [file, sum] of sums) assert.equal(sha256(file), sum, `${file} reads back`);
+  } finally {
+    run('umount', [mnt]);
+  }
+  const fsck = run('fsck.ext4', ['-fn', device], { allowFail: true });
+  assert.equal(fsck.status, 0, `fsck -fn: ${fsck.stdout}${fsck.stderr}`);
+}
+
+describe('loop and memory targets (real ublk driver)', function () {
+  requireUblk(this);
+  const devices = new DeviceTracker();
+  const stateDir = makeStateDir();
+  const scratch = fs.mkdtempSync('/tmp/ublk-ts-data-');
+  afterEach(() => devices.cleanup());
+
+  function add(args: string[]): AddedDevice {
+    const dev = ublkctlJson<AddedDevice>(['add', ...args], stateDir);
+    devices.add(dev.id);
+    return dev;
+  }
+
+  function del(dev: AddedDevice): void {
+    const r = ublkctl(['del', String(dev.id)], stateDir);
+    assert.equal(r.status, 0, r.stderr);
+    devices.forget(dev.id);
+  }
+
+  it('memory: fio verify over 4 KiB..512 KiB and iodepth 1..128 on 2 queues has zero errors', () => {
+    const dev = add(['-t', 'memory', '--size', '128MiB', '--queues', '2', '--depth', '128']);
+    fioVerify(dev.blockPath);
+  });
+
+  it('loop: fio verify on 2 queues has zero errors, and the backing file holds exactly the device bytes', () => {
+    const file = path.join(scratch, 'verify.img');
+    const dev = add(['-t', 'loop', '--file', file, '--size', '128MiB', '--create', '--queues', '2', '--depth', '128']);
+    fioVerify(dev.blockPath);
+    run('dd', ['if=/dev/urandom', `of=${dev.blockPath}`, 'bs=1M', 'count=8', 'seek=100', 'oflag=direct', 'status=none']);
+    const deviceSum = sha256(dev.blockPath);
+    del(dev);
+    assert.equal(fs.statSync(file).size, 128 * MiB, 'the file keeps the device size');
+    assert.equal(sha256(file), deviceSum, 'backing file bytes equal the device bytes');
+  });
+
+  it('memory: ext4 mkfs, mount, write, read back, fsck clean', () => {
+    const dev = add(['-t', 'memory', '--size', '256MiB']);
+    filesystemRoundTrip(dev.blockPath, scratch);
+  });
+
+  it('loop: ext4 mkfs, mount, write, read back, fsck clean', () => {
+    const dev = add(['-t', 'loop', '--file', path.join(scratch, 'fs.img'), '--size', '256MiB', '--create']);
+    filesystemRoundTrip(dev.blockPath, scratch);
+  });
+
+  it('loop: blkdiscard punches holes in the backing file and discarded ranges read as zeroes', () => {
+    const file = path.join(scratch, 'discard.img');
+    const dev = add(['-t', 'loop', '--file', file, '--size', '64MiB', '--create']);
+    run('dd', ['if=/dev/urandom', `of=${dev.blockPath}`, 'bs=1M', 'count=64', 'oflag=direct', 'status=none']);
+    run('sync', []);
+    const before = allocatedBytes(file);
+    assert.ok(before >= 60 * MiB, `written file is allocated (${before})`);
+    run('blkdiscard', ['--offset', String(16 * MiB), '--length', String(32 * MiB), dev.blockPath]);
+    const after = allocatedBytes(file);
+    assert.ok(after <= before - 30 * MiB, `allocation fell from ${before} to ${after}`);
+    const zeroes = run('bash', ['-c', `cmp -n ${32 * MiB} <(dd if=${dev.blockPath} bs=1M skip=16 count=32 iflag=direct status=none) /dev/zero`], { allowFail: true });
+    assert.equal(zeroes.status, 0, `discarded range reads as zeroes: ${zeroes.stdout}`);
+    const discardMax = Number(fs.readFileSync(`/sys/block/ublkb${dev.id}/queue/discard_max_bytes`, 'utf8'));
+    assert.ok(discardMax > 0, 'discard advertised');
+  });
+
+  it('memory: a 64 GiB device costs nothing until written, and discard gives the memory back', () => {
+    const base = shmemBytes();
+    const dev = add(['-t', 'memory', '--size', '64GiB']);
+    assert.equal(run('blockdev', ['--getsize64', dev.blockPath]).stdout.trim(), String(64 * 1024 * MiB));
+    assert.ok(shmemBytes() - base < 16 * MiB, `idle device uses ${shmemBytes() - base} bytes`);
+    run('dd', ['if=/dev/urandom', `of=${dev.blockPath}`, 'bs=1M', 'count=64', 'seek=4096', 'oflag=direct', 'status=none']);
+    const used = shmemBytes() - base;
+    assert.ok(used >= 60 * MiB && used < 100 * MiB, `64 MiB written uses ${used} bytes`);
+    run('blkdiscard', ['--offset', String(4096 * MiB), '--length', String(64 * MiB), dev.blockPath]);
+    assert.ok(shmemBytes() - base < 16 * MiB, `after discard ${shmemBytes() - base} bytes`);
+    const zeroes = run('bash', ['-c', `cmp -n ${MiB} <(dd if=${dev.blockPath} bs=1M skip=4096 count=1 iflag=direct status=none) /dev/zero`], { allowFail: true });
+    assert.equal(zeroes.status, 0, 'discarded memory reads as zeroes');
+  });
+
+  it('loop: a read-only device is read-only in the kernel, rejects writes, and leaves the file unchanged', () => {
+    const file = path.join(scratch, 'ro.img');
+    run('dd', ['if=/dev/urandom', `of=${file}`, 'bs=1M', 'count=16', 'status=none']);
+    const sum = sha256(file);
+    const dev = add(['-t', 'loop', '--file', file, '--read-only']);
+    assert.equal(run('blockdev', ['--getro', dev.blockPath]).stdout.trim(), '1');
+    const write = run('dd', ['if=/dev/zero', `of=${dev.blockPath}`, 'bs=4k', 'count=1', 'oflag=direct', 'status=none'], { allowFail: true });
+    assert.notEqual(write.status, 0, 'write refused');
+    assert.equal(sha256(dev.blockPath), sum, 'device reads the file');
+    del(dev);
+    assert.equal(sha256(file), sum, 'file unchanged');
+  });
+
+  describe('bad input fails before any device exists', () => {
+    function refuses(args: string[], message: RegExp, opts: { asUser?: boolean } = {}): void {
+      const before = { devices: listDevices().map((d) => d.id), servers: serverPids() };
+      const full = ['add', ...args, '--state-dir', stateDir];
+      const r = opts.asUser
+        ? run('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, path.join(__dirname, '..', '..', 'src', 'cli', 'ublkctl.js'), ...full], { allowFail: true })
+        : ublkctl(full);
+      assert.equal(r.status, 2, `exit status (stderr: ${r.stderr})`);
+      assert.match(r.stderr, message);
+      assert.deepEqual(listDevices().map((d) => d.id), before.devices, 'no device left behind');
+      assert.deepEqual(serverPids(), before.servers, 'no server left behind');
+    }
+
+    it('a missing file (without --create)', () => {
+      refuses(['-t', 'loop', '--file', path.join(scratch, 'missing.img')], /target\.file: .*missing\.img does not exist/);
+    });
+
+    it('a path that is neither a regular file nor a block device', () => {
+      refuses(['-t', 'loop', '--file', scratch], /is not a regular file or block device/);
+      refuses(['-t', 'loop', '--file', '/dev/null'], /is not a regular file or block device/);
+    });
+
+    it('a file without permission', () => {
+      const file = path.join(scratch, 'private.img');
+      run('truncate', ['-s', '16M', file]);
+      fs.chmodSync(file, 0o600);
+      fs.chmodSync(scratch, 0o755);
+      refuses(['-t', 'loop', '--file', file], /permission denied/, { asUser: true });
+    });
+
+    it('a size that is not a multiple of the logical block size', () => {
+      const odd = path.join(scratch, 'odd.img');
+      run('truncate', ['-s', '1000', odd]);
+      refuses(['-t', 'loop', '--file', odd], /size: must be a multiple of the logical block size \(512\), got 1000/);
+      refuses(['-t', 'loop', '--file', path.join(scratch, 'new.img'), '--create', '--size', '4000'], /multiple of the logical block size/);
+      assert.ok(!fs.existsSync(path.join(scratch, 'new.img')), 'nothing created');
+    });
+
+    it('a size larger than the file without --create', () => {
+      const small = path.join(scratch, 'small.img');
+      run('truncate', ['-s', '16M', small]);
+      refuses(['-t', 'loop', '--file', small, '--size', '32MiB'], /larger than .*small\.img/);
+    });
+
+    it('a file already used by another ublk-ts device', () => {
+      const shared = path.join(scratch, 'shared.img');
+      run('truncate', ['-s', '16M', shared]);
+      const dev = add(['-t', 'loop', '--file', shared]);
+      refuses(['-t', 'loop', '--file', shared], /already in use by another ublk-ts device/);
+      assert.ok(fs.existsSync(dev.blockPath), 'the first device is untouched');
+    });
+
+    it('direct IO forced on a file system without O_DIRECT', () => {
+      const mnt = fs.mkdtempSync(path.join(scratch, 'ramfs-'));
+      run('mount', ['-t', 'ramfs', 'ramfs', mnt]);
+      try {
+        const file = path.join(mnt, 'nodirect.img');
+        run('truncate', ['-s', '16M', file]);
+        refuses(['-t', 'loop', '--file', file, '--direct-io', 'on'], /without O_DIRECT support/);
+      } finally {
+        run('umount', [mnt]);
+      }
+    });
+  });
+});
