@@ -149,14 +149,13 @@ void QueueRunner::Serve() {
   }
 
   auto commit = [&](unsigned tag, int result) { prepIoCmd(commitOp, tag, result); };
-  auto submitLoopIo = [&](unsigned tag, bool retry) {
+  auto submitLoopIo = [&](unsigned tag, ZeroStage stage) {
     const ublk::io_desc &iod = descs[tag];
     if (!LoopTargetSupports(iod)) return commit(tag, -EOPNOTSUPP);
     io_uring_sqe *sqe = getSqe();
     if (sqe == nullptr) return;
-    int immediate = 0;
-    LoopTargetPrep(sqe, config_.backingFd, iod, bufferAt(tag), retry, &immediate);
-    sqe->user_data = kTargetIoBit | (retry ? kRetryBit : 0) | tag;
+    LoopTargetPrep(sqe, config_.backingFd, iod, bufferAt(tag), stage);
+    sqe->user_data = kTargetIoBit | StageBits(stage) | tag;
   };
   auto serveRequest = [&](unsigned tag) {
     const ublk::io_desc &iod = descs[tag];
@@ -166,7 +165,7 @@ void QueueRunner::Serve() {
     case TargetKind::Memory:
       return commit(tag, MemoryTargetIo(config_.backingFd, config_.sizeBytes, iod, bufferAt(tag)));
     case TargetKind::Loop:
-      return submitLoopIo(tag, false);
+      return submitLoopIo(tag, ZeroStage::ZeroRange);
     }
   };
 
@@ -192,8 +191,9 @@ void QueueRunner::Serve() {
       const unsigned tag = static_cast<unsigned>(data & 0xffff);
       if (data & kTargetIoBit) {
         int result = 0;
-        if (LoopTargetComplete(descs[tag], bufferAt(tag), cqe->res, (data & kRetryBit) != 0, &result)) {
-          submitLoopIo(tag, true);
+        ZeroStage next = ZeroStage::ZeroRange;
+        if (LoopTargetComplete(descs[tag], bufferAt(tag), cqe->res, StageOf(data), &next, &result)) {
+          submitLoopIo(tag, next);
         } else {
           commit(tag, result);
         }

@@ -84,40 +84,48 @@ bool LoopTargetSupports(const ublk::io_desc &iod) {
   }
 }
 
-bool LoopTargetPrep(io_uring_sqe *sqe, int fd, const ublk::io_desc &iod, uint8_t *buffer, bool retry, int *immediate) {
+void LoopTargetPrep(io_uring_sqe *sqe, int fd, const ublk::io_desc &iod, uint8_t *buffer, ZeroStage stage) {
   const uint64_t offset = IoOffset(iod);
   const uint32_t bytes = IoBytes(iod);
   switch (IoOp(iod)) {
   case ublk::IO_OP_READ:
     io_uring_prep_read(sqe, fd, buffer, bytes, offset);
-    return true;
+    return;
   case ublk::IO_OP_WRITE:
     io_uring_prep_write(sqe, fd, buffer, bytes, offset);
     if (IoFlags(iod) & ublk::IO_F_FUA) sqe->rw_flags = RWF_DSYNC;
-    return true;
+    return;
   case ublk::IO_OP_FLUSH:
     io_uring_prep_fsync(sqe, fd, IORING_FSYNC_DATASYNC);
-    return true;
+    return;
   case ublk::IO_OP_DISCARD:
     io_uring_prep_fallocate(sqe, fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, bytes);
-    return true;
+    return;
   case ublk::IO_OP_WRITE_ZEROES: {
-    // NOUNMAP asks for allocated zeroes; otherwise a hole reads as zeroes too.
-    int mode = retry ? FALLOC_FL_PUNCH_HOLE : FALLOC_FL_ZERO_RANGE;
+    int mode = stage == ZeroStage::ZeroRange   ? FALLOC_FL_ZERO_RANGE
+               : stage == ZeroStage::PunchHole ? FALLOC_FL_PUNCH_HOLE
+                                               : 0;
     io_uring_prep_fallocate(sqe, fd, mode | FALLOC_FL_KEEP_SIZE, offset, bytes);
-    return true;
+    return;
   }
   default:
-    *immediate = -EOPNOTSUPP;
-    return false;
+    io_uring_prep_nop(sqe);
   }
 }
 
-bool LoopTargetComplete(const ublk::io_desc &iod, uint8_t *buffer, int res, bool retried, int *result) {
+bool LoopTargetComplete(const ublk::io_desc &iod, uint8_t *buffer, int res, ZeroStage stage, ZeroStage *next,
+                        int *result) {
   const unsigned op = IoOp(iod);
-  if (op == ublk::IO_OP_WRITE_ZEROES && !retried && (res == -EOPNOTSUPP || res == -EINVAL) &&
-      !(IoFlags(iod) & ublk::IO_F_NOUNMAP)) {
-    return true;
+  if (op == ublk::IO_OP_WRITE_ZEROES) {
+    if (stage == ZeroStage::ZeroRange && (res == -EOPNOTSUPP || res == -EINVAL)) {
+      *next = ZeroStage::PunchHole;
+      return true;
+    }
+    // NOUNMAP asks for allocated zeroes: a hole alone would give space back.
+    if (stage == ZeroStage::PunchHole && res == 0 && (IoFlags(iod) & ublk::IO_F_NOUNMAP)) {
+      *next = ZeroStage::Allocate;
+      return true;
+    }
   }
   if (op == ublk::IO_OP_READ && res >= 0 && static_cast<uint32_t>(res) < IoBytes(iod)) {
     // Past the end of a file that shrank under us: the device reads zeroes.

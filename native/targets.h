@@ -13,8 +13,12 @@ enum class TargetKind { Null, Loop, Memory };
 
 // Marks a CQE as the completion of target IO (not of a ublk command).
 constexpr uint64_t kTargetIoBit = 1ull << 62;
-// Set when a WRITE_ZEROES is retried as a hole punch.
-constexpr uint64_t kRetryBit = 1ull << 48;
+// WRITE_ZEROES falls back in stages where FALLOC_FL_ZERO_RANGE is missing
+// (tmpfs): punch a hole, then, for NOUNMAP, allocate the range again.
+enum class ZeroStage : unsigned { ZeroRange = 0, PunchHole = 1, Allocate = 2 };
+constexpr unsigned kStageShift = 48;
+inline uint64_t StageBits(ZeroStage s) { return static_cast<uint64_t>(s) << kStageShift; }
+inline ZeroStage StageOf(uint64_t userData) { return static_cast<ZeroStage>((userData >> kStageShift) & 3); }
 
 inline unsigned IoOp(const ublk::io_desc &iod) { return iod.op_flags & 0xff; }
 inline unsigned IoFlags(const ublk::io_desc &iod) { return iod.op_flags >> 8 << 8; }
@@ -36,11 +40,11 @@ bool LoopTargetSupports(const ublk::io_desc &iod);
 // The loop target: prepares the backing-file operation for a request on the
 // queue's own ring. Returns false when the request has no file operation
 // (then *immediate holds its result).
-bool LoopTargetPrep(io_uring_sqe *sqe, int fd, const ublk::io_desc &iod, uint8_t *buffer, bool retry, int *immediate);
+void LoopTargetPrep(io_uring_sqe *sqe, int fd, const ublk::io_desc &iod, uint8_t *buffer, ZeroStage stage);
 
 // Turns the backing file's CQE result into the request's result. Returns
-// true when the request must be re-submitted as a fallback (WRITE_ZEROES
-// on a file system without FALLOC_FL_ZERO_RANGE).
-bool LoopTargetComplete(const ublk::io_desc &iod, uint8_t *buffer, int res, bool retried, int *result);
+// true with *next set when the request needs another stage.
+bool LoopTargetComplete(const ublk::io_desc &iod, uint8_t *buffer, int res, ZeroStage stage, ZeroStage *next,
+                        int *result);
 
 } // namespace ublkts

@@ -52,15 +52,36 @@ function loadNullBlk(): string {
   return '/dev/nullb0';
 }
 
-function withUblkNull<T>(env: NodeJS.ProcessEnv, fn: (device: string) => T): T {
+function withUblk<T>(target: string[], env: NodeJS.ProcessEnv, fn: (device: string) => T): T {
   const info = JSON.parse(
-    sh(process.execPath, [UBLKCTL, 'add', '-t', 'null', '--size', '1GiB', '--queues', '1', '--depth', '64', '--json'], env),
+    sh(process.execPath, [UBLKCTL, 'add', ...target, '--queues', '1', '--depth', '64', '--json'], env),
   ) as { id: number; blockPath: string };
   try {
     return fn(info.blockPath);
   } finally {
     sh(process.execPath, [UBLKCTL, 'del', String(info.id)]);
   }
+}
+
+const withUblkNull = <T>(env: NodeJS.ProcessEnv, fn: (device: string) => T): T =>
+  withUblk(['-t', 'null', '--size', '1GiB'], env, fn);
+
+/** A kernel loop device on `file`, with or without direct IO. */
+function withKernelLoop<T>(file: string, directIo: boolean, fn: (device: string) => T): T {
+  const device = sh('losetup', ['--find', '--show', `--direct-io=${directIo ? 'on' : 'off'}`, file]).trim();
+  try {
+    return fn(device);
+  } finally {
+    sh('losetup', ['-d', device]);
+  }
+}
+
+function backingFile(): string {
+  // The guest's /tmp is a tmpfs: the backing file lives in RAM, so both loop
+  // implementations are measured on the same medium with no disk noise.
+  const file = '/tmp/ublk-ts-bench.img';
+  sh('dd', ['if=/dev/urandom', `of=${file}`, 'bs=1M', 'count=1024', 'status=none']);
+  return file;
 }
 
 interface Row {
@@ -82,14 +103,41 @@ function main(): void {
   for (const flags of variants) {
     rows.push({ name: `ublk-ts null, ring flags ${flags}`, iops: withUblkNull({ UBLK_TS_RING_FLAGS: flags }, fioRandread) });
   }
+  const memory = withUblk(['-t', 'memory', '--size', '1GiB'], {}, fioRandread);
+  rows.push({ name: 'ublk-ts memory (1 queue, depth 64)', iops: memory });
+
+  const file = backingFile();
+  const kernelLoopDirect = withKernelLoop(file, true, fioRandread);
+  const ublkLoopDirect = withUblk(['-t', 'loop', '--file', file, '--direct-io', 'on'], {}, fioRandread);
+  const kernelLoopBuffered = withKernelLoop(file, false, fioRandread);
+  const ublkLoopBuffered = withUblk(['-t', 'loop', '--file', file, '--direct-io', 'off'], {}, fioRandread);
+  fs.rmSync(file);
+  const loopRows: Array<Row & { reference: number }> = [
+    { name: 'kernel loop, direct IO', iops: kernelLoopDirect, reference: kernelLoopDirect },
+    { name: 'ublk-ts loop, direct IO', iops: ublkLoopDirect, reference: kernelLoopDirect },
+    { name: 'kernel loop, buffered', iops: kernelLoopBuffered, reference: kernelLoopBuffered },
+    { name: 'ublk-ts loop, buffered', iops: ublkLoopBuffered, reference: kernelLoopBuffered },
+  ];
+
   const result = {
     runtimeSeconds: RUNTIME_S,
     nullBlkRuns: [nullBlk1, nullBlk2],
     rows: rows.map((r) => ({ ...r, ratioToNullBlk: Number((r.iops / nullBlk).toFixed(3)) })),
+    loop: loopRows.map((r) => ({ name: r.name, iops: r.iops, ratioToKernelLoop: Number((r.iops / r.reference).toFixed(3)) })),
+    ratios: {
+      nullToNullBlk: Number((ublk / nullBlk).toFixed(3)),
+      memoryToNullBlk: Number((memory / nullBlk).toFixed(3)),
+      loopDirectToKernelLoop: Number((ublkLoopDirect / kernelLoopDirect).toFixed(3)),
+      loopBufferedToKernelLoop: Number((ublkLoopBuffered / kernelLoopBuffered).toFixed(3)),
+    },
   };
   console.log('\nfio 4 KiB randread, io_uring, iodepth 32, 1 job, same VM boot (icount):');
-  for (const r of result.rows) console.log(`  ${r.name.padEnd(40)} ${String(r.iops).padStart(8)} IOPS  ratio ${r.ratioToNullBlk.toFixed(3)}`);
-  console.log(`ublk-ts null / null_blk = ${(ublk / nullBlk).toFixed(3)} (target >= 0.60)`);
+  for (const r of result.rows) console.log(`  ${r.name.padEnd(40)} ${String(r.iops).padStart(8)} IOPS  ratio to null_blk ${r.ratioToNullBlk.toFixed(3)}`);
+  for (const r of result.loop) console.log(`  ${r.name.padEnd(40)} ${String(r.iops).padStart(8)} IOPS  ratio to kernel loop ${r.ratioToKernelLoop.toFixed(3)}`);
+  console.log(`ublk-ts null / null_blk            = ${result.ratios.nullToNullBlk.toFixed(3)} (target >= 0.60)`);
+  console.log(`ublk-ts memory / null_blk          = ${result.ratios.memoryToNullBlk.toFixed(3)} (target >= 0.55)`);
+  console.log(`ublk-ts loop / kernel loop, direct = ${result.ratios.loopDirectToKernelLoop.toFixed(3)} (target >= 0.57)`);
+  console.log(`ublk-ts loop / kernel loop, buffered = ${result.ratios.loopBufferedToKernelLoop.toFixed(3)}`);
   const resultsDir = process.env.UBLK_TS_RESULTS_DIR;
   if (resultsDir) fs.writeFileSync(path.join(resultsDir, 'bench.json'), JSON.stringify(result, null, 2));
 }

@@ -72,8 +72,15 @@ function fioVerify(device: string): void {
   }
 }
 
-/** mkfs.ext4, mount, write and read back files, unmount, fsck -fn clean. */
+/** Kernel log lines about `device` logged after `since` (a previous dmesg length). */
+function kernelErrorsFor(device: string, since: number): string[] {
+  const name = path.basename(device);
+  return run('dmesg', []).stdout.slice(since).split('\n').filter((l) => l.includes(`dev ${name},`));
+}
+
+/** mkfs.ext4, mount, write and read back files, unmount, fsck -fn clean, and no IO error in the kernel log. */
 function filesystemRoundTrip(device: string, scratch: string): void {
+  const logStart = run('dmesg', []).stdout.length;
   run('mkfs.ext4', ['-q', '-F', device]);
   const mnt = fs.mkdtempSync(path.join(scratch, 'mnt-'));
   run('mount', [device, mnt]);
@@ -96,6 +103,7 @@ function filesystemRoundTrip(device: string, scratch: string): void {
   }
   const fsck = run('fsck.ext4', ['-fn', device], { allowFail: true });
   assert.equal(fsck.status, 0, `fsck -fn: ${fsck.stdout}${fsck.stderr}`);
+  assert.deepEqual(kernelErrorsFor(device, logStart), [], 'the kernel logged no IO error for the device');
 }
 
 describe('loop and memory targets (real ublk driver)', function () {
