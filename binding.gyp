@@ -6,7 +6,9 @@
         "native/addon.cpp",
         "native/control.cpp",
         "native/errors.cpp",
-        "native/queue.cpp"
+        "native/files.cpp",
+        "native/queue.cpp",
+        "native/targets.cpp"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED"],

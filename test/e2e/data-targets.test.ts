@@ -194,6 +194,23 @@ describe('loop and memory targets (real ublk driver)', function () {
     assert.equal(sha256(file), sum, 'file unchanged');
   });
 
+  it('loop: backing-file errors fail only the affected requests; the server stays up', () => {
+    const mnt = fs.mkdtempSync(path.join(scratch, 'small-fs-'));
+    run('mount', ['-t', 'tmpfs', '-o', 'size=8m', 'tmpfs', mnt]);
+    try {
+      const dev = add(['-t', 'loop', '--file', path.join(mnt, 'sparse.img'), '--size', '64MiB', '--create']);
+      const full = run('dd', ['if=/dev/urandom', `of=${dev.blockPath}`, 'bs=1M', 'count=32', 'oflag=direct', 'status=none'], { allowFail: true });
+      assert.notEqual(full.status, 0, 'writing past the space of the backing file system fails');
+      assert.match(full.stderr, /Input\/output error|No space left/);
+      assert.ok(listDevices().some((d) => d.id === dev.id && d.state === 'LIVE'), 'device still LIVE');
+      const read = run('dd', [`if=${dev.blockPath}`, 'of=/dev/null', 'bs=1M', 'count=4', 'iflag=direct', 'status=none'], { allowFail: true });
+      assert.equal(read.status, 0, `later IO succeeds: ${read.stderr}`);
+      del(dev);
+    } finally {
+      run('umount', [mnt]);
+    }
+  });
+
   describe('bad input fails before any device exists', () => {
     function refuses(args: string[], message: RegExp, opts: { asUser?: boolean } = {}): void {
       const before = { devices: listDevices().map((d) => d.id), servers: serverPids() };
