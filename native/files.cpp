@@ -4,7 +4,6 @@
 #include <linux/fs.h>
 #include <sys/file.h>
 #include <sys/ioctl.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -26,17 +25,6 @@ Napi::Value Flock(const Napi::CallbackInfo &info) {
   if (errno == EWOULDBLOCK) return Napi::Boolean::New(info.Env(), false);
   MakeUblkError(info.Env(), "flock", -1, errno).ThrowAsJavaScriptException();
   return info.Env().Undefined();
-}
-
-// memfdCreate(name): an anonymous file in RAM, sealed against shrinking.
-Napi::Value MemfdCreate(const Napi::CallbackInfo &info) {
-  std::string name = info[0].As<Napi::String>().Utf8Value();
-  int fd = memfd_create(name.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING);
-  if (fd < 0) {
-    MakeUblkError(info.Env(), "memfd_create", -1, errno).ThrowAsJavaScriptException();
-    return info.Env().Undefined();
-  }
-  return Napi::Number::New(info.Env(), fd);
 }
 
 // dioAlignment(fd): {memory, offset} byte alignment for O_DIRECT, or null
@@ -71,7 +59,6 @@ Napi::Value BlockDeviceGeometry(const Napi::CallbackInfo &info) {
 
 void DefineFileFunctions(Napi::Env env, Napi::Object exports) {
   exports.Set("flock", Napi::Function::New(env, Flock, "flock"));
-  exports.Set("memfdCreate", Napi::Function::New(env, MemfdCreate, "memfdCreate"));
   exports.Set("dioAlignment", Napi::Function::New(env, DioAlignment, "dioAlignment"));
   exports.Set("blockDeviceGeometry", Napi::Function::New(env, BlockDeviceGeometry, "blockDeviceGeometry"));
 }

@@ -5,7 +5,7 @@
 namespace ublkts {
 
 // Syscalls on backing files that Node's fs module does not offer:
-// flock, memfd_create, statx's direct-IO alignment, block device geometry.
+// flock, statx's direct-IO alignment, block device geometry.
 void DefineFileFunctions(Napi::Env env, Napi::Object exports);
 
 } // namespace ublkts

@@ -22,7 +22,7 @@ struct QueueConfig {
   unsigned ringFlags = 0;
   std::vector<int> cpus;
   TargetKind target = TargetKind::Null;
-  int backingFd = -1;      // loop: the backing file; memory: the memfd
+  int backingFd = -1;      // loop: the backing file; memory: its /dev/shm file
   uint64_t sizeBytes = 0;  // device size, for bounds checks
 };
 

@@ -26,7 +26,7 @@ int NullTargetResult(const ublk::io_desc &iod) {
 
 namespace {
 
-// pread/pwrite until done: a memfd never returns short except at its end.
+// pread/pwrite until done: a tmpfs file only returns short at its end.
 int FullTransfer(bool write, int fd, uint8_t *buffer, uint32_t bytes, uint64_t offset) {
   uint32_t done = 0;
   while (done < bytes) {
@@ -48,20 +48,20 @@ int FullTransfer(bool write, int fd, uint8_t *buffer, uint32_t bytes, uint64_t o
 
 } // namespace
 
-int MemoryTargetIo(int memfd, uint64_t sizeBytes, const ublk::io_desc &iod, uint8_t *buffer) {
+int MemoryTargetIo(int fd, uint64_t sizeBytes, const ublk::io_desc &iod, uint8_t *buffer) {
   const uint64_t offset = IoOffset(iod);
   const uint32_t bytes = IoBytes(iod);
   if (offset + bytes > sizeBytes) return -EIO;
   switch (IoOp(iod)) {
   case ublk::IO_OP_READ:
-    return FullTransfer(false, memfd, buffer, bytes, offset);
+    return FullTransfer(false, fd, buffer, bytes, offset);
   case ublk::IO_OP_WRITE:
-    return FullTransfer(true, memfd, buffer, bytes, offset);
+    return FullTransfer(true, fd, buffer, bytes, offset);
   case ublk::IO_OP_FLUSH:
     return 0;
   case ublk::IO_OP_DISCARD:
   case ublk::IO_OP_WRITE_ZEROES:
-    if (fallocate(memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
+    if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
                   static_cast<off_t>(bytes)) < 0) {
       return -errno;
     }

@@ -29,10 +29,10 @@ inline uint32_t IoBytes(const ublk::io_desc &iod) { return iod.nr_sectors << 9; 
 // the tag's buffer holds, writes are dropped.
 int NullTargetResult(const ublk::io_desc &iod);
 
-// The memory target: a memfd holding the device's bytes. Pages exist only
+// The memory target: a tmpfs file holding the device's bytes. Pages exist only
 // where data was written (reads of holes come back as zeroes without
 // allocating); discard and write-zeroes punch holes and give memory back.
-int MemoryTargetIo(int memfd, uint64_t sizeBytes, const ublk::io_desc &iod, uint8_t *buffer);
+int MemoryTargetIo(int fd, uint64_t sizeBytes, const ublk::io_desc &iod, uint8_t *buffer);
 
 // True for the requests the loop target turns into a backing-file operation.
 bool LoopTargetSupports(const ublk::io_desc &iod);

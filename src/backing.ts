@@ -1,4 +1,5 @@
 import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { DeviceSpec } from './device-spec';
 import { SpecError, UblkError } from './errors';
 import { native } from './native';
@@ -10,8 +11,28 @@ export interface Backing {
   directIo: boolean;
   /** What it is, for logs. */
   description: string;
+  /** Names the store after the device once the kernel has given it an id. */
+  bindToDevice(devId: number): void;
   /** Closes it; with `discardCreated`, also removes a file this process created. */
   close(opts?: { discardCreated?: boolean }): void;
+}
+
+/**
+ * Memory devices keep their bytes in a file in /dev/shm (tmpfs) rather
+ * than an anonymous memfd: the file outlives a crashed server, so the next
+ * server re-opens it and recovery loses nothing, without any process
+ * having to hold a descriptor in between.
+ */
+export const MEMORY_DIR = '/dev/shm/ublk-ts';
+
+/** Where device `devId`'s memory target keeps its bytes. */
+export function memoryPath(devId: number): string {
+  return path.join(MEMORY_DIR, `dev${devId}.mem`);
+}
+
+/** Removes a memory device's bytes: called when the device itself is deleted. */
+export function discardMemory(devId: number): void {
+  fs.rmSync(memoryPath(devId), { force: true });
 }
 
 /**
@@ -19,23 +40,64 @@ export interface Backing {
  * every problem with it is reported while nothing needs undoing:
  * loop — the backing file (created sparse if asked), O_DIRECT where it
  * works, locked exclusively against other ublk-ts devices;
- * memory — a memfd of the device size (pages appear only when written).
+ * memory — a sparse tmpfs file of the device size (pages appear only when written).
  */
-export function openBacking(spec: DeviceSpec): Backing | undefined {
-  if (spec.target.type === 'memory') return openMemory(spec);
-  if (spec.target.type === 'loop') return openLoop(spec, spec.target);
+export function openBacking(spec: DeviceSpec, opts: { recoverDevId?: number } = {}): Backing | undefined {
+  if (spec.target.type === 'memory') {
+    return opts.recoverDevId === undefined ? createMemory(spec) : reopenMemory(spec, opts.recoverDevId);
+  }
+  if (spec.target.type === 'loop') {
+    const target = opts.recoverDevId === undefined ? spec.target : { ...spec.target, create: false };
+    return openLoop(spec, target);
+  }
   return undefined;
 }
 
-function openMemory(spec: DeviceSpec): Backing {
-  const fd = native.memfdCreate(`ublk-ts-memory-${spec.sizeBytes}`);
+function createMemory(spec: DeviceSpec): Backing {
+  fs.mkdirSync(MEMORY_DIR, { recursive: true, mode: 0o700 });
+  let file = path.join(MEMORY_DIR, `.starting-${process.pid}-${Date.now()}.mem`);
+  const fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o600);
   try {
     fs.ftruncateSync(fd, spec.sizeBytes);
   } catch (err) {
     fs.closeSync(fd);
+    fs.rmSync(file, { force: true });
     throw err;
   }
-  return { fd, directIo: false, description: `memfd of ${spec.sizeBytes} bytes`, close: () => fs.closeSync(fd) };
+  return {
+    fd,
+    directIo: false,
+    get description() {
+      return `memory (${file})`;
+    },
+    bindToDevice: (devId) => {
+      const bound = memoryPath(devId);
+      fs.renameSync(file, bound);
+      file = bound;
+    },
+    close: (opts) => {
+      fs.closeSync(fd);
+      if (opts?.discardCreated) fs.rmSync(file, { force: true });
+    },
+  };
+}
+
+function reopenMemory(spec: DeviceSpec, devId: number): Backing {
+  const file = memoryPath(devId);
+  let fd: number;
+  try {
+    fd = fs.openSync(file, fs.constants.O_RDWR);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+      throw new SpecError('target', `the memory of device ${devId} is gone (${file} does not exist): it cannot be recovered`);
+    }
+    throw err;
+  }
+  if (fs.fstatSync(fd).size !== spec.sizeBytes) {
+    fs.closeSync(fd);
+    throw new SpecError('size', `${file} holds ${fs.statSync(file).size} bytes, not the device's ${spec.sizeBytes}`);
+  }
+  return { fd, directIo: false, description: `memory (${file})`, bindToDevice: () => undefined, close: () => fs.closeSync(fd) };
 }
 
 type LoopTarget = Extract<DeviceSpec['target'], { type: 'loop' }>;
@@ -65,6 +127,7 @@ function openLoop(spec: DeviceSpec, target: LoopTarget): Backing {
       fd,
       directIo,
       description: `${file} (${directIo ? 'direct IO' : 'buffered'}${spec.readOnly ? ', read-only' : ''})`,
+      bindToDevice: () => undefined,
       close: (opts) => {
         fs.closeSync(fd);
         if (opts?.discardCreated) discard();

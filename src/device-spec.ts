@@ -17,6 +17,10 @@ export type TargetSpec =
   | { type: 'memory' }
   | { type: 'loop'; file: string; create: boolean; directIo: DirectIoMode };
 
+/** What the kernel does with IO when the server dies (see the README's recovery section). */
+export const RECOVERY_MODES = ['reissue', 'fail-inflight', 'fail-io', 'none'] as const;
+export type RecoveryMode = (typeof RECOVERY_MODES)[number];
+
 /** Loose target input (CLI flags, library calls, manifests). */
 export interface TargetInput {
   type: string;
@@ -49,6 +53,7 @@ export interface DeviceSpecInput {
   maxIoSize?: number | string;
   logicalBlockSize?: number;
   readOnly?: boolean;
+  recovery?: string;
 }
 
 /** A validated device request with every default applied. */
@@ -61,6 +66,7 @@ export interface DeviceSpec {
   maxIoSize: number;
   logicalBlockSize: number;
   readOnly: boolean;
+  recovery: RecoveryMode;
 }
 
 /**
@@ -138,9 +144,18 @@ export function normalizeDeviceSpec(input: DeviceSpecInput, limits = { maxQueues
     maxIoSize,
     logicalBlockSize,
     readOnly: input.readOnly ?? false,
+    recovery: recoveryMode(input.recovery),
   };
   if (input.id !== undefined) spec.id = integerIn('id', input.id, 0, MAX_DEVICE_ID);
   return spec;
+}
+
+function recoveryMode(value: string | undefined): RecoveryMode {
+  const mode = value ?? 'reissue';
+  if (!(RECOVERY_MODES as readonly string[]).includes(mode)) {
+    throw new SpecError('recovery', `must be one of ${RECOVERY_MODES.join(', ')}, got ${JSON.stringify(mode)}`);
+  }
+  return mode as RecoveryMode;
 }
 
 function normalizeTarget(t: TargetInput): TargetSpec {

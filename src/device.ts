@@ -1,10 +1,16 @@
 import * as fs from 'node:fs/promises';
-import { Backing, openBacking } from './backing';
+import { Backing, discardMemory, openBacking } from './backing';
 import { DeviceInfo, DeviceParams, UblkControl } from './control';
-import { UblkError } from './errors';
-import { native, NativeQueueEvent, NativeQueueGroup } from './native';
-import { DeviceSpec } from './device-spec';
-import { UBLK_F_CMD_IOCTL_ENCODE } from './uapi';
+import { DeviceSpec, RecoveryMode } from './device-spec';
+import { SpecError, UblkError } from './errors';
+import { native, NativeQueueGroup, NativeQueueEvent } from './native';
+import {
+  featureNames,
+  UBLK_F_CMD_IOCTL_ENCODE,
+  UBLK_F_USER_RECOVERY,
+  UBLK_F_USER_RECOVERY_FAIL_IO,
+  UBLK_F_USER_RECOVERY_REISSUE,
+} from './uapi';
 
 /** How a queue thread ended. */
 export interface QueueExit {
@@ -18,6 +24,10 @@ export interface QueueExit {
 export type CreateProgress = { stage: 'added'; info: DeviceInfo };
 
 const NODE_WAIT_MS = 10_000;
+const RECOVERY_BUSY_RETRIES = 200;
+const RECOVERY_BUSY_DELAY_MS = 50;
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 async function waitForNode(path: string, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
@@ -29,7 +39,7 @@ async function waitForNode(path: string, timeoutMs: number): Promise<void> {
       if (Date.now() > deadline) {
         throw new UblkError(`WAIT ${path}`, undefined, 2, `device node did not appear within ${timeoutMs} ms`);
       }
-      await new Promise((r) => setTimeout(r, 20));
+      await sleep(20);
     }
   }
 }
@@ -41,39 +51,74 @@ function queueRingFlags(): number {
   return 0;
 }
 
+/** UBLK_F_* flags that ask the kernel for a recovery mode. */
+function recoveryFlags(mode: RecoveryMode): bigint {
+  switch (mode) {
+    case 'reissue':
+      return UBLK_F_USER_RECOVERY | UBLK_F_USER_RECOVERY_REISSUE;
+    case 'fail-inflight':
+      return UBLK_F_USER_RECOVERY;
+    case 'fail-io':
+      return UBLK_F_USER_RECOVERY | UBLK_F_USER_RECOVERY_FAIL_IO;
+    case 'none':
+      return 0n;
+  }
+}
+
+/** The recovery modes this kernel offers, from its GET_FEATURES answer. */
+export function supportedRecoveryModes(features: bigint): RecoveryMode[] {
+  const modes: RecoveryMode[] = [];
+  if (features & UBLK_F_USER_RECOVERY) {
+    if (features & UBLK_F_USER_RECOVERY_REISSUE) modes.push('reissue');
+    modes.push('fail-inflight');
+    if (features & UBLK_F_USER_RECOVERY_FAIL_IO) modes.push('fail-io');
+  }
+  modes.push('none');
+  return modes;
+}
+
+/** Refuses a recovery mode the kernel lacks, naming the feature and what it does offer. */
+export function checkRecoverySupported(mode: RecoveryMode, features: bigint): void {
+  if (supportedRecoveryModes(features).includes(mode)) return;
+  const missing = featureNames(recoveryFlags(mode) & ~features).map((n) => `UBLK_F_${n}`);
+  throw new SpecError(
+    'recovery',
+    `${mode} needs the kernel feature ${missing.join(', ')}${mode === 'fail-io' ? ' (Linux 6.13 or newer)' : ''}; ` +
+      `this kernel supports: ${supportedRecoveryModes(features).join(', ')}`,
+  );
+}
+
 /**
  * A ublk device served by this process: its queues run on native threads
  * (one io_uring each) and the built-in target answers IO without JS.
- * `create` adds, configures and starts the device; `delete` stops and removes it.
+ * `create` adds, configures and starts a device; `recover` takes over a
+ * QUIESCED one whose server died; `delete` stops and removes it.
  */
 export class UblkDevice {
-  /** The kernel's view at start (id, queues, depth, flags). */
+  /** The kernel's view once serving (id, queues, depth, flags). */
   readonly info: DeviceInfo;
   readonly spec: DeviceSpec;
   /** Resolves when every queue thread has ended (after STOP_DEV, or on failure). */
   readonly exited: Promise<QueueExit[]>;
+  /** The loop target's file or the memory target's tmpfs file, when there is one. */
+  readonly backing: Backing | undefined;
   private readonly control: UblkControl;
   private readonly ownsControl: boolean;
-  private readonly queues: NativeQueueGroup;
-  /** The loop target's file or the memory target's memfd, when there is one. */
-  readonly backing: Backing | undefined;
 
   private constructor(
     info: DeviceInfo,
     spec: DeviceSpec,
     control: UblkControl,
     ownsControl: boolean,
-    queues: NativeQueueGroup,
     exited: Promise<QueueExit[]>,
     backing: Backing | undefined,
   ) {
-    this.backing = backing;
     this.info = info;
     this.spec = spec;
     this.control = control;
     this.ownsControl = ownsControl;
-    this.queues = queues;
     this.exited = exited;
+    this.backing = backing;
   }
 
   get id(): number {
@@ -85,55 +130,84 @@ export class UblkDevice {
   }
 
   /**
-   * ADD_DEV, SET_PARAMS, start one thread per queue, wait until each has
-   * fetched its tags, START_DEV. On any failure the half-made device is
-   * deleted before the error is thrown.
+   * Checks the kernel supports the spec, opens the backing store, then
+   * ADD_DEV, SET_PARAMS, one thread per queue, waits until each has fetched
+   * its tags, START_DEV. On any failure the half-made device is deleted
+   * (and a file it created removed) before the error is thrown.
    */
   static async create(
     spec: DeviceSpec,
     opts: { control?: UblkControl; onProgress?: (p: CreateProgress) => void } = {},
   ): Promise<UblkDevice> {
-    const backing = openBacking(spec);
-    let control: UblkControl;
-    try {
-      control = opts.control ?? (await UblkControl.open());
-    } catch (err) {
-      backing?.close({ discardCreated: true });
-      throw err;
-    }
+    const control = opts.control ?? (await UblkControl.open());
     const ownsControl = opts.control === undefined;
+    let backing: Backing | undefined;
     let info: DeviceInfo | undefined;
-    let group: NativeQueueGroup | undefined;
-    let exited: Promise<QueueExit[]> | undefined;
+    let queues: StartedQueues | undefined;
     try {
+      checkRecoverySupported(spec.recovery, control.features);
+      backing = openBacking(spec);
       info = await control.addDevice({
         id: spec.id,
         queues: spec.queues,
         depth: spec.depth,
         maxIoSize: spec.maxIoSize,
+        flags: recoveryFlags(spec.recovery),
       });
+      backing?.bindToDevice(info.id);
       opts.onProgress?.({ stage: 'added', info });
       await control.setParams(info.id, deviceParams(spec, info.maxIoSize));
-      await waitForNode(info.charPath, NODE_WAIT_MS);
-      const affinities = await Promise.all(
-        Array.from({ length: info.queues }, (_, qid) => control.getQueueAffinity(info!.id, qid).catch(() => [])),
-      );
-      const started = startQueues(info, spec, affinities, backing);
-      group = started.group;
-      exited = started.exited;
-      await started.ready;
+      queues = await startQueues(control, info, spec, backing);
       await control.startDevice(info.id, process.pid);
       const live = await control.getDeviceInfo(info.id);
-      const closed = exited.finally(() => backing?.close());
-      return new UblkDevice(live, spec, control, ownsControl, group, closed, backing);
+      return new UblkDevice(live, spec, control, ownsControl, closeOnExit(queues.exited, backing, spec, live.id), backing);
     } catch (err) {
-      if (group) {
-        group.stop();
-        await exited;
+      if (queues) {
+        queues.group.stop();
+        await queues.exited;
       }
       if (info) await control.deleteDevice(info.id).catch(() => undefined);
       if (ownsControl) control.close();
       backing?.close({ discardCreated: true });
+      throw err;
+    }
+  }
+
+  /**
+   * Takes over a device whose server died (QUIESCED, or FAIL_IO):
+   * START_USER_RECOVERY (retried while the kernel still sees the old
+   * server), a fresh thread per queue fetching every tag, then
+   * END_USER_RECOVERY with this process as the server → LIVE. IO the
+   * kernel held meanwhile is served; with reissue, so is IO in flight at
+   * the crash. A failed attempt leaves the device as it was.
+   */
+  static async recover(devId: number, spec: DeviceSpec, opts: { control?: UblkControl } = {}): Promise<UblkDevice> {
+    const control = opts.control ?? (await UblkControl.open());
+    const ownsControl = opts.control === undefined;
+    let backing: Backing | undefined;
+    let queues: StartedQueues | undefined;
+    try {
+      const before = await control.getDeviceInfo(devId);
+      if ((before.flags & UBLK_F_USER_RECOVERY) === 0n) {
+        throw new UblkError('START_USER_RECOVERY', devId, 22, 'device was created without user recovery');
+      }
+      if (before.state !== 'QUIESCED' && before.state !== 'FAIL_IO') {
+        throw new UblkError('START_USER_RECOVERY', devId, 22, `device is ${before.state}, not QUIESCED or FAIL_IO`);
+      }
+      backing = openBacking(spec, { recoverDevId: devId });
+      await retryWhileBusy(() => control.startUserRecovery(devId));
+      const info = await control.getDeviceInfo(devId);
+      queues = await startQueues(control, info, spec, backing);
+      await control.endUserRecovery(devId, process.pid);
+      const live = await control.getDeviceInfo(devId);
+      return new UblkDevice(live, spec, control, ownsControl, closeOnExit(queues.exited, backing, spec, devId), backing);
+    } catch (err) {
+      if (queues) {
+        queues.group.stop();
+        await queues.exited;
+      }
+      if (ownsControl) control.close();
+      backing?.close();
       throw err;
     }
   }
@@ -151,6 +225,31 @@ export class UblkDevice {
     if (this.ownsControl) this.control.close();
     return exits;
   }
+}
+
+async function retryWhileBusy(command: () => Promise<void>): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await command();
+    } catch (err) {
+      if (!(err instanceof UblkError && err.code === 'EBUSY') || attempt >= RECOVERY_BUSY_RETRIES) throw err;
+      await sleep(RECOVERY_BUSY_DELAY_MS);
+    }
+  }
+}
+
+/**
+ * Closes the backing store once the queues end. A clean end (every tag
+ * aborted by STOP_DEV) means the device is going away, so a memory
+ * device's bytes go too; after a failure they stay for recovery.
+ */
+function closeOnExit(exited: Promise<QueueExit[]>, backing: Backing | undefined, spec: DeviceSpec, devId: number): Promise<QueueExit[]> {
+  const isMemory = spec.target.type === 'memory';
+  return exited.then((exits) => {
+    backing?.close();
+    if (isMemory && exits.every((e) => e.error === undefined)) discardMemory(devId);
+    return exits;
+  });
 }
 
 /** What the kernel is told about the device: geometry, cache, discard support. */
@@ -174,12 +273,22 @@ export function deviceParams(spec: DeviceSpec, maxIoSize: number): DeviceParams 
   return params;
 }
 
-function startQueues(
+interface StartedQueues {
+  group: NativeQueueGroup;
+  exited: Promise<QueueExit[]>;
+}
+
+/** Starts one native thread per queue and resolves once every tag of every queue is fetched. */
+async function startQueues(
+  control: UblkControl,
   info: DeviceInfo,
   spec: DeviceSpec,
-  affinities: number[][],
   backing: Backing | undefined,
-): { group: NativeQueueGroup; ready: Promise<void>; exited: Promise<QueueExit[]> } {
+): Promise<StartedQueues> {
+  await waitForNode(info.charPath, NODE_WAIT_MS);
+  const affinities = await Promise.all(
+    Array.from({ length: info.queues }, (_, qid) => control.getQueueAffinity(info.id, qid).catch(() => [])),
+  );
   let readyCount = 0;
   const exits: QueueExit[] = [];
   let resolveReady!: () => void;
@@ -190,15 +299,13 @@ function startQueues(
     rejectReady = rej;
   });
   const exited = new Promise<QueueExit[]>((res) => (resolveExited = res));
-  ready.catch(() => undefined);
   const onEvent = (e: NativeQueueEvent): void => {
     if (e.kind === 'ready') {
       if (++readyCount === info.queues) resolveReady();
       return;
     }
     exits.push({ qid: e.qid, ios: e.ios, error: e.error });
-    if (e.error) rejectReady(e.error);
-    else rejectReady(new UblkError('QUEUE_START', info.id, 5, `queue ${e.qid} ended before the device started`));
+    rejectReady(e.error ?? new UblkError('QUEUE_START', info.id, 5, `queue ${e.qid} ended before the device started`));
     if (exits.length === info.queues) resolveExited(exits.sort((a, b) => a.qid - b.qid));
   };
   const group = new native.QueueGroup(
@@ -216,5 +323,12 @@ function startQueues(
     },
     onEvent,
   );
-  return { group, ready, exited };
+  try {
+    await ready;
+  } catch (err) {
+    group.stop();
+    await exited;
+    throw err;
+  }
+  return { group, exited };
 }

@@ -5,7 +5,9 @@ import { Readable } from 'node:stream';
 import { DeviceInfo, UblkControl } from './control';
 import { DeviceSpec } from './device-spec';
 import { UblkError } from './errors';
-import { deserializeError, deserializeInfo, ServerMessage } from './server-protocol';
+import { discardMemory } from './backing';
+import { deserializeError, deserializeInfo, ServerMessage, ServerRequest } from './server-protocol';
+import { DeviceOwner, removeRecord, writeRecord } from './state';
 
 /** Default state directory: per-device records and server logs. */
 export const DEFAULT_STATE_DIR = '/run/ublk-ts';
@@ -21,6 +23,12 @@ export interface LaunchOptions {
   stateDir?: string;
   /** How long the server may take to bring the device up. */
   timeoutMs?: number;
+  /** Take over this QUIESCED device instead of creating one. */
+  recoverDevId?: number;
+  /** Recorded in the device's state record (default 'ublkctl'). */
+  owner?: DeviceOwner;
+  manifest?: string;
+  specHash?: string;
 }
 
 const SERVER_MAIN = path.join(__dirname, 'server-main.js');
@@ -49,9 +57,14 @@ export async function startServer(spec: DeviceSpec, opts: LaunchOptions = {}): P
   const timeoutMs = opts.timeoutMs ?? 60_000;
   const logDir = path.join(stateDir, 'logs');
   fs.mkdirSync(logDir, { recursive: true, mode: 0o750 });
-  const pendingLog = path.join(logDir, `.starting-${process.pid}-${Date.now()}.log`);
+  const recovering = opts.recoverDevId !== undefined;
+  // A recovering server appends to the device's log; a new one starts a log that is named once the id is known.
+  const pendingLog = recovering
+    ? serverLogPath(stateDir, opts.recoverDevId!)
+    : path.join(logDir, `.starting-${process.pid}-${Date.now()}.log`);
   const logFd = fs.openSync(pendingLog, 'a', 0o640);
-  const child = spawn(process.execPath, [SERVER_MAIN, JSON.stringify(spec)], {
+  const request: ServerRequest = { spec, recoverDevId: opts.recoverDevId };
+  const child = spawn(process.execPath, [SERVER_MAIN, JSON.stringify(request)], {
     detached: true,
     stdio: ['ignore', logFd, logFd, 'pipe'],
   });
@@ -93,15 +106,27 @@ export async function startServer(spec: DeviceSpec, opts: LaunchOptions = {}): P
 
   if ('info' in outcome) {
     const logPath = serverLogPath(stateDir, outcome.info.id);
-    fs.renameSync(pendingLog, logPath);
+    if (!recovering) fs.renameSync(pendingLog, logPath);
     status.destroy();
     child.removeAllListeners('exit');
     child.unref();
+    writeRecord(stateDir, {
+      version: 1,
+      devId: outcome.info.id,
+      owner: opts.owner ?? 'ublkctl',
+      manifest: opts.manifest,
+      specHash: opts.specHash,
+      spec,
+      serverPid: child.pid!,
+      status: 'live',
+      failures: 0,
+      updatedAt: '',
+    });
     return { info: outcome.info, pid: child.pid!, logPath };
   }
 
   await reapFailedServer(child.pid, addedId);
-  fs.rmSync(pendingLog, { force: true });
+  if (!recovering) fs.rmSync(pendingLog, { force: true });
   status.destroy();
   throw outcome.error;
 }
@@ -170,7 +195,7 @@ function withTimeout<T>(promise: Promise<T>, ms: number, onTimeout: () => Error)
 export async function removeDevice(
   control: UblkControl,
   id: number,
-  opts: { timeoutMs?: number } = {},
+  opts: { timeoutMs?: number; stateDir?: string } = {},
 ): Promise<{ serverPid: number; serverExited: boolean }> {
   const timeoutMs = opts.timeoutMs ?? 30_000;
   const info = await control.getDeviceInfo(id);
@@ -183,5 +208,8 @@ export async function removeDevice(
   );
   const own = info.serverPid === process.pid || info.serverPid <= 0;
   const serverExited = own ? true : await waitForExit(info.serverPid, timeoutMs);
+  // The device is gone: so are its memory (if a server died holding it) and its record.
+  discardMemory(id);
+  removeRecord(opts.stateDir ?? DEFAULT_STATE_DIR, id);
   return { serverPid: info.serverPid, serverExited };
 }

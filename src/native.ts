@@ -75,7 +75,7 @@ export interface NativeQueueGroupOptions {
   legacyOpcodes: boolean;
   ringFlags: number;
   target: 'null' | 'loop' | 'memory';
-  /** loop: the backing file; memory: the memfd holding the data. */
+  /** loop: the backing file; memory: the file in /dev/shm holding the data. */
   backingFd?: number;
   sizeBytes: number;
   queues: Array<{ qid: number; cpus: number[] }>;
@@ -98,7 +98,6 @@ interface Binding {
   ControlDevice: new (path: string) => NativeControlDevice;
   QueueGroup: new (options: NativeQueueGroupOptions, onEvent: (e: NativeQueueEvent) => void) => NativeQueueGroup;
   flock(fd: number, exclusive: boolean, nonBlocking: boolean): boolean;
-  memfdCreate(name: string): number;
   dioAlignment(fd: number): { memory: number; offset: number } | null;
   blockDeviceGeometry(fd: number): { sizeBytes: number; logicalBlockSize: number };
   constants: {

@@ -7,8 +7,7 @@
  */
 import * as fs from 'node:fs';
 import { UblkDevice } from './device';
-import { DeviceSpec } from './device-spec';
-import { serializeError, serializeInfo, ServerMessage, STATUS_FD } from './server-protocol';
+import { serializeError, serializeInfo, ServerMessage, ServerRequest, STATUS_FD } from './server-protocol';
 
 function log(message: string): void {
   process.stderr.write(`${new Date().toISOString()} [server ${process.pid}] ${message}\n`);
@@ -35,16 +34,22 @@ function closeStatus(): void {
 }
 
 async function main(): Promise<void> {
-  const spec = JSON.parse(process.argv[2] ?? '') as DeviceSpec;
-  log(`starting ${spec.target.type} device: ${JSON.stringify(spec)}`);
+  const request = JSON.parse(process.argv[2] ?? '') as ServerRequest;
+  const spec = request.spec;
   let device: UblkDevice;
   try {
-    device = await UblkDevice.create(spec, {
-      onProgress: (p) => {
-        log(`added device ${p.info.id}`);
-        send({ event: 'added', devId: p.info.id });
-      },
-    });
+    if (request.recoverDevId !== undefined) {
+      log(`recovering device ${request.recoverDevId} (${spec.target.type}): ${JSON.stringify(spec)}`);
+      device = await UblkDevice.recover(request.recoverDevId, spec);
+    } else {
+      log(`starting ${spec.target.type} device: ${JSON.stringify(spec)}`);
+      device = await UblkDevice.create(spec, {
+        onProgress: (p) => {
+          log(`added device ${p.info.id}`);
+          send({ event: 'added', devId: p.info.id });
+        },
+      });
+    }
   } catch (err) {
     log(`failed to start: ${(err as Error).message}`);
     send({ event: 'error', error: serializeError(err) });
@@ -52,7 +57,7 @@ async function main(): Promise<void> {
     process.exitCode = 1;
     return;
   }
-  log(`device ${device.id} is LIVE at ${device.blockPath}`);
+  log(`device ${device.id} is LIVE at ${device.blockPath}${device.backing ? ` on ${device.backing.description}` : ''}`);
   send({ event: 'live', info: serializeInfo(device.info) });
   closeStatus();
 

@@ -4,9 +4,16 @@
  * a launcher can clean up after a crash), then "live" or "error".
  */
 import { DeviceInfo } from './control';
+import { DeviceSpec } from './device-spec';
 import { EnvironmentError, SpecError, UblkError } from './errors';
 
 export const STATUS_FD = 3;
+
+/** What the launcher asks a server for: a new device, or taking over a QUIESCED one. */
+export interface ServerRequest {
+  spec: DeviceSpec;
+  recoverDevId?: number;
+}
 
 export interface SerializedError {
   name: string;

@@ -9,14 +9,17 @@ import { DeviceInfo, UblkControl } from '../control';
 import { normalizeDeviceSpec } from '../device-spec';
 import { EnvironmentError, SpecError, UblkError } from '../errors';
 import { DEFAULT_STATE_DIR, removeDevice, startServer } from '../launcher';
+import { listRecords, readRecord } from '../state';
 import { formatSize } from '../sizes';
 
 const USAGE = `usage:
   ublkctl add -t null|memory --size SIZE [options]
   ublkctl add -t loop --file PATH [--size SIZE] [--create] [--direct-io auto|on|off] [options]
       options: [--id N] [--queues Q] [--depth D] [--max-io-size SIZE]
-               [--logical-block-size B] [--read-only] [--json]
+               [--logical-block-size B] [--read-only]
+               [--recovery reissue|fail-inflight|fail-io|none] [--json]
   ublkctl del ID|--all [--json]
+  ublkctl recover ID [--json]
   ublkctl list [--json]
   ublkctl features [--json]
 
@@ -59,6 +62,7 @@ async function cmdAdd(args: string[]): Promise<void> {
       file: { type: 'string', short: 'f' },
       create: { type: 'boolean' },
       'direct-io': { type: 'string' },
+      recovery: { type: 'string' },
       json: { type: 'boolean' },
       'state-dir': { type: 'string' },
     },
@@ -79,6 +83,7 @@ async function cmdAdd(args: string[]): Promise<void> {
     maxIoSize: numeric(values['max-io-size']),
     logicalBlockSize: numeric(values['logical-block-size']) as number | undefined,
     readOnly: values['read-only'],
+    recovery: values.recovery,
   });
   // Open the control device first so a host without ublk fails before a server is spawned.
   await withControl(async () => undefined);
@@ -104,11 +109,40 @@ async function cmdDel(args: string[]): Promise<void> {
   const results = await withControl(async (control) => {
     const ids = values.all ? (await control.listDevices()).map((d) => d.id) : [parseId(positionals[0]!)];
     const done: Array<{ id: number; serverPid: number; serverExited: boolean }> = [];
-    for (const id of ids) done.push({ id, ...(await removeDevice(control, id)) });
+    for (const id of ids) done.push({ id, ...(await removeDevice(control, id, { stateDir: values['state-dir'] })) });
     return done;
   });
   if (values.json) console.log(toJson(results));
   else for (const r of results) console.log(`dev ${r.id}: deleted${r.serverExited ? '' : ` (server pid ${r.serverPid} still running)`}`);
+}
+
+async function cmdRecover(args: string[]): Promise<void> {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: { json: { type: 'boolean' }, 'state-dir': { type: 'string' } },
+  });
+  if (positionals.length !== 1) throw new UsageError('recover: give one device ID');
+  const id = parseId(positionals[0]!);
+  const stateDir = values['state-dir'] ?? DEFAULT_STATE_DIR;
+  const record = readRecord(stateDir, id);
+  if (!record) {
+    throw new UblkError(
+      'START_USER_RECOVERY',
+      id,
+      2,
+      `no ublk-ts record for it in ${stateDir}: only devices started by ublk-ts can be recovered by it`,
+    );
+  }
+  const server = await startServer(record.spec, {
+    stateDir,
+    recoverDevId: id,
+    owner: record.owner,
+    manifest: record.manifest,
+    specHash: record.specHash,
+  });
+  if (values.json) console.log(toJson({ ...server.info, logPath: server.logPath }));
+  else console.log(`dev ${id}: recovered, ${server.info.state}, server pid ${server.pid}`);
 }
 
 function parseId(text: string): number {
@@ -118,16 +152,28 @@ function parseId(text: string): number {
 
 interface ListedDevice extends DeviceInfo {
   sizeBytes?: number;
+  /** From ublk-ts's state record, when it started the device. */
+  owner?: string;
+  manifest?: string;
+  lastError?: string;
 }
 
 async function cmdList(args: string[]): Promise<void> {
   const { values } = parseArgs({ args, options: { json: { type: 'boolean' }, 'state-dir': { type: 'string' } } });
+  const records = new Map(listRecords(values['state-dir'] ?? DEFAULT_STATE_DIR).map((r) => [r.devId, r]));
   const devices = await withControl(async (control) => {
     const infos = await control.listDevices();
     return Promise.all(
       infos.map(async (info): Promise<ListedDevice> => {
         const params = await control.getParams(info.id).catch(() => undefined);
-        return { ...info, sizeBytes: params?.sizeBytes };
+        const record = records.get(info.id);
+        return {
+          ...info,
+          sizeBytes: params?.sizeBytes,
+          owner: record?.owner,
+          manifest: record?.manifest,
+          lastError: record?.lastError,
+        };
       }),
     );
   });
@@ -139,7 +185,7 @@ async function cmdList(args: string[]): Promise<void> {
     console.log('no ublk devices');
     return;
   }
-  const rows = [['ID', 'STATE', 'SIZE', 'QUEUES', 'DEPTH', 'MAX-IO', 'PID', 'BLOCK']];
+  const rows = [['ID', 'STATE', 'SIZE', 'QUEUES', 'DEPTH', 'MAX-IO', 'PID', 'BLOCK', 'MANIFEST', 'LAST-ERROR']];
   for (const d of devices) {
     rows.push([
       String(d.id),
@@ -150,6 +196,8 @@ async function cmdList(args: string[]): Promise<void> {
       formatSize(d.maxIoSize),
       d.serverPid > 0 ? String(d.serverPid) : '-',
       d.blockPath,
+      d.manifest ?? (d.owner ? `(${d.owner})` : '-'),
+      d.lastError ?? '',
     ]);
   }
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
@@ -172,6 +220,7 @@ const commands: Record<string, (args: string[]) => Promise<void>> = {
   add: cmdAdd,
   del: cmdDel,
   list: cmdList,
+  recover: cmdRecover,
   features: cmdFeatures,
 };
 

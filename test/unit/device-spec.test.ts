@@ -27,6 +27,7 @@ describe('device spec', () => {
       maxIoSize: 512 * 1024,
       logicalBlockSize: 512,
       readOnly: false,
+      recovery: 'reissue',
     });
   });
 
@@ -67,5 +68,6 @@ describe('device spec', () => {
     rejects({ target: 'null', size: '1GiB', maxIoSize: '6000' }, 'maxIoSize', /multiple of 4KiB/);
     rejects({ target: 'null', size: '1GiB', logicalBlockSize: 3000 }, 'logicalBlockSize', /512, 1024, 2048, 4096/);
     rejects({ target: 'null', size: '1GiB', id: -1 }, 'id', /between 0 and/);
+    rejects({ target: 'null', size: '1GiB', recovery: 'sometimes' }, 'recovery', /reissue, fail-inflight, fail-io, none, got "sometimes"/);
   });
 });

@@ -1,0 +1,106 @@
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { DeviceSpec } from './device-spec';
+
+/** Who made a device: the reconciler owns it (and may delete it); ublkctl records only help `recover`. */
+export type DeviceOwner = 'reconciler' | 'ublkctl';
+
+/** What ublk-ts remembers about a device it started, one JSON file per device. */
+export interface DeviceRecord {
+  version: 1;
+  devId: number;
+  owner: DeviceOwner;
+  /** metadata.name of the manifest, for devices the reconciler owns. */
+  manifest?: string;
+  /** Hash of the manifest spec the device was made from; a change means drift. */
+  specHash?: string;
+  spec: DeviceSpec;
+  serverPid: number;
+  status: 'live' | 'failed' | 'recovering' | 'stopped';
+  lastError?: string;
+  /** Consecutive failed starts/recoveries, for backoff. */
+  failures?: number;
+  updatedAt: string;
+}
+
+function recordsDir(stateDir: string): string {
+  return path.join(stateDir, 'devices');
+}
+
+/** Path of the record for device `devId`. */
+export function recordPath(stateDir: string, devId: number): string {
+  return path.join(recordsDir(stateDir), `ublkb${devId}.json`);
+}
+
+/**
+ * Writes a record so that it is, at any instant, either the old or the new
+ * version: write a temporary file, fsync it, rename it over the record,
+ * fsync the directory.
+ */
+export function writeRecord(stateDir: string, record: DeviceRecord): void {
+  const dir = recordsDir(stateDir);
+  fs.mkdirSync(dir, { recursive: true, mode: 0o750 });
+  const target = recordPath(stateDir, record.devId);
+  const temp = path.join(dir, `.${path.basename(target)}.${process.pid}.${crypto.randomBytes(4).toString('hex')}.tmp`);
+  const fd = fs.openSync(temp, 'w', 0o640);
+  try {
+    fs.writeSync(fd, `${JSON.stringify({ ...record, updatedAt: new Date().toISOString() }, null, 2)}\n`);
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+  fs.renameSync(temp, target);
+  const dirFd = fs.openSync(dir, 'r');
+  try {
+    fs.fsyncSync(dirFd);
+  } finally {
+    fs.closeSync(dirFd);
+  }
+}
+
+/** Reads one record; undefined when there is none. A corrupt record is an error, never silently dropped. */
+export function readRecord(stateDir: string, devId: number): DeviceRecord | undefined {
+  const file = recordPath(stateDir, devId);
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw err;
+  }
+  return parseRecord(file, text);
+}
+
+function parseRecord(file: string, text: string): DeviceRecord {
+  const record = JSON.parse(text) as DeviceRecord;
+  if (record.version !== 1 || typeof record.devId !== 'number') throw new Error(`${file}: not a ublk-ts device record`);
+  return record;
+}
+
+/** Every record in the state directory. Leftover temporary files of a crashed writer are removed. */
+export function listRecords(stateDir: string): DeviceRecord[] {
+  const dir = recordsDir(stateDir);
+  let names: string[];
+  try {
+    names = fs.readdirSync(dir);
+  } catch {
+    return [];
+  }
+  const records: DeviceRecord[] = [];
+  for (const name of names) {
+    const file = path.join(dir, name);
+    if (name.endsWith('.tmp')) {
+      fs.rmSync(file, { force: true });
+      continue;
+    }
+    if (!/^ublkb\d+\.json$/.test(name)) continue;
+    records.push(parseRecord(file, fs.readFileSync(file, 'utf8')));
+  }
+  return records.sort((a, b) => a.devId - b.devId);
+}
+
+/** Removes a record (no error if it is already gone). */
+export function removeRecord(stateDir: string, devId: number): void {
+  fs.rmSync(recordPath(stateDir, devId), { force: true });
+}
