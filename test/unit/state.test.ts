@@ -1,0 +1,41 @@
+import { strict as assert } from 'node:assert';
+import { spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { listRecords, readRecord, removeRecord, writeRecord } from '../../src/state';
+import { normalizeDeviceSpec } from '../../src/device-spec';
+
+const WRITER = path.resolve(__dirname, '..', 'fixtures', 'record-writer.js');
+
+describe('state records', () => {
+  it('round-trips a record and lists only records', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ublk-ts-state-'));
+    const spec = normalizeDeviceSpec({ target: 'null', size: '1GiB' }, { maxQueues: 1 });
+    writeRecord(dir, { version: 1, devId: 3, owner: 'ublkctl', spec, serverPid: 42, status: 'live', updatedAt: '' });
+    fs.writeFileSync(path.join(dir, 'devices', 'notes.txt'), 'not a record');
+    const back = readRecord(dir, 3)!;
+    assert.equal(back.serverPid, 42);
+    assert.ok(Date.parse(back.updatedAt) > 0);
+    assert.deepEqual(listRecords(dir).map((r) => r.devId), [3]);
+    removeRecord(dir, 3);
+    assert.equal(readRecord(dir, 3), undefined);
+  });
+
+  it('is always the old or the new version, whenever the writer is killed with SIGKILL', async function () {
+    this.timeout(120_000);
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ublk-ts-kill-'));
+    for (let round = 0; round < 20; round++) {
+      const child = spawn(process.execPath, [WRITER, dir], { stdio: ['ignore', 'pipe', 'inherit'] });
+      await new Promise<void>((resolve) => child.stdout.once('data', () => resolve()));
+      await new Promise((r) => setTimeout(r, 20 + Math.random() * 80));
+      child.kill('SIGKILL');
+      await new Promise((r) => child.once('exit', r));
+      const record = readRecord(dir, 5);
+      if (record) assert.ok(['even', 'odd'].includes(record.specHash!), `round ${round}: ${record.specHash}`);
+      assert.equal(listRecords(dir).length, record ? 1 : 0, 'leftover temporary files are cleaned, never read as records');
+      assert.deepEqual(fs.readdirSync(path.join(dir, 'devices')).filter((n) => n.endsWith('.tmp')), []);
+    }
+    assert.ok(readRecord(dir, 5), 'at least one write completed');
+  });
+});
