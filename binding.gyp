@@ -7,6 +7,7 @@
         "native/control.cpp",
         "native/errors.cpp",
         "native/files.cpp",
+        "native/js_queue.cpp",
         "native/queue.cpp",
         "native/targets.cpp"
       ],

@@ -5,6 +5,7 @@
 #include "control.h"
 #include "errors.h"
 #include "files.h"
+#include "js_queue.h"
 #include "queue.h"
 #include "ublk_uapi.h"
 
@@ -37,6 +38,7 @@ Napi::Object Register(Napi::Env env, Napi::Object exports) {
   exports.Set("init", Napi::Function::New(env, Init, "init"));
   exports.Set("ControlDevice", ControlDevice::Define(env));
   exports.Set("QueueGroup", QueueGroup::Define(env));
+  exports.Set("JsQueue", JsQueue::Define(env));
   exports.Set("constants", Constants(env));
   DefineFileFunctions(env, exports);
   return exports;

@@ -5,7 +5,7 @@ import { SpecError } from './errors';
 import { formatSize, parseSize } from './sizes';
 
 /** Targets a device can be created with. */
-export const TARGET_TYPES = ['null', 'memory', 'loop'] as const;
+export const TARGET_TYPES = ['null', 'memory', 'loop', 'js'] as const;
 export type TargetType = (typeof TARGET_TYPES)[number];
 
 /** Direct IO on a loop target's backing file: auto uses it where the file system and block size allow. */
@@ -15,7 +15,8 @@ export type DirectIoMode = 'auto' | boolean;
 export type TargetSpec =
   | { type: 'null' }
   | { type: 'memory' }
-  | { type: 'loop'; file: string; create: boolean; directIo: DirectIoMode };
+  | { type: 'loop'; file: string; create: boolean; directIo: DirectIoMode }
+  | { type: 'js'; module: string; options: Record<string, unknown> };
 
 /** What the kernel does with IO when the server dies (see the README's recovery section). */
 export const RECOVERY_MODES = ['reissue', 'fail-inflight', 'fail-io', 'none'] as const;
@@ -27,6 +28,8 @@ export interface TargetInput {
   file?: string;
   create?: boolean;
   directIo?: DirectIoMode | 'true' | 'false';
+  module?: string;
+  options?: Record<string, unknown>;
 }
 
 /** Defaults shared by ublkctl, the library and manifests. */
@@ -150,6 +153,17 @@ export function normalizeDeviceSpec(input: DeviceSpecInput, limits = { maxQueues
   return spec;
 }
 
+function jsTarget(t: TargetInput): TargetSpec {
+  if (typeof t.module !== 'string' || t.module === '') throw new SpecError('target.module', 'is required for the js target');
+  if (!path.isAbsolute(t.module)) throw new SpecError('target.module', `must be an absolute path, got ${JSON.stringify(t.module)}`);
+  if (!fs.existsSync(t.module)) throw new SpecError('target.module', `${t.module} does not exist`);
+  const options = t.options ?? {};
+  if (typeof options !== 'object' || options === null || Array.isArray(options)) {
+    throw new SpecError('target.options', 'must be an object');
+  }
+  return { type: 'js', module: t.module, options };
+}
+
 function recoveryMode(value: string | undefined): RecoveryMode {
   const mode = value ?? 'reissue';
   if (!(RECOVERY_MODES as readonly string[]).includes(mode)) {
@@ -160,6 +174,7 @@ function recoveryMode(value: string | undefined): RecoveryMode {
 
 function normalizeTarget(t: TargetInput): TargetSpec {
   if (t.type === 'null' || t.type === 'memory') return { type: t.type };
+  if (t.type === 'js') return jsTarget(t);
   if (typeof t.file !== 'string' || t.file === '') throw new SpecError('target.file', 'is required for the loop target');
   if (!path.isAbsolute(t.file)) throw new SpecError('target.file', `must be an absolute path, got ${JSON.stringify(t.file)}`);
   let directIo: DirectIoMode;

@@ -1,9 +1,14 @@
+import * as fsSync from 'node:fs';
 import * as fs from 'node:fs/promises';
+import * as path from 'node:path';
+import { Worker } from 'node:worker_threads';
 import { Backing, discardMemory, openBacking } from './backing';
 import { DeviceInfo, DeviceParams, UblkControl } from './control';
 import { DeviceSpec, RecoveryMode } from './device-spec';
 import { SpecError, UblkError } from './errors';
-import { native, NativeQueueGroup, NativeQueueEvent } from './native';
+import { loadTargetModule, SetupContext } from './js-target';
+import type { QueueWorkerData, QueueWorkerMessage } from './js-queue-worker';
+import { native, NativeQueueEvent } from './native';
 import {
   featureNames,
   UBLK_F_CMD_IOCTL_ENCODE,
@@ -146,6 +151,7 @@ export class UblkDevice {
     let queues: StartedQueues | undefined;
     try {
       checkRecoverySupported(spec.recovery, control.features);
+      const shared = await prepareJsTarget(spec);
       backing = openBacking(spec);
       info = await control.addDevice({
         id: spec.id,
@@ -157,7 +163,7 @@ export class UblkDevice {
       backing?.bindToDevice(info.id);
       opts.onProgress?.({ stage: 'added', info });
       await control.setParams(info.id, deviceParams(spec, info.maxIoSize));
-      queues = await startQueues(control, info, spec, backing);
+      queues = await startQueues(control, info, spec, backing, shared);
       await control.startDevice(info.id, process.pid);
       const live = await control.getDeviceInfo(info.id);
       return new UblkDevice(live, spec, control, ownsControl, closeOnExit(queues.exited, backing, spec, live.id), backing);
@@ -194,10 +200,11 @@ export class UblkDevice {
       if (before.state !== 'QUIESCED' && before.state !== 'FAIL_IO') {
         throw new UblkError('START_USER_RECOVERY', devId, 22, `device is ${before.state}, not QUIESCED or FAIL_IO`);
       }
+      const shared = await prepareJsTarget(spec);
       backing = openBacking(spec, { recoverDevId: devId });
       await retryWhileBusy(() => control.startUserRecovery(devId));
       const info = await control.getDeviceInfo(devId);
-      queues = await startQueues(control, info, spec, backing);
+      queues = await startQueues(control, info, spec, backing, shared);
       await control.endUserRecovery(devId, process.pid);
       const live = await control.getDeviceInfo(devId);
       return new UblkDevice(live, spec, control, ownsControl, closeOnExit(queues.exited, backing, spec, devId), backing);
@@ -274,8 +281,97 @@ export function deviceParams(spec: DeviceSpec, maxIoSize: number): DeviceParams 
 }
 
 interface StartedQueues {
-  group: NativeQueueGroup;
+  group: { stop(): void };
   exited: Promise<QueueExit[]>;
+}
+
+/**
+ * Loads a JS target's module in this thread before the device exists, so
+ * a module that fails to load or exports no target is refused with nothing
+ * to undo; runs its setup() once and returns what the queues will share.
+ */
+async function prepareJsTarget(spec: DeviceSpec): Promise<unknown> {
+  if (spec.target.type !== 'js') return undefined;
+  let module;
+  try {
+    module = loadTargetModule(spec.target.module);
+  } catch (err) {
+    throw new SpecError('target.module', (err as Error).message);
+  }
+  if (!module.setup) return undefined;
+  const ctx: SetupContext = {
+    devId: -1,
+    queues: spec.queues,
+    depth: spec.depth,
+    sizeBytes: spec.sizeBytes,
+    logicalBlockSize: spec.logicalBlockSize,
+    options: spec.target.options,
+  };
+  return module.setup(ctx);
+}
+
+const QUEUE_WORKER = path.join(__dirname, 'js-queue-worker.js');
+
+/** One worker_thread per queue for a JS target; each serves its queue on its own event loop. */
+function startJsQueues(info: DeviceInfo, spec: DeviceSpec & { target: { type: 'js' } }, shared: unknown): { group: { stop(): void }; ready: Promise<void>; exited: Promise<QueueExit[]> } {
+  const exits: QueueExit[] = [];
+  let readyCount = 0;
+  let resolveReady!: () => void;
+  let rejectReady!: (e: Error) => void;
+  let resolveExited!: (e: QueueExit[]) => void;
+  const ready = new Promise<void>((res, rej) => {
+    resolveReady = res;
+    rejectReady = rej;
+  });
+  const exited = new Promise<QueueExit[]>((res) => (resolveExited = res));
+  const workers: Worker[] = [];
+  // One opener per device: the workers share this descriptor, closed when they are all done.
+  const charFd = fsSync.openSync(info.charPath, fsSync.constants.O_RDWR);
+  for (let qid = 0; qid < info.queues; qid++) {
+    const data: QueueWorkerData = {
+      devId: info.id,
+      qid,
+      charFd,
+      depth: info.depth,
+      maxIoSize: info.maxIoSize,
+      legacyOpcodes: (info.flags & UBLK_F_CMD_IOCTL_ENCODE) === 0n,
+      modulePath: spec.target.module,
+      context: {
+        devId: info.id,
+        queueId: qid,
+        queues: info.queues,
+        depth: info.depth,
+        sizeBytes: spec.sizeBytes,
+        logicalBlockSize: spec.logicalBlockSize,
+        options: spec.target.options,
+        shared,
+      },
+    };
+    const worker = new Worker(QUEUE_WORKER, { workerData: data });
+    workers.push(worker);
+    let exit: QueueExit | undefined;
+    worker.on('message', (m: QueueWorkerMessage) => {
+      if (m.kind === 'ready' && ++readyCount === info.queues) resolveReady();
+      if (m.kind === 'log') process.stderr.write(`${new Date().toISOString()} ${m.line}
+`);
+      if (m.kind === 'exit') {
+        exit = { qid, ios: m.ios, error: m.error ? new UblkError(`queue ${qid}`, info.id, 5, m.error) : undefined };
+      }
+    });
+    worker.on('error', (err) => {
+      exit = { qid, ios: exit?.ios ?? 0, error: new UblkError(`queue ${qid}`, info.id, 5, err.message) };
+    });
+    worker.on('exit', () => {
+      const e = exit ?? { qid, ios: 0, error: new UblkError(`queue ${qid}`, info.id, 5, 'worker ended without a word') };
+      exits.push(e);
+      rejectReady(e.error ?? new UblkError('QUEUE_START', info.id, 5, `queue ${qid} ended before the device started`));
+      if (exits.length === info.queues) {
+        fsSync.closeSync(charFd);
+        resolveExited(exits.sort((a, b) => a.qid - b.qid));
+      }
+    });
+  }
+  return { group: { stop: () => workers.forEach((w) => w.postMessage('stop')) }, ready, exited };
 }
 
 /** Starts one native thread per queue and resolves once every tag of every queue is fetched. */
@@ -284,8 +380,20 @@ async function startQueues(
   info: DeviceInfo,
   spec: DeviceSpec,
   backing: Backing | undefined,
+  shared: unknown,
 ): Promise<StartedQueues> {
   await waitForNode(info.charPath, NODE_WAIT_MS);
+  if (spec.target.type === 'js') {
+    const js = startJsQueues(info, spec as DeviceSpec & { target: { type: 'js' } }, shared);
+    try {
+      await js.ready;
+    } catch (err) {
+      js.group.stop();
+      await js.exited;
+      throw err;
+    }
+    return { group: js.group, exited: js.exited };
+  }
   const affinities = await Promise.all(
     Array.from({ length: info.queues }, (_, qid) => control.getQueueAffinity(info.id, qid).catch(() => [])),
   );
@@ -316,7 +424,7 @@ async function startQueues(
       maxIoSize: info.maxIoSize,
       legacyOpcodes: (info.flags & UBLK_F_CMD_IOCTL_ENCODE) === 0n,
       ringFlags: queueRingFlags(),
-      target: spec.target.type,
+      target: spec.target.type as 'null' | 'loop' | 'memory',
       backingFd: backing?.fd,
       sizeBytes: spec.sizeBytes,
       queues: Array.from({ length: info.queues }, (_, qid) => ({ qid, cpus: affinities[qid] ?? [] })),

@@ -13,6 +13,7 @@ export type { DeviceSpec, DeviceSpecInput, TargetType } from './device-spec';
 export { startServer, removeDevice, DEFAULT_STATE_DIR, serverLogPath } from './launcher';
 export type { StartedServer, LaunchOptions } from './launcher';
 export { UblkError, SpecError, EnvironmentError, errnoName } from './errors';
+export type { UblkIo, UblkTarget, TargetContext, SetupContext, TargetModule, IoOp } from './js-target';
 export { parseSize, formatSize } from './sizes';
 export { featureNames, deviceStateName } from './uapi';
 export type { DeviceState } from './uapi';

@@ -93,10 +93,36 @@ export interface NativeQueueGroup {
   stop(): void;
 }
 
+export interface NativeJsQueueOptions {
+  devId: number;
+  qid: number;
+  /** The server's open /dev/ublkcN (the kernel admits one opener), shared by every queue. */
+  charFd: number;
+  depth: number;
+  maxIoSize: number;
+  legacyOpcodes: boolean;
+}
+
+/** A queue served from JS on the current thread's event loop (see native/js_queue.h). */
+export interface NativeJsQueue {
+  readonly descriptors: ArrayBuffer;
+  readonly buffers: ArrayBuffer;
+  readonly arrivals: Uint32Array;
+  readonly targetCompletions: Int32Array;
+  fetchAll(): void;
+  commit(tags: Uint32Array, results: Int32Array, count: number): void;
+  submitTargetIo(write: boolean, tag: number, fd: number, length: number, position: number, token: number): void;
+  close(): void;
+}
+
 interface Binding {
   init(errorClass: typeof UblkError): void;
   ControlDevice: new (path: string) => NativeControlDevice;
   QueueGroup: new (options: NativeQueueGroupOptions, onEvent: (e: NativeQueueEvent) => void) => NativeQueueGroup;
+  JsQueue: new (
+    options: NativeJsQueueOptions,
+    onEvents: (arrived: number, targetCompletions: number, ended: boolean) => void,
+  ) => NativeJsQueue;
   flock(fd: number, exclusive: boolean, nonBlocking: boolean): boolean;
   dioAlignment(fd: number): { memory: number; offset: number } | null;
   blockDeviceGeometry(fd: number): { sizeBytes: number; logicalBlockSize: number };

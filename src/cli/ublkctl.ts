@@ -15,6 +15,7 @@ import { formatSize } from '../sizes';
 const USAGE = `usage:
   ublkctl add -t null|memory --size SIZE [options]
   ublkctl add -t loop --file PATH [--size SIZE] [--create] [--direct-io auto|on|off] [options]
+  ublkctl add -t js --module /abs/target.js [--options JSON] --size SIZE [options]
       options: [--id N] [--queues Q] [--depth D] [--max-io-size SIZE]
                [--logical-block-size B] [--read-only]
                [--recovery reissue|fail-inflight|fail-io|none] [--json]
@@ -62,19 +63,31 @@ async function cmdAdd(args: string[]): Promise<void> {
       file: { type: 'string', short: 'f' },
       create: { type: 'boolean' },
       'direct-io': { type: 'string' },
+      module: { type: 'string', short: 'm' },
+      options: { type: 'string' },
       recovery: { type: 'string' },
       json: { type: 'boolean' },
       'state-dir': { type: 'string' },
     },
   });
-  if (values.type === undefined) throw new UsageError('add: -t/--type is required (null, memory or loop)');
+  if (values.type === undefined) throw new UsageError('add: -t/--type is required (null, memory, loop or js)');
   const directIo = values['direct-io'];
+  let options: Record<string, unknown> | undefined;
+  if (values.options !== undefined) {
+    try {
+      options = JSON.parse(values.options) as Record<string, unknown>;
+    } catch (err) {
+      throw new SpecError('target.options', `must be a JSON object: ${(err as Error).message}`);
+    }
+  }
   const spec = normalizeDeviceSpec({
     target: {
       type: values.type,
       file: values.file,
       create: values.create,
       directIo: directIo === 'on' ? true : directIo === 'off' ? false : (directIo as 'auto' | undefined),
+      module: values.module,
+      options,
     },
     size: numeric(values.size),
     id: numeric(values.id) as number | undefined,

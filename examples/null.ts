@@ -1,0 +1,22 @@
+/**
+ * A null device whose IO is answered by JavaScript: every request
+ * completes at once. The smallest possible custom target.
+ *
+ *   node dist/examples/null.js add [SIZE]
+ *   node dist/examples/null.js del [ID]
+ */
+import type { TargetContext, UblkIo, UblkTarget } from '../src';
+import { runExample } from './run-example';
+
+export function createTarget(_ctx: TargetContext): UblkTarget {
+  return { handleIo: (io: UblkIo) => (io.op === 'read' || io.op === 'write' ? io.length : 0) };
+}
+
+if (require.main === module) {
+  void runExample(process.argv.slice(2), 'null.js add [SIZE] | del [ID]', ([size]) => ({
+    target: { type: 'js', module: __filename },
+    size: size ?? '1GiB',
+    queues: 1,
+    depth: 64,
+  }));
+}

@@ -1,0 +1,35 @@
+/**
+ * A minimal in-memory HTTP object store for the http-store example:
+ * PUT /key stores the body, GET /key returns it (404 if absent).
+ *
+ *   node dist/examples/object-store-server.js [PORT]    (listens on 127.0.0.1)
+ */
+import * as http from 'node:http';
+
+export function startObjectStore(port: number): Promise<http.Server> {
+  const objects = new Map<string, Buffer>();
+  const server = http.createServer((req, res) => {
+    const key = req.url ?? '/';
+    if (req.method === 'GET') {
+      const body = objects.get(key);
+      res.writeHead(body ? 200 : 404).end(body);
+      return;
+    }
+    if (req.method === 'PUT') {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        objects.set(key, Buffer.concat(chunks));
+        res.writeHead(204).end();
+      });
+      return;
+    }
+    res.writeHead(405).end();
+  });
+  return new Promise((resolve) => server.listen(port, '127.0.0.1', () => resolve(server)));
+}
+
+if (require.main === module) {
+  const port = Number(process.argv[2] ?? 8080);
+  void startObjectStore(port).then(() => console.log(`object store listening on http://127.0.0.1:${port}/`));
+}

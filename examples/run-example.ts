@@ -1,0 +1,42 @@
+/**
+ * The command line every example shares, like the Rust libublk examples:
+ *   add [args]   serve a device from this process until Ctrl-C/SIGTERM (then delete it)
+ *   del [ID]     stop and delete a device (all devices served by examples, without ID)
+ */
+import { normalizeDeviceSpec, removeDevice, UblkControl, UblkDevice } from '../src';
+import type { DeviceSpecInput } from '../src';
+
+export async function runExample(argv: string[], usage: string, specFor: (args: string[]) => DeviceSpecInput): Promise<void> {
+  const [command, ...args] = argv;
+  if (command === 'add') return add(specFor(args));
+  if (command === 'del') return del(args[0]);
+  console.error(`usage: ${usage}`);
+  process.exitCode = 2;
+}
+
+async function add(input: DeviceSpecInput): Promise<void> {
+  const device = await UblkDevice.create(normalizeDeviceSpec(input));
+  console.log(`dev ${device.id}: ${device.blockPath} is ${device.info.state}, served by pid ${process.pid}; Ctrl-C to delete`);
+  const stop = (): void => {
+    device.delete().then(() => console.log(`dev ${device.id}: deleted`));
+  };
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+  const exits = await device.exited;
+  for (const q of exits) console.log(`queue ${q.qid}: ${q.ios} requests${q.error ? `, ${q.error.message}` : ''}`);
+  process.removeListener('SIGINT', stop);
+  process.removeListener('SIGTERM', stop);
+}
+
+async function del(id: string | undefined): Promise<void> {
+  const control = await UblkControl.open();
+  try {
+    const ids = id !== undefined ? [Number(id)] : (await control.listDevices()).filter((d) => d.serverPid !== 0).map((d) => d.id);
+    for (const devId of ids) {
+      await removeDevice(control, devId);
+      console.log(`dev ${devId}: deleted`);
+    }
+  } finally {
+    control.close();
+  }
+}

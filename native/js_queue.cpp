@@ -1,0 +1,253 @@
+#include "js_queue.h"
+
+#include <fcntl.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "errors.h"
+#include "targets.h"
+#include "ublk_uapi.h"
+
+namespace ublkts {
+namespace {
+
+size_t RoundUp(size_t value, size_t unit) { return (value + unit - 1) / unit * unit; }
+
+} // namespace
+
+Napi::Function JsQueue::Define(Napi::Env env) {
+  return DefineClass(env, "JsQueue",
+                     {
+                         InstanceMethod("fetchAll", &JsQueue::FetchAll),
+                         InstanceMethod("commit", &JsQueue::Commit),
+                         InstanceMethod("submitTargetIo", &JsQueue::SubmitTargetIo),
+                         InstanceMethod("close", &JsQueue::Close),
+                     });
+}
+
+// new JsQueue({devId, qid, charFd, depth, maxIoSize, legacyOpcodes}, onEvents)
+// onEvents(arrivals, targetCompletions, ended) is called once per batch.
+JsQueue::JsQueue(const Napi::CallbackInfo &info) : Napi::ObjectWrap<JsQueue>(info) {
+  Napi::Env env = info.Env();
+  Napi::Object o = info[0].As<Napi::Object>();
+  devId_ = o.Get("devId").As<Napi::Number>().Uint32Value();
+  qid_ = static_cast<uint16_t>(o.Get("qid").As<Napi::Number>().Uint32Value());
+  depth_ = static_cast<uint16_t>(o.Get("depth").As<Napi::Number>().Uint32Value());
+  maxIoSize_ = o.Get("maxIoSize").As<Napi::Number>().Uint32Value();
+  bool legacy = o.Get("legacyOpcodes").ToBoolean().Value();
+  fetchOp_ = ublk::io_opcode(ublk::IO_FETCH_REQ, legacy);
+  commitOp_ = ublk::io_opcode(ublk::IO_COMMIT_AND_FETCH_REQ, legacy);
+  onEvents_ = Napi::Persistent(info[1].As<Napi::Function>());
+  // The char device admits one opener per device, so all queues share the
+  // server's descriptor; this object never closes it.
+  charFd_ = o.Get("charFd").As<Napi::Number>().Int32Value();
+  int id = static_cast<int>(devId_);
+  auto fail = [&](const std::string &op, int err) {
+    Release();
+    MakeUblkError(env, op, id, err).ThrowAsJavaScriptException();
+  };
+
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  descBytes_ = RoundUp(depth_ * sizeof(ublk::io_desc), page);
+  const off_t descOffset = ublk::CMD_BUF_OFFSET + qid_ * RoundUp(ublk::MAX_QUEUE_DEPTH * sizeof(ublk::io_desc), page);
+  descMap_ = mmap(nullptr, descBytes_, PROT_READ, MAP_SHARED | MAP_POPULATE, charFd_, descOffset);
+  if (descMap_ == MAP_FAILED) {
+    descMap_ = nullptr;
+    { fail("mmap io descriptors", errno); return; }
+  }
+  bufferBytes_ = static_cast<size_t>(depth_) * maxIoSize_;
+  void *buf = mmap(nullptr, bufferBytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (buf == MAP_FAILED) { fail("mmap io buffers", errno); return; }
+  buffers_ = static_cast<uint8_t *>(buf);
+
+  // Room for every tag's command plus as many target operations again.
+  targetCapacity_ = depth_ * 2u;
+  int ret = io_uring_queue_init(RoundUp(depth_ + targetCapacity_ + 2, 2), &ring_, 0);
+  if (ret < 0) { fail("io_uring_setup", -ret); return; }
+  ringReady_ = true;
+  eventFd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (eventFd_ < 0) { fail("eventfd", errno); return; }
+  ret = io_uring_register_eventfd(&ring_, eventFd_);
+  if (ret < 0) { fail("io_uring_register_eventfd", -ret); return; }
+
+  Napi::ArrayBuffer arrivals = Napi::ArrayBuffer::New(env, depth_ * sizeof(uint32_t));
+  Napi::ArrayBuffer target = Napi::ArrayBuffer::New(env, targetCapacity_ * 2 * sizeof(int32_t));
+  arrivals_ = static_cast<uint32_t *>(arrivals.Data());
+  targetDone_ = static_cast<int32_t *>(target.Data());
+  arrivalsRef_ = Napi::Persistent(arrivals);
+  targetRef_ = Napi::Persistent(target);
+
+  // Zero-copy views: the kernel's descriptor array (read-only) and the IO buffers.
+  Napi::Object self = info.This().As<Napi::Object>();
+  self.Set("descriptors", Napi::ArrayBuffer::New(env, descMap_, descBytes_));
+  self.Set("buffers", Napi::ArrayBuffer::New(env, buffers_, bufferBytes_));
+  self.Set("arrivals", Napi::Uint32Array::New(env, depth_, arrivals, 0));
+  self.Set("targetCompletions", Napi::Int32Array::New(env, targetCapacity_ * 2, target, 0));
+
+  uv_loop_t *loop = nullptr;
+  napi_get_uv_event_loop(env, &loop);
+  poll_ = new uv_poll_t;
+  uv_poll_init(loop, poll_, eventFd_);
+  poll_->data = this;
+}
+
+JsQueue::~JsQueue() { Release(); }
+
+io_uring_sqe *JsQueue::Sqe() {
+  io_uring_sqe *sqe = io_uring_get_sqe(&ring_);
+  if (sqe == nullptr) {
+    io_uring_submit(&ring_);
+    sqe = io_uring_get_sqe(&ring_);
+  }
+  return sqe;
+}
+
+Napi::Value JsQueue::FetchAll(const Napi::CallbackInfo &info) {
+  for (unsigned tag = 0; tag < depth_; tag++) {
+    io_uring_sqe *sqe = Sqe();
+    std::memset(static_cast<void *>(sqe), 0, sizeof(*sqe));
+    sqe->opcode = IORING_OP_URING_CMD;
+    sqe->fd = charFd_;
+    sqe->cmd_op = fetchOp_;
+    sqe->user_data = tag;
+    auto *cmd = reinterpret_cast<ublk::io_cmd *>(sqe->cmd);
+    cmd->q_id = qid_;
+    cmd->tag = static_cast<uint16_t>(tag);
+    cmd->addr = reinterpret_cast<uint64_t>(buffers_ + static_cast<size_t>(tag) * maxIoSize_);
+  }
+  int ret = io_uring_submit(&ring_);
+  if (ret < 0) {
+    MakeUblkError(info.Env(), "FETCH_REQ", static_cast<int>(devId_), -ret).ThrowAsJavaScriptException();
+    return info.Env().Undefined();
+  }
+  liveTags_ = depth_;
+  Ref(); // the poll handle refers to this object until the queue ends
+  uv_poll_start(poll_, UV_READABLE, &JsQueue::OnPoll);
+  return info.Env().Undefined();
+}
+
+// commit(tags: Uint32Array, results: Int32Array, count)
+Napi::Value JsQueue::Commit(const Napi::CallbackInfo &info) {
+  Napi::Uint32Array tags = info[0].As<Napi::Uint32Array>();
+  Napi::Int32Array results = info[1].As<Napi::Int32Array>();
+  uint32_t count = info[2].As<Napi::Number>().Uint32Value();
+  for (uint32_t i = 0; i < count && !ended_; i++) {
+    io_uring_sqe *sqe = Sqe();
+    std::memset(static_cast<void *>(sqe), 0, sizeof(*sqe));
+    sqe->opcode = IORING_OP_URING_CMD;
+    sqe->fd = charFd_;
+    sqe->cmd_op = commitOp_;
+    sqe->user_data = tags[i];
+    auto *cmd = reinterpret_cast<ublk::io_cmd *>(sqe->cmd);
+    cmd->q_id = qid_;
+    cmd->tag = static_cast<uint16_t>(tags[i]);
+    cmd->result = results[i];
+    cmd->addr = reinterpret_cast<uint64_t>(buffers_ + static_cast<size_t>(tags[i]) * maxIoSize_);
+  }
+  if (!ended_) io_uring_submit(&ring_);
+  return info.Env().Undefined();
+}
+
+// submitTargetIo(write: boolean, tag, fd, length, fileOffset, token): the
+// completion comes back through onEvents as a (token, result) pair.
+Napi::Value JsQueue::SubmitTargetIo(const Napi::CallbackInfo &info) {
+  bool write = info[0].ToBoolean().Value();
+  uint32_t tag = info[1].As<Napi::Number>().Uint32Value();
+  int fd = info[2].As<Napi::Number>().Int32Value();
+  uint32_t length = info[3].As<Napi::Number>().Uint32Value();
+  uint64_t offset = static_cast<uint64_t>(info[4].As<Napi::Number>().Int64Value());
+  uint32_t token = info[5].As<Napi::Number>().Uint32Value();
+  if (ended_ || tag >= depth_ || length > maxIoSize_) {
+    MakeUblkError(info.Env(), "submitTargetIo", static_cast<int>(devId_), EINVAL).ThrowAsJavaScriptException();
+    return info.Env().Undefined();
+  }
+  io_uring_sqe *sqe = Sqe();
+  uint8_t *buffer = buffers_ + static_cast<size_t>(tag) * maxIoSize_;
+  if (write) io_uring_prep_write(sqe, fd, buffer, length, offset);
+  else io_uring_prep_read(sqe, fd, buffer, length, offset);
+  sqe->user_data = kTargetIoBit | token;
+  io_uring_submit(&ring_);
+  return info.Env().Undefined();
+}
+
+void JsQueue::OnPoll(uv_poll_t *handle, int, int) { static_cast<JsQueue *>(handle->data)->Drain(); }
+
+void JsQueue::Drain() {
+  uint64_t value;
+  while (read(eventFd_, &value, sizeof(value)) > 0) {
+  }
+  Napi::Env env = Env();
+  Napi::HandleScope scope(env);
+  for (;;) {
+    // Entering the kernel runs pending task work, which posts more CQEs.
+    io_uring_submit_and_get_events(&ring_);
+    uint32_t arrived = 0;
+    uint32_t targets = 0;
+    unsigned head;
+    unsigned seen = 0;
+    io_uring_cqe *cqe;
+    io_uring_for_each_cqe(&ring_, head, cqe) {
+      if (arrived >= depth_ || targets >= targetCapacity_) break;
+      seen++;
+      const uint64_t data = cqe->user_data;
+      if (data & kTargetIoBit) {
+        targetDone_[targets * 2] = static_cast<int32_t>(data & 0xffffffffu);
+        targetDone_[targets * 2 + 1] = cqe->res;
+        targets++;
+      } else if (cqe->res == ublk::IO_RES_OK) {
+        arrivals_[arrived++] = static_cast<uint32_t>(data & 0xffff);
+      } else if (liveTags_ > 0) {
+        liveTags_--; // ABORT after STOP_DEV, or a failed command: the tag is done
+      }
+    }
+    io_uring_cq_advance(&ring_, seen);
+    bool endedNow = liveTags_ == 0 && !ended_;
+    if (arrived == 0 && targets == 0 && !endedNow) break;
+    if (endedNow) ended_ = true;
+    // MakeCallback, not Call: promise reactions queued by the handlers run
+    // right after the batch, as for any other I/O callback.
+    onEvents_.MakeCallback(env.Global(), {Napi::Number::New(env, arrived), Napi::Number::New(env, targets),
+                                          Napi::Boolean::New(env, endedNow)});
+    if (env.IsExceptionPending()) break;
+    if (ended_) {
+      uv_poll_stop(poll_);
+      Unref();
+      break;
+    }
+  }
+}
+
+Napi::Value JsQueue::Close(const Napi::CallbackInfo &info) {
+  if (!ended_) {
+    ended_ = true;
+    uv_poll_stop(poll_);
+    if (liveTags_ > 0) Unref();
+  }
+  Release();
+  return info.Env().Undefined();
+}
+
+void JsQueue::Release() {
+  if (poll_ != nullptr) {
+    uv_poll_stop(poll_);
+    uv_close(reinterpret_cast<uv_handle_t *>(poll_), [](uv_handle_t *h) { delete reinterpret_cast<uv_poll_t *>(h); });
+    poll_ = nullptr;
+  }
+  if (ringReady_) {
+    io_uring_queue_exit(&ring_);
+    ringReady_ = false;
+  }
+  if (eventFd_ >= 0) close(eventFd_);
+  eventFd_ = -1;
+  // The ArrayBuffers over these mappings must not be touched after close().
+  if (buffers_ != nullptr) munmap(buffers_, bufferBytes_);
+  buffers_ = nullptr;
+  if (descMap_ != nullptr) munmap(descMap_, descBytes_);
+  descMap_ = nullptr;
+}
+
+} // namespace ublkts

@@ -1,0 +1,62 @@
+#pragma once
+
+#include <liburing.h>
+#include <napi.h>
+#include <uv.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace ublkts {
+
+// One ublk queue served from JavaScript: the queue's io_uring is polled on
+// the libuv loop of the thread that made it (a worker_thread per queue), so
+// requests reach JS handlers without a thread hop. Descriptors and IO
+// buffers are handed to JS as external ArrayBuffers (no copies); arrivals
+// are passed in batches through shared arrays, and one commit() call
+// answers many requests.
+class JsQueue : public Napi::ObjectWrap<JsQueue> {
+public:
+  static Napi::Function Define(Napi::Env env);
+  explicit JsQueue(const Napi::CallbackInfo &info);
+  ~JsQueue() override;
+
+private:
+  Napi::Value FetchAll(const Napi::CallbackInfo &info);
+  Napi::Value Commit(const Napi::CallbackInfo &info);
+  Napi::Value SubmitTargetIo(const Napi::CallbackInfo &info);
+  Napi::Value Close(const Napi::CallbackInfo &info);
+
+  static void OnPoll(uv_poll_t *handle, int status, int events);
+  void Drain();
+  void Release();
+  io_uring_sqe *Sqe();
+
+  uint32_t devId_ = 0;
+  uint16_t qid_ = 0;
+  uint16_t depth_ = 0;
+  uint32_t maxIoSize_ = 0;
+  unsigned fetchOp_ = 0;
+  unsigned commitOp_ = 0;
+  int charFd_ = -1;
+  int eventFd_ = -1;
+  void *descMap_ = nullptr;
+  size_t descBytes_ = 0;
+  uint8_t *buffers_ = nullptr;
+  size_t bufferBytes_ = 0;
+  io_uring ring_{};
+  bool ringReady_ = false;
+  uv_poll_t *poll_ = nullptr;
+  unsigned liveTags_ = 0;
+  bool ended_ = false;
+  // Filled by Drain() for JS: tags of new requests; (token, result) pairs of target IO.
+  uint32_t *arrivals_ = nullptr;
+  int32_t *targetDone_ = nullptr;
+  uint32_t targetCapacity_ = 0;
+  Napi::FunctionReference onEvents_;
+  Napi::Reference<Napi::ArrayBuffer> arrivalsRef_;
+  Napi::Reference<Napi::ArrayBuffer> targetRef_;
+};
+
+} // namespace ublkts

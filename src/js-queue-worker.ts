@@ -1,0 +1,186 @@
+/**
+ * One queue of a JavaScript target, in its own worker_thread: the queue's
+ * io_uring is polled on this thread's event loop; requests arrive in
+ * batches, handlers run here, and results are committed in batches.
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import { IoOp, loadTargetModule, TargetContext, UblkIo, UblkTarget } from './js-target';
+import { native } from './native';
+
+export interface QueueWorkerData {
+  devId: number;
+  qid: number;
+  charFd: number;
+  depth: number;
+  maxIoSize: number;
+  legacyOpcodes: boolean;
+  modulePath: string;
+  context: TargetContext;
+}
+
+/** Messages a queue worker posts to the server's main thread. */
+export type QueueWorkerMessage = { kind: 'ready' } | { kind: 'exit'; ios: number; error?: string } | { kind: 'log'; line: string };
+
+const EIO = 5;
+const OPS: IoOp[] = ['read', 'write', 'flush', 'discard', 'other', 'write-zeroes'];
+const IO_F_FUA = 1 << 13;
+
+function post(message: QueueWorkerMessage): void {
+  parentPort!.postMessage(message);
+}
+
+function errnoOf(err: unknown): number {
+  const e = (err as { errno?: unknown })?.errno;
+  return typeof e === 'number' && e !== 0 ? -Math.abs(e) : -EIO;
+}
+
+async function main(): Promise<void> {
+  const data = workerData as QueueWorkerData;
+  const where = `dev ${data.devId} queue ${data.qid}`;
+  const module = loadTargetModule(data.modulePath);
+  const target: UblkTarget = await module.createTarget(data.context);
+
+  const commitTags = new Uint32Array(data.depth);
+  const commitResults = new Int32Array(data.depth);
+  let pending = 0;
+  let ios = 0;
+  let flushQueued = false;
+  const targetWaiters = new Map<number, (res: number) => void>();
+  let nextToken = 1;
+
+  let queue: InstanceType<typeof native.JsQueue>;
+  const flush = (): void => {
+    flushQueued = false;
+    if (pending === 0) return;
+    queue.commit(commitTags, commitResults, pending);
+    pending = 0;
+  };
+  const finish = (tag: number, result: number): void => {
+    commitTags[pending] = tag;
+    commitResults[pending] = result;
+    pending++;
+    if (!flushQueued) {
+      flushQueued = true;
+      queueMicrotask(flush);
+    }
+  };
+
+  const validResult = (op: IoOp, length: number, value: unknown): number | string => {
+    if (value === undefined) return op === 'read' || op === 'write' ? length : 0;
+    if (typeof value !== 'number' || !Number.isInteger(value)) return `result ${String(value)} is not an integer`;
+    if (value < 0) return value >= -4095 ? value : `result ${value} is not a valid errno`;
+    if (op === 'read' || op === 'write') {
+      return value > 0 && value <= length ? value : `result ${value} is not a byte count in 1..${length}`;
+    }
+    return value === 0 ? 0 : `result ${value} for ${op} must be 0 or a negative errno`;
+  };
+
+  const onEvents = (arrived: number, targets: number, ended: boolean): void => {
+    for (let i = 0; i < targets; i++) {
+      const token = queue.targetCompletions[i * 2]!;
+      const res = queue.targetCompletions[i * 2 + 1]!;
+      const waiter = targetWaiters.get(token);
+      targetWaiters.delete(token);
+      waiter?.(res);
+    }
+    for (let i = 0; i < arrived; i++) dispatch(queue.arrivals[i]!);
+    flush();
+    if (ended) void shutdown();
+  };
+
+  queue = new native.JsQueue(
+    {
+      devId: data.devId,
+      qid: data.qid,
+      charFd: data.charFd,
+      depth: data.depth,
+      maxIoSize: data.maxIoSize,
+      legacyOpcodes: data.legacyOpcodes,
+    },
+    onEvents,
+  );
+  const descriptors = new DataView(queue.descriptors);
+  const tagBuffers = Array.from({ length: data.depth }, (_, tag) => Buffer.from(queue.buffers, tag * data.maxIoSize, data.maxIoSize));
+
+  function dispatch(tag: number): void {
+    ios++;
+    const at = tag * 24;
+    const opFlags = descriptors.getUint32(at, true);
+    const sectors = descriptors.getUint32(at + 4, true);
+    const start = descriptors.getUint32(at + 8, true) + descriptors.getUint32(at + 12, true) * 2 ** 32;
+    const op = OPS[opFlags & 0xff] ?? 'other';
+    const length = op === 'flush' ? 0 : sectors * 512;
+    let done = false;
+    const complete = (value: unknown): void => {
+      if (done) return;
+      done = true;
+      const result = validResult(op, length, value);
+      if (typeof result === 'string') {
+        post({ kind: 'log', line: `${where} tag ${tag}: ${op} at ${start * 512}: ${result}; failing it with EIO` });
+        finish(tag, -EIO);
+      } else {
+        finish(tag, result);
+      }
+    };
+    const fail = (err: unknown): void => {
+      if (done) return;
+      post({ kind: 'log', line: `${where} tag ${tag}: ${op} at ${start * 512} failed: ${(err as Error)?.message ?? String(err)}` });
+      done = true;
+      finish(tag, errnoOf(err));
+    };
+    const targetIo = (write: boolean, fd: number, position: number): Promise<number> =>
+      new Promise((resolve) => {
+        const token = nextToken;
+        nextToken = nextToken >= 0x7fffffff ? 1 : nextToken + 1;
+        targetWaiters.set(token, resolve);
+        queue.submitTargetIo(write, tag, fd, length, position, token);
+      });
+    const io: UblkIo = {
+      tag,
+      queueId: data.qid,
+      op,
+      offset: start * 512,
+      length,
+      fua: (opFlags & IO_F_FUA) !== 0,
+      flags: opFlags >>> 8,
+      buffer: tagBuffers[tag]!.subarray(0, length),
+      complete,
+      readFile: (fd, position) => targetIo(false, fd, position),
+      writeFile: (fd, position) => targetIo(true, fd, position),
+    };
+    let returned: ReturnType<UblkTarget['handleIo']>;
+    try {
+      returned = target.handleIo(io);
+    } catch (err) {
+      fail(err);
+      return;
+    }
+    if (returned instanceof Promise) returned.then(complete, fail);
+    else if (returned !== undefined) complete(returned);
+  }
+
+  let stopping = false;
+  async function shutdown(error?: string): Promise<void> {
+    if (stopping) return;
+    stopping = true;
+    try {
+      await target.close?.();
+    } catch (err) {
+      post({ kind: 'log', line: `${where}: close failed: ${(err as Error).message}` });
+    }
+    queue.close();
+    post({ kind: 'exit', ios, error });
+    parentPort!.close();
+  }
+
+  parentPort!.on('message', (m: string) => {
+    if (m === 'stop') void shutdown('stopped before the device started');
+  });
+  queue.fetchAll();
+  post({ kind: 'ready' });
+}
+
+main().catch((err: Error) => {
+  post({ kind: 'exit', ios: 0, error: err.message });
+  parentPort!.close();
+});
