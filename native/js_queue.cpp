@@ -126,6 +126,7 @@ Napi::Value JsQueue::FetchAll(const Napi::CallbackInfo &info) {
   }
   liveTags_ = depth_;
   Ref(); // the poll handle refers to this object until the queue ends
+  refHeld_ = true;
   uv_poll_start(poll_, UV_READABLE, &JsQueue::OnPoll);
   return info.Env().Undefined();
 }
@@ -212,23 +213,28 @@ void JsQueue::Drain() {
     // right after the batch, as for any other I/O callback.
     onEvents_.MakeCallback(env.Global(), {Napi::Number::New(env, arrived), Napi::Number::New(env, targets),
                                           Napi::Boolean::New(env, endedNow)});
+    // The callback may have closed the queue (the target shut down).
+    if (!ringReady_) return;
     if (env.IsExceptionPending()) break;
     if (ended_) {
       uv_poll_stop(poll_);
-      Unref();
+      DropRef();
       break;
     }
   }
 }
 
 Napi::Value JsQueue::Close(const Napi::CallbackInfo &info) {
-  if (!ended_) {
-    ended_ = true;
-    uv_poll_stop(poll_);
-    if (liveTags_ > 0) Unref();
-  }
+  ended_ = true;
+  DropRef();
   Release();
   return info.Env().Undefined();
+}
+
+void JsQueue::DropRef() {
+  if (!refHeld_) return;
+  refHeld_ = false;
+  Unref();
 }
 
 void JsQueue::Release() {

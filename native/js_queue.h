@@ -31,6 +31,7 @@ private:
   static void OnPoll(uv_poll_t *handle, int status, int events);
   void Drain();
   void Release();
+  void DropRef();
   io_uring_sqe *Sqe();
 
   uint32_t devId_ = 0;
@@ -50,6 +51,7 @@ private:
   uv_poll_t *poll_ = nullptr;
   unsigned liveTags_ = 0;
   bool ended_ = false;
+  bool refHeld_ = false;
   // Filled by Drain() for JS: tags of new requests; (token, result) pairs of target IO.
   uint32_t *arrivals_ = nullptr;
   int32_t *targetDone_ = nullptr;

@@ -1,0 +1,177 @@
+import { strict as assert } from 'node:assert';
+import { ChildProcess, spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import {
+  DeviceTracker,
+  fio,
+  listDevices,
+  makeStateDir,
+  requireUblk,
+  ROOT,
+  run,
+  serverPids,
+  ublkctl,
+  ublkctlJson,
+  waitFor,
+} from './helpers';
+
+const EXAMPLES = path.join(ROOT, 'dist', 'examples');
+const TARGETS = path.join(ROOT, 'dist', 'test', 'fixtures', 'targets');
+const MiB = 1024 * 1024;
+
+interface AddedDevice {
+  id: number;
+  blockPath: string;
+  logPath: string;
+}
+
+function verifyJobs(device: string, iodepth: number): void {
+  const jobs = fio([
+    '--name=verify', `--filename=${device}`, '--ioengine=io_uring', '--direct=1', '--rw=randwrite', '--bsrange=4k-128k',
+    `--iodepth=${iodepth}`, '--numjobs=2', '--cpus_allowed=0-1', '--cpus_allowed_policy=split', '--size=16M',
+    '--offset_increment=24M', '--verify=crc32c', '--do_verify=1', '--verify_fatal=1', '--group_reporting=0',
+  ]);
+  assert.equal(jobs.length, 2);
+  for (const job of jobs) {
+    assert.equal(job.error, 0);
+    assert.ok(job.read.io_bytes > 0 && job.write.io_bytes > 0);
+  }
+}
+
+describe('JavaScript targets (real ublk driver)', function () {
+  requireUblk(this);
+  const devices = new DeviceTracker();
+  const stateDir = makeStateDir();
+  afterEach(() => devices.cleanup());
+
+  function add(module: string, extra: string[]): AddedDevice {
+    const dev = ublkctlJson<AddedDevice>(['add', '-t', 'js', '--module', module, ...extra], stateDir);
+    devices.add(dev.id);
+    return dev;
+  }
+
+  it('JS null target: fio on 2 queues at iodepth 64 completes with zero errors', () => {
+    const dev = add(path.join(EXAMPLES, 'null.js'), ['--size', '256MiB', '--queues', '2', '--depth', '64']);
+    const jobs = fio([
+      '--name=null', `--filename=${dev.blockPath}`, '--ioengine=io_uring', '--direct=1', '--rw=randrw', '--bs=4k',
+      '--iodepth=64', '--numjobs=2', '--cpus_allowed=0-1', '--cpus_allowed_policy=split', '--time_based', '--runtime=3',
+      '--group_reporting=0',
+    ]);
+    for (const job of jobs) {
+      assert.equal(job.error, 0);
+      assert.ok(job.read.total_ios > 0 && job.write.total_ios > 0);
+    }
+  });
+
+  it('JS ramdisk (async handlers, shared memory): fio verify on 2 queues at iodepth 64 has zero errors', () => {
+    const dev = add(path.join(EXAMPLES, 'ramdisk.js'), ['--size', '64MiB', '--queues', '2', '--depth', '64']);
+    verifyJobs(dev.blockPath, 64);
+  });
+
+  it('out-of-order completion: random delays under fio verify give zero errors', () => {
+    const dev = add(path.join(TARGETS, 'slow-ramdisk.js'), ['--size', '64MiB', '--queues', '2', '--depth', '64']);
+    verifyJobs(dev.blockPath, 64);
+  });
+
+  it('a handler that throws on every 100th block fails exactly those requests; the device stays up', () => {
+    const dev = add(path.join(TARGETS, 'flaky.js'), ['--size', '64MiB', '--options', '{"failEvery":100,"badResultBlock":2000}']);
+    const jobs = fio([
+      '--name=flaky', `--filename=${dev.blockPath}`, '--ioengine=io_uring', '--direct=1', '--rw=read', '--bs=4k',
+      '--iodepth=1', '--size=4000k', '--continue_on_error=io',
+    ]) as Array<{ total_err?: number; first_error?: number; read: { total_ios: number } }>;
+    assert.equal(jobs[0]!.total_err, 10, 'blocks 99, 199, ..., 999 failed');
+    assert.equal(jobs[0]!.first_error, 5, 'as EIO');
+    const bad = run('dd', [`if=${dev.blockPath}`, 'of=/dev/null', 'bs=4k', 'count=1', 'skip=2000', 'iflag=direct'], { allowFail: true });
+    assert.notEqual(bad.status, 0, 'a result that is no byte count fails that request');
+    const good = run('dd', [`if=${dev.blockPath}`, 'of=/dev/null', 'bs=4k', 'count=50', 'skip=3000', 'iflag=direct'], { allowFail: true });
+    assert.equal(good.status, 0, 'later IO succeeds');
+    assert.ok(listDevices().some((d) => d.id === dev.id && d.state === 'LIVE'));
+    const log = fs.readFileSync(dev.logPath, 'utf8');
+    assert.match(log, new RegExp(`dev ${dev.id} queue 0 tag \\d+: read at ${99 * 4096} failed: refusing block 99`));
+    assert.match(log, /read at 8192000: result NaN is not an integer; failing it with EIO/);
+  });
+
+  for (const [what, module, message] of [
+    ['a module that cannot be loaded', '/nonexistent/target.js', /target\.module: .*does not exist/],
+    ['a module without createTarget', path.join(TARGETS, 'not-a-target.js'), /does not export a target: expected a createTarget\(ctx\) function/],
+  ] as Array<[string, string, RegExp]>) {
+    it(`refuses ${what} before any device exists`, () => {
+      const before = { devices: listDevices().map((d) => d.id), servers: serverPids() };
+      const r = ublkctl(['add', '-t', 'js', '--module', module, '--size', '16MiB', '--state-dir', stateDir]);
+      assert.equal(r.status, 2, r.stderr);
+      assert.match(r.stderr, message);
+      assert.deepEqual(listDevices().map((d) => d.id), before.devices);
+      assert.deepEqual(serverPids(), before.servers);
+    });
+  }
+});
+
+describe('JavaScript examples, as the README documents them (real ublk driver)', function () {
+  requireUblk(this);
+
+  async function serve(args: string[]): Promise<{ child: ChildProcess; id: number; blockPath: string; output: () => string; exited: Promise<number | null> }> {
+    const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout!.on('data', (c: Buffer) => (out += c.toString()));
+    child.stderr!.on('data', (c: Buffer) => (out += c.toString()));
+    const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+    await waitFor(() => /is LIVE/.test(out) || child.exitCode !== null, 120_000, `${args.join(' ')} to report LIVE`);
+    const m = /dev (\d+): (\/dev\/ublkb\d+) is LIVE/.exec(out);
+    assert.ok(m, out);
+    return { child, id: Number(m[1]), blockPath: m[2]!, output: () => out, exited };
+  }
+
+  function roundTrip(blockPath: string, scratch: string, mib: number): void {
+    run('dd', ['if=/dev/urandom', `of=${scratch}/payload`, 'bs=1M', `count=${mib}`, 'status=none']);
+    run('dd', [`if=${scratch}/payload`, `of=${blockPath}`, 'bs=1M', 'oflag=direct', 'status=none']);
+    const back = run('bash', ['-c', `cmp <(dd if=${blockPath} bs=1M count=${mib} iflag=direct status=none) ${scratch}/payload`], { allowFail: true });
+    assert.equal(back.status, 0, `data reads back: ${back.stdout}${back.stderr}`);
+  }
+
+  it('null.js add / del ID', async () => {
+    const s = await serve([path.join(EXAMPLES, 'null.js'), 'add', '64MiB']);
+    const del = run(process.execPath, [path.join(EXAMPLES, 'null.js'), 'del', String(s.id)]);
+    assert.match(del.stdout, /deleted/);
+    assert.equal(await s.exited, 0, s.output());
+  });
+
+  it('ramdisk.js add SIZE QUEUES, data round trip, Ctrl-C deletes', async () => {
+    const scratch = fs.mkdtempSync('/tmp/ublk-ts-ex-');
+    const s = await serve([path.join(EXAMPLES, 'ramdisk.js'), 'add', '32MiB', '2']);
+    roundTrip(s.blockPath, scratch, 8);
+    s.child.kill('SIGINT');
+    assert.equal(await s.exited, 0, s.output());
+    assert.ok(!fs.existsSync(s.blockPath));
+  });
+
+  it('loop.js add FILE: writes land in the file through target IO on the queue ring', async () => {
+    const scratch = fs.mkdtempSync('/tmp/ublk-ts-ex-');
+    const file = path.join(scratch, 'backing.img');
+    run('truncate', ['-s', '32M', file]);
+    const s = await serve([path.join(EXAMPLES, 'loop.js'), 'add', file]);
+    roundTrip(s.blockPath, scratch, 8);
+    s.child.kill('SIGINT');
+    assert.equal(await s.exited, 0, s.output());
+    const same = run('bash', ['-c', `cmp -n ${8 * MiB} ${file} ${scratch}/payload`], { allowFail: true });
+    assert.equal(same.status, 0, 'the backing file holds the data');
+  });
+
+  it('http-store.js add URL: blocks stored as objects in an HTTP store', async () => {
+    const scratch = fs.mkdtempSync('/tmp/ublk-ts-ex-');
+    const store = spawn(process.execPath, [path.join(EXAMPLES, 'object-store-server.js'), '18080'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    try {
+      await new Promise<void>((r) => store.stdout!.once('data', () => r()));
+      const s = await serve([path.join(EXAMPLES, 'http-store.js'), 'add', 'http://127.0.0.1:18080/disk1', '16MiB']);
+      roundTrip(s.blockPath, scratch, 4);
+      s.child.kill('SIGINT');
+      assert.equal(await s.exited, 0, s.output());
+      const obj = await fetch('http://127.0.0.1:18080/disk1/0');
+      assert.equal(obj.status, 200, 'block 0 is an object in the store');
+      const local = fs.readFileSync(`${scratch}/payload`).subarray(0, 4096);
+      assert.ok(Buffer.from(await obj.arrayBuffer()).equals(local));
+    } finally {
+      store.kill();
+    }
+  });
+});
