@@ -105,6 +105,8 @@ function main(): void {
   }
   const memory = withUblk(['-t', 'memory', '--size', '1GiB'], {}, fioRandread);
   rows.push({ name: 'ublk-ts memory (1 queue, depth 64)', iops: memory });
+  const jsNull = withUblk(['-t', 'js', '--module', path.join(ROOT, 'dist', 'examples', 'null.js'), '--size', '1GiB'], {}, fioRandread);
+  rows.push({ name: 'ublk-ts JS null (1 queue, depth 64)', iops: jsNull });
 
   const file = backingFile();
   const kernelLoopDirect = withKernelLoop(file, true, fioRandread);
@@ -127,6 +129,7 @@ function main(): void {
     ratios: {
       nullToNullBlk: Number((ublk / nullBlk).toFixed(3)),
       memoryToNullBlk: Number((memory / nullBlk).toFixed(3)),
+      jsNullToNullBlk: Number((jsNull / nullBlk).toFixed(3)),
       loopDirectToKernelLoop: Number((ublkLoopDirect / kernelLoopDirect).toFixed(3)),
       loopBufferedToKernelLoop: Number((ublkLoopBuffered / kernelLoopBuffered).toFixed(3)),
     },
@@ -136,6 +139,7 @@ function main(): void {
   for (const r of result.loop) console.log(`  ${r.name.padEnd(40)} ${String(r.iops).padStart(8)} IOPS  ratio to kernel loop ${r.ratioToKernelLoop.toFixed(3)}`);
   console.log(`ublk-ts null / null_blk            = ${result.ratios.nullToNullBlk.toFixed(3)} (target >= 0.60)`);
   console.log(`ublk-ts memory / null_blk          = ${result.ratios.memoryToNullBlk.toFixed(3)} (target >= 0.55)`);
+  console.log(`ublk-ts JS null / null_blk         = ${result.ratios.jsNullToNullBlk.toFixed(3)} (target >= 0.35)`);
   console.log(`ublk-ts loop / kernel loop, direct = ${result.ratios.loopDirectToKernelLoop.toFixed(3)} (target >= 0.57)`);
   console.log(`ublk-ts loop / kernel loop, buffered = ${result.ratios.loopBufferedToKernelLoop.toFixed(3)}`);
   const resultsDir = process.env.UBLK_TS_RESULTS_DIR;
