@@ -1,0 +1,231 @@
+import { strict as assert } from 'node:assert';
+import { ChildProcess, spawn, spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { listDevices, makeStateDir, requireUblk, ROOT, run, ublkctl, ublkctlJson, waitFor } from './helpers';
+
+const RECONCILE = path.join(ROOT, 'dist', 'src', 'cli', 'ublk-reconcile.js');
+const MiB = 1024 * 1024;
+
+interface Outcome {
+  name: string;
+  action: string;
+  devId?: number;
+  blockPath?: string;
+  outcome: string;
+  reason: string;
+  error?: string;
+}
+
+interface PassResult {
+  devices: Outcome[];
+  manifestErrors: string[];
+  exitCode: number;
+}
+
+function manifest(name: string, spec: string): string {
+  return `apiVersion: ublk-ts/v1\nkind: UblkDevice\nmetadata:\n  name: ${name}\nspec:\n${spec
+    .trim()
+    .split('\n')
+    .map((l) => `  ${l}`)
+    .join('\n')}\n`;
+}
+
+describe('ublk-reconcile (real ublk driver)', function () {
+  requireUblk(this);
+  let dir: string;
+  let stateDir: string;
+  let watcher: ChildProcess | undefined;
+
+  beforeEach(() => {
+    dir = fs.mkdtempSync('/tmp/ublk-ts-manifests-');
+    fs.chmodSync(dir, 0o755);
+    stateDir = makeStateDir();
+  });
+
+  afterEach(async () => {
+    if (watcher && watcher.exitCode === null) {
+      watcher.kill('SIGTERM');
+      await new Promise((r) => watcher!.once('exit', r));
+    }
+    watcher = undefined;
+    for (const f of fs.readdirSync(dir)) fs.rmSync(path.join(dir, f));
+    reconcile(['--once']);
+  });
+
+  function write(file: string, text: string, mode = 0o644): void {
+    const full = path.join(dir, file);
+    fs.writeFileSync(`${full}.tmp`, text, { mode });
+    fs.renameSync(`${full}.tmp`, full);
+    fs.chmodSync(full, mode);
+  }
+
+  function reconcile(args: string[]): { status: number | null; stdout: string; stderr: string } {
+    const r = spawnSync(process.execPath, [RECONCILE, '--dir', dir, '--state-dir', stateDir, ...args], {
+      encoding: 'utf8',
+      timeout: 240_000,
+    });
+    return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+  }
+
+  function once(): PassResult {
+    const r = reconcile(['--once', '--json']);
+    assert.ok(r.stdout.trim().startsWith('{'), `json output (exit ${r.status}): ${r.stdout}${r.stderr}`);
+    const result = JSON.parse(r.stdout) as PassResult;
+    assert.equal(r.status, result.exitCode);
+    return result;
+  }
+
+  function outcome(result: PassResult, name: string): Outcome {
+    const o = result.devices.find((d) => d.name === name);
+    assert.ok(o, `${name} in ${JSON.stringify(result)}`);
+    return o;
+  }
+
+  function sizeOf(blockPath: string): number {
+    return Number(run('blockdev', ['--getsize64', blockPath]).stdout.trim());
+  }
+
+  it('creates a device for a dropped manifest with its size, queues and depth; a second pass does nothing', () => {
+    write('scratch.yaml', manifest('scratch', 'target:\n  type: memory\nsize: 64MiB\nqueues: 2\ndepth: 32'));
+    const first = once();
+    assert.equal(first.exitCode, 0, JSON.stringify(first));
+    const made = outcome(first, 'scratch');
+    assert.deepEqual([made.action, made.outcome], ['create', 'ok']);
+    const id = made.devId!;
+    assert.equal(sizeOf(`/dev/ublkb${id}`), 64 * MiB);
+    assert.equal(fs.readdirSync(`/sys/block/ublkb${id}/mq`).length, 2);
+    assert.equal(fs.readFileSync(`/sys/block/ublkb${id}/mq/0/nr_tags`, 'utf8').trim(), '32');
+
+    const second = once();
+    assert.equal(second.exitCode, 0);
+    assert.deepEqual(second.devices.map((d) => [d.name, d.action, d.outcome]), [['scratch', 'noop', 'unchanged']]);
+    const listed = ublkctlJson<Array<{ id: number; manifest?: string }>>(['list', '--state-dir', stateDir]);
+    assert.equal(listed.find((d) => d.id === id)?.manifest, 'scratch');
+  });
+
+  it('re-creates a device whose size changed while unused, and deletes it when its manifest goes', () => {
+    write('data.yaml', manifest('data', 'target:\n  type: memory\nsize: 32MiB'));
+    const id = outcome(once(), 'data').devId!;
+    write('data.yaml', manifest('data', 'target:\n  type: memory\nsize: 48MiB'));
+    const changed = once();
+    const re = outcome(changed, 'data');
+    assert.deepEqual([re.action, re.outcome], ['recreate', 'ok'], JSON.stringify(re));
+    assert.equal(sizeOf(`/dev/ublkb${re.devId}`), 48 * MiB);
+
+    fs.rmSync(path.join(dir, 'data.yaml'));
+    const removed = once();
+    const del = outcome(removed, 'data');
+    assert.deepEqual([del.action, del.outcome], ['delete', 'ok']);
+    assert.ok(!listDevices().some((d) => d.id === re.devId || d.id === id), 'device deleted');
+  });
+
+  it('reports drift for a device changed while mounted and leaves it and its data alone', () => {
+    write('fs.yaml', manifest('fs', 'target:\n  type: memory\nsize: 64MiB'));
+    const dev = outcome(once(), 'fs');
+    const blockPath = `/dev/ublkb${dev.devId}`;
+    run('mkfs.ext4', ['-q', '-F', blockPath]);
+    const mnt = fs.mkdtempSync('/tmp/ublk-ts-mnt-');
+    run('mount', [blockPath, mnt]);
+    try {
+      run('dd', ['if=/dev/urandom', `of=${mnt}/keep`, 'bs=64k', 'count=16', 'status=none']);
+      const sum = run('sha256sum', [`${mnt}/keep`]).stdout.split(' ')[0];
+      write('fs.yaml', manifest('fs', 'target:\n  type: memory\nsize: 128MiB'));
+      const result = once();
+      const drift = outcome(result, 'fs');
+      assert.equal(drift.action, 'drift');
+      assert.equal(result.exitCode, 1);
+      assert.equal(sizeOf(blockPath), 64 * MiB, 'device untouched');
+      assert.equal(run('sha256sum', [`${mnt}/keep`]).stdout.split(' ')[0], sum, 'data intact');
+      const listed = ublkctlJson<Array<{ id: number; lastError?: string }>>(['list', '--state-dir', stateDir]);
+      assert.match(listed.find((d) => d.id === dev.devId)?.lastError ?? '', /in use/);
+    } finally {
+      run('umount', [mnt]);
+    }
+  });
+
+  it('never touches a device made with ublkctl add', () => {
+    const other = ublkctlJson<{ id: number }>(['add', '-t', 'null', '--size', '16MiB', '--state-dir', stateDir]);
+    try {
+      const result = once();
+      assert.equal(result.exitCode, 0);
+      assert.equal(result.devices.length, 0, JSON.stringify(result));
+      assert.ok(listDevices().some((d) => d.id === other.id && d.state === 'LIVE'));
+    } finally {
+      ublkctl(['del', String(other.id), '--state-dir', stateDir]);
+    }
+  });
+
+  it('applies a valid manifest beside an invalid one, reports the invalid one, exits 1, and leaves an invalid manifest\'s device as it is', () => {
+    write('good.yaml', manifest('good', 'target:\n  type: null\nsize: 16MiB'));
+    write('bad.yaml', manifest('bad', 'target:\n  type: null\nsize: 16MiB\nqueues: two'));
+    const result = once();
+    assert.equal(result.exitCode, 1);
+    assert.deepEqual([outcome(result, 'good').action, outcome(result, 'good').outcome], ['create', 'ok']);
+    assert.equal(result.manifestErrors.length, 1, JSON.stringify(result.manifestErrors));
+    assert.match(result.manifestErrors[0]!, /bad\.yaml:\d+:\d+: spec\.queues: /);
+
+    const goodId = outcome(result, 'good').devId!;
+    write('good.yaml', manifest('good', 'target:\n  type: null\nsize: 16MiB\ndepth: 0'));
+    const broken = once();
+    assert.equal(broken.exitCode, 1);
+    assert.equal(outcome(broken, 'good').action, 'hold');
+    assert.ok(listDevices().some((d) => d.id === goodId && d.state === 'LIVE'), 'device left as it was');
+  });
+
+  it('lets only one reconciler run: a second exits 2 naming the lock', async () => {
+    watcher = spawn(process.execPath, [RECONCILE, '--dir', dir, '--state-dir', stateDir], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let log = '';
+    watcher.stderr!.on('data', (c: Buffer) => (log += c.toString()));
+    await waitFor(() => /pass \(start\)/.test(log), 60_000, 'the watcher to start');
+    const second = reconcile(['--once']);
+    assert.equal(second.status, 2);
+    assert.match(second.stderr, /holds the lock .*reconcile\.lock/);
+  });
+
+  it('watcher notices a manifest added, changed and removed within 2 seconds', async () => {
+    watcher = spawn(process.execPath, [RECONCILE, '--dir', dir, '--state-dir', stateDir, '--resync-interval', '3600'], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let log = '';
+    watcher.stderr!.on('data', (c: Buffer) => (log += c.toString()));
+    await waitFor(() => /pass \(start\)/.test(log), 60_000, 'the watcher to start');
+
+    const noticed = async (pattern: RegExp, what: string): Promise<void> => {
+      const from = log.length;
+      const t0 = Date.now();
+      await waitFor(() => pattern.test(log.slice(from)), 2000, `the watcher to notice ${what} (2 s)`);
+      assert.ok(Date.now() - t0 <= 2000);
+    };
+
+    write('w.yaml', manifest('w', 'target:\n  type: null\nsize: 16MiB'));
+    await noticed(/pass \((added|changed) .*w\.yaml\)/, 'the new manifest');
+    await waitFor(() => /create w dev \d+/.test(log), 60_000, 'the device');
+    const id = Number(/create w dev (\d+)/.exec(log)![1]);
+    assert.ok(fs.existsSync(`/dev/ublkb${id}`));
+
+    write('w.yaml', manifest('w', 'target:\n  type: null\nsize: 32MiB'));
+    await noticed(/pass \((added|changed) .*w\.yaml\)/, 'the change');
+    await waitFor(() => /recreate w dev \d+/.test(log), 60_000, 'the re-creation');
+
+    fs.rmSync(path.join(dir, 'w.yaml'));
+    await noticed(/pass \(removed .*w\.yaml\)/, 'the removal');
+    await waitFor(() => /delete w dev \d+/.test(log), 60_000, 'the deletion');
+  });
+
+  it('refuses group-writable manifests and directories unless --insecure-permissions', () => {
+    write('loose.yaml', manifest('loose', 'target:\n  type: null\nsize: 16MiB'), 0o664);
+    const refused = once();
+    assert.equal(refused.exitCode, 1);
+    assert.match(refused.manifestErrors.join('\n'), /writable by group\/others/);
+    assert.equal(refused.devices.length, 0);
+    const insecure = reconcile(['--once', '--json', '--insecure-permissions']);
+    assert.equal(insecure.status, 0, insecure.stdout + insecure.stderr);
+    fs.chmodSync(path.join(dir, 'loose.yaml'), 0o644);
+    fs.chmodSync(dir, 0o775);
+    const looseDir = once();
+    assert.equal(looseDir.exitCode, 1);
+    assert.match(looseDir.manifestErrors.join('\n'), /writable by group\/others/);
+    fs.chmodSync(dir, 0o755);
+  });
+});

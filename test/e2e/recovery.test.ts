@@ -1,0 +1,251 @@
+import { strict as assert } from 'node:assert';
+import { ChildProcess, spawn, spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { FioJobResult, isAlive, listDevices, makeStateDir, requireUblk, ROOT, run, waitFor } from './helpers';
+
+const RECONCILE = path.join(ROOT, 'dist', 'src', 'cli', 'ublk-reconcile.js');
+const MiB = 1024 * 1024;
+
+function manifest(name: string, spec: string): string {
+  const body = spec.trim().split('\n').map((l) => `  ${l}`).join('\n');
+  return `apiVersion: ublk-ts/v1\nkind: UblkDevice\nmetadata:\n  name: ${name}\nspec:\n${body}\n`;
+}
+
+function sha256(file: string, bytes: number, skipMiB = 0): string {
+  const direct = file.startsWith('/dev/') ? ' iflag=direct' : '';
+  return run('bash', ['-c', `set -o pipefail; dd if=${file} bs=1M skip=${skipMiB} count=${bytes / MiB}${direct} status=none | sha256sum`]).stdout.split(' ')[0]!;
+}
+
+/** A background fio run whose JSON result is collected when it ends. */
+function startFio(args: string[]): { child: ChildProcess; done: Promise<{ status: number | null; jobs: FioJobResult[]; raw: string }> } {
+  const child = spawn('fio', ['--output-format=json', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout!.on('data', (c: Buffer) => (out += c.toString()));
+  child.stderr!.on('data', (c: Buffer) => (out += c.toString()));
+  const done = new Promise<{ status: number | null; jobs: FioJobResult[]; raw: string }>((resolve) => {
+    child.on('exit', (status) => {
+      const start = out.indexOf('{');
+      const jobs = start >= 0 ? (JSON.parse(out.slice(start)) as { jobs: FioJobResult[] }).jobs : [];
+      resolve({ status, jobs, raw: out });
+    });
+  });
+  return { child, done };
+}
+
+describe('crash recovery with real kill -9 (real ublk driver)', function () {
+  requireUblk(this);
+  let dir: string;
+  let stateDir: string;
+  let scratch: string;
+  let watcher: ChildProcess | undefined;
+  let watcherLog = '';
+
+  beforeEach(() => {
+    dir = fs.mkdtempSync('/tmp/ublk-ts-manifests-');
+    fs.chmodSync(dir, 0o755);
+    stateDir = makeStateDir();
+    scratch = fs.mkdtempSync('/tmp/ublk-ts-recovery-');
+  });
+
+  afterEach(async () => {
+    await stopWatcher('SIGTERM');
+    for (const f of fs.readdirSync(dir)) fs.rmSync(path.join(dir, f));
+    spawnSync(process.execPath, [RECONCILE, '--dir', dir, '--state-dir', stateDir, '--once'], { timeout: 120_000 });
+  });
+
+  async function startWatcher(): Promise<void> {
+    watcherLog = '';
+    watcher = spawn(process.execPath, [RECONCILE, '--dir', dir, '--state-dir', stateDir, '--resync-interval', '3600'], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    watcher.stderr!.on('data', (c: Buffer) => (watcherLog += c.toString()));
+    await waitFor(() => /pass \(start\)/.test(watcherLog), 60_000, 'the watcher to start');
+  }
+
+  async function stopWatcher(signal: NodeJS.Signals): Promise<void> {
+    if (watcher && watcher.exitCode === null && watcher.signalCode === null) {
+      const exited = new Promise((r) => watcher!.once('exit', r));
+      watcher.kill(signal);
+      await exited;
+    }
+    watcher = undefined;
+  }
+
+  function write(file: string, text: string): void {
+    fs.writeFileSync(path.join(dir, file), text, { mode: 0o644 });
+  }
+
+  function device(id: number) {
+    return listDevices().find((d) => d.id === id);
+  }
+
+  async function deviceLive(name: string): Promise<{ id: number; serverPid: number }> {
+    await waitFor(() => new RegExp(`(create|recreate) ${name} dev \\d+`).test(watcherLog), 120_000, `${name} to be created`);
+    const id = Number(new RegExp(`(?:create|recreate) ${name} dev (\\d+)`).exec(watcherLog)![1]);
+    await waitFor(() => device(id)?.state === 'LIVE', 60_000, `dev ${id} LIVE`);
+    return { id, serverPid: device(id)!.serverPid };
+  }
+
+  /** Freezes the server so requests are in flight inside it, then kills it: the worst moment to die. */
+  async function killServerMidIo(id: number): Promise<number> {
+    const pid = device(id)!.serverPid;
+    process.kill(pid, 'SIGSTOP');
+    await new Promise((r) => setTimeout(r, 300));
+    process.kill(pid, 'SIGKILL');
+    return pid;
+  }
+
+  async function recoveredFrom(id: number, oldPid: number): Promise<number> {
+    await waitFor(() => {
+      const d = device(id);
+      return d !== undefined && d.state === 'LIVE' && d.serverPid !== oldPid && isAlive(d.serverPid);
+    }, 60_000, `dev ${id} to be recovered`);
+    return device(id)!.serverPid;
+  }
+
+  it('loop, reissue: five kill -9 during fio randwrite verify; fio sees no error and the file equals the device', async () => {
+    const file = path.join(scratch, 'loop.img');
+    write('loop.yaml', manifest('loop', `target:\n  type: loop\n  file: ${file}\n  create: true\nsize: 64MiB\nrecovery: reissue`));
+    await startWatcher();
+    const { id } = await deviceLive('loop');
+    const fio = startFio([
+      '--name=reissue',
+      `--filename=/dev/ublkb${id}`,
+      '--ioengine=io_uring',
+      '--direct=1',
+      '--rw=randwrite',
+      '--bs=4k',
+      '--iodepth=32',
+      '--size=48M',
+      '--rate_iops=1500',
+      '--verify=crc32c',
+      '--do_verify=1',
+      '--verify_fatal=1',
+    ]);
+    for (let kill = 1; kill <= 5; kill++) {
+      await new Promise((r) => setTimeout(r, 1200));
+      assert.equal(fio.child.exitCode, null, `fio still writing at kill ${kill}`);
+      const t0 = Date.now();
+      const oldPid = await killServerMidIo(id);
+      await recoveredFrom(id, oldPid);
+      assert.ok(Date.now() - t0 < 30_000);
+    }
+    const result = await fio.done;
+    assert.equal(result.status, 0, result.raw);
+    assert.equal(result.jobs[0]!.error, 0);
+    assert.ok(result.jobs[0]!.read.io_bytes > 0, 'verify phase read the data back');
+    assert.equal(sha256(`/dev/ublkb${id}`, 64 * MiB), sha256(file, 64 * MiB), 'backing file equals the device');
+  });
+
+  it('memory, reissue: data written before a kill -9 is there after recovery, and fio verify passes across a kill', async () => {
+    write('mem.yaml', manifest('mem', 'target:\n  type: memory\nsize: 64MiB'));
+    await startWatcher();
+    const { id } = await deviceLive('mem');
+    run('dd', ['if=/dev/urandom', `of=${scratch}/payload`, 'bs=1M', 'count=8', 'status=none']);
+    run('dd', [`if=${scratch}/payload`, `of=/dev/ublkb${id}`, 'bs=1M', 'seek=32', 'oflag=direct', 'status=none']);
+    const before = sha256(`${scratch}/payload`, 8 * MiB);
+    const fio = startFio([
+      '--name=mem', `--filename=/dev/ublkb${id}`, '--ioengine=io_uring', '--direct=1', '--rw=randwrite', '--bs=4k',
+      '--iodepth=32', '--size=16M', '--rate_iops=1500', '--verify=crc32c', '--do_verify=1', '--verify_fatal=1',
+    ]);
+    await new Promise((r) => setTimeout(r, 1500));
+    const oldPid = await killServerMidIo(id);
+    await recoveredFrom(id, oldPid);
+    const result = await fio.done;
+    assert.equal(result.status, 0, result.raw);
+    assert.equal(sha256(`/dev/ublkb${id}`, 8 * MiB, 32), before, 'data written before the kill survives');
+  });
+
+  it('fail-inflight: IO in flight at the kill fails with EIO; IO issued while no server runs waits and succeeds', async () => {
+    write('fi.yaml', manifest('fi', 'target:\n  type: memory\nsize: 64MiB\nrecovery: fail-inflight'));
+    await startWatcher();
+    const { id } = await deviceLive('fi');
+    await stopWatcher('SIGTERM'); // recover by hand, so there is a window with no server
+    const fio = startFio([
+      '--name=inflight', `--filename=/dev/ublkb${id}`, '--ioengine=io_uring', '--direct=1', '--rw=randread', '--bs=4k',
+      '--iodepth=16', '--time_based', '--runtime=4', '--continue_on_error=io',
+    ]);
+    await new Promise((r) => setTimeout(r, 1000));
+    const oldPid = await killServerMidIo(id);
+    await waitFor(() => device(id)?.state === 'QUIESCED', 10_000, 'QUIESCED');
+    const waiter = spawn('dd', [`if=/dev/ublkb${id}`, 'of=/dev/null', 'bs=4k', 'count=1', 'skip=7', 'iflag=direct']);
+    const waiterDone = new Promise<number | null>((r) => waiter.on('exit', r));
+    await new Promise((r) => setTimeout(r, 1500));
+    assert.equal(waiter.exitCode, null, 'IO issued with no server waits');
+    const rec = spawnSync(process.execPath, [path.join(ROOT, 'dist', 'src', 'cli', 'ublkctl.js'), 'recover', String(id), '--state-dir', stateDir], { encoding: 'utf8' });
+    assert.equal(rec.status, 0, rec.stderr);
+    assert.equal(await waiterDone, 0, 'the waiting IO succeeds after recovery');
+    assert.notEqual(device(id)!.serverPid, oldPid);
+    const result = await fio.done;
+    const job = result.jobs[0] as FioJobResult & { total_err?: number; first_error?: number };
+    assert.ok((job.total_err ?? 0) > 0, `in-flight IO failed: ${JSON.stringify({ total_err: job.total_err, first_error: job.first_error })}`);
+    assert.equal(job.first_error, 5, 'the failure is EIO');
+  });
+
+  it('fail-io on this kernel: a clear error naming the missing feature, and nothing created', function () {
+    write('fio.yaml', manifest('failio', 'target:\n  type: null\nsize: 16MiB\nrecovery: fail-io'));
+    const before = listDevices().map((d) => d.id);
+    const r = spawnSync(process.execPath, [RECONCILE, '--dir', dir, '--state-dir', stateDir, '--once', '--json'], { encoding: 'utf8' });
+    const result = JSON.parse(r.stdout) as { exitCode: number; devices: Array<{ name: string; outcome: string; error?: string }> };
+    assert.equal(r.status, 1);
+    const d = result.devices.find((x) => x.name === 'failio')!;
+    assert.equal(d.outcome, 'failed');
+    const features = spawnSync(process.execPath, [path.join(ROOT, 'dist', 'src', 'cli', 'ublkctl.js'), 'features'], { encoding: 'utf8' }).stdout;
+    if (/USER_RECOVERY_FAIL_IO/.test(features)) this.skip();
+    assert.match(d.error ?? '', /fail-io needs the kernel feature UBLK_F_USER_RECOVERY_FAIL_IO \(Linux 6\.13 or newer\); this kernel supports: reissue, fail-inflight, none/);
+    assert.deepEqual(listDevices().map((x) => x.id), before);
+  });
+
+  it('recovery none: the device dies with its server; the reconciler re-creates it, reports the loss, and the loop file keeps its data', async () => {
+    const file = path.join(scratch, 'none.img');
+    write('none.yaml', manifest('none', `target:\n  type: loop\n  file: ${file}\n  create: true\nsize: 32MiB\nrecovery: none`));
+    await startWatcher();
+    const first = await deviceLive('none');
+    run('dd', ['if=/dev/urandom', `of=${scratch}/payload`, 'bs=1M', 'count=4', 'status=none']);
+    run('dd', [`if=${scratch}/payload`, `of=/dev/ublkb${first.id}`, 'bs=1M', 'oflag=direct', 'status=none']);
+    process.kill(first.serverPid, 'SIGKILL');
+    await waitFor(() => /recreate none dev \d+.*data-plane state was lost/.test(watcherLog), 60_000, 're-creation reported');
+    const second = await deviceLive('none');
+    assert.equal(sha256(`/dev/ublkb${second.id}`, 4 * MiB), sha256(`${scratch}/payload`, 4 * MiB), 'file data survived');
+  });
+
+  it('kill -9 of the watcher during fio: no IO error, and a new watcher adopts the device without touching it', async () => {
+    write('adopt.yaml', manifest('adopt', 'target:\n  type: memory\nsize: 64MiB'));
+    await startWatcher();
+    const { id, serverPid } = await deviceLive('adopt');
+    const fio = startFio([
+      '--name=adopt', `--filename=/dev/ublkb${id}`, '--ioengine=io_uring', '--direct=1', '--rw=randwrite', '--bs=4k',
+      '--iodepth=32', '--size=16M', '--rate_iops=2000', '--verify=crc32c', '--do_verify=1', '--verify_fatal=1',
+    ]);
+    await new Promise((r) => setTimeout(r, 1000));
+    await stopWatcher('SIGKILL');
+    const result = await fio.done;
+    assert.equal(result.status, 0, result.raw);
+    await startWatcher();
+    await waitFor(() => /noop adopt dev \d+/.test(watcherLog), 60_000, 'the new watcher to adopt the device');
+    assert.equal(device(id)!.serverPid, serverPid, 'same server, untouched');
+  });
+
+  it('a loop server whose backing file system fills up fails those requests and stays up, without a restart loop', async () => {
+    const mnt = fs.mkdtempSync(path.join(scratch, 'small-'));
+    run('mount', ['-t', 'tmpfs', '-o', 'size=8m', 'tmpfs', mnt]);
+    try {
+      write('full.yaml', manifest('full', `target:\n  type: loop\n  file: ${mnt}/f.img\n  create: true\nsize: 32MiB`));
+      await startWatcher();
+      const { id, serverPid } = await deviceLive('full');
+      const w = run('dd', ['if=/dev/urandom', `of=/dev/ublkb${id}`, 'bs=1M', 'count=16', 'oflag=direct', 'status=none'], { allowFail: true });
+      assert.notEqual(w.status, 0, 'writes beyond the space fail');
+      await new Promise((r) => setTimeout(r, 2000));
+      assert.equal(device(id)!.serverPid, serverPid, 'the same server still serves');
+      assert.equal(device(id)!.state, 'LIVE');
+      assert.ok(!/recover full|recreate full/.test(watcherLog), 'no restart');
+      const r = run('dd', [`if=/dev/ublkb${id}`, 'of=/dev/null', 'bs=1M', 'count=2', 'iflag=direct', 'status=none'], { allowFail: true });
+      assert.equal(r.status, 0);
+      fs.rmSync(path.join(dir, 'full.yaml'));
+      await waitFor(() => /delete full dev/.test(watcherLog), 60_000, 'deletion');
+    } finally {
+      run('umount', [mnt], { allowFail: true });
+    }
+  });
+});
