@@ -1,4 +1,6 @@
 import { watch, FSWatcher } from 'chokidar';
+import * as path from 'node:path';
+import { isManifestFile } from '../manifest';
 import { UblkControl } from '../control';
 import { isAlive } from '../launcher';
 import { listRecords } from '../state';
@@ -28,6 +30,7 @@ export class ReconcileWatcher {
   private stopped = false;
   private idle: Promise<void> = Promise.resolve();
   private knownDead = new Set<number>();
+  private pendingEvents: string[] = [];
 
   constructor(
     private readonly control: UblkControl,
@@ -56,8 +59,16 @@ export class ReconcileWatcher {
 
   private watchFiles(): void {
     this.fsWatcher = watch(this.opts.dir, { ignoreInitial: true, depth: 0, atomic: true });
-    const hint = (event: string) => (file: string) => this.schedule(`${event} ${file}`);
+    // Only manifest files matter: an editor's swap file or a tool's temporary file is noise.
+    const hint = (event: string) => (file: string) => {
+      if (isManifestFile(path.basename(file))) this.schedule(`${event} ${path.basename(file)}`);
+    };
     this.fsWatcher.on('add', hint('added')).on('change', hint('changed')).on('unlink', hint('removed'));
+    // A file written while the first scan ran counts as already there, with no event: pass again once ready.
+    this.fsWatcher.on('ready', () => {
+      this.log(`watching ${this.opts.dir}`);
+      this.trigger('watching');
+    });
     this.fsWatcher.on('error', (err) => {
       this.log(`watcher error: ${(err as Error).message}; re-listing everything`);
       void this.fsWatcher?.close().finally(() => {
@@ -67,9 +78,14 @@ export class ReconcileWatcher {
     });
   }
 
-  private schedule(why: string): void {
+  private schedule(event: string): void {
     if (this.debounce) clearTimeout(this.debounce);
-    this.debounce = setTimeout(() => this.trigger(why), this.opts.debounceMs ?? 300);
+    if (!this.pendingEvents.includes(event)) this.pendingEvents.push(event);
+    this.debounce = setTimeout(() => {
+      const why = this.pendingEvents.join(', ');
+      this.pendingEvents = [];
+      this.trigger(why);
+    }, this.opts.debounceMs ?? 300);
   }
 
   private checkServers(): void {
