@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { RECOVERY_MODES, TARGET_TYPES } from '../../src/device-spec';
-import { closest, formatManifestError, loadManifestDir, ManifestSpec, schemaDocument } from '../../src/manifest';
+import { closest, formatManifestError, loadManifestDir, ManifestSpec, manifestReference, schemaDocument } from '../../src/manifest';
 
 const ROOT = path.resolve(__dirname, '..', '..', '..');
 const FIXTURES = path.join(ROOT, 'test', 'fixtures', 'manifests');
@@ -169,5 +169,14 @@ describe('shipped manifests', () => {
     const result = loadManifestDir(path.join(ROOT, 'manifests'));
     assert.deepEqual(result.errors.map(formatManifestError), []);
     assert.deepEqual(result.manifests.map((m) => m.spec.target.type).sort(), ['loop', 'memory', 'null']);
+  });
+});
+
+describe('README manifest reference', () => {
+  it('is the one generated from the schema', () => {
+    const readme = fs.readFileSync(path.join(ROOT, 'README.md'), 'utf8');
+    const m = /<!-- manifest-reference:start -->\n([\s\S]*?)\n<!-- manifest-reference:end -->/.exec(readme);
+    assert.ok(m, 'README has the reference markers');
+    assert.equal(m[1], manifestReference(), 'run npm run docs:manifest and paste its output into the README');
   });
 });
