@@ -29,6 +29,9 @@ export interface LaunchOptions {
   owner?: DeviceOwner;
   manifest?: string;
   specHash?: string;
+  /** Carried into the new record: consecutive quick deaths, for backoff. */
+  failures?: number;
+  lastError?: string;
 }
 
 const SERVER_MAIN = path.join(__dirname, 'server-main.js');
@@ -119,7 +122,8 @@ export async function startServer(spec: DeviceSpec, opts: LaunchOptions = {}): P
       spec,
       serverPid: child.pid!,
       status: 'live',
-      failures: 0,
+      failures: opts.failures ?? 0,
+      lastError: opts.lastError,
       updatedAt: '',
     });
     return { info: outcome.info, pid: child.pid!, logPath };

@@ -21,6 +21,8 @@ export interface ReconcileOptions {
   /** Refuse manifests and directories writable by others (StrictModes). */
   checkPermissions?: boolean;
   log?: (line: string) => void;
+  /** Leave "nothing to do" out of the log (the watcher's periodic passes). */
+  quietNoops?: boolean;
   now?: () => number;
 }
 
@@ -41,6 +43,20 @@ export interface PassResult {
   manifestErrors: string[];
   /** 0: live state matches every manifest; 1: a device failed, drifted, or a manifest is invalid. */
   exitCode: 0 | 1;
+}
+
+/** A server that lived less than this was not a success: its restart counts towards backoff. */
+export const STABLE_MS = 10_000;
+
+/** How a restarted server's record starts: a quick death counts as a failure, so a crash loop backs off. */
+function restartHistory(record: DeviceRecord | undefined, now: number): { failures: number; lastError?: string } {
+  if (!record) return { failures: 0 };
+  const lived = now - Date.parse(record.updatedAt);
+  if (lived >= STABLE_MS) return { failures: 0 };
+  return {
+    failures: (record.failures ?? 0) + 1,
+    lastError: `server pid ${record.serverPid} died ${(lived / 1000).toFixed(1)} s after it started`,
+  };
 }
 
 /** Failed creates have no device, hence no record: their backoff is kept here, per manifest name. */
@@ -111,7 +127,7 @@ export async function reconcileOnce(control: UblkControl, opts: ReconcileOptions
     const outcome = opts.planOnly
       ? planned(action)
       : await apply(control, action, byName.get(action.name), records, opts.stateDir, now);
-    log(describe(outcome));
+    if (!(opts.quietNoops && outcome.action === 'noop')) log(describe(outcome));
     devices.push(outcome);
   }
   devices.sort((a, b) => a.name.localeCompare(b.name));
@@ -195,6 +211,7 @@ async function apply(
           owner: 'reconciler',
           manifest: record!.manifest,
           specHash: record!.specHash,
+          ...restartHistory(record, now),
         });
         return { ...base, blockPath: server.info.blockPath };
       }
@@ -205,7 +222,8 @@ async function apply(
         if (record && record.lastError !== action.reason) writeRecord(stateDir, { ...record, lastError: action.reason });
         return { ...base, outcome: 'unchanged' };
       case 'noop':
-        if (record && (record.lastError !== undefined || record.status !== 'live')) {
+        // Clear a past error once the server has proved stable, not at the first quiet pass.
+        if (record && (record.lastError !== undefined || record.status !== 'live') && now - Date.parse(record.updatedAt) >= STABLE_MS) {
           writeRecord(stateDir, { ...record, status: 'live', lastError: undefined, failures: 0 });
         }
         return { ...base, outcome: 'unchanged' };

@@ -31,6 +31,7 @@ export class ReconcileWatcher {
   private idle: Promise<void> = Promise.resolve();
   private knownDead = new Set<number>();
   private pendingEvents: string[] = [];
+  private passes = 0;
 
   constructor(
     private readonly control: UblkControl,
@@ -117,7 +118,7 @@ export class ReconcileWatcher {
       this.again = false;
       this.log(`pass (${reason})`);
       try {
-        const result = await reconcileOnce(this.control, this.opts);
+        const result = await reconcileOnce(this.control, { ...this.opts, quietNoops: this.passes++ > 1 });
         this.opts.onPass?.(result);
         // Devices waiting out a backoff need another look soon, not at the next resync.
         if (result.devices.some((d) => d.action === 'wait')) setTimeout(() => this.trigger('backoff'), 1000).unref();

@@ -230,6 +230,23 @@ describe('crash recovery with real kill -9 (real ublk driver)', function () {
     assert.equal(device(id)!.serverPid, serverPid, 'same server, untouched');
   });
 
+  it('a server that keeps dying is recovered with capped backoff, not in a busy loop, and its last error is shown', async () => {
+    const crasher = path.join(ROOT, 'dist', 'test', 'fixtures', 'targets', 'crasher.js');
+    write('crash.yaml', manifest('crash', `target:\n  type: js\n  module: ${crasher}\nsize: 16MiB`));
+    await startWatcher();
+    await waitFor(() => /create crash dev \d+/.test(watcherLog), 60_000, 'creation');
+    await new Promise((r) => setTimeout(r, 12_000));
+    const recoveries = watcherLog.match(/recover crash dev \d+/g) ?? [];
+    assert.ok(recoveries.length >= 2, `it is restarted (${recoveries.length} times)`);
+    assert.ok(recoveries.length <= 5, `with backoff: ${recoveries.length} restarts in 12 s`);
+    assert.match(watcherLog, /wait\s+crash dev \d+: recovery failed \d+ time|wait crash dev \d+/);
+    const listed = JSON.parse(
+      spawnSync(process.execPath, [path.join(ROOT, 'dist', 'src', 'cli', 'ublkctl.js'), 'list', '--json', '--state-dir', stateDir], { encoding: 'utf8' }).stdout,
+    ) as Array<{ manifest?: string; lastError?: string }>;
+    assert.match(listed.find((d) => d.manifest === 'crash')?.lastError ?? '', /died .* after it started/);
+    await stopWatcher('SIGTERM');
+  });
+
   it('a loop server whose backing file system fills up fails those requests and stays up, without a restart loop', async () => {
     const mnt = fs.mkdtempSync(path.join(scratch, 'small-'));
     run('mount', ['-t', 'tmpfs', '-o', 'size=8m', 'tmpfs', mnt]);
