@@ -46,7 +46,7 @@ export interface PassResult {
 }
 
 /** A server that lived less than this was not a success: its restart counts towards backoff. */
-export const STABLE_MS = 10_000;
+export const STABLE_MS = 3_000;
 
 /** How a restarted server's record starts: a quick death counts as a failure, so a crash loop backs off. */
 function restartHistory(record: DeviceRecord | undefined, now: number): { failures: number; lastError?: string } {
