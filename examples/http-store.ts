@@ -6,7 +6,7 @@
  * every request covers whole objects, so no read-modify-write is needed.
  *
  *   node dist/examples/http-store.js add URL [SIZE]     e.g. http://127.0.0.1:8080/disk1
- *   node dist/examples/http-store.js del [ID]
+ *   node dist/examples/http-store.js del ID
  *
  * examples/object-store-server.ts is a tiny store to try it with.
  */
@@ -56,7 +56,7 @@ export function createTarget(ctx: TargetContext): UblkTarget {
 }
 
 if (require.main === module) {
-  void runExample(process.argv.slice(2), 'http-store.js add URL [SIZE] | del [ID]', ([url, size]) => {
+  void runExample(process.argv.slice(2), 'http-store.js add URL [SIZE] | del ID', ([url, size]) => {
     if (!url) throw new Error('usage: http-store.js add URL [SIZE]');
     return {
       target: { type: 'js', module: __filename, options: { url } },

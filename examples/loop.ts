@@ -4,7 +4,7 @@
  * through JS, which only decides where it goes.
  *
  *   node dist/examples/loop.js add BACKING_FILE
- *   node dist/examples/loop.js del [ID]
+ *   node dist/examples/loop.js del ID
  */
 import * as fs from 'node:fs';
 import { promisify } from 'node:util';
@@ -37,7 +37,7 @@ export function createTarget(ctx: TargetContext): UblkTarget {
 }
 
 if (require.main === module) {
-  void runExample(process.argv.slice(2), 'loop.js add BACKING_FILE | del [ID]', ([file]) => {
+  void runExample(process.argv.slice(2), 'loop.js add BACKING_FILE | del ID', ([file]) => {
     if (!file) throw new Error('usage: loop.js add BACKING_FILE');
     const path = fs.realpathSync(file);
     return { target: { type: 'js', module: __filename, options: { file: path } }, size: fs.statSync(path).size, depth: 64 };

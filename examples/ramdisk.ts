@@ -4,7 +4,7 @@
  * sees the same disk.
  *
  *   node dist/examples/ramdisk.js add [SIZE] [QUEUES]
- *   node dist/examples/ramdisk.js del [ID]
+ *   node dist/examples/ramdisk.js del ID
  */
 import type { SetupContext, TargetContext, UblkIo, UblkTarget } from '../src';
 import { runExample } from './run-example';
@@ -38,7 +38,7 @@ export function createTarget(ctx: TargetContext): UblkTarget {
 }
 
 if (require.main === module) {
-  void runExample(process.argv.slice(2), 'ramdisk.js add [SIZE] [QUEUES] | del [ID]', ([size, queues]) => ({
+  void runExample(process.argv.slice(2), 'ramdisk.js add [SIZE] [QUEUES] | del ID', ([size, queues]) => ({
     target: { type: 'js', module: __filename },
     size: size ?? '256MiB',
     queues: queues ? Number(queues) : 1,

@@ -1,7 +1,7 @@
 /**
  * The command line every example shares, like the Rust libublk examples:
  *   add [args]   serve a device from this process until Ctrl-C/SIGTERM (then delete it)
- *   del [ID]     stop and delete a device (all devices served by examples, without ID)
+ *   del ID       stop and delete a device served by another process
  */
 import { normalizeDeviceSpec, removeDevice, UblkControl, UblkDevice } from '../src';
 import type { DeviceSpecInput } from '../src';
@@ -9,7 +9,7 @@ import type { DeviceSpecInput } from '../src';
 export async function runExample(argv: string[], usage: string, specFor: (args: string[]) => DeviceSpecInput): Promise<void> {
   const [command, ...args] = argv;
   if (command === 'add') return add(specFor(args));
-  if (command === 'del') return del(args[0]);
+  if (command === 'del' && args[0] !== undefined && /^\d+$/.test(args[0])) return del(Number(args[0]));
   console.error(`usage: ${usage}`);
   process.exitCode = 2;
 }
@@ -28,14 +28,11 @@ async function add(input: DeviceSpecInput): Promise<void> {
   process.removeListener('SIGTERM', stop);
 }
 
-async function del(id: string | undefined): Promise<void> {
+async function del(id: number): Promise<void> {
   const control = await UblkControl.open();
   try {
-    const ids = id !== undefined ? [Number(id)] : (await control.listDevices()).filter((d) => d.serverPid !== 0).map((d) => d.id);
-    for (const devId of ids) {
-      await removeDevice(control, devId);
-      console.log(`dev ${devId}: deleted`);
-    }
+    await removeDevice(control, id);
+    console.log(`dev ${id}: deleted`);
   } finally {
     control.close();
   }

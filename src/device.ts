@@ -310,23 +310,52 @@ async function prepareJsTarget(spec: DeviceSpec): Promise<unknown> {
   return module.setup(ctx);
 }
 
+/** Gathers the queues' "ready" and "exit" reports into two promises. */
+class QueueLifecycle {
+  readonly ready: Promise<void>;
+  readonly exited: Promise<QueueExit[]>;
+  private readyCount = 0;
+  private readonly exits: QueueExit[] = [];
+  private resolveReady!: () => void;
+  private rejectReady!: (e: Error) => void;
+  private resolveExited!: (e: QueueExit[]) => void;
+
+  constructor(
+    private readonly devId: number,
+    private readonly count: number,
+    private readonly onAllExited?: () => void,
+  ) {
+    this.ready = new Promise<void>((res, rej) => {
+      this.resolveReady = res;
+      this.rejectReady = rej;
+    });
+    this.ready.catch(() => undefined);
+    this.exited = new Promise<QueueExit[]>((res) => (this.resolveExited = res));
+  }
+
+  queueReady(): void {
+    if (++this.readyCount === this.count) this.resolveReady();
+  }
+
+  /** A queue that ends before all are ready makes `ready` reject (no effect afterwards). */
+  queueExited(exit: QueueExit): void {
+    this.exits.push(exit);
+    this.rejectReady(exit.error ?? new UblkError('QUEUE_START', this.devId, 5, `queue ${exit.qid} ended before the device started`));
+    if (this.exits.length === this.count) {
+      this.onAllExited?.();
+      this.resolveExited(this.exits.sort((a, b) => a.qid - b.qid));
+    }
+  }
+}
+
 const QUEUE_WORKER = path.join(__dirname, 'js-queue-worker.js');
 
 /** One worker_thread per queue for a JS target; each serves its queue on its own event loop. */
 function startJsQueues(info: DeviceInfo, spec: DeviceSpec & { target: { type: 'js' } }, shared: unknown): { group: { stop(): void }; ready: Promise<void>; exited: Promise<QueueExit[]> } {
-  const exits: QueueExit[] = [];
-  let readyCount = 0;
-  let resolveReady!: () => void;
-  let rejectReady!: (e: Error) => void;
-  let resolveExited!: (e: QueueExit[]) => void;
-  const ready = new Promise<void>((res, rej) => {
-    resolveReady = res;
-    rejectReady = rej;
-  });
-  const exited = new Promise<QueueExit[]>((res) => (resolveExited = res));
   const workers: Worker[] = [];
   // One opener per device: the workers share this descriptor, closed when they are all done.
   const charFd = fsSync.openSync(info.charPath, fsSync.constants.O_RDWR);
+  const lifecycle = new QueueLifecycle(info.id, info.queues, () => fsSync.closeSync(charFd));
   for (let qid = 0; qid < info.queues; qid++) {
     const data: QueueWorkerData = {
       devId: info.id,
@@ -351,7 +380,7 @@ function startJsQueues(info: DeviceInfo, spec: DeviceSpec & { target: { type: 'j
     workers.push(worker);
     let exit: QueueExit | undefined;
     worker.on('message', (m: QueueWorkerMessage) => {
-      if (m.kind === 'ready' && ++readyCount === info.queues) resolveReady();
+      if (m.kind === 'ready') lifecycle.queueReady();
       if (m.kind === 'log') process.stderr.write(`${new Date().toISOString()} ${m.line}
 `);
       if (m.kind === 'exit') {
@@ -362,16 +391,10 @@ function startJsQueues(info: DeviceInfo, spec: DeviceSpec & { target: { type: 'j
       exit = { qid, ios: exit?.ios ?? 0, error: new UblkError(`queue ${qid}`, info.id, 5, err.message) };
     });
     worker.on('exit', () => {
-      const e = exit ?? { qid, ios: 0, error: new UblkError(`queue ${qid}`, info.id, 5, 'worker ended without a word') };
-      exits.push(e);
-      rejectReady(e.error ?? new UblkError('QUEUE_START', info.id, 5, `queue ${qid} ended before the device started`));
-      if (exits.length === info.queues) {
-        fsSync.closeSync(charFd);
-        resolveExited(exits.sort((a, b) => a.qid - b.qid));
-      }
+      lifecycle.queueExited(exit ?? { qid, ios: 0, error: new UblkError(`queue ${qid}`, info.id, 5, 'worker ended without a word') });
     });
   }
-  return { group: { stop: () => workers.forEach((w) => w.postMessage('stop')) }, ready, exited };
+  return { group: { stop: () => workers.forEach((w) => w.postMessage('stop')) }, ready: lifecycle.ready, exited: lifecycle.exited };
 }
 
 /** Starts one native thread per queue and resolves once every tag of every queue is fetched. */
@@ -397,24 +420,10 @@ async function startQueues(
   const affinities = await Promise.all(
     Array.from({ length: info.queues }, (_, qid) => control.getQueueAffinity(info.id, qid).catch(() => [])),
   );
-  let readyCount = 0;
-  const exits: QueueExit[] = [];
-  let resolveReady!: () => void;
-  let rejectReady!: (e: Error) => void;
-  let resolveExited!: (e: QueueExit[]) => void;
-  const ready = new Promise<void>((res, rej) => {
-    resolveReady = res;
-    rejectReady = rej;
-  });
-  const exited = new Promise<QueueExit[]>((res) => (resolveExited = res));
+  const lifecycle = new QueueLifecycle(info.id, info.queues);
   const onEvent = (e: NativeQueueEvent): void => {
-    if (e.kind === 'ready') {
-      if (++readyCount === info.queues) resolveReady();
-      return;
-    }
-    exits.push({ qid: e.qid, ios: e.ios, error: e.error });
-    rejectReady(e.error ?? new UblkError('QUEUE_START', info.id, 5, `queue ${e.qid} ended before the device started`));
-    if (exits.length === info.queues) resolveExited(exits.sort((a, b) => a.qid - b.qid));
+    if (e.kind === 'ready') lifecycle.queueReady();
+    else lifecycle.queueExited({ qid: e.qid, ios: e.ios, error: e.error });
   };
   const group = new native.QueueGroup(
     {
@@ -432,11 +441,11 @@ async function startQueues(
     onEvent,
   );
   try {
-    await ready;
+    await lifecycle.ready;
   } catch (err) {
     group.stop();
-    await exited;
+    await lifecycle.exited;
     throw err;
   }
-  return { group, exited };
+  return { group, exited: lifecycle.exited };
 }

@@ -5,15 +5,9 @@
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { IoOp, loadTargetModule, TargetContext, UblkIo, UblkTarget } from './js-target';
-import { native } from './native';
+import { native, NativeJsQueueOptions } from './native';
 
-export interface QueueWorkerData {
-  devId: number;
-  qid: number;
-  charFd: number;
-  depth: number;
-  maxIoSize: number;
-  legacyOpcodes: boolean;
+export interface QueueWorkerData extends NativeJsQueueOptions {
   modulePath: string;
   context: TargetContext;
 }
@@ -88,17 +82,7 @@ async function main(): Promise<void> {
     if (ended) void shutdown();
   };
 
-  queue = new native.JsQueue(
-    {
-      devId: data.devId,
-      qid: data.qid,
-      charFd: data.charFd,
-      depth: data.depth,
-      maxIoSize: data.maxIoSize,
-      legacyOpcodes: data.legacyOpcodes,
-    },
-    onEvents,
-  );
+  queue = new native.JsQueue(data, onEvents);
   const descriptors = new DataView(queue.descriptors);
   const tagBuffers = Array.from({ length: data.depth }, (_, tag) => Buffer.from(queue.buffers, tag * data.maxIoSize, data.maxIoSize));
 
