@@ -1,5 +1,22 @@
-export { formatManifestError, isManifestFile, loadManifestDir, closest } from './loader';
-export type { LoadedManifest, LoadResult, ManifestError } from './loader';
-export { manifestValidator, schemaDocument, SCHEMA_PATH } from './schema';
-export type { ManifestSpec, ManifestTarget, RecoveryMode, UblkDeviceManifest } from './schema';
+/**
+ * The manifest layer of the declarative device manager: the versioned
+ * JSON Schema, its TypeScript mirror, and the directory loader that turns
+ * YAML files into valid, defaulted manifests plus located errors.
+ */
+export { closest, formatManifestError, isManifestFile, loadManifestDir } from './loader';
+export type { LoadedManifest, LoadOptions, LoadResult, ManifestError } from './loader';
+export { API_VERSION, manifestValidator, SCHEMA_PATH, schemaDocument } from './schema';
+export type {
+  DirectIoMode,
+  JsTarget,
+  LogicalBlockSize,
+  LoopTarget,
+  ManifestMetadata,
+  ManifestSpec,
+  ManifestTarget,
+  MemoryTarget,
+  NullTarget,
+  RecoveryMode,
+  UblkDeviceManifest,
+} from './schema';
 export { manifestReference } from './reference';
