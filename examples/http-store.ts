@@ -8,49 +8,117 @@
  *   node dist/examples/http-store.js add URL [SIZE]     e.g. http://127.0.0.1:8080/disk1
  *   node dist/examples/http-store.js del ID
  *
+ * A slow store makes the device slow, never wrong: each queue keeps at most
+ * MAX_REQUESTS HTTP requests open (a 512 KiB write is 128 objects; sending them
+ * all at once is a connection storm that a busy host answers with refused or
+ * reset connections), and a request that fails in transit or with a 5xx is
+ * retried with backoff — GET and PUT of a whole object are idempotent — for up
+ * to RETRY_FOR_MS. Only then does the IO fail, with EIO, and the store being
+ * unreachable for longer is what the application sees. A write completes only
+ * after the store has acknowledged every object in it.
+ *
  * examples/object-store-server.ts is a tiny store to try it with.
  */
 import type { TargetContext, UblkIo, UblkTarget } from '../src';
 import { runExample } from './run-example';
 
 const BLOCK = 4096;
+/** HTTP requests a queue keeps open at once. */
+const MAX_REQUESTS = 16;
+/** How long a block's GET or PUT is retried before the IO fails with EIO. */
+const RETRY_FOR_MS = 60_000;
+/** One attempt that has not answered by then is abandoned and retried. */
+const ATTEMPT_TIMEOUT_MS = 30_000;
+
+/** Answers from the store that retrying cannot change (4xx): the IO fails at once. */
+class StoreRefused extends Error {}
+
+/** A counting semaphore: at most `limit` callers inside `run` at once, the rest queue in order. */
+class Limiter {
+  private active = 0;
+  private readonly queue: Array<() => void> = [];
+
+  constructor(private readonly limit: number) {}
+
+  async run<T>(job: () => Promise<T>): Promise<T> {
+    if (this.active >= this.limit) await new Promise<void>((r) => this.queue.push(r));
+    this.active++;
+    try {
+      return await job();
+    } finally {
+      this.active--;
+      this.queue.shift()?.();
+    }
+  }
+}
+
+async function withRetries(what: string, attempt: () => Promise<void>): Promise<void> {
+  const deadline = Date.now() + RETRY_FOR_MS;
+  for (let delay = 100; ; delay = Math.min(delay * 2, 5_000)) {
+    try {
+      return await attempt();
+    } catch (err) {
+      if (err instanceof StoreRefused || Date.now() + delay > deadline) {
+        const cause = (err as Error & { cause?: Error }).cause?.message;
+        throw new Error(`${what}: ${(err as Error).message}${cause ? ` (${cause})` : ''}`);
+      }
+    }
+    await new Promise((r) => setTimeout(r, delay));
+  }
+}
+
+function checkStatus(res: Response, what: string): void {
+  if (res.ok) return;
+  if (res.status >= 400 && res.status < 500) throw new StoreRefused(`${what}: HTTP ${res.status}`);
+  throw new Error(`HTTP ${res.status}`);
+}
 
 export function createTarget(ctx: TargetContext): UblkTarget {
   const base = String(ctx.options.url).replace(/\/$/, '');
   const url = (block: number): string => `${base}/${block}`;
+  const limiter = new Limiter(MAX_REQUESTS);
 
-  async function read(io: UblkIo): Promise<number> {
-    const first = io.offset / BLOCK;
-    await Promise.all(
-      Array.from({ length: io.length / BLOCK }, async (_, i) => {
-        const res = await fetch(url(first + i));
-        const target = io.buffer.subarray(i * BLOCK, (i + 1) * BLOCK);
-        if (res.status === 404) return void target.fill(0);
-        if (!res.ok) throw new Error(`GET ${url(first + i)}: HTTP ${res.status}`);
-        Buffer.from(await res.arrayBuffer()).copy(target);
+  const getBlock = (block: number, into: Buffer): Promise<void> =>
+    limiter.run(() =>
+      withRetries(`GET ${url(block)}`, async () => {
+        const res = await fetch(url(block), { signal: AbortSignal.timeout(ATTEMPT_TIMEOUT_MS) });
+        if (res.status === 404) return void into.fill(0);
+        checkStatus(res, `GET ${url(block)}`);
+        const body = Buffer.from(await res.arrayBuffer());
+        if (body.length !== BLOCK) throw new StoreRefused(`GET ${url(block)}: ${body.length} bytes, expected ${BLOCK}`);
+        body.copy(into);
       }),
     );
-    return io.length;
-  }
 
-  async function write(io: UblkIo): Promise<number> {
-    const first = io.offset / BLOCK;
-    await Promise.all(
-      Array.from({ length: io.length / BLOCK }, async (_, i) => {
-        const body = Buffer.from(io.buffer.subarray(i * BLOCK, (i + 1) * BLOCK));
-        const res = await fetch(url(first + i), { method: 'PUT', body });
-        if (!res.ok) throw new Error(`PUT ${url(first + i)}: HTTP ${res.status}`);
+  const putBlock = (block: number, body: Buffer): Promise<void> =>
+    limiter.run(() =>
+      withRetries(`PUT ${url(block)}`, async () => {
+        const res = await fetch(url(block), { method: 'PUT', body, signal: AbortSignal.timeout(ATTEMPT_TIMEOUT_MS) });
+        checkStatus(res, `PUT ${url(block)}`);
+        await res.arrayBuffer(); // drain, so the connection can be reused
       }),
     );
-    return io.length;
-  }
+
+  const eachBlock = (io: UblkIo, fn: (block: number, data: Buffer) => Promise<void>): Promise<void[]> =>
+    Promise.all(
+      Array.from({ length: io.length / BLOCK }, (_, i) => fn(io.offset / BLOCK + i, io.buffer.subarray(i * BLOCK, (i + 1) * BLOCK))),
+    );
 
   return {
-    handleIo(io: UblkIo): Promise<number> | number {
-      if (io.op === 'read') return read(io);
-      if (io.op === 'write') return write(io);
-      if (io.op === 'flush') return 0; // every PUT is acknowledged by the store before completing
-      return -95; // EOPNOTSUPP
+    async handleIo(io: UblkIo): Promise<number> {
+      switch (io.op) {
+        case 'read':
+          await eachBlock(io, getBlock);
+          return io.length;
+        case 'write':
+          // A copy per block: an abandoned (timed-out) attempt may still be sending its body after the IO completed.
+          await eachBlock(io, (block, data) => putBlock(block, Buffer.from(data)));
+          return io.length;
+        case 'flush':
+          return 0; // every PUT is acknowledged by the store before its write completes
+        default:
+          return -95; // EOPNOTSUPP
+      }
     },
   };
 }

@@ -26,6 +26,10 @@ export function startObjectStore(port: number): Promise<http.Server> {
     }
     res.writeHead(405).end();
   });
+  // Idle connections stay open longer than a client's pause between requests, so a busy client
+  // never sends a request on a connection the store is closing at that moment.
+  server.keepAliveTimeout = 65_000;
+  server.headersTimeout = 66_000;
   return new Promise((resolve) => server.listen(port, '127.0.0.1', () => resolve(server)));
 }
 

@@ -7,12 +7,10 @@
  */
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { ublkUnavailableReason } from './e2e/helpers';
+import { E2E_PATTERN, mochaArgs, mochaShellCommand, ROOT, UNIT_PATTERN } from './mocha-command';
 import { runInVm, VmUnavailable } from './vm';
 
-const ROOT = path.resolve(__dirname, '..', '..');
-const MOCHA = path.join('node_modules', 'mocha', 'bin', 'mocha.js');
 const E2E_TIMEOUT_MS = Number(process.env.UBLK_TS_E2E_TIMEOUT_MS ?? 30 * 60_000);
 
 interface Counts {
@@ -30,13 +28,9 @@ function countsFrom(output: string): Counts {
   return { passed: grab('passing'), failed: grab('failing'), skipped: grab('pending') };
 }
 
-function mochaArgs(pattern: string): string[] {
-  return [MOCHA, '--timeout', '600000', '--slow', '60000', pattern];
-}
-
 function runMochaOnHost(pattern: string): Promise<{ code: number; output: string }> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, mochaArgs(pattern), { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, mochaArgs({ pattern }), { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
     let output = '';
     const tee = (chunk: Buffer, stream: NodeJS.WriteStream): void => {
       output += chunk.toString();
@@ -48,12 +42,8 @@ function runMochaOnHost(pattern: string): Promise<{ code: number; output: string
   });
 }
 
-function shellQuote(s: string): string {
-  return `'${s.replace(/'/g, `'\\''`)}'`;
-}
-
 async function runE2e(): Promise<{ code: number; counts: Counts; skippedReason?: string }> {
-  const pattern = 'dist/test/e2e/**/*.test.js';
+  const pattern = E2E_PATTERN;
   const hostReason = ublkUnavailableReason();
   if (hostReason === undefined) {
     console.log('\n== end-to-end tests on this host (/dev/ublk-control is usable) ==');
@@ -63,7 +53,7 @@ async function runE2e(): Promise<{ code: number; counts: Counts; skippedReason?:
   console.log(`\n== end-to-end tests in a qemu VM (${hostReason} on this host) ==`);
   try {
     const r = await runInVm({
-      command: `${shellQuote(process.execPath)} ${mochaArgs(pattern).map(shellQuote).join(' ')}`,
+      command: mochaShellCommand({ pattern }),
       cwd: ROOT,
       timeoutMs: E2E_TIMEOUT_MS,
       onOutput: (chunk) => process.stdout.write(chunk),
@@ -89,7 +79,7 @@ async function runE2e(): Promise<{ code: number; counts: Counts; skippedReason?:
 
 async function main(): Promise<number> {
   console.log('== unit tests ==');
-  const unit = await runMochaOnHost('dist/test/unit/**/*.test.js');
+  const unit = await runMochaOnHost(UNIT_PATTERN);
   const unitCounts = countsFrom(unit.output);
   const e2e = await runE2e();
 

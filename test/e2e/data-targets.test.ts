@@ -11,6 +11,7 @@ import {
   serverPids,
   ublkctl,
   ublkctlJson,
+  worldReadableUblkctl,
 } from './helpers';
 
 interface AddedDevice {
@@ -216,7 +217,7 @@ describe('loop and memory targets (real ublk driver)', function () {
       const before = { devices: listDevices().map((d) => d.id), servers: serverPids() };
       const full = ['add', ...args, '--state-dir', stateDir];
       const r = opts.asUser
-        ? run('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, path.join(__dirname, '..', '..', 'src', 'cli', 'ublkctl.js'), ...full], { allowFail: true })
+        ? run('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, worldReadableUblkctl(), ...full], { allowFail: true })
         : ublkctl(full);
       assert.equal(r.status, 2, `exit status (stderr: ${r.stderr})`);
       assert.match(r.stderr, message);

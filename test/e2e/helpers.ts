@@ -3,7 +3,7 @@
  * inspect block devices with real tools, and keep track of what a test
  * created so it can be removed even when the test fails.
  */
-import { spawnSync, SpawnSyncReturns } from 'node:child_process';
+import { ChildProcess, spawn, spawnSync, SpawnSyncReturns } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -47,6 +47,31 @@ function result(r: SpawnSyncReturns<string>): CommandResult {
 /** A private state directory per test file, so logs can be inspected. */
 export function makeStateDir(): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), 'ublk-ts-e2e-'));
+}
+
+let runtimeCopy: string | undefined;
+
+/**
+ * A world-readable copy of what ublkctl needs at run time (built code, addon, schema,
+ * dependencies), for tests that run it as an unprivileged user: the checkout itself may
+ * sit in a directory only root can read (a `mktemp -d` clone is mode 0700).
+ */
+export function worldReadableUblkctl(): string {
+  if (runtimeCopy === undefined) {
+    const dest = fs.mkdtempSync(path.join(os.tmpdir(), 'ublk-ts-runtime-'));
+    const devOnly = new Set(['typescript', '@typescript', '@types', 'mocha']);
+    for (const part of ['package.json', 'schema', path.join('dist', 'src'), path.join('build', 'Release', 'ublk_ts.node')]) {
+      fs.cpSync(path.join(ROOT, part), path.join(dest, part), { recursive: true });
+    }
+    fs.cpSync(path.join(ROOT, 'node_modules'), path.join(dest, 'node_modules'), {
+      recursive: true,
+      filter: (src) => !devOnly.has(path.relative(path.join(ROOT, 'node_modules'), src).split(path.sep)[0]!),
+    });
+    run('chmod', ['-R', 'a+rX', dest]);
+    runtimeCopy = dest;
+    process.once('exit', () => fs.rmSync(dest, { recursive: true, force: true }));
+  }
+  return path.join(runtimeCopy, path.relative(ROOT, UBLKCTL));
 }
 
 /** Runs ublkctl with the given arguments. */
@@ -148,4 +173,98 @@ export function fio(args: string[]): FioJobResult[] {
   const parsed = JSON.parse(r.stdout.slice(start)) as { jobs: FioJobResult[] };
   if (r.status !== 0) throw new Error(`fio exited ${r.status}: ${r.stderr}`);
   return parsed.jobs;
+}
+
+/** Completed IO counts of /dev/ublkbN, from the block layer's own statistics. */
+export function ioCounts(id: number): { reads: number; writes: number } {
+  const f = fs.readFileSync(`/sys/block/ublkb${id}/stat`, 'utf8').trim().split(/\s+/).map(Number);
+  return { reads: f[0]!, writes: f[4]! };
+}
+
+/** Requests of /dev/ublkbN issued to the server and not yet completed. */
+export function inFlight(id: number): number {
+  const [r, w] = fs.readFileSync(`/sys/block/ublkb${id}/inflight`, 'utf8').trim().split(/\s+/).map(Number);
+  return r! + w!;
+}
+
+/** Waits until at least `count` more writes than `since` have completed on /dev/ublkbN. */
+export async function waitForWrites(id: number, since: number, count: number, what: string): Promise<number> {
+  await waitFor(() => ioCounts(id).writes >= since + count, 120_000, `${count} writes to complete on dev ${id} (${what})`);
+  return ioCounts(id).writes;
+}
+
+export interface FioRun {
+  child: ChildProcess;
+  /** Resolves when fio exits, with its JSON jobs (empty if it printed none). */
+  done: Promise<{ status: number | null; signal: NodeJS.Signals | null; jobs: FioJobResult[]; raw: string }>;
+  /** Asks fio to end (SIGINT: it finishes its jobs' accounting and prints its JSON) and waits for it. */
+  stop(): Promise<{ status: number | null; jobs: FioJobResult[]; raw: string }>;
+  /** Kills fio if it still runs: for afterEach, whatever happened. */
+  kill(): void;
+}
+
+/**
+ * A background fio with JSON output. Tests whose length must not depend on the
+ * machine's speed run it `--time_based` with a long runtime and end it with stop().
+ */
+export function startFio(args: string[]): FioRun {
+  const child = spawn('fio', ['--output-format=json', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout!.on('data', (c: Buffer) => (out += c.toString()));
+  child.stderr!.on('data', (c: Buffer) => (out += c.toString()));
+  const done = new Promise<{ status: number | null; signal: NodeJS.Signals | null; jobs: FioJobResult[]; raw: string }>((resolve) => {
+    child.on('exit', (status, signal) => {
+      const start = out.indexOf('{');
+      let jobs: FioJobResult[] = [];
+      try {
+        if (start >= 0) jobs = (JSON.parse(out.slice(start)) as { jobs: FioJobResult[] }).jobs;
+      } catch {
+        // fio was killed mid-output: no jobs, the raw text tells what happened
+      }
+      resolve({ status, signal, jobs, raw: out });
+    });
+  });
+  return {
+    child,
+    done,
+    async stop() {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGINT');
+      const r = await done;
+      // fio ends a run cut short by SIGINT with status 128 once its JSON is out; that is a clean stop.
+      return { status: r.status === 128 && r.jobs.length > 0 ? 0 : r.status, jobs: r.jobs, raw: r.raw };
+    },
+    kill() {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    },
+  };
+}
+
+/**
+ * Child processes a test starts (examples serving a device, stores, watchers), stopped in
+ * afterEach whatever happened: SIGINT first so an example deletes its device as documented,
+ * SIGKILL after a grace period, so a failing test never leaves mocha (or the VM) waiting.
+ */
+export class ChildTracker {
+  private readonly children = new Set<ChildProcess>();
+
+  spawn(command: string, args: string[], opts: Parameters<typeof spawn>[2] = {}): ChildProcess {
+    const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'], ...opts });
+    this.children.add(child);
+    child.once('exit', () => this.children.delete(child));
+    return child;
+  }
+
+  async stopAll(graceMs = 30_000): Promise<void> {
+    await Promise.all(
+      [...this.children].map(async (child) => {
+        if (child.exitCode !== null || child.signalCode !== null) return;
+        const exited = new Promise((r) => child.once('exit', r));
+        child.kill('SIGINT');
+        const force = setTimeout(() => child.kill('SIGKILL'), graceMs);
+        await exited;
+        clearTimeout(force);
+      }),
+    );
+    this.children.clear();
+  }
 }

@@ -1,8 +1,9 @@
 import { strict as assert } from 'node:assert';
-import { ChildProcess, spawn } from 'node:child_process';
+import { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
+  ChildTracker,
   DeviceTracker,
   fio,
   listDevices,
@@ -109,9 +110,15 @@ describe('JavaScript targets (real ublk driver)', function () {
 
 describe('JavaScript examples, as the README documents them (real ublk driver)', function () {
   requireUblk(this);
+  const children = new ChildTracker();
+  const devices = new DeviceTracker();
+  afterEach(async () => {
+    await children.stopAll();
+    devices.cleanup();
+  });
 
   async function serve(args: string[]): Promise<{ child: ChildProcess; id: number; blockPath: string; output: () => string; exited: Promise<number | null> }> {
-    const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = children.spawn(process.execPath, args);
     let out = '';
     child.stdout!.on('data', (c: Buffer) => (out += c.toString()));
     child.stderr!.on('data', (c: Buffer) => (out += c.toString()));
@@ -119,14 +126,17 @@ describe('JavaScript examples, as the README documents them (real ublk driver)',
     await waitFor(() => /is LIVE/.test(out) || child.exitCode !== null, 120_000, `${args.join(' ')} to report LIVE`);
     const m = /dev (\d+): (\/dev\/ublkb\d+) is LIVE/.exec(out);
     assert.ok(m, out);
+    devices.add(Number(m[1]));
     return { child, id: Number(m[1]), blockPath: m[2]!, output: () => out, exited };
   }
 
-  function roundTrip(blockPath: string, scratch: string, mib: number): void {
+  /** Writes and reads back `mib` MiB; a failure shows what the serving example printed. */
+  function roundTrip(blockPath: string, scratch: string, mib: number, served: () => string): void {
     run('dd', ['if=/dev/urandom', `of=${scratch}/payload`, 'bs=1M', `count=${mib}`, 'status=none']);
-    run('dd', [`if=${scratch}/payload`, `of=${blockPath}`, 'bs=1M', 'oflag=direct', 'status=none']);
+    const write = run('dd', [`if=${scratch}/payload`, `of=${blockPath}`, 'bs=1M', 'oflag=direct', 'status=none'], { allowFail: true });
+    assert.equal(write.status, 0, `data writes: ${write.stderr}\nthe example printed:\n${served()}`);
     const back = run('bash', ['-c', `cmp <(dd if=${blockPath} bs=1M count=${mib} iflag=direct status=none) ${scratch}/payload`], { allowFail: true });
-    assert.equal(back.status, 0, `data reads back: ${back.stdout}${back.stderr}`);
+    assert.equal(back.status, 0, `data reads back: ${back.stdout}${back.stderr}\nthe example printed:\n${served()}`);
   }
 
   it('null.js add / del ID', async () => {
@@ -139,7 +149,7 @@ describe('JavaScript examples, as the README documents them (real ublk driver)',
   it('ramdisk.js add SIZE QUEUES, data round trip, Ctrl-C deletes', async () => {
     const scratch = fs.mkdtempSync('/tmp/ublk-ts-ex-');
     const s = await serve([path.join(EXAMPLES, 'ramdisk.js'), 'add', '32MiB', '2']);
-    roundTrip(s.blockPath, scratch, 8);
+    roundTrip(s.blockPath, scratch, 8, s.output);
     s.child.kill('SIGINT');
     assert.equal(await s.exited, 0, s.output());
     assert.ok(!fs.existsSync(s.blockPath));
@@ -150,7 +160,7 @@ describe('JavaScript examples, as the README documents them (real ublk driver)',
     const file = path.join(scratch, 'backing.img');
     run('truncate', ['-s', '32M', file]);
     const s = await serve([path.join(EXAMPLES, 'loop.js'), 'add', file]);
-    roundTrip(s.blockPath, scratch, 8);
+    roundTrip(s.blockPath, scratch, 8, s.output);
     s.child.kill('SIGINT');
     assert.equal(await s.exited, 0, s.output());
     const same = run('bash', ['-c', `cmp -n ${8 * MiB} ${file} ${scratch}/payload`], { allowFail: true });
@@ -159,11 +169,11 @@ describe('JavaScript examples, as the README documents them (real ublk driver)',
 
   it('http-store.js add URL: blocks stored as objects in an HTTP store', async () => {
     const scratch = fs.mkdtempSync('/tmp/ublk-ts-ex-');
-    const store = spawn(process.execPath, [path.join(EXAMPLES, 'object-store-server.js'), '18080'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const store = children.spawn(process.execPath, [path.join(EXAMPLES, 'object-store-server.js'), '18080'], { stdio: ['ignore', 'pipe', 'inherit'] });
     try {
       await new Promise<void>((r) => store.stdout!.once('data', () => r()));
       const s = await serve([path.join(EXAMPLES, 'http-store.js'), 'add', 'http://127.0.0.1:18080/disk1', '16MiB']);
-      roundTrip(s.blockPath, scratch, 4);
+      roundTrip(s.blockPath, scratch, 4, s.output);
       s.child.kill('SIGINT');
       assert.equal(await s.exited, 0, s.output());
       const obj = await fetch('http://127.0.0.1:18080/disk1/0');

@@ -2,7 +2,7 @@ import { strict as assert } from 'node:assert';
 import { ChildProcess, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { FioJobResult, isAlive, listDevices, makeStateDir, requireUblk, ROOT, run, waitFor } from './helpers';
+import { FioRun, inFlight, ioCounts, isAlive, listDevices, makeStateDir, requireUblk, ROOT, run, startFio, waitFor, waitForWrites } from './helpers';
 
 const RECONCILE = path.join(ROOT, 'dist', 'src', 'cli', 'ublk-reconcile.js');
 const MiB = 1024 * 1024;
@@ -17,20 +17,26 @@ function sha256(file: string, bytes: number, skipMiB = 0): string {
   return run('bash', ['-c', `set -o pipefail; dd if=${file} bs=1M skip=${skipMiB} count=${bytes / MiB}${direct} status=none | sha256sum`]).stdout.split(' ')[0]!;
 }
 
-/** A background fio run whose JSON result is collected when it ends. */
-function startFio(args: string[]): { child: ChildProcess; done: Promise<{ status: number | null; jobs: FioJobResult[]; raw: string }> } {
-  const child = spawn('fio', ['--output-format=json', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  child.stdout!.on('data', (c: Buffer) => (out += c.toString()));
-  child.stderr!.on('data', (c: Buffer) => (out += c.toString()));
-  const done = new Promise<{ status: number | null; jobs: FioJobResult[]; raw: string }>((resolve) => {
-    child.on('exit', (status) => {
-      const start = out.indexOf('{');
-      const jobs = start >= 0 ? (JSON.parse(out.slice(start)) as { jobs: FioJobResult[] }).jobs : [];
-      resolve({ status, jobs, raw: out });
-    });
-  });
-  return { child, done };
+/** The reconciler counts a server that died sooner than this after going LIVE as a crash loop (STABLE_MS, plus margin). */
+const STABLE_AFTER_MS = 3_500;
+
+/** The one-letter scheduler state of a process (R, S, D, ...), or undefined once it is gone. */
+function processState(pid: number): string | undefined {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0];
+  } catch {
+    return undefined;
+  }
+}
+
+/** fio options for a random-write load that runs until the test stops it, verifying what it wrote as it goes. */
+function verifiedWrites(name: string, id: number, size: string, rate: string): string[] {
+  return [
+    `--name=${name}`, `--filename=/dev/ublkb${id}`, '--ioengine=io_uring', '--direct=1', '--rw=randwrite', '--bs=4k',
+    '--iodepth=32', `--size=${size}`, `--rate_iops=${rate}`, '--time_based', '--runtime=3600',
+    '--verify=crc32c', '--verify_backlog=64', '--verify_fatal=1',
+  ];
 }
 
 describe('crash recovery with real kill -9 (real ublk driver)', function () {
@@ -40,6 +46,13 @@ describe('crash recovery with real kill -9 (real ublk driver)', function () {
   let scratch: string;
   let watcher: ChildProcess | undefined;
   let watcherLog = '';
+  /** Every fio and dd a test starts, killed in afterEach whatever happened. */
+  let started: Array<{ kill(): void }> = [];
+
+  function track<T extends { kill(): void }>(p: T): T {
+    started.push(p);
+    return p;
+  }
 
   beforeEach(() => {
     dir = fs.mkdtempSync('/tmp/ublk-ts-manifests-');
@@ -49,9 +62,11 @@ describe('crash recovery with real kill -9 (real ublk driver)', function () {
   });
 
   afterEach(async () => {
+    for (const p of started) p.kill();
+    started = [];
     await stopWatcher('SIGTERM');
     for (const f of fs.readdirSync(dir)) fs.rmSync(path.join(dir, f));
-    spawnSync(process.execPath, [RECONCILE, '--dir', dir, '--state-dir', stateDir, '--once'], { timeout: 120_000 });
+    spawnSync(process.execPath, [RECONCILE, '--dir', dir, '--state-dir', stateDir, '--once'], { timeout: 120_000, killSignal: 'SIGKILL' });
   });
 
   async function startWatcher(): Promise<void> {
@@ -63,13 +78,16 @@ describe('crash recovery with real kill -9 (real ublk driver)', function () {
     await waitFor(() => /watching \//.test(watcherLog), 60_000, 'the watcher to start');
   }
 
+  /** Stops the watcher; one that ignores the signal for 30 s is killed, so cleanup never hangs. */
   async function stopWatcher(signal: NodeJS.Signals): Promise<void> {
-    if (watcher && watcher.exitCode === null && watcher.signalCode === null) {
-      const exited = new Promise((r) => watcher!.once('exit', r));
-      watcher.kill(signal);
-      await exited;
-    }
+    const w = watcher;
     watcher = undefined;
+    if (!w || w.exitCode !== null || w.signalCode !== null) return;
+    const exited = new Promise((r) => w.once('exit', r));
+    w.kill(signal);
+    const force = setTimeout(() => w.kill('SIGKILL'), 30_000);
+    await exited;
+    clearTimeout(force);
   }
 
   function write(file: string, text: string): void {
@@ -87,13 +105,20 @@ describe('crash recovery with real kill -9 (real ublk driver)', function () {
     return { id, serverPid: device(id)!.serverPid };
   }
 
-  /** Freezes the server so requests are in flight inside it, then kills it: the worst moment to die. */
+  /** Freezes the server until requests are in flight inside it, then kills it: the worst moment to die. */
   async function killServerMidIo(id: number): Promise<number> {
     const pid = device(id)!.serverPid;
     process.kill(pid, 'SIGSTOP');
-    await new Promise((r) => setTimeout(r, 300));
+    await waitFor(() => inFlight(id) > 0, 60_000, `requests in flight in the stopped server of dev ${id}`);
     process.kill(pid, 'SIGKILL');
     return pid;
+  }
+
+  /** Waits until the device's server has been LIVE long enough that its death is not taken for a crash loop. */
+  async function serverStable(id: number): Promise<void> {
+    const record = path.join(stateDir, 'devices', `ublkb${id}.json`);
+    const liveSince = () => Date.parse((JSON.parse(fs.readFileSync(record, 'utf8')) as { updatedAt: string }).updatedAt);
+    await waitFor(() => Date.now() - liveSince() >= STABLE_AFTER_MS, 60_000, `the server of dev ${id} to pass the stability mark`);
   }
 
   async function recoveredFrom(id: number, oldPid: number): Promise<number> {
@@ -109,33 +134,20 @@ describe('crash recovery with real kill -9 (real ublk driver)', function () {
     write('loop.yaml', manifest('loop', `target:\n  type: loop\n  file: ${file}\n  create: true\nsize: 64MiB\nrecovery: reissue`));
     await startWatcher();
     const { id } = await deviceLive('loop');
-    const fio = startFio([
-      '--name=reissue',
-      `--filename=/dev/ublkb${id}`,
-      '--ioengine=io_uring',
-      '--direct=1',
-      '--rw=randwrite',
-      '--bs=4k',
-      '--iodepth=32',
-      '--size=40M',
-      '--rate_iops=0,300',
-      '--verify=crc32c',
-      '--do_verify=1',
-      '--verify_fatal=1',
-    ]);
+    const fio = track(startFio(verifiedWrites('reissue', id, '40M', '0,300')));
+    let writes = ioCounts(id).writes;
     for (let kill = 1; kill <= 5; kill++) {
-      // Let each server run past the reconciler's 3 s stability mark: quicker deaths count as a crash loop and back off.
-      await new Promise((r) => setTimeout(r, 3500));
+      await serverStable(id);
+      writes = await waitForWrites(id, writes, 100, `fio writing before kill ${kill}`);
       assert.equal(fio.child.exitCode, null, `fio still writing at kill ${kill}`);
-      const t0 = Date.now();
       const oldPid = await killServerMidIo(id);
       await recoveredFrom(id, oldPid);
-      assert.ok(Date.now() - t0 < 30_000);
     }
-    const result = await fio.done;
+    await waitForWrites(id, writes, 100, 'fio writing after the last recovery');
+    const result = await fio.stop();
     assert.equal(result.status, 0, result.raw);
     assert.equal(result.jobs[0]!.error, 0);
-    assert.ok(result.jobs[0]!.read.io_bytes > 0, 'verify phase read the data back');
+    assert.ok(result.jobs[0]!.read.io_bytes > 0, 'fio read back and verified what it wrote');
     assert.equal(sha256(`/dev/ublkb${id}`, 64 * MiB), sha256(file, 64 * MiB), 'backing file equals the device');
   });
 
@@ -146,15 +158,17 @@ describe('crash recovery with real kill -9 (real ublk driver)', function () {
     run('dd', ['if=/dev/urandom', `of=${scratch}/payload`, 'bs=1M', 'count=8', 'status=none']);
     run('dd', [`if=${scratch}/payload`, `of=/dev/ublkb${id}`, 'bs=1M', 'seek=32', 'oflag=direct', 'status=none']);
     const before = sha256(`${scratch}/payload`, 8 * MiB);
-    const fio = startFio([
-      '--name=mem', `--filename=/dev/ublkb${id}`, '--ioengine=io_uring', '--direct=1', '--rw=randwrite', '--bs=4k',
-      '--iodepth=32', '--size=16M', '--rate_iops=1500', '--verify=crc32c', '--do_verify=1', '--verify_fatal=1',
-    ]);
-    await new Promise((r) => setTimeout(r, 1500));
+    // fio writes only the first 16 MiB; the payload lives at 32 MiB.
+    const fio = track(startFio(verifiedWrites('mem', id, '16M', '1500')));
+    const writes = await waitForWrites(id, ioCounts(id).writes, 200, 'fio writing before the kill');
+    assert.equal(fio.child.exitCode, null, 'fio still writing at the kill');
     const oldPid = await killServerMidIo(id);
     await recoveredFrom(id, oldPid);
-    const result = await fio.done;
+    await waitForWrites(id, writes, 200, 'fio writing after recovery');
+    const result = await fio.stop();
     assert.equal(result.status, 0, result.raw);
+    assert.equal(result.jobs[0]!.error, 0);
+    assert.ok(result.jobs[0]!.read.io_bytes > 0, 'fio read back and verified what it wrote');
     assert.equal(sha256(`/dev/ublkb${id}`, 8 * MiB, 32), before, 'data written before the kill survives');
   });
 
@@ -165,21 +179,22 @@ describe('crash recovery with real kill -9 (real ublk driver)', function () {
     const { id, serverPid } = await deviceLive('fi');
     await stopWatcher('SIGTERM'); // recover by hand, so there is a window with no server
     const read = (block: number) => {
-      const child = spawn('dd', [`if=/dev/ublkb${id}`, 'of=/dev/null', 'bs=4k', 'count=1', `skip=${block}`, 'iflag=direct']);
+      const child = track(spawn('dd', [`if=/dev/ublkb${id}`, 'of=/dev/null', 'bs=4k', 'count=1', `skip=${block}`, 'iflag=direct']));
       let err = '';
       child.stderr!.on('data', (c: Buffer) => (err += c.toString()));
       return { child, done: new Promise<{ code: number | null; err: string }>((r) => child.on('exit', (code) => r({ code, err }))) };
     };
-    const inFlight = read(7);
-    await new Promise((r) => setTimeout(r, 1500));
-    assert.equal(inFlight.child.exitCode, null, 'the held read is in flight inside the server');
+    const held = read(7);
+    await waitFor(() => inFlight(id) > 0, 60_000, 'the held read to reach the server');
+    assert.equal(held.child.exitCode, null, 'the held read is in flight inside the server');
     process.kill(serverPid, 'SIGKILL');
-    const failed = await inFlight.done;
+    const failed = await held.done;
     assert.notEqual(failed.code, 0);
     assert.match(failed.err, /Input\/output error/, 'in-flight IO fails with EIO');
     await waitFor(() => device(id)?.state === 'QUIESCED', 10_000, 'QUIESCED');
     const waiting = read(8);
-    await new Promise((r) => setTimeout(r, 1500));
+    // A quiesced queue holds the request before dispatch, where the inflight counters do not see it: watch dd block instead.
+    await waitFor(() => processState(waiting.child.pid!) === 'D', 60_000, 'the read issued with no server to block in the kernel');
     assert.equal(waiting.child.exitCode, null, 'IO issued with no server waits');
     const rec = spawnSync(process.execPath, [path.join(ROOT, 'dist', 'src', 'cli', 'ublkctl.js'), 'recover', String(id), '--state-dir', stateDir], { encoding: 'utf8' });
     assert.equal(rec.status, 0, rec.stderr);
@@ -218,14 +233,13 @@ describe('crash recovery with real kill -9 (real ublk driver)', function () {
     write('adopt.yaml', manifest('adopt', 'target:\n  type: memory\nsize: 64MiB'));
     await startWatcher();
     const { id, serverPid } = await deviceLive('adopt');
-    const fio = startFio([
-      '--name=adopt', `--filename=/dev/ublkb${id}`, '--ioengine=io_uring', '--direct=1', '--rw=randwrite', '--bs=4k',
-      '--iodepth=32', '--size=16M', '--rate_iops=2000', '--verify=crc32c', '--do_verify=1', '--verify_fatal=1',
-    ]);
-    await new Promise((r) => setTimeout(r, 1000));
+    const fio = track(startFio(verifiedWrites('adopt', id, '16M', '2000')));
+    const writes = await waitForWrites(id, ioCounts(id).writes, 200, 'fio writing before the watcher is killed');
     await stopWatcher('SIGKILL');
-    const result = await fio.done;
+    await waitForWrites(id, writes, 500, 'fio writing with no watcher');
+    const result = await fio.stop();
     assert.equal(result.status, 0, result.raw);
+    assert.equal(result.jobs[0]!.error, 0);
     await startWatcher();
     await waitFor(() => /noop adopt dev \d+/.test(watcherLog), 60_000, 'the new watcher to adopt the device');
     assert.equal(device(id)!.serverPid, serverPid, 'same server, untouched');
@@ -236,10 +250,11 @@ describe('crash recovery with real kill -9 (real ublk driver)', function () {
     write('crash.yaml', manifest('crash', `target:\n  type: js\n  module: ${crasher}\nsize: 16MiB`));
     await startWatcher();
     await waitFor(() => /create crash dev \d+/.test(watcherLog), 60_000, 'creation');
-    await new Promise((r) => setTimeout(r, 12_000));
-    const recoveries = watcherLog.match(/recover crash dev \d+/g) ?? [];
-    assert.ok(recoveries.length >= 2, `it is restarted (${recoveries.length} times)`);
-    assert.ok(recoveries.length <= 5, `with backoff: ${recoveries.length} restarts in 12 s`);
+    const recoveryTimes = () => [...watcherLog.matchAll(/^(\S+) recover\s+crash dev \d+/gm)].map((m) => Date.parse(m[1]!));
+    await waitFor(() => recoveryTimes().length >= 4, 180_000, 'four recoveries of the crashing server');
+    // Backoff doubles from 1 s: the third gap holds a 4 s wait however fast or slow the machine is.
+    const [, , t3, t4] = recoveryTimes();
+    assert.ok(t4! - t3! >= 3_500, `the fourth restart waits out its backoff (${t4! - t3!} ms after the third)`);
     assert.match(watcherLog, /wait\s+crash dev \d+: recovery failed \d+ time|wait crash dev \d+/);
     const listed = JSON.parse(
       spawnSync(process.execPath, [path.join(ROOT, 'dist', 'src', 'cli', 'ublkctl.js'), 'list', '--json', '--state-dir', stateDir], { encoding: 'utf8' }).stdout,
@@ -257,12 +272,12 @@ describe('crash recovery with real kill -9 (real ublk driver)', function () {
       const { id, serverPid } = await deviceLive('full');
       const w = run('dd', ['if=/dev/urandom', `of=/dev/ublkb${id}`, 'bs=1M', 'count=16', 'oflag=direct', 'status=none'], { allowFail: true });
       assert.notEqual(w.status, 0, 'writes beyond the space fail');
-      await new Promise((r) => setTimeout(r, 2000));
+      const r = run('dd', [`if=/dev/ublkb${id}`, 'of=/dev/null', 'bs=1M', 'count=2', 'iflag=direct', 'status=none'], { allowFail: true });
+      assert.equal(r.status, 0, 'reads are still served');
+      assert.ok(isAlive(serverPid), 'the server is alive');
       assert.equal(device(id)!.serverPid, serverPid, 'the same server still serves');
       assert.equal(device(id)!.state, 'LIVE');
       assert.ok(!/recover full|recreate full/.test(watcherLog), 'no restart');
-      const r = run('dd', [`if=/dev/ublkb${id}`, 'of=/dev/null', 'bs=1M', 'count=2', 'iflag=direct', 'status=none'], { allowFail: true });
-      assert.equal(r.status, 0);
       fs.rmSync(path.join(dir, 'full.yaml'));
       await waitFor(() => /delete full dev/.test(watcherLog), 60_000, 'deletion');
     } finally {

@@ -3,7 +3,7 @@ import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node
 import { tmpdir } from "node:os";
 import { isAbsolute, join } from "node:path";
 import { ConsoleText } from "./console-text";
-import { BOOTED_MARKER, GUEST_FILES } from "./init-script";
+import { BOOTED_MARKER, EXIT_MARKER, GUEST_FILES } from "./init-script";
 import { ensureInitramfs } from "./initramfs";
 import { ensureKernel, type KernelImage } from "./kernel";
 import { requireTool } from "./tools";
@@ -60,6 +60,12 @@ export const EXIT_NO_STATUS = 125;
 
 /** A boot that has not printed the booted marker by then is treated as hung and retried. */
 const BOOT_TIMEOUT_MS = 120_000;
+
+/**
+ * Once the guest has printed its exit status, powering off takes a moment; a guest still up
+ * after this is stuck in shutdown and is killed, so the host never waits on it.
+ */
+const POWEROFF_GRACE_MS = 15_000;
 
 const DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin";
 
@@ -217,15 +223,19 @@ function bootOnce(plan: BootPlan): Promise<Boot> {
     plan.signal?.addEventListener("abort", onAbort, { once: true });
     if (plan.signal?.aborted) onAbort();
 
+    let poweroff: NodeJS.Timeout | undefined;
     const emit = (text: string) => {
       if (text === "") return;
-      const scanFrom = Math.max(0, boot.output.length - BOOTED_MARKER.length);
+      const scanFrom = Math.max(0, boot.output.length - Math.max(BOOTED_MARKER.length, EXIT_MARKER.length));
       boot.output += text;
       plan.onOutput?.(text);
       if (boot.bootMs === undefined && boot.output.includes(BOOTED_MARKER, scanFrom)) {
         boot.bootMs = Date.now() - started;
         clearTimeout(hungBoot);
         plan.onBooted(boot.bootMs);
+      }
+      if (poweroff === undefined && boot.bootMs !== undefined && boot.output.includes(EXIT_MARKER, scanFrom)) {
+        poweroff = setTimeout(() => child.kill("SIGKILL"), POWEROFF_GRACE_MS);
       }
     };
     for (const stream of [child.stdout, child.stderr]) {
@@ -240,6 +250,7 @@ function bootOnce(plan: BootPlan): Promise<Boot> {
       settled = true;
       clearTimeout(timeout);
       clearTimeout(hungBoot);
+      clearTimeout(poweroff);
       plan.signal?.removeEventListener("abort", onAbort);
       resolve(boot);
     };
