@@ -6,19 +6,13 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstring>
 
 #include "errors.h"
+#include "queue_io.h"
 #include "targets.h"
 #include "ublk_uapi.h"
 
 namespace ublkts {
-namespace {
-
-size_t RoundUp(size_t value, size_t unit) { return (value + unit - 1) / unit * unit; }
-
-} // namespace
-
 Napi::Function JsQueue::Define(Napi::Env env) {
   return DefineClass(env, "JsQueue",
                      {
@@ -108,16 +102,7 @@ io_uring_sqe *JsQueue::Sqe() {
 
 Napi::Value JsQueue::FetchAll(const Napi::CallbackInfo &info) {
   for (unsigned tag = 0; tag < depth_; tag++) {
-    io_uring_sqe *sqe = Sqe();
-    std::memset(static_cast<void *>(sqe), 0, sizeof(*sqe));
-    sqe->opcode = IORING_OP_URING_CMD;
-    sqe->fd = charFd_;
-    sqe->cmd_op = fetchOp_;
-    sqe->user_data = tag;
-    auto *cmd = reinterpret_cast<ublk::io_cmd *>(sqe->cmd);
-    cmd->q_id = qid_;
-    cmd->tag = static_cast<uint16_t>(tag);
-    cmd->addr = reinterpret_cast<uint64_t>(buffers_ + static_cast<size_t>(tag) * maxIoSize_);
+    PrepIoCmd(Sqe(), charFd_, fetchOp_, qid_, tag, 0, buffers_ + static_cast<size_t>(tag) * maxIoSize_);
   }
   int ret = io_uring_submit(&ring_);
   if (ret < 0) {
@@ -137,17 +122,7 @@ Napi::Value JsQueue::Commit(const Napi::CallbackInfo &info) {
   Napi::Int32Array results = info[1].As<Napi::Int32Array>();
   uint32_t count = info[2].As<Napi::Number>().Uint32Value();
   for (uint32_t i = 0; i < count && !ended_; i++) {
-    io_uring_sqe *sqe = Sqe();
-    std::memset(static_cast<void *>(sqe), 0, sizeof(*sqe));
-    sqe->opcode = IORING_OP_URING_CMD;
-    sqe->fd = charFd_;
-    sqe->cmd_op = commitOp_;
-    sqe->user_data = tags[i];
-    auto *cmd = reinterpret_cast<ublk::io_cmd *>(sqe->cmd);
-    cmd->q_id = qid_;
-    cmd->tag = static_cast<uint16_t>(tags[i]);
-    cmd->result = results[i];
-    cmd->addr = reinterpret_cast<uint64_t>(buffers_ + static_cast<size_t>(tags[i]) * maxIoSize_);
+    PrepIoCmd(Sqe(), charFd_, commitOp_, qid_, tags[i], results[i], buffers_ + static_cast<size_t>(tags[i]) * maxIoSize_);
   }
   if (!ended_) io_uring_submit(&ring_);
   return info.Env().Undefined();

@@ -13,13 +13,12 @@
 #include <cstring>
 
 #include "errors.h"
+#include "queue_io.h"
 
 namespace ublkts {
 namespace {
 
 constexpr uint64_t kStopToken = 1ull << 63;
-
-size_t RoundUp(size_t value, size_t unit) { return (value + unit - 1) / unit * unit; }
 
 size_t PageSize() { return static_cast<size_t>(sysconf(_SC_PAGESIZE)); }
 
@@ -95,7 +94,6 @@ void QueueRunner::Serve() {
   }
   auto *buffers = static_cast<uint8_t *>(bufMap);
   auto bufferAt = [&](unsigned tag) { return buffers + static_cast<size_t>(tag) * config_.maxIoSize; };
-  auto bufferOf = [&](unsigned tag) { return reinterpret_cast<uint64_t>(bufferAt(tag)); };
 
   io_uring ring;
   int ret = SetupRing(&ring, RoundUp(depth + 2, 2), config_.ringFlags);
@@ -120,16 +118,7 @@ void QueueRunner::Serve() {
   auto prepIoCmd = [&](unsigned opcode, unsigned tag, int result) {
     io_uring_sqe *sqe = getSqe();
     if (sqe == nullptr) return;
-    std::memset(static_cast<void *>(sqe), 0, sizeof(*sqe));
-    sqe->opcode = IORING_OP_URING_CMD;
-    sqe->fd = charFd_;
-    sqe->cmd_op = opcode;
-    sqe->user_data = tag;
-    auto *cmd = reinterpret_cast<ublk::io_cmd *>(sqe->cmd);
-    cmd->q_id = config_.qid;
-    cmd->tag = static_cast<uint16_t>(tag);
-    cmd->result = result;
-    cmd->addr = bufferOf(tag);
+    PrepIoCmd(sqe, charFd_, opcode, config_.qid, tag, result, bufferAt(tag));
   };
 
   io_uring_sqe *stopSqe = getSqe();
