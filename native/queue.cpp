@@ -6,7 +6,6 @@
 #include <sched.h>
 #include <poll.h>
 #include <sys/eventfd.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -19,8 +18,6 @@ namespace ublkts {
 namespace {
 
 constexpr uint64_t kStopToken = 1ull << 63;
-
-size_t PageSize() { return static_cast<size_t>(sysconf(_SC_PAGESIZE)); }
 
 int SetupRing(io_uring *ring, unsigned entries, unsigned flags) {
   io_uring_params p{};
@@ -74,32 +71,18 @@ void QueueRunner::Run() {
 }
 
 void QueueRunner::Serve() {
-  const size_t page = PageSize();
   const uint16_t depth = config_.depth;
   if (stopFd_ < 0) return Report("exit", "eventfd", EMFILE);
 
-  const size_t descBytes = RoundUp(depth * sizeof(ublk::io_desc), page);
-  const off_t descOffset =
-      ublk::CMD_BUF_OFFSET + config_.qid * RoundUp(ublk::MAX_QUEUE_DEPTH * sizeof(ublk::io_desc), page);
-  void *descMap = mmap(nullptr, descBytes, PROT_READ, MAP_SHARED | MAP_POPULATE, charFd_, descOffset);
-  if (descMap == MAP_FAILED) return Report("exit", "mmap io descriptors", errno);
-  auto *descs = static_cast<const ublk::io_desc *>(descMap);
-
-  const size_t bufBytes = static_cast<size_t>(depth) * config_.maxIoSize;
-  void *bufMap = mmap(nullptr, bufBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (bufMap == MAP_FAILED) {
-    int err = errno;
-    munmap(descMap, descBytes);
-    return Report("exit", "mmap io buffers", err);
-  }
-  auto *buffers = static_cast<uint8_t *>(bufMap);
-  auto bufferAt = [&](unsigned tag) { return buffers + static_cast<size_t>(tag) * config_.maxIoSize; };
+  QueueMappings mappings(charFd_, config_.qid, depth, config_.maxIoSize);
+  if (mappings.Errno() != 0) return Report("exit", mappings.FailedOp(), mappings.Errno());
+  auto descs = [&](unsigned tag) -> const ublk::io_desc & { return mappings.Descriptor(tag); };
+  auto bufferAt = [&](unsigned tag) { return mappings.Buffer(tag); };
 
   io_uring ring;
   int ret = SetupRing(&ring, RoundUp(depth + 2, 2), config_.ringFlags);
   if (ret < 0) {
-    munmap(bufMap, bufBytes);
-    munmap(descMap, descBytes);
+    mappings.Reset();
     return Report("exit", "io_uring_setup", -ret);
   }
 
@@ -139,7 +122,7 @@ void QueueRunner::Serve() {
 
   auto commit = [&](unsigned tag, int result) { prepIoCmd(commitOp, tag, result); };
   auto submitLoopIo = [&](unsigned tag, ZeroStage stage) {
-    const ublk::io_desc &iod = descs[tag];
+    const ublk::io_desc &iod = descs(tag);
     if (!LoopTargetSupports(iod)) return commit(tag, -EOPNOTSUPP);
     io_uring_sqe *sqe = getSqe();
     if (sqe == nullptr) return;
@@ -147,7 +130,7 @@ void QueueRunner::Serve() {
     sqe->user_data = kTargetIoBit | StageBits(stage) | tag;
   };
   auto serveRequest = [&](unsigned tag) {
-    const ublk::io_desc &iod = descs[tag];
+    const ublk::io_desc &iod = descs(tag);
     switch (config_.target) {
     case TargetKind::Null:
       return commit(tag, NullTargetResult(iod));
@@ -181,7 +164,7 @@ void QueueRunner::Serve() {
       if (data & kTargetIoBit) {
         int result = 0;
         ZeroStage next = ZeroStage::ZeroRange;
-        if (LoopTargetComplete(descs[tag], bufferAt(tag), cqe->res, StageOf(data), &next, &result)) {
+        if (LoopTargetComplete(descs(tag), bufferAt(tag), cqe->res, StageOf(data), &next, &result)) {
           submitLoopIo(tag, next);
         } else {
           commit(tag, result);
@@ -206,8 +189,7 @@ void QueueRunner::Serve() {
 
   // Exiting the ring cancels any command still owned by the kernel.
   io_uring_queue_exit(&ring);
-  munmap(bufMap, bufBytes);
-  munmap(descMap, descBytes);
+  mappings.Reset();
   Report("exit", failedOp, failure);
 }
 
