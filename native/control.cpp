@@ -260,7 +260,8 @@ ControlDevice::ControlDevice(const Napi::CallbackInfo &info) : Napi::ObjectWrap<
   std::string path = info[0].As<Napi::String>().Utf8Value();
   fd_ = open(path.c_str(), O_RDWR | O_CLOEXEC);
   if (fd_ < 0) {
-    MakeUblkError(info.Env(), "OPEN " + path, -1, errno).ThrowAsJavaScriptException();
+    const int err = errno;
+    MakeUblkError(info.Env(), "OPEN " + path, -1, err).ThrowAsJavaScriptException();
   }
 }
 

@@ -215,7 +215,8 @@ QueueGroup::QueueGroup(const Napi::CallbackInfo &info) : Napi::ObjectWrap<QueueG
   std::string charPath = o.Get("charPath").As<Napi::String>().Utf8Value();
   charFd_ = open(charPath.c_str(), O_RDWR | O_CLOEXEC);
   if (charFd_ < 0) {
-    MakeUblkError(env, "OPEN " + charPath, static_cast<int>(devId), errno).ThrowAsJavaScriptException();
+    const int err = errno;
+    MakeUblkError(env, "OPEN " + charPath, static_cast<int>(devId), err).ThrowAsJavaScriptException();
     return;
   }
   Napi::Array queues = o.Get("queues").As<Napi::Array>();
