@@ -10,8 +10,8 @@ Napi::Error MakeUblkError(Napi::Env env, const std::string &op, int devId, int e
   if (data == nullptr || data->errorClass.IsEmpty()) {
     return Napi::Error::New(env, op + ": errno " + std::to_string(err));
   }
-  Napi::Object error = data->errorClass.New(
-      {Napi::String::New(env, op), Napi::Number::New(env, devId), Napi::Number::New(env, err)});
+  Napi::Object error =
+      data->errorClass.New({Napi::String::New(env, op), Napi::Number::New(env, devId), Napi::Number::New(env, err)});
   return Napi::Error(env, error);
 }
 

@@ -45,17 +45,29 @@ JsQueue::JsQueue(const Napi::CallbackInfo &info) : Napi::ObjectWrap<JsQueue>(inf
   };
 
   mappings_ = QueueMappings(charFd_, qid_, depth_, maxIoSize_);
-  if (mappings_.Errno() != 0) { fail(mappings_.FailedOp(), mappings_.Errno()); return; }
+  if (mappings_.Errno() != 0) {
+    fail(mappings_.FailedOp(), mappings_.Errno());
+    return;
+  }
 
   // Room for every tag's command plus as many target operations again.
   targetCapacity_ = depth_ * 2u;
   int ret = io_uring_queue_init(RoundUp(depth_ + targetCapacity_ + 2, 2), &ring_, 0);
-  if (ret < 0) { fail("io_uring_setup", -ret); return; }
+  if (ret < 0) {
+    fail("io_uring_setup", -ret);
+    return;
+  }
   ringReady_ = true;
   eventFd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (eventFd_ < 0) { fail("eventfd", errno); return; }
+  if (eventFd_ < 0) {
+    fail("eventfd", errno);
+    return;
+  }
   ret = io_uring_register_eventfd(&ring_, eventFd_);
-  if (ret < 0) { fail("io_uring_register_eventfd", -ret); return; }
+  if (ret < 0) {
+    fail("io_uring_register_eventfd", -ret);
+    return;
+  }
 
   Napi::ArrayBuffer arrivals = Napi::ArrayBuffer::New(env, depth_ * sizeof(uint32_t));
   Napi::ArrayBuffer target = Napi::ArrayBuffer::New(env, targetCapacity_ * 2 * sizeof(int32_t));
@@ -133,8 +145,11 @@ Napi::Value JsQueue::SubmitTargetIo(const Napi::CallbackInfo &info) {
   }
   io_uring_sqe *sqe = Sqe();
   uint8_t *buffer = mappings_.Buffer(tag);
-  if (write) io_uring_prep_write(sqe, fd, buffer, length, offset);
-  else io_uring_prep_read(sqe, fd, buffer, length, offset);
+  if (write) {
+    io_uring_prep_write(sqe, fd, buffer, length, offset);
+  } else {
+    io_uring_prep_read(sqe, fd, buffer, length, offset);
+  }
   sqe->user_data = kTargetIoBit | token;
   io_uring_submit(&ring_);
   return info.Env().Undefined();

@@ -2,9 +2,9 @@
 
 #include <fcntl.h>
 #include <liburing.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
-#include <poll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -43,7 +43,9 @@ QueueRunner::~QueueRunner() {
   if (stopFd_ >= 0) close(stopFd_);
 }
 
-void QueueRunner::Start() { thread_ = std::thread([this] { Run(); }); }
+void QueueRunner::Start() {
+  thread_ = std::thread([this] { Run(); });
+}
 
 void QueueRunner::RequestStop() {
   uint64_t one = 1;

@@ -24,8 +24,8 @@ struct QueueConfig {
   unsigned ringFlags = 0;
   std::vector<int> cpus;
   TargetKind target = TargetKind::Null;
-  int backingFd = -1;      // loop: the backing file; memory: its /dev/shm file
-  uint64_t sizeBytes = 0;  // device size, for bounds checks
+  int backingFd = -1;     // loop: the backing file; memory: its /dev/shm file
+  uint64_t sizeBytes = 0; // device size, for bounds checks
 };
 
 struct QueueEvent {
@@ -33,7 +33,7 @@ struct QueueEvent {
   const char *kind; // "ready" | "exit"
   std::string op;   // what failed, when err != 0
   int err;
-  uint64_t ios;     // requests served, on exit
+  uint64_t ios; // requests served, on exit
 };
 
 class QueueGroup;

@@ -49,8 +49,7 @@ public:
   QueueMappings(int charFd, uint16_t qid, uint16_t depth, uint32_t maxIoSize) : maxIoSize_(maxIoSize) {
     const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
     // Every queue's slice starts at a stride sized for the deepest queue.
-    const off_t descOffset =
-        ublk::CMD_BUF_OFFSET + qid * RoundUp(ublk::MAX_QUEUE_DEPTH * sizeof(ublk::io_desc), page);
+    const off_t descOffset = ublk::CMD_BUF_OFFSET + qid * RoundUp(ublk::MAX_QUEUE_DEPTH * sizeof(ublk::io_desc), page);
     const size_t descBytes = RoundUp(depth * sizeof(ublk::io_desc), page);
     void *descs = mmap(nullptr, descBytes, PROT_READ, MAP_SHARED | MAP_POPULATE, charFd, descOffset);
     if (descs == MAP_FAILED) {
