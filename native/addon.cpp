@@ -31,7 +31,7 @@ Napi::Object Constants(Napi::Env env) {
   return c;
 }
 
-}  // namespace
+} // namespace
 
 Napi::Object Register(Napi::Env env, Napi::Object exports) {
   env.SetInstanceData<AddonData>(new AddonData());

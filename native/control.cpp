@@ -59,8 +59,7 @@ public:
   CommandWorker(Napi::Env env, int fd, std::string op, unsigned opcode, ublk::ctrl_cmd header,
                 std::vector<uint8_t> payload, ResultBuilder build)
       : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), fd_(fd >= 0 ? dup(fd) : -1),
-        op_(std::move(op)), opcode_(opcode), header_(header), payload_(std::move(payload)),
-        build_(std::move(build)) {}
+        op_(std::move(op)), opcode_(opcode), header_(header), payload_(std::move(payload)), build_(std::move(build)) {}
 
   ~CommandWorker() override {
     if (fd_ >= 0) close(fd_);
@@ -132,9 +131,7 @@ ublk::ctrl_cmd Header(uint32_t devId) {
   return h;
 }
 
-uint32_t DevIdArg(const Napi::CallbackInfo &info, size_t index) {
-  return info[index].As<Napi::Number>().Uint32Value();
-}
+uint32_t DevIdArg(const Napi::CallbackInfo &info, size_t index) { return info[index].As<Napi::Number>().Uint32Value(); }
 
 uint64_t BigIntArg(Napi::Value v) {
   bool lossless = true;
@@ -260,7 +257,8 @@ ControlDevice::ControlDevice(const Napi::CallbackInfo &info) : Napi::ObjectWrap<
   std::string path = info[0].As<Napi::String>().Utf8Value();
   fd_ = open(path.c_str(), O_RDWR | O_CLOEXEC);
   if (fd_ < 0) {
-    MakeUblkError(info.Env(), "OPEN " + path, -1, errno).ThrowAsJavaScriptException();
+    const int err = errno;
+    MakeUblkError(info.Env(), "OPEN " + path, -1, err).ThrowAsJavaScriptException();
   }
 }
 
@@ -282,8 +280,8 @@ Napi::Value ControlDevice::SetLegacyOpcodes(const Napi::CallbackInfo &info) {
 
 Napi::Value ControlDevice::GetFeatures(const Napi::CallbackInfo &info) {
   ublk::ctrl_cmd h = Header(0xffffffffu);
-  auto *w = new CommandWorker(info.Env(), fd_, "GET_FEATURES", ublk::ctrl_opcode_read(ublk::CMD_GET_FEATURES, false),
-                              h, std::vector<uint8_t>(8),
+  auto *w = new CommandWorker(info.Env(), fd_, "GET_FEATURES", ublk::ctrl_opcode_read(ublk::CMD_GET_FEATURES, false), h,
+                              std::vector<uint8_t>(8),
                               [](Napi::Env env, const std::vector<uint8_t> &buf, int) -> Napi::Value {
                                 uint64_t features = 0;
                                 std::memcpy(&features, buf.data(), sizeof(features));
@@ -332,8 +330,8 @@ Napi::Value ControlDevice::StartDev(const Napi::CallbackInfo &info) {
 
 Napi::Value ControlDevice::StopDev(const Napi::CallbackInfo &info) {
   ublk::ctrl_cmd h = Header(DevIdArg(info, 0));
-  auto *w = new CommandWorker(info.Env(), fd_, "STOP_DEV", ublk::ctrl_opcode(ublk::CMD_STOP_DEV, legacyOpcodes_), h,
-                              {}, nullptr);
+  auto *w = new CommandWorker(info.Env(), fd_, "STOP_DEV", ublk::ctrl_opcode(ublk::CMD_STOP_DEV, legacyOpcodes_), h, {},
+                              nullptr);
   w->Queue();
   return w->Promise();
 }
@@ -358,8 +356,8 @@ Napi::Value ControlDevice::EndUserRecovery(const Napi::CallbackInfo &info) {
 Napi::Value ControlDevice::SetParams(const Napi::CallbackInfo &info) {
   ublk::ctrl_cmd h = Header(DevIdArg(info, 0));
   ublk::params p = ParamsFromJs(info[1].As<Napi::Object>());
-  auto *w = new CommandWorker(info.Env(), fd_, "SET_PARAMS", ublk::ctrl_opcode(ublk::CMD_SET_PARAMS, legacyOpcodes_),
-                              h, BytesOf(p), nullptr);
+  auto *w = new CommandWorker(info.Env(), fd_, "SET_PARAMS", ublk::ctrl_opcode(ublk::CMD_SET_PARAMS, legacyOpcodes_), h,
+                              BytesOf(p), nullptr);
   w->Queue();
   return w->Promise();
 }
@@ -368,13 +366,13 @@ Napi::Value ControlDevice::GetParams(const Napi::CallbackInfo &info) {
   ublk::ctrl_cmd h = Header(DevIdArg(info, 0));
   ublk::params p{};
   p.len = sizeof(p);
-  auto *w = new CommandWorker(info.Env(), fd_, "GET_PARAMS",
-                              ublk::ctrl_opcode_read(ublk::CMD_GET_PARAMS, legacyOpcodes_), h, BytesOf(p),
-                              [](Napi::Env env, const std::vector<uint8_t> &buf, int) -> Napi::Value {
-                                ublk::params out{};
-                                std::memcpy(&out, buf.data(), std::min(buf.size(), sizeof(out)));
-                                return ParamsToJs(env, out);
-                              });
+  auto *w =
+      new CommandWorker(info.Env(), fd_, "GET_PARAMS", ublk::ctrl_opcode_read(ublk::CMD_GET_PARAMS, legacyOpcodes_), h,
+                        BytesOf(p), [](Napi::Env env, const std::vector<uint8_t> &buf, int) -> Napi::Value {
+                          ublk::params out{};
+                          std::memcpy(&out, buf.data(), std::min(buf.size(), sizeof(out)));
+                          return ParamsToJs(env, out);
+                        });
   w->Queue();
   return w->Promise();
 }
@@ -397,8 +395,8 @@ Napi::Value ControlDevice::GetDevInfo(const Napi::CallbackInfo &info) {
     w = new CommandWorker(info.Env(), fd_, "GET_DEV_INFO", ublk::ctrl_opcode_read(ublk::CMD_GET_DEV_INFO, true), h,
                           std::vector<uint8_t>(sizeof(ublk::ctrl_dev_info)), build);
   } else {
-    w = new CommandWorker(info.Env(), fd_, "GET_DEV_INFO2", ublk::ctrl_opcode_read(ublk::CMD_GET_DEV_INFO2, false),
-                          h, std::move(withPath), build);
+    w = new CommandWorker(info.Env(), fd_, "GET_DEV_INFO2", ublk::ctrl_opcode_read(ublk::CMD_GET_DEV_INFO2, false), h,
+                          std::move(withPath), build);
     w->SetFallback(ublk::ctrl_opcode_read(ublk::CMD_GET_DEV_INFO, false),
                    std::vector<uint8_t>(sizeof(ublk::ctrl_dev_info)), path.size() + 1);
   }
@@ -410,19 +408,18 @@ Napi::Value ControlDevice::GetQueueAffinity(const Napi::CallbackInfo &info) {
   ublk::ctrl_cmd h = Header(DevIdArg(info, 0));
   h.data[0] = info[1].As<Napi::Number>().Uint32Value();
   // Room for 8192 CPUs; the kernel insists the buffer covers nr_cpu_ids.
-  auto *w = new CommandWorker(info.Env(), fd_, "GET_QUEUE_AFFINITY",
-                              ublk::ctrl_opcode_read(ublk::CMD_GET_QUEUE_AFFINITY, legacyOpcodes_), h,
-                              std::vector<uint8_t>(1024),
-                              [](Napi::Env env, const std::vector<uint8_t> &buf, int) -> Napi::Value {
-                                Napi::Array cpus = Napi::Array::New(env);
-                                uint32_t n = 0;
-                                for (size_t byte = 0; byte < buf.size(); byte++) {
-                                  for (int bit = 0; bit < 8; bit++) {
-                                    if (buf[byte] & (1u << bit)) cpus.Set(n++, Napi::Number::New(env, byte * 8 + bit));
-                                  }
-                                }
-                                return cpus;
-                              });
+  auto *w = new CommandWorker(
+      info.Env(), fd_, "GET_QUEUE_AFFINITY", ublk::ctrl_opcode_read(ublk::CMD_GET_QUEUE_AFFINITY, legacyOpcodes_), h,
+      std::vector<uint8_t>(1024), [](Napi::Env env, const std::vector<uint8_t> &buf, int) -> Napi::Value {
+        Napi::Array cpus = Napi::Array::New(env);
+        uint32_t n = 0;
+        for (size_t byte = 0; byte < buf.size(); byte++) {
+          for (int bit = 0; bit < 8; bit++) {
+            if (buf[byte] & (1u << bit)) cpus.Set(n++, Napi::Number::New(env, byte * 8 + bit));
+          }
+        }
+        return cpus;
+      });
   w->Queue();
   return w->Promise();
 }

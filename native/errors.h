@@ -13,6 +13,9 @@ struct AddonData {
 };
 
 // Builds `new UblkError(op, devId, errno)`; devId < 0 means "no device".
+// With an exception already pending, returns that exception instead (and
+// clears it), as Napi::Error::New(env) does: throwing the result keeps it
+// pending, rejecting with it passes it on.
 Napi::Error MakeUblkError(Napi::Env env, const std::string &op, int devId, int err);
 
 // A plain result for async work: filled on a worker thread, turned into a

@@ -22,8 +22,9 @@ Napi::Value Flock(const Napi::CallbackInfo &info) {
   int op = info[1].ToBoolean().Value() ? LOCK_EX : LOCK_SH;
   if (info[2].ToBoolean().Value()) op |= LOCK_NB;
   if (flock(FdArg(info), op) == 0) return Napi::Boolean::New(info.Env(), true);
-  if (errno == EWOULDBLOCK) return Napi::Boolean::New(info.Env(), false);
-  MakeUblkError(info.Env(), "flock", -1, errno).ThrowAsJavaScriptException();
+  const int err = errno;
+  if (err == EWOULDBLOCK) return Napi::Boolean::New(info.Env(), false);
+  MakeUblkError(info.Env(), "flock", -1, err).ThrowAsJavaScriptException();
   return info.Env().Undefined();
 }
 
@@ -46,7 +47,8 @@ Napi::Value BlockDeviceGeometry(const Napi::CallbackInfo &info) {
   int logical = 0;
   int fd = FdArg(info);
   if (ioctl(fd, BLKGETSIZE64, &size) != 0 || ioctl(fd, BLKSSZGET, &logical) != 0) {
-    MakeUblkError(info.Env(), "ioctl BLKGETSIZE64", -1, errno).ThrowAsJavaScriptException();
+    const int err = errno;
+    MakeUblkError(info.Env(), "ioctl BLKGETSIZE64", -1, err).ThrowAsJavaScriptException();
     return info.Env().Undefined();
   }
   Napi::Object o = Napi::Object::New(info.Env());

@@ -2,23 +2,16 @@
 
 #include <fcntl.h>
 #include <sys/eventfd.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstring>
 
 #include "errors.h"
+#include "queue_io.h"
 #include "targets.h"
 #include "ublk_uapi.h"
 
 namespace ublkts {
-namespace {
-
-size_t RoundUp(size_t value, size_t unit) { return (value + unit - 1) / unit * unit; }
-
-} // namespace
-
 Napi::Function JsQueue::Define(Napi::Env env) {
   return DefineClass(env, "JsQueue",
                      {
@@ -51,28 +44,30 @@ JsQueue::JsQueue(const Napi::CallbackInfo &info) : Napi::ObjectWrap<JsQueue>(inf
     MakeUblkError(env, op, id, err).ThrowAsJavaScriptException();
   };
 
-  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
-  descBytes_ = RoundUp(depth_ * sizeof(ublk::io_desc), page);
-  const off_t descOffset = ublk::CMD_BUF_OFFSET + qid_ * RoundUp(ublk::MAX_QUEUE_DEPTH * sizeof(ublk::io_desc), page);
-  descMap_ = mmap(nullptr, descBytes_, PROT_READ, MAP_SHARED | MAP_POPULATE, charFd_, descOffset);
-  if (descMap_ == MAP_FAILED) {
-    descMap_ = nullptr;
-    { fail("mmap io descriptors", errno); return; }
+  mappings_ = QueueMappings(charFd_, qid_, depth_, maxIoSize_);
+  if (mappings_.Errno() != 0) {
+    fail(mappings_.FailedOp(), mappings_.Errno());
+    return;
   }
-  bufferBytes_ = static_cast<size_t>(depth_) * maxIoSize_;
-  void *buf = mmap(nullptr, bufferBytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (buf == MAP_FAILED) { fail("mmap io buffers", errno); return; }
-  buffers_ = static_cast<uint8_t *>(buf);
 
   // Room for every tag's command plus as many target operations again.
   targetCapacity_ = depth_ * 2u;
   int ret = io_uring_queue_init(RoundUp(depth_ + targetCapacity_ + 2, 2), &ring_, 0);
-  if (ret < 0) { fail("io_uring_setup", -ret); return; }
+  if (ret < 0) {
+    fail("io_uring_setup", -ret);
+    return;
+  }
   ringReady_ = true;
   eventFd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (eventFd_ < 0) { fail("eventfd", errno); return; }
+  if (eventFd_ < 0) {
+    fail("eventfd", errno);
+    return;
+  }
   ret = io_uring_register_eventfd(&ring_, eventFd_);
-  if (ret < 0) { fail("io_uring_register_eventfd", -ret); return; }
+  if (ret < 0) {
+    fail("io_uring_register_eventfd", -ret);
+    return;
+  }
 
   Napi::ArrayBuffer arrivals = Napi::ArrayBuffer::New(env, depth_ * sizeof(uint32_t));
   Napi::ArrayBuffer target = Napi::ArrayBuffer::New(env, targetCapacity_ * 2 * sizeof(int32_t));
@@ -83,8 +78,9 @@ JsQueue::JsQueue(const Napi::CallbackInfo &info) : Napi::ObjectWrap<JsQueue>(inf
 
   // Zero-copy views: the kernel's descriptor array (read-only) and the IO buffers.
   Napi::Object self = info.This().As<Napi::Object>();
-  self.Set("descriptors", Napi::ArrayBuffer::New(env, descMap_, descBytes_));
-  self.Set("buffers", Napi::ArrayBuffer::New(env, buffers_, bufferBytes_));
+  self.Set("descriptors",
+           Napi::ArrayBuffer::New(env, const_cast<void *>(mappings_.Descriptors()), mappings_.DescriptorBytes()));
+  self.Set("buffers", Napi::ArrayBuffer::New(env, mappings_.Buffers(), mappings_.BufferBytes()));
   self.Set("arrivals", Napi::Uint32Array::New(env, depth_, arrivals, 0));
   self.Set("targetCompletions", Napi::Int32Array::New(env, targetCapacity_ * 2, target, 0));
 
@@ -108,16 +104,7 @@ io_uring_sqe *JsQueue::Sqe() {
 
 Napi::Value JsQueue::FetchAll(const Napi::CallbackInfo &info) {
   for (unsigned tag = 0; tag < depth_; tag++) {
-    io_uring_sqe *sqe = Sqe();
-    std::memset(static_cast<void *>(sqe), 0, sizeof(*sqe));
-    sqe->opcode = IORING_OP_URING_CMD;
-    sqe->fd = charFd_;
-    sqe->cmd_op = fetchOp_;
-    sqe->user_data = tag;
-    auto *cmd = reinterpret_cast<ublk::io_cmd *>(sqe->cmd);
-    cmd->q_id = qid_;
-    cmd->tag = static_cast<uint16_t>(tag);
-    cmd->addr = reinterpret_cast<uint64_t>(buffers_ + static_cast<size_t>(tag) * maxIoSize_);
+    PrepIoCmd(Sqe(), charFd_, fetchOp_, qid_, tag, 0, mappings_.Buffer(tag));
   }
   int ret = io_uring_submit(&ring_);
   if (ret < 0) {
@@ -137,17 +124,7 @@ Napi::Value JsQueue::Commit(const Napi::CallbackInfo &info) {
   Napi::Int32Array results = info[1].As<Napi::Int32Array>();
   uint32_t count = info[2].As<Napi::Number>().Uint32Value();
   for (uint32_t i = 0; i < count && !ended_; i++) {
-    io_uring_sqe *sqe = Sqe();
-    std::memset(static_cast<void *>(sqe), 0, sizeof(*sqe));
-    sqe->opcode = IORING_OP_URING_CMD;
-    sqe->fd = charFd_;
-    sqe->cmd_op = commitOp_;
-    sqe->user_data = tags[i];
-    auto *cmd = reinterpret_cast<ublk::io_cmd *>(sqe->cmd);
-    cmd->q_id = qid_;
-    cmd->tag = static_cast<uint16_t>(tags[i]);
-    cmd->result = results[i];
-    cmd->addr = reinterpret_cast<uint64_t>(buffers_ + static_cast<size_t>(tags[i]) * maxIoSize_);
+    PrepIoCmd(Sqe(), charFd_, commitOp_, qid_, tags[i], results[i], mappings_.Buffer(tags[i]));
   }
   if (!ended_) io_uring_submit(&ring_);
   return info.Env().Undefined();
@@ -167,9 +144,12 @@ Napi::Value JsQueue::SubmitTargetIo(const Napi::CallbackInfo &info) {
     return info.Env().Undefined();
   }
   io_uring_sqe *sqe = Sqe();
-  uint8_t *buffer = buffers_ + static_cast<size_t>(tag) * maxIoSize_;
-  if (write) io_uring_prep_write(sqe, fd, buffer, length, offset);
-  else io_uring_prep_read(sqe, fd, buffer, length, offset);
+  uint8_t *buffer = mappings_.Buffer(tag);
+  if (write) {
+    io_uring_prep_write(sqe, fd, buffer, length, offset);
+  } else {
+    io_uring_prep_read(sqe, fd, buffer, length, offset);
+  }
   sqe->user_data = kTargetIoBit | token;
   io_uring_submit(&ring_);
   return info.Env().Undefined();
@@ -250,10 +230,7 @@ void JsQueue::Release() {
   if (eventFd_ >= 0) close(eventFd_);
   eventFd_ = -1;
   // The ArrayBuffers over these mappings must not be touched after close().
-  if (buffers_ != nullptr) munmap(buffers_, bufferBytes_);
-  buffers_ = nullptr;
-  if (descMap_ != nullptr) munmap(descMap_, descBytes_);
-  descMap_ = nullptr;
+  mappings_.Reset();
 }
 
 } // namespace ublkts

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "queue_io.h"
+
 namespace ublkts {
 
 // One ublk queue served from JavaScript: the queue's io_uring is polled on
@@ -42,10 +44,7 @@ private:
   unsigned commitOp_ = 0;
   int charFd_ = -1;
   int eventFd_ = -1;
-  void *descMap_ = nullptr;
-  size_t descBytes_ = 0;
-  uint8_t *buffers_ = nullptr;
-  size_t bufferBytes_ = 0;
+  QueueMappings mappings_;
   io_uring ring_{};
   bool ringReady_ = false;
   uv_poll_t *poll_ = nullptr;

@@ -2,26 +2,22 @@
 
 #include <fcntl.h>
 #include <liburing.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
-#include <poll.h>
 #include <sys/eventfd.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
 
 #include "errors.h"
+#include "queue_io.h"
 
 namespace ublkts {
 namespace {
 
 constexpr uint64_t kStopToken = 1ull << 63;
-
-size_t RoundUp(size_t value, size_t unit) { return (value + unit - 1) / unit * unit; }
-
-size_t PageSize() { return static_cast<size_t>(sysconf(_SC_PAGESIZE)); }
 
 int SetupRing(io_uring *ring, unsigned entries, unsigned flags) {
   io_uring_params p{};
@@ -47,7 +43,9 @@ QueueRunner::~QueueRunner() {
   if (stopFd_ >= 0) close(stopFd_);
 }
 
-void QueueRunner::Start() { thread_ = std::thread([this] { Run(); }); }
+void QueueRunner::Start() {
+  thread_ = std::thread([this] { Run(); });
+}
 
 void QueueRunner::RequestStop() {
   uint64_t one = 1;
@@ -75,151 +73,134 @@ void QueueRunner::Run() {
 }
 
 void QueueRunner::Serve() {
-  const size_t page = PageSize();
-  const uint16_t depth = config_.depth;
   if (stopFd_ < 0) return Report("exit", "eventfd", EMFILE);
-
-  const size_t descBytes = RoundUp(depth * sizeof(ublk::io_desc), page);
-  const off_t descOffset =
-      ublk::CMD_BUF_OFFSET + config_.qid * RoundUp(ublk::MAX_QUEUE_DEPTH * sizeof(ublk::io_desc), page);
-  void *descMap = mmap(nullptr, descBytes, PROT_READ, MAP_SHARED | MAP_POPULATE, charFd_, descOffset);
-  if (descMap == MAP_FAILED) return Report("exit", "mmap io descriptors", errno);
-  auto *descs = static_cast<const ublk::io_desc *>(descMap);
-
-  const size_t bufBytes = static_cast<size_t>(depth) * config_.maxIoSize;
-  void *bufMap = mmap(nullptr, bufBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (bufMap == MAP_FAILED) {
-    int err = errno;
-    munmap(descMap, descBytes);
-    return Report("exit", "mmap io buffers", err);
-  }
-  auto *buffers = static_cast<uint8_t *>(bufMap);
-  auto bufferAt = [&](unsigned tag) { return buffers + static_cast<size_t>(tag) * config_.maxIoSize; };
-  auto bufferOf = [&](unsigned tag) { return reinterpret_cast<uint64_t>(bufferAt(tag)); };
-
-  io_uring ring;
-  int ret = SetupRing(&ring, RoundUp(depth + 2, 2), config_.ringFlags);
+  mappings_ = QueueMappings(charFd_, config_.qid, config_.depth, config_.maxIoSize);
+  if (mappings_.Errno() != 0) return Report("exit", mappings_.FailedOp(), mappings_.Errno());
+  int ret = SetupRing(&ring_, RoundUp(config_.depth + 2, 2), config_.ringFlags);
   if (ret < 0) {
-    munmap(bufMap, bufBytes);
-    munmap(descMap, descBytes);
+    mappings_.Reset();
     return Report("exit", "io_uring_setup", -ret);
   }
+  commitOp_ = ublk::io_opcode(ublk::IO_COMMIT_AND_FETCH_REQ, config_.legacyOpcodes);
 
-  const unsigned fetchOp = ublk::io_opcode(ublk::IO_FETCH_REQ, config_.legacyOpcodes);
-  const unsigned commitOp = ublk::io_opcode(ublk::IO_COMMIT_AND_FETCH_REQ, config_.legacyOpcodes);
-  auto getSqe = [&]() {
-    io_uring_sqe *sqe = io_uring_get_sqe(&ring);
-    if (sqe == nullptr) {
-      io_uring_submit(&ring);
-      sqe = io_uring_get_sqe(&ring);
-    }
-    return sqe;
-  };
-  // The ring has a slot for every tag plus the stop poll, so a slot is
-  // always free once the previous batch is submitted.
-  auto prepIoCmd = [&](unsigned opcode, unsigned tag, int result) {
-    io_uring_sqe *sqe = getSqe();
-    if (sqe == nullptr) return;
-    std::memset(static_cast<void *>(sqe), 0, sizeof(*sqe));
-    sqe->opcode = IORING_OP_URING_CMD;
-    sqe->fd = charFd_;
-    sqe->cmd_op = opcode;
-    sqe->user_data = tag;
-    auto *cmd = reinterpret_cast<ublk::io_cmd *>(sqe->cmd);
-    cmd->q_id = config_.qid;
-    cmd->tag = static_cast<uint16_t>(tag);
-    cmd->result = result;
-    cmd->addr = bufferOf(tag);
-  };
+  ret = FetchAll();
+  if (ret < 0) {
+    failedOp_ = "FETCH_REQ";
+    failure_ = -ret;
+  } else {
+    Report("ready", "", 0);
+    liveTags_ = config_.depth;
+    ServeUntilDone();
+  }
 
-  io_uring_sqe *stopSqe = getSqe();
+  // Exiting the ring cancels any command still owned by the kernel; only
+  // then may the buffers those commands point at go away.
+  io_uring_queue_exit(&ring_);
+  mappings_.Reset();
+  Report("exit", failedOp_, failure_);
+}
+
+// Arms the stop poll and hands every tag to the kernel.
+int QueueRunner::FetchAll() {
+  io_uring_sqe *stopSqe = GetSqe();
   if (stopSqe != nullptr) {
     io_uring_prep_poll_add(stopSqe, stopFd_, POLLIN);
     stopSqe->user_data = kStopToken;
   }
-  for (unsigned tag = 0; tag < depth; tag++) prepIoCmd(fetchOp, tag, 0);
-  ret = io_uring_submit(&ring);
-  std::string failedOp;
-  int failure = 0;
-  if (ret < 0) {
-    failedOp = "FETCH_REQ";
-    failure = -ret;
-  } else {
-    Report("ready", "", 0);
-  }
+  const unsigned fetchOp = ublk::io_opcode(ublk::IO_FETCH_REQ, config_.legacyOpcodes);
+  for (unsigned tag = 0; tag < config_.depth; tag++) PrepIoCommand(fetchOp, tag, 0);
+  return io_uring_submit(&ring_);
+}
 
-  auto commit = [&](unsigned tag, int result) { prepIoCmd(commitOp, tag, result); };
-  auto submitLoopIo = [&](unsigned tag, ZeroStage stage) {
-    const ublk::io_desc &iod = descs[tag];
-    if (!LoopTargetSupports(iod)) return commit(tag, -EOPNOTSUPP);
-    io_uring_sqe *sqe = getSqe();
-    if (sqe == nullptr) return;
-    LoopTargetPrep(sqe, config_.backingFd, iod, bufferAt(tag), stage);
-    sqe->user_data = kTargetIoBit | StageBits(stage) | tag;
-  };
-  auto serveRequest = [&](unsigned tag) {
-    const ublk::io_desc &iod = descs[tag];
-    switch (config_.target) {
-    case TargetKind::Null:
-      return commit(tag, NullTargetResult(iod));
-    case TargetKind::Memory:
-      return commit(tag, MemoryTargetIo(config_.backingFd, config_.sizeBytes, iod, bufferAt(tag)));
-    case TargetKind::Loop:
-      return submitLoopIo(tag, ZeroStage::ZeroRange);
-    }
-  };
-
-  unsigned liveTags = failure ? 0 : depth;
-  bool stopping = false;
-  while (liveTags > 0 && !stopping) {
-    ret = io_uring_submit_and_wait(&ring, 1);
+// Until every tag has ended (ABORT after STOP_DEV, or an error), a stop is
+// requested, or the ring fails.
+void QueueRunner::ServeUntilDone() {
+  while (liveTags_ > 0 && !stopping_) {
+    int ret = io_uring_submit_and_wait(&ring_, 1);
     if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) {
-      failedOp = "io_uring_enter";
-      failure = -ret;
-      break;
+      failedOp_ = "io_uring_enter";
+      failure_ = -ret;
+      return;
     }
     unsigned head;
     unsigned seen = 0;
     io_uring_cqe *cqe;
-    io_uring_for_each_cqe(&ring, head, cqe) {
+    io_uring_for_each_cqe(&ring_, head, cqe) {
       seen++;
-      const uint64_t data = cqe->user_data;
-      if (data == kStopToken) {
-        stopping = true;
-        continue;
-      }
-      const unsigned tag = static_cast<unsigned>(data & 0xffff);
-      if (data & kTargetIoBit) {
-        int result = 0;
-        ZeroStage next = ZeroStage::ZeroRange;
-        if (LoopTargetComplete(descs[tag], bufferAt(tag), cqe->res, StageOf(data), &next, &result)) {
-          submitLoopIo(tag, next);
-        } else {
-          commit(tag, result);
-        }
-        continue;
-      }
-      if (cqe->res == ublk::IO_RES_OK) {
-        ios_++;
-        serveRequest(tag);
-      } else {
-        // ABORT (-ENODEV) is the normal end after STOP_DEV; anything else is
-        // a protocol error for this tag, which then stays with the kernel.
-        liveTags--;
-        if (cqe->res != -ENODEV && failure == 0) {
-          failedOp = "COMMIT_AND_FETCH_REQ";
-          failure = -cqe->res;
-        }
-      }
+      OnCompletion(cqe->user_data, cqe->res);
     }
-    io_uring_cq_advance(&ring, seen);
+    io_uring_cq_advance(&ring_, seen);
   }
+}
 
-  // Exiting the ring cancels any command still owned by the kernel.
-  io_uring_queue_exit(&ring);
-  munmap(bufMap, bufBytes);
-  munmap(descMap, descBytes);
-  Report("exit", failedOp, failure);
+void QueueRunner::OnCompletion(uint64_t userData, int res) {
+  if (userData == kStopToken) {
+    stopping_ = true;
+    return;
+  }
+  const unsigned tag = static_cast<unsigned>(userData & 0xffff);
+  if (userData & kTargetIoBit) {
+    int result = 0;
+    ZeroStage next = ZeroStage::ZeroRange;
+    if (LoopTargetComplete(mappings_.Descriptor(tag), mappings_.Buffer(tag), res, StageOf(userData), &next, &result)) {
+      SubmitLoopIo(tag, next);
+    } else {
+      Commit(tag, result);
+    }
+    return;
+  }
+  if (res == ublk::IO_RES_OK) {
+    ios_++;
+    ServeRequest(tag);
+    return;
+  }
+  // ABORT (-ENODEV) is the normal end after STOP_DEV; anything else is
+  // a protocol error for this tag, which then stays with the kernel.
+  liveTags_--;
+  if (res != -ENODEV && failure_ == 0) {
+    failedOp_ = "COMMIT_AND_FETCH_REQ";
+    failure_ = -res;
+  }
+}
+
+void QueueRunner::ServeRequest(unsigned tag) {
+  const ublk::io_desc &iod = mappings_.Descriptor(tag);
+  switch (config_.target) {
+  case TargetKind::Null:
+    return Commit(tag, NullTargetResult(iod));
+  case TargetKind::Memory:
+    return Commit(tag, MemoryTargetIo(config_.backingFd, config_.sizeBytes, iod, mappings_.Buffer(tag)));
+  case TargetKind::Loop:
+    return SubmitLoopIo(tag, ZeroStage::ZeroRange);
+  }
+}
+
+void QueueRunner::SubmitLoopIo(unsigned tag, ZeroStage stage) {
+  const ublk::io_desc &iod = mappings_.Descriptor(tag);
+  if (!LoopTargetSupports(iod)) return Commit(tag, -EOPNOTSUPP);
+  io_uring_sqe *sqe = GetSqe();
+  if (sqe == nullptr) return;
+  LoopTargetPrep(sqe, config_.backingFd, iod, mappings_.Buffer(tag), stage);
+  sqe->user_data = kTargetIoBit | StageBits(stage) | tag;
+}
+
+void QueueRunner::Commit(unsigned tag, int result) { PrepIoCommand(commitOp_, tag, result); }
+
+// The ring has a slot for every tag plus the stop poll, so a slot is
+// always free once the previous batch is submitted.
+void QueueRunner::PrepIoCommand(unsigned opcode, unsigned tag, int result) {
+  io_uring_sqe *sqe = GetSqe();
+  if (sqe == nullptr) return;
+  PrepIoCmd(sqe, charFd_, opcode, config_.qid, tag, result, mappings_.Buffer(tag));
+}
+
+io_uring_sqe *QueueRunner::GetSqe() {
+  io_uring_sqe *sqe = io_uring_get_sqe(&ring_);
+  if (sqe == nullptr) {
+    io_uring_submit(&ring_);
+    sqe = io_uring_get_sqe(&ring_);
+  }
+  return sqe;
 }
 
 Napi::Function QueueGroup::Define(Napi::Env env) {
@@ -236,7 +217,8 @@ QueueGroup::QueueGroup(const Napi::CallbackInfo &info) : Napi::ObjectWrap<QueueG
   std::string charPath = o.Get("charPath").As<Napi::String>().Utf8Value();
   charFd_ = open(charPath.c_str(), O_RDWR | O_CLOEXEC);
   if (charFd_ < 0) {
-    MakeUblkError(env, "OPEN " + charPath, static_cast<int>(devId), errno).ThrowAsJavaScriptException();
+    const int err = errno;
+    MakeUblkError(env, "OPEN " + charPath, static_cast<int>(devId), err).ThrowAsJavaScriptException();
     return;
   }
   Napi::Array queues = o.Get("queues").As<Napi::Array>();

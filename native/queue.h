@@ -1,5 +1,6 @@
 #pragma once
 
+#include <liburing.h>
 #include <napi.h>
 
 #include <atomic>
@@ -9,6 +10,7 @@
 #include <thread>
 #include <vector>
 
+#include "queue_io.h"
 #include "targets.h"
 
 namespace ublkts {
@@ -22,8 +24,8 @@ struct QueueConfig {
   unsigned ringFlags = 0;
   std::vector<int> cpus;
   TargetKind target = TargetKind::Null;
-  int backingFd = -1;      // loop: the backing file; memory: its /dev/shm file
-  uint64_t sizeBytes = 0;  // device size, for bounds checks
+  int backingFd = -1;     // loop: the backing file; memory: its /dev/shm file
+  uint64_t sizeBytes = 0; // device size, for bounds checks
 };
 
 struct QueueEvent {
@@ -31,7 +33,7 @@ struct QueueEvent {
   const char *kind; // "ready" | "exit"
   std::string op;   // what failed, when err != 0
   int err;
-  uint64_t ios;     // requests served, on exit
+  uint64_t ios; // requests served, on exit
 };
 
 class QueueGroup;
@@ -49,6 +51,14 @@ public:
 private:
   void Run();
   void Serve();
+  int FetchAll();
+  void ServeUntilDone();
+  void OnCompletion(uint64_t userData, int res);
+  void ServeRequest(unsigned tag);
+  void SubmitLoopIo(unsigned tag, ZeroStage stage);
+  void Commit(unsigned tag, int result);
+  void PrepIoCommand(unsigned opcode, unsigned tag, int result);
+  io_uring_sqe *GetSqe();
   void Report(const char *kind, const std::string &op, int err);
 
   QueueConfig config_;
@@ -57,6 +67,15 @@ private:
   QueueGroup *group_;
   std::thread thread_;
   uint64_t ios_ = 0;
+  // The queue thread's own state while Serve() runs.
+  QueueMappings mappings_;
+  io_uring ring_{};
+  unsigned commitOp_ = 0;
+  unsigned liveTags_ = 0;
+  bool stopping_ = false;
+  // For the exit event: the first failed tag, unless the ring itself fails later.
+  std::string failedOp_;
+  int failure_ = 0;
 };
 
 // The queues of one device, as seen from JS: started together, stopped

@@ -38,8 +38,8 @@ int MemoryTargetIo(int fd, uint64_t sizeBytes, const ublk::io_desc &iod, uint8_t
 bool LoopTargetSupports(const ublk::io_desc &iod);
 
 // The loop target: prepares the backing-file operation for a request on the
-// queue's own ring. Returns false when the request has no file operation
-// (then *immediate holds its result).
+// queue's own ring (for WRITE_ZEROES, the one of `stage`). Only for requests
+// LoopTargetSupports; any other op gets a NOP.
 void LoopTargetPrep(io_uring_sqe *sqe, int fd, const ublk::io_desc &iod, uint8_t *buffer, ZeroStage stage);
 
 // Turns the backing file's CQE result into the request's result. Returns

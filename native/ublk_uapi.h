@@ -169,20 +169,17 @@ constexpr unsigned MAX_NR_QUEUES = 4096;
 constexpr unsigned MAX_IO_BUF_BYTES = 1u << 25;
 
 inline unsigned ctrl_opcode(CtrlCmd cmd, bool legacy) {
-  return legacy ? static_cast<unsigned>(cmd)
-                : static_cast<unsigned>(_IOWR('u', cmd, ctrl_cmd));
+  return legacy ? static_cast<unsigned>(cmd) : static_cast<unsigned>(_IOWR('u', cmd, ctrl_cmd));
 }
 
 // The UAPI encodes the commands that only return data with _IOR; keep the
 // same direction bits so strict kernels see exactly the documented numbers.
 inline unsigned ctrl_opcode_read(CtrlCmd cmd, bool legacy) {
-  return legacy ? static_cast<unsigned>(cmd)
-                : static_cast<unsigned>(_IOR('u', cmd, ctrl_cmd));
+  return legacy ? static_cast<unsigned>(cmd) : static_cast<unsigned>(_IOR('u', cmd, ctrl_cmd));
 }
 
 inline unsigned io_opcode(IoCmd cmd, bool legacy) {
-  return legacy ? static_cast<unsigned>(cmd)
-                : static_cast<unsigned>(_IOWR('u', cmd, io_cmd));
+  return legacy ? static_cast<unsigned>(cmd) : static_cast<unsigned>(_IOWR('u', cmd, io_cmd));
 }
 
 } // namespace ublk
