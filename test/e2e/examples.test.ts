@@ -4,12 +4,12 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { requireUblk, ROOT, waitFor } from './helpers';
 
-const EXAMPLE = path.join(ROOT, 'dist', 'examples', 'null-device.js');
+const EXAMPLE = path.join(ROOT, 'dist', 'examples', 'null-native.js');
 
 describe('examples (real ublk driver)', function () {
   requireUblk(this);
 
-  it('null-device.js add serves a device until SIGINT, then deletes it', async () => {
+  it('null-native.js add serves a device until SIGINT, then deletes it', async () => {
     const child = spawn(process.execPath, [EXAMPLE, 'add', '16MiB'], { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     child.stdout.on('data', (c: Buffer) => (out += c.toString()));
@@ -27,7 +27,7 @@ describe('examples (real ublk driver)', function () {
     assert.ok(!fs.existsSync(blockPath));
   });
 
-  it('null-device.js del ID removes a device served by another process', async () => {
+  it('null-native.js del ID removes a device served by another process', async () => {
     const child = spawn(process.execPath, [EXAMPLE, 'add', '16MiB'], { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     child.stdout.on('data', (c: Buffer) => (out += c.toString()));

@@ -1,7 +1,7 @@
 import { strict as assert } from 'node:assert';
 import { errnoName, UblkError } from '../../src/errors';
-import { deserializeError, serializeError } from '../../src/server-protocol';
-import { deviceStateName, featureNames } from '../../src/uapi';
+import { deserializeError, serializeError } from '../../src/server/protocol';
+import { deviceStateName, featureNames } from '../../src/kernel/uapi';
 
 describe('errors', () => {
   it('formats kernel errors with command, device and errno name', () => {
