@@ -3,7 +3,8 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { maxQueues, RECOVERY_MODES, TARGET_TYPES } from '../../src/spec/device-spec';
+import { DEFAULTS, MAX_DEPTH, maxQueues, RECOVERY_MODES, TARGET_TYPES } from '../../src/spec/device-spec';
+import { IO_SIZE } from '../../src/spec/limits';
 import {
   closest,
   DirectIoMode,
@@ -384,6 +385,17 @@ describe('manifest schema and TypeScript types', () => {
     assert.deepEqual(spec.properties.recovery!.enum, [...RECOVERY_MODES]);
     assert.deepEqual(sorted(spec.properties.logicalBlockSize!.enum!), sorted(Object.keys(blockSizes)));
     assert.deepEqual(sorted(branch('loop').properties.directIo!.enum!), sorted(Object.keys(directIo)));
+  });
+
+  it('is where the spec\'s defaults and limits come from', () => {
+    const field = (name: string) => spec.properties[name] as SchemaObject & { default?: unknown; maximum?: number };
+    assert.deepEqual(
+      { queues: DEFAULTS.queues, depth: DEFAULTS.depth, logicalBlockSize: DEFAULTS.logicalBlockSize, recovery: DEFAULTS.recovery },
+      { queues: field('queues').default, depth: field('depth').default, logicalBlockSize: field('logicalBlockSize').default, recovery: field('recovery').default },
+    );
+    assert.equal(DEFAULTS.maxIoSize, 512 * 1024);
+    assert.equal(MAX_DEPTH, field('depth').maximum);
+    assert.deepEqual(IO_SIZE, { minimum: 4096, maximum: 32 * 1024 * 1024, multipleOf: 4096 });
   });
 
   it('describes every field (the README reference is generated from the descriptions)', () => {
