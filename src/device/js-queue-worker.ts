@@ -159,7 +159,7 @@ async function main(): Promise<void> {
   post({ kind: 'ready' });
 }
 
-main().catch((err: Error) => {
+void main().catch((err: Error) => {
   post({ kind: 'exit', ios: 0, error: err.message });
   parentPort!.close();
 });

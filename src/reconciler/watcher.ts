@@ -41,6 +41,7 @@ export function newlyDeadServers(kernel: Kernel, seen: Set<number>): Array<{ pid
   return dead;
 }
 
+/** Runs reconcile passes whenever a hint says one is due, until stopped; see the file comment. */
 export class ReconcileWatcher {
   /** Retry timing for every device, kept across passes. */
   readonly backoff: Backoff;

@@ -66,7 +66,7 @@ async function main(): Promise<void> {
     if (stopping) return;
     stopping = true;
     log(`${signal}: stopping and deleting device ${device.id}`);
-    device.remove().catch((err: Error) => log(`delete failed: ${err.message}`));
+    void device.remove().catch((err: Error) => log(`delete failed: ${err.message}`));
   };
   process.on('SIGTERM', () => shutdown('SIGTERM'));
   process.on('SIGINT', () => shutdown('SIGINT'));
@@ -82,7 +82,7 @@ async function main(): Promise<void> {
   process.removeAllListeners('SIGHUP');
 }
 
-main().catch((err: Error) => {
+void main().catch((err: Error) => {
   log(`fatal: ${err.stack ?? err.message}`);
   send({ event: 'error', error: serializeError(err) });
   process.exit(1);
