@@ -18,7 +18,7 @@ async function add(input: DeviceSpecInput): Promise<void> {
   const device = await UblkDevice.create(normalizeDeviceSpec(input));
   console.log(`dev ${device.id}: ${device.blockPath} is ${device.info.state}, served by pid ${process.pid}; Ctrl-C to delete`);
   const stop = (): void => {
-    device.delete().then(() => console.log(`dev ${device.id}: deleted`));
+    void device.remove().then(() => console.log(`dev ${device.id}: deleted`));
   };
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);

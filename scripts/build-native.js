@@ -27,7 +27,11 @@ if (!nodeGyp) {
   console.error('ublk-ts: cannot find node-gyp: run the build through npm (npm run build:native)');
   process.exit(1);
 }
-const build = spawnSync(process.execPath, [nodeGyp, 'rebuild'], { stdio: 'inherit', cwd: path.join(__dirname, '..') });
+// Node's own headers, where this Node ships them, so a build needs no download (CI has no network).
+const env = { ...process.env };
+const nodeDir = path.join(path.dirname(process.execPath), '..');
+if (!env.npm_config_nodedir && fs.existsSync(path.join(nodeDir, 'include', 'node', 'node_api.h'))) env.npm_config_nodedir = nodeDir;
+const build = spawnSync(process.execPath, [nodeGyp, 'rebuild'], { stdio: 'inherit', cwd: path.join(__dirname, '..'), env });
 if (build.error) {
   console.error(`ublk-ts: cannot run node-gyp: ${build.error.message}`);
   process.exit(1);

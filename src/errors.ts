@@ -1,5 +1,12 @@
 import * as os from 'node:os';
 
+/**
+ * Errno values by name, from the platform (os.constants.errno): JS-side
+ * conditions reported as a UblkError use the errno that means the same
+ * thing (ENOENT, EINVAL, ETIMEDOUT...), named, never a bare number.
+ */
+export const ERRNO: Readonly<Record<keyof typeof os.constants.errno, number>> = os.constants.errno;
+
 const errnoNames = new Map<number, string>(
   Object.entries(os.constants.errno).map(([name, value]) => [value as number, name]),
 );
@@ -52,6 +59,8 @@ export function errnoName(errno: number): string {
 export class UblkError extends Error {
   /** The failing command or syscall, e.g. 'ADD_DEV', 'OPEN /dev/ublk-control'. */
   readonly op: string;
+  /** What went wrong in words, when more is known than the errno says (it ends the message). */
+  readonly detail: string | undefined;
   /** The device the command was for, or undefined. */
   readonly devId: number | undefined;
   /** Positive errno value. */
@@ -66,6 +75,7 @@ export class UblkError extends Error {
     super(`${op}${id !== undefined ? ` dev ${id}` : ''}: ${code} (${hint})`);
     this.name = 'UblkError';
     this.op = op;
+    this.detail = detail;
     this.devId = id;
     this.errno = errno;
     this.code = code;
@@ -79,11 +89,14 @@ export class UblkError extends Error {
 export class SpecError extends Error {
   /** The offending field, e.g. 'depth' or 'spec.queues'. */
   readonly field: string;
+  /** What is wrong with it, e.g. 'must be between 1 and 4096, got 0'. */
+  readonly detail: string;
 
-  constructor(field: string, message: string) {
-    super(`${field}: ${message}`);
+  constructor(field: string, detail: string) {
+    super(`${field}: ${detail}`);
     this.name = 'SpecError';
     this.field = field;
+    this.detail = detail;
   }
 }
 

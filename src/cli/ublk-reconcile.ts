@@ -7,10 +7,11 @@
  */
 import * as fs from 'node:fs';
 import { parseArgs } from 'node:util';
-import { UblkControl } from '../control';
 import { EnvironmentError } from '../errors';
-import { DEFAULT_STATE_DIR } from '../launcher';
+import { UblkControl } from '../kernel/control';
+import { hostKernel } from '../reconciler/kernel';
 import { acquireLock, LockHeldError } from '../reconciler/lock';
+import { DEFAULT_STATE_DIR } from '../server/launcher';
 import { PassResult, reconcileOnce } from '../reconciler/reconciler';
 import { ReconcileWatcher } from '../reconciler/watcher';
 
@@ -92,8 +93,9 @@ async function main(argv: string[]): Promise<number> {
     throw err;
   }
 
+  const kernel = hostKernel(control, opts.stateDir);
   if (values.plan) {
-    const result = await reconcileOnce(control, { ...opts, planOnly: true, log: undefined });
+    const result = await reconcileOnce(kernel, { ...opts, planOnly: true, log: undefined });
     printResult(result, values.json ?? false);
     return result.exitCode;
   }
@@ -110,14 +112,14 @@ async function main(argv: string[]): Promise<number> {
   }
 
   if (values.once) {
-    const result = await reconcileOnce(control, { ...opts, log: undefined });
+    const result = await reconcileOnce(kernel, { ...opts, log: undefined });
     printResult(result, values.json ?? false);
     lock.release();
     control.close();
     return result.exitCode;
   }
 
-  const watcher = new ReconcileWatcher(control, { ...opts, resyncMs: resyncSeconds * 1000 });
+  const watcher = new ReconcileWatcher(kernel, { ...opts, resyncMs: resyncSeconds * 1000 });
   watcher.start();
   await new Promise<void>((resolve) => {
     const stop = (signal: string): void => {

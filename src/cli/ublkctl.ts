@@ -5,12 +5,12 @@
  * refused, 2 bad usage or an environment without ublk.
  */
 import { parseArgs } from 'node:util';
-import { DeviceInfo, UblkControl } from '../control';
-import { normalizeDeviceSpec } from '../device-spec';
-import { EnvironmentError, SpecError, UblkError } from '../errors';
-import { DEFAULT_STATE_DIR, removeDevice, startServer } from '../launcher';
-import { listRecords, readRecord } from '../state';
-import { formatSize } from '../sizes';
+import { EnvironmentError, ERRNO, SpecError, UblkError } from '../errors';
+import { DeviceInfo, UblkControl } from '../kernel/control';
+import { listRecords, readRecord } from '../server/device-records';
+import { DEFAULT_STATE_DIR, removeDevice, startServer } from '../server/launcher';
+import { DeviceSpecInput, DirectIoMode, normalizeDeviceSpec } from '../spec/device-spec';
+import { formatSize } from '../spec/sizes';
 
 const USAGE = `usage:
   ublkctl add -t null|memory --size SIZE [options]
@@ -33,10 +33,21 @@ function toJson(value: unknown): string {
   return JSON.stringify(value, (_k, v) => (typeof v === 'bigint' ? `0x${v.toString(16)}` : v), 2);
 }
 
-/** Numbers stay strings when they are not plain integers, so validation can say what was given. */
-function numeric(value: string | undefined): number | string | undefined {
+/**
+ * A flag's value as a number when it is a plain integer; otherwise the
+ * text as given, so normalizeDeviceSpec (which checks every value at run
+ * time) can say what was given.
+ */
+function numeric<T>(value: string | undefined): T | undefined {
   if (value === undefined) return undefined;
-  return /^\d+$/.test(value) ? Number(value) : value;
+  return (/^\d+$/.test(value) ? Number(value) : value) as T;
+}
+
+/** --direct-io: on/off (and true/false) as booleans; anything else as given, for normalizeDeviceSpec to check. */
+function directIoFlag(value: string | undefined): DirectIoMode | undefined {
+  if (value === 'on' || value === 'true') return true;
+  if (value === 'off' || value === 'false') return false;
+  return value as DirectIoMode | undefined;
 }
 
 async function withControl<T>(fn: (control: UblkControl) => Promise<T>): Promise<T> {
@@ -71,7 +82,6 @@ async function cmdAdd(args: string[]): Promise<void> {
     },
   });
   if (values.type === undefined) throw new UsageError('add: -t/--type is required (null, memory, loop or js)');
-  const directIo = values['direct-io'];
   let options: Record<string, unknown> | undefined;
   if (values.options !== undefined) {
     try {
@@ -80,24 +90,26 @@ async function cmdAdd(args: string[]): Promise<void> {
       throw new SpecError('target.options', `must be a JSON object: ${(err as Error).message}`);
     }
   }
-  const spec = normalizeDeviceSpec({
+  // Flags arrive as text; the input type is the manifest's, and normalizeDeviceSpec checks every value.
+  const input: DeviceSpecInput = {
     target: {
       type: values.type,
       file: values.file,
       create: values.create,
-      directIo: directIo === 'on' ? true : directIo === 'off' ? false : (directIo as 'auto' | undefined),
+      directIo: directIoFlag(values['direct-io']),
       module: values.module,
       options,
-    },
+    } as DeviceSpecInput['target'],
     size: numeric(values.size),
-    id: numeric(values.id) as number | undefined,
-    queues: numeric(values.queues) as number | undefined,
-    depth: numeric(values.depth) as number | undefined,
+    id: numeric(values.id),
+    queues: numeric(values.queues),
+    depth: numeric(values.depth),
     maxIoSize: numeric(values['max-io-size']),
-    logicalBlockSize: numeric(values['logical-block-size']) as number | undefined,
+    logicalBlockSize: numeric(values['logical-block-size']),
     readOnly: values['read-only'],
-    recovery: values.recovery,
-  });
+    recovery: values.recovery as DeviceSpecInput['recovery'],
+  };
+  const spec = normalizeDeviceSpec(input);
   // Open the control device first so a host without ublk fails before a server is spawned.
   await withControl(async () => undefined);
   const server = await startServer(spec, { stateDir: values['state-dir'] });
@@ -143,7 +155,7 @@ async function cmdRecover(args: string[]): Promise<void> {
     throw new UblkError(
       'START_USER_RECOVERY',
       id,
-      2,
+      ERRNO.ENOENT,
       `no ublk-ts record for it in ${stateDir}: only devices started by ublk-ts can be recovered by it`,
     );
   }
@@ -276,6 +288,6 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
-main(process.argv.slice(2)).then((code) => {
+void main(process.argv.slice(2)).then((code) => {
   process.exitCode = code;
 });

@@ -4,6 +4,7 @@
  * YAML files into valid, defaulted manifests plus located errors.
  */
 export { closest, formatManifestError, isManifestFile, loadManifestDir } from './loader';
+export { permissionProblem } from './permissions';
 export type { LoadedManifest, LoadOptions, LoadResult, ManifestError } from './loader';
 export { API_VERSION, manifestValidator, SCHEMA_PATH, schemaDocument } from './schema';
 export type {

@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { native } from '../native';
+import { native } from '../kernel/native';
 
 /** One reconciler at a time: an flock on a file in the state directory, held for the process's life. */
 export interface ReconcileLock {
@@ -21,7 +21,7 @@ export function acquireLock(stateDir: string): ReconcileLock {
   fs.mkdirSync(stateDir, { recursive: true, mode: 0o750 });
   const lockPath = path.join(stateDir, 'reconcile.lock');
   const fd = fs.openSync(lockPath, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o640);
-  if (!native.flock(fd, true, true)) {
+  if (!native().flock(fd, true, true)) {
     const holder = fs.readFileSync(lockPath, 'utf8').trim();
     fs.closeSync(fd);
     throw new LockHeldError(lockPath, holder);

@@ -5,7 +5,7 @@
  * everything it needs is in its input, the clock included, so `--plan`
  * prints it and the tests drive it without a kernel.
  */
-import { DeviceRecord } from '../state';
+import type { DeviceRecord } from '../server/device-records';
 
 /** A valid manifest, as the planner needs it. */
 export interface DesiredDevice {
@@ -39,7 +39,12 @@ export interface PlanInput {
   /** Every ublk device in the kernel, by id. */
   live: ReadonlyMap<number, LiveDevice>;
   now: number;
+  /** A name's retry timing: when set and due later than `now`, a create, recover or re-create waits. */
+  backoff?: (name: string) => { failures: number; dueAt: number } | undefined;
 }
+
+/** How long a device in a passing state (e.g. LIVE with its server just gone) is given before the next look. */
+export const SETTLE_MS = 1000;
 
 export type ActionKind = 'noop' | 'create' | 'recreate' | 'recover' | 'delete' | 'drift' | 'hold' | 'refuse' | 'wait';
 
@@ -51,18 +56,23 @@ export interface Action {
   reason: string;
   /** For recreate: data-plane state was lost (the device died with its server). */
   dataLost?: boolean;
+  /** For wait: when the pass that may act on this device is due (ms since the epoch). */
+  dueAt?: number;
 }
 
-/** Retry delay after `failures` consecutive failures: 1 s doubling, capped at 60 s. */
-export function backoffMs(failures: number): number {
-  return failures <= 0 ? 0 : Math.min(60_000, 1000 * 2 ** (failures - 1));
-}
+/** What a waiting action says: which step keeps failing, and when it is tried next. */
+const failedStep: Record<string, string> = { create: 'creating', recover: 'recovery', recreate: 're-creating' };
 
-function waiting(record: DeviceRecord, now: number): number | undefined {
-  const failures = record.failures ?? 0;
-  if (failures === 0) return undefined;
-  const due = Date.parse(record.updatedAt) + backoffMs(failures);
-  return due > now ? due : undefined;
+/**
+ * Turns a create, recover or re-create into a wait while the name's
+ * backoff is pending; the wait carries the time it ends.
+ */
+function withBackoff(a: Action, input: PlanInput): Action {
+  const step = failedStep[a.kind];
+  const pending = step ? input.backoff?.(a.name) : undefined;
+  if (!pending) return a;
+  const inSeconds = Math.ceil((pending.dueAt - input.now) / 1000);
+  return { ...a, kind: 'wait', reason: `${step} failed ${pending.failures} time(s); next try in ${inSeconds} s`, dueAt: pending.dueAt, dataLost: undefined };
 }
 
 function planExisting(want: DesiredDevice, record: DeviceRecord, dev: LiveDevice | undefined, now: number): Action {
@@ -71,15 +81,9 @@ function planExisting(want: DesiredDevice, record: DeviceRecord, dev: LiveDevice
   const changed = record.specHash !== want.hash;
   const serverGone = !dev.serverAlive;
   if ((dev.state === 'QUIESCED' || dev.state === 'FAIL_IO') && serverGone) {
-    const due = waiting(record, now);
-    if (due !== undefined) {
-      return { ...base, kind: 'wait', reason: `recovery failed ${record.failures} time(s); next try in ${Math.ceil((due - now) / 1000)} s` };
-    }
     return { ...base, kind: 'recover', reason: `device is ${dev.state} and its server (pid ${dev.serverPid}) is gone` };
   }
   if (dev.state === 'DEAD' || (dev.state === 'LIVE' && serverGone && !dev.recoverable)) {
-    const due = waiting(record, now);
-    if (due !== undefined) return { ...base, kind: 'wait', reason: `re-creating failed ${record.failures} time(s)` };
     return { ...base, kind: 'recreate', reason: `device is ${dev.state} with no server`, dataLost: true };
   }
   if (changed) {
@@ -87,7 +91,7 @@ function planExisting(want: DesiredDevice, record: DeviceRecord, dev: LiveDevice
     return { ...base, kind: 'recreate', reason: `${want.source} changed and the device is not in use` };
   }
   if (dev.state === 'LIVE' && !serverGone) return { ...base, kind: 'noop', reason: 'matches its manifest' };
-  return { ...base, kind: 'wait', reason: `device is ${dev.state}; waiting for the kernel to settle` };
+  return { ...base, kind: 'wait', reason: `device is ${dev.state}; waiting for the kernel to settle`, dueAt: now + SETTLE_MS };
 }
 
 /** The plan: one action per name, sorted by name. */
@@ -114,6 +118,7 @@ export function plan(input: PlanInput): Action[] {
     }
     actions.push({ kind: 'create', name: want.name, reason: `new manifest ${want.source}` });
   }
+  for (let i = 0; i < actions.length; i++) actions[i] = withBackoff(actions[i]!, input);
 
   const desiredNames = new Set(input.desired.map((d) => d.name));
   for (const record of input.records) {
@@ -129,6 +134,12 @@ export function plan(input: PlanInput): Action[] {
     }
   }
   return actions.sort((a, b) => a.name.localeCompare(b.name));
+}
+
+/** How long until the earliest waiting action is due; undefined when none waits. */
+export function requeueAfter(actions: readonly Action[], now: number): number | undefined {
+  const due = actions.filter((a) => a.kind === 'wait' && a.dueAt !== undefined).map((a) => a.dueAt!);
+  return due.length === 0 ? undefined : Math.max(0, Math.min(...due) - now);
 }
 
 /** Actions that change something. */

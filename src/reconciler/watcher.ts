@@ -1,30 +1,54 @@
-import { watch, FSWatcher } from 'chokidar';
+/**
+ * The watcher: file events, dead servers and a periodic timer are only
+ * hints that a pass is due; every pass re-reads everything (level-based).
+ * Passes never overlap; a hint during a pass queues exactly one more. A
+ * pass that returns `requeueAfterMs` gets a pass at that time. The retry
+ * timing of failing devices lives in the watcher's one Backoff.
+ */
+import { FSWatcher, watch } from 'chokidar';
 import * as path from 'node:path';
 import { isManifestFile } from '../manifest';
-import { UblkControl } from '../control';
-import { isAlive } from '../launcher';
-import { listRecords } from '../state';
+import { Backoff } from './backoff';
+import type { Kernel } from './kernel';
 import { PassResult, reconcileOnce, ReconcileOptions } from './reconciler';
 
-export interface WatchOptions extends ReconcileOptions {
+export interface WatchOptions extends Omit<ReconcileOptions, 'backoff' | 'quietNoops'> {
   /** Full resync period: catches drift no event reports (default 30 s). */
   resyncMs?: number;
   /** Quiet time after a file event before a pass (default 300 ms). */
   debounceMs?: number;
   /** How often servers' pids are checked (default 500 ms): a dead server is noticed well within 2 s. */
   serverCheckMs?: number;
+  /** Watch the directory for file events (default true; tests drive passes by hand). */
+  watchFiles?: boolean;
+  /** Retry timing of failing devices (default: 1 s doubling to 60 s). */
+  backoff?: Backoff;
   onPass?: (result: PassResult) => void;
 }
 
 /**
- * The watcher: file events, dead servers and a periodic timer are only
- * hints that a pass is due; every pass re-reads everything (level-based).
- * Passes never overlap; a hint during a pass queues exactly one more.
+ * Which servers of owned devices died since the last look: each dead pid
+ * is reported once (`seen` remembers them), so one death is one hint.
  */
+export function newlyDeadServers(kernel: Kernel, seen: Set<number>): Array<{ pid: number; what: string }> {
+  const dead: Array<{ pid: number; what: string }> = [];
+  for (const record of kernel.records.list()) {
+    if (record.owner !== 'reconciler' || record.serverPid <= 0) continue;
+    if (kernel.isAlive(record.serverPid) || seen.has(record.serverPid)) continue;
+    seen.add(record.serverPid);
+    dead.push({ pid: record.serverPid, what: record.manifest ?? `dev ${record.devId}` });
+  }
+  return dead;
+}
+
+/** Runs reconcile passes whenever a hint says one is due, until stopped; see the file comment. */
 export class ReconcileWatcher {
+  /** Retry timing for every device, kept across passes. */
+  readonly backoff: Backoff;
   private fsWatcher: FSWatcher | undefined;
   private timers: NodeJS.Timeout[] = [];
   private debounce: NodeJS.Timeout | undefined;
+  private requeue: NodeJS.Timeout | undefined;
   private running = false;
   private again = false;
   private stopped = false;
@@ -34,12 +58,14 @@ export class ReconcileWatcher {
   private passes = 0;
 
   constructor(
-    private readonly control: UblkControl,
+    private readonly kernel: Kernel,
     private readonly opts: WatchOptions,
-  ) {}
+  ) {
+    this.backoff = opts.backoff ?? new Backoff();
+  }
 
   start(): void {
-    this.watchFiles();
+    if (this.opts.watchFiles ?? true) this.watchFiles();
     this.timers.push(setInterval(() => this.trigger('periodic resync'), this.opts.resyncMs ?? 30_000));
     this.timers.push(setInterval(() => this.checkServers(), this.opts.serverCheckMs ?? 500));
     this.trigger('start');
@@ -50,8 +76,14 @@ export class ReconcileWatcher {
     this.stopped = true;
     for (const t of this.timers) clearInterval(t);
     if (this.debounce) clearTimeout(this.debounce);
+    if (this.requeue) clearTimeout(this.requeue);
     await this.fsWatcher?.close();
     await this.idle;
+  }
+
+  /** Resolves once no pass is running (a pass triggered meanwhile included). */
+  async settled(): Promise<void> {
+    while (this.running) await this.idle;
   }
 
   private log(line: string): void {
@@ -72,9 +104,13 @@ export class ReconcileWatcher {
     });
     this.fsWatcher.on('error', (err) => {
       this.log(`watcher error: ${(err as Error).message}; re-listing everything`);
-      void this.fsWatcher?.close().finally(() => {
-        if (!this.stopped) this.watchFiles();
-      });
+      const old = this.fsWatcher;
+      old?.close().then(
+        () => {
+          if (!this.stopped) this.watchFiles();
+        },
+        () => undefined,
+      );
       this.trigger('watcher error');
     });
   }
@@ -89,20 +125,15 @@ export class ReconcileWatcher {
     }, this.opts.debounceMs ?? 300);
   }
 
-  private checkServers(): void {
-    let dead = false;
-    for (const record of listRecords(this.opts.stateDir)) {
-      if (record.owner !== 'reconciler' || record.serverPid <= 0) continue;
-      if (isAlive(record.serverPid)) continue;
-      if (this.knownDead.has(record.serverPid)) continue;
-      this.knownDead.add(record.serverPid);
-      this.log(`server pid ${record.serverPid} of ${record.manifest ?? `dev ${record.devId}`} is gone`);
-      dead = true;
-    }
-    if (dead) this.trigger('a server died');
+  /** Looks for servers that died; one pass for however many. */
+  checkServers(): void {
+    const dead = newlyDeadServers(this.kernel, this.knownDead);
+    for (const d of dead) this.log(`server pid ${d.pid} of ${d.what} is gone`);
+    if (dead.length > 0) this.trigger('a server died');
   }
 
-  private trigger(why: string): void {
+  /** A hint that a pass is due: starts one now, or one more after the running one. */
+  trigger(why: string): void {
     if (this.stopped) return;
     if (this.running) {
       this.again = true;
@@ -112,16 +143,25 @@ export class ReconcileWatcher {
     this.idle = this.runPasses(why);
   }
 
+  /** Schedules the pass a result asked for; an earlier request replaces a later one. */
+  private requeueAfter(ms: number): void {
+    if (this.requeue) clearTimeout(this.requeue);
+    this.requeue = setTimeout(() => {
+      this.requeue = undefined;
+      this.trigger('backoff');
+    }, ms);
+    this.requeue.unref();
+  }
+
   private async runPasses(why: string): Promise<void> {
     let reason = why;
     do {
       this.again = false;
       this.log(`pass (${reason})`);
       try {
-        const result = await reconcileOnce(this.control, { ...this.opts, quietNoops: this.passes++ > 1 });
+        const result = await reconcileOnce(this.kernel, { ...this.opts, backoff: this.backoff, quietNoops: this.passes++ > 1 });
         this.opts.onPass?.(result);
-        // Devices waiting out a backoff need another look soon, not at the next resync.
-        if (result.devices.some((d) => d.action === 'wait')) setTimeout(() => this.trigger('backoff'), 1000).unref();
+        if (result.requeueAfterMs !== undefined) this.requeueAfter(result.requeueAfterMs);
       } catch (err) {
         this.log(`pass failed: ${(err as Error).message}`);
       }

@@ -105,7 +105,7 @@ function main(): void {
   }
   const memory = withUblk(['-t', 'memory', '--size', '1GiB'], {}, fioRandread);
   rows.push({ name: 'ublk-ts memory (1 queue, depth 64)', iops: memory });
-  const jsNull = withUblk(['-t', 'js', '--module', path.join(ROOT, 'dist', 'examples', 'null.js'), '--size', '1GiB'], {}, fioRandread);
+  const jsNull = withUblk(['-t', 'js', '--module', path.join(ROOT, 'dist', 'examples', 'null-js.js'), '--size', '1GiB'], {}, fioRandread);
   rows.push({ name: 'ublk-ts JS null (1 queue, depth 64)', iops: jsNull });
 
   const file = backingFile();

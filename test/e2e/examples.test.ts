@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ChildTracker, DeviceTracker, requireUblk, ROOT, waitFor } from './helpers';
 
-const EXAMPLE = path.join(ROOT, 'dist', 'examples', 'null-device.js');
+const EXAMPLE = path.join(ROOT, 'dist', 'examples', 'null-native.js');
 
 describe('examples (real ublk driver)', function () {
   requireUblk(this);
@@ -15,7 +15,7 @@ describe('examples (real ublk driver)', function () {
     devices.cleanup();
   });
 
-  it('null-device.js add serves a device until SIGINT, then deletes it', async () => {
+  it('null-native.js add serves a device until SIGINT, then deletes it', async () => {
     const child = children.spawn(process.execPath, [EXAMPLE, 'add', '16MiB']);
     let out = '';
     child.stdout!.on('data', (c: Buffer) => (out += c.toString()));
@@ -34,7 +34,7 @@ describe('examples (real ublk driver)', function () {
     assert.ok(!fs.existsSync(blockPath));
   });
 
-  it('null-device.js del ID removes a device served by another process', async () => {
+  it('null-native.js del ID removes a device served by another process', async () => {
     const child = children.spawn(process.execPath, [EXAMPLE, 'add', '16MiB']);
     let out = '';
     child.stdout!.on('data', (c: Buffer) => (out += c.toString()));

@@ -127,7 +127,7 @@ export function serverPids(): number[] {
   return pids.sort((a, b) => a - b);
 }
 
-export { isAlive } from '../../src/launcher';
+export { isAlive } from '../../src/server/processes';
 
 export async function waitFor(check: () => boolean, timeoutMs: number, what: string): Promise<void> {
   const deadline = Date.now() + timeoutMs;

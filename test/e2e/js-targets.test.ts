@@ -53,7 +53,7 @@ describe('JavaScript targets (real ublk driver)', function () {
   }
 
   it('JS null target: fio on 2 queues at iodepth 64 completes with zero errors', () => {
-    const dev = add(path.join(EXAMPLES, 'null.js'), ['--size', '256MiB', '--queues', '2', '--depth', '64']);
+    const dev = add(path.join(EXAMPLES, 'null-js.js'), ['--size', '256MiB', '--queues', '2', '--depth', '64']);
     const jobs = fio([
       '--name=null', `--filename=${dev.blockPath}`, '--ioengine=io_uring', '--direct=1', '--rw=randrw', '--bs=4k',
       '--iodepth=64', '--numjobs=2', '--cpus_allowed=0-1', '--cpus_allowed_policy=split', '--time_based', '--runtime=3',
@@ -139,9 +139,9 @@ describe('JavaScript examples, as the README documents them (real ublk driver)',
     assert.equal(back.status, 0, `data reads back: ${back.stdout}${back.stderr}\nthe example printed:\n${served()}`);
   }
 
-  it('null.js add / del ID', async () => {
-    const s = await serve([path.join(EXAMPLES, 'null.js'), 'add', '64MiB']);
-    const del = run(process.execPath, [path.join(EXAMPLES, 'null.js'), 'del', String(s.id)]);
+  it('null-js.js add / del ID', async () => {
+    const s = await serve([path.join(EXAMPLES, 'null-js.js'), 'add', '64MiB']);
+    const del = run(process.execPath, [path.join(EXAMPLES, 'null-js.js'), 'del', String(s.id)]);
     assert.match(del.stdout, /deleted/);
     assert.equal(await s.exited, 0, s.output());
   });

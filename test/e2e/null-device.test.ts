@@ -1,9 +1,9 @@
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { UblkControl } from '../../src/control';
-import { UblkDevice } from '../../src/device';
-import { maxQueues, normalizeDeviceSpec } from '../../src/device-spec';
+import { UblkControl } from '../../src/kernel/control';
+import { UblkDevice } from '../../src/device/device';
+import { maxQueues, normalizeDeviceSpec } from '../../src/spec/device-spec';
 import { UblkError } from '../../src/errors';
 import {
   DeviceTracker,
@@ -148,7 +148,7 @@ describe('library-made devices (real ublk driver)', function () {
       const data = run('dd', [`if=${device.blockPath}`, 'of=/dev/null', 'bs=4k', 'count=256', 'iflag=direct']);
       assert.match(data.stderr, /1048576 bytes/);
     } finally {
-      const exits = await device.delete();
+      const exits = await device.remove();
       assert.ok(exits.every((e) => e.error === undefined), JSON.stringify(exits));
     }
     assert.ok(!listDevices().some((d) => d.id === device.id), 'deleted');

@@ -1,5 +1,5 @@
 import { strict as assert } from 'node:assert';
-import { normalizeDeviceSpec } from '../../src/device-spec';
+import { normalizeDeviceSpec } from '../../src/spec/device-spec';
 import { SpecError } from '../../src/errors';
 
 const limits = { maxQueues: 4 };
@@ -60,14 +60,14 @@ describe('device spec', () => {
   });
 
   it('rejects unknown targets, naming the ones that exist', () => {
-    rejects({ target: 'nbd', size: '1GiB' }, 'target', /unknown target "nbd": expected one of null/);
+    rejects({ target: 'nbd' as never, size: '1GiB' }, 'target', /unknown target "nbd": expected one of null/);
   });
 
   it('rejects non-numeric values with what was given', () => {
     rejects({ target: 'null', size: '1GiB', depth: 'deep' as unknown as number }, 'depth', /got "deep"/);
     rejects({ target: 'null', size: '1GiB', maxIoSize: '6000' }, 'maxIoSize', /multiple of 4KiB/);
-    rejects({ target: 'null', size: '1GiB', logicalBlockSize: 3000 }, 'logicalBlockSize', /512, 1024, 2048, 4096/);
+    rejects({ target: 'null', size: '1GiB', logicalBlockSize: 3000 as never }, 'logicalBlockSize', /512, 1024, 2048, 4096/);
     rejects({ target: 'null', size: '1GiB', id: -1 }, 'id', /between 0 and/);
-    rejects({ target: 'null', size: '1GiB', recovery: 'sometimes' }, 'recovery', /reissue, fail-inflight, fail-io, none, got "sometimes"/);
+    rejects({ target: 'null', size: '1GiB', recovery: 'sometimes' as never }, 'recovery', /reissue, fail-inflight, fail-io, none, got "sometimes"/);
   });
 });

@@ -3,7 +3,8 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { maxQueues, RECOVERY_MODES, TARGET_TYPES } from '../../src/device-spec';
+import { DEFAULTS, MAX_DEPTH, maxQueues, RECOVERY_MODES, TARGET_TYPES } from '../../src/spec/device-spec';
+import { IO_SIZE } from '../../src/spec/limits';
 import {
   closest,
   DirectIoMode,
@@ -104,7 +105,7 @@ describe('manifest loading: invalid manifests', () => {
   it('checks what the schema cannot: sizes, the logical block size, the queue limit', () => {
     assert.deepEqual(errorsIn(invalid, 'semantic.yaml'), [
       'semantic.yaml:7:9: spec.size: must be a multiple of the logical block size (512), got 1000',
-      'semantic.yaml:8:11: spec.queues: must be at most 32, got 64',
+      'semantic.yaml:8:11: spec.queues: must be between 1 and 32, got 64',
       'semantic.yaml:9:14: spec.maxIoSize: must be a multiple of 4KiB between 4KiB and 32MiB, got 6144',
       'semantic.yaml:17:9: spec.size: must be a whole number of bytes, got "0.3KiB"',
       'semantic.yaml:18:14: spec.maxIoSize: must be a multiple of 4KiB between 4KiB and 32MiB, got 67108864',
@@ -115,7 +116,7 @@ describe('manifest loading: invalid manifests', () => {
 
   it('limits queues to the host\'s CPUs by default', () => {
     const dir = tempDir({ 'q.yaml': manifest('q', 'target: {type: null}\nsize: 1MiB\nqueues: 4097') });
-    assert.deepEqual(loadManifestDir(dir).errors.map(formatManifestError), [`q.yaml:8:11: spec.queues: must be at most ${maxQueues()}, got 4097`]);
+    assert.deepEqual(loadManifestDir(dir).errors.map(formatManifestError), [`q.yaml:8:11: spec.queues: must be between 1 and ${maxQueues()}, got 4097`]);
   });
 
   it('reports YAML syntax errors at the parser\'s position and still loads the other documents', () => {
@@ -384,6 +385,17 @@ describe('manifest schema and TypeScript types', () => {
     assert.deepEqual(spec.properties.recovery!.enum, [...RECOVERY_MODES]);
     assert.deepEqual(sorted(spec.properties.logicalBlockSize!.enum!), sorted(Object.keys(blockSizes)));
     assert.deepEqual(sorted(branch('loop').properties.directIo!.enum!), sorted(Object.keys(directIo)));
+  });
+
+  it('is where the spec\'s defaults and limits come from', () => {
+    const field = (name: string) => spec.properties[name] as SchemaObject & { default?: unknown; maximum?: number };
+    assert.deepEqual(
+      { queues: DEFAULTS.queues, depth: DEFAULTS.depth, logicalBlockSize: DEFAULTS.logicalBlockSize, recovery: DEFAULTS.recovery },
+      { queues: field('queues').default, depth: field('depth').default, logicalBlockSize: field('logicalBlockSize').default, recovery: field('recovery').default },
+    );
+    assert.equal(DEFAULTS.maxIoSize, 512 * 1024);
+    assert.equal(MAX_DEPTH, field('depth').maximum);
+    assert.deepEqual(IO_SIZE, { minimum: 4096, maximum: 32 * 1024 * 1024, multipleOf: 4096 });
   });
 
   it('describes every field (the README reference is generated from the descriptions)', () => {

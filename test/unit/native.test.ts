@@ -1,7 +1,7 @@
 import { strict as assert } from 'node:assert';
 import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
-import { UblkControl, toNativeParams } from '../../src/control';
+import { UblkControl, toNativeParams } from '../../src/kernel/control';
 import { EnvironmentError, UblkError } from '../../src/errors';
 
 const root = path.resolve(__dirname, '..', '..', '..');

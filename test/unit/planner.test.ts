@@ -1,7 +1,8 @@
 import { strict as assert } from 'node:assert';
-import { Action, backoffMs, DesiredDevice, LiveDevice, plan, PlanInput } from '../../src/reconciler/planner';
-import { DeviceRecord } from '../../src/state';
-import { normalizeDeviceSpec } from '../../src/device-spec';
+import { Backoff, backoffMs } from '../../src/reconciler/backoff';
+import { Action, DesiredDevice, LiveDevice, plan, PlanInput, requeueAfter } from '../../src/reconciler/planner';
+import { DeviceRecord } from '../../src/server/device-records';
+import { normalizeDeviceSpec } from '../../src/spec/device-spec';
 
 const NOW = Date.parse('2026-11-25T12:00:00Z');
 const spec = normalizeDeviceSpec({ target: 'null', size: '1GiB' }, { maxQueues: 2 });
@@ -103,12 +104,24 @@ describe('reconcile planner', () => {
   });
 
   it('backs off a device that keeps failing, with a capped delay from the injectable clock', () => {
-    assert.deepEqual([0, 1, 2, 3, 10].map(backoffMs), [0, 1000, 2000, 4000, 60_000]);
-    const failing = record('a', 3, { failures: 3, updatedAt: new Date(NOW - 1000).toISOString() });
+    assert.deepEqual([0, 1, 2, 3, 10].map((n) => backoffMs(n)), [0, 1000, 2000, 4000, 60_000]);
+    const backoff = new Backoff();
+    for (let i = 0; i < 3; i++) backoff.failed('a', NOW - 1000);
     const quiesced = new Map([[3, device(3, { state: 'QUIESCED', serverAlive: false })]]);
-    const waiting = only(run({ desired: [want('a')], records: [failing], live: quiesced }));
+    const input = { desired: [want('a')], records: [record('a', 3)], live: quiesced };
+    const waiting = only(run({ ...input, backoff: (name) => backoff.pending(name, NOW) }));
     assert.equal(waiting.kind, 'wait');
-    const later = only(run({ desired: [want('a')], records: [failing], live: quiesced, now: NOW + 5000 }));
+    assert.equal(waiting.dueAt, NOW + 3000, 'the wait carries its due time');
+    assert.match(waiting.reason, /recovery failed 3 time\(s\); next try in 3 s/);
+    assert.equal(requeueAfter([waiting], NOW), 3000);
+    const later = only(run({ ...input, now: NOW + 5000, backoff: (name) => backoff.pending(name, NOW + 5000) }));
     assert.equal(later.kind, 'recover');
+    assert.equal(requeueAfter([later], NOW + 5000), undefined);
+  });
+
+  it('gives a device that is still settling a second look after a short while', () => {
+    const a = only(run({ desired: [want('a')], records: [record('a', 3)], live: new Map([[3, device(3, { state: 'QUIESCED' })]]) }));
+    assert.equal(a.kind, 'wait');
+    assert.equal(requeueAfter([a], NOW), 1000);
   });
 });

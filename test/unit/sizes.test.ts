@@ -1,5 +1,5 @@
 import { strict as assert } from 'node:assert';
-import { formatSize, parseSize } from '../../src/sizes';
+import { formatSize, parseSize } from '../../src/spec/sizes';
 
 describe('sizes', () => {
   it('parses integers as bytes and binary unit strings', () => {

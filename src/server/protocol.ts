@@ -3,10 +3,11 @@
  * per message on file descriptor 3: the device id as soon as it exists (so
  * a launcher can clean up after a crash), then "live" or "error".
  */
-import { DeviceInfo } from './control';
-import { DeviceSpec } from './device-spec';
-import { EnvironmentError, SpecError, UblkError } from './errors';
+import { EnvironmentError, SpecError, UblkError } from '../errors';
+import { DeviceInfo } from '../kernel/control';
+import { DeviceSpec } from '../spec/device-spec';
 
+/** The server's end of the status channel (the launcher's fourth stdio entry). */
 export const STATUS_FD = 3;
 
 /** What the launcher asks a server for: a new device, or taking over a QUIESCED one. */
@@ -15,6 +16,7 @@ export interface ServerRequest {
   recoverDevId?: number;
 }
 
+/** An error as it crosses the status channel: its type and every field that type carries. */
 export interface SerializedError {
   name: string;
   message: string;
@@ -22,6 +24,7 @@ export interface SerializedError {
   devId?: number;
   errno?: number;
   field?: string;
+  detail?: string;
 }
 
 export type ServerMessage =
@@ -29,11 +32,12 @@ export type ServerMessage =
   | { event: 'live'; info: Omit<DeviceInfo, 'flags'> & { flags: string } }
   | { event: 'error'; error: SerializedError };
 
+/** The error a server sends when it cannot bring its device up. */
 export function serializeError(err: unknown): SerializedError {
   if (err instanceof UblkError) {
-    return { name: err.name, message: err.message, op: err.op, devId: err.devId, errno: err.errno };
+    return { name: err.name, message: err.message, op: err.op, devId: err.devId, errno: err.errno, detail: err.detail };
   }
-  if (err instanceof SpecError) return { name: err.name, message: err.message, field: err.field };
+  if (err instanceof SpecError) return { name: err.name, message: err.message, field: err.field, detail: err.detail };
   if (err instanceof Error) return { name: err.name, message: err.message };
   return { name: 'Error', message: String(err) };
 }
@@ -41,19 +45,21 @@ export function serializeError(err: unknown): SerializedError {
 /** Rebuilds the error type the server raised, so callers can branch on it. */
 export function deserializeError(e: SerializedError): Error {
   if (e.name === 'UblkError' && e.op !== undefined && e.errno !== undefined) {
-    return new UblkError(e.op, e.devId, e.errno);
+    return new UblkError(e.op, e.devId, e.errno, e.detail);
   }
-  if (e.name === 'SpecError' && e.field !== undefined) {
-    return new SpecError(e.field, e.message.slice(e.field.length + 2));
+  if (e.name === 'SpecError' && e.field !== undefined && e.detail !== undefined) {
+    return new SpecError(e.field, e.detail);
   }
   if (e.name === 'EnvironmentError') return new EnvironmentError(e.message);
   return new Error(e.message);
 }
 
+/** DeviceInfo as JSON: the flags bigint as a hex string. */
 export function serializeInfo(info: DeviceInfo): Omit<DeviceInfo, 'flags'> & { flags: string } {
   return { ...info, flags: `0x${info.flags.toString(16)}` };
 }
 
+/** Inverse of serializeInfo. */
 export function deserializeInfo(info: Omit<DeviceInfo, 'flags'> & { flags: string }): DeviceInfo {
   return { ...info, flags: BigInt(info.flags) };
 }

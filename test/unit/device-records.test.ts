@@ -3,8 +3,8 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { listRecords, readRecord, removeRecord, writeRecord } from '../../src/state';
-import { normalizeDeviceSpec } from '../../src/device-spec';
+import { listRecords, readRecord, removeRecord, writeRecord } from '../../src/server/device-records';
+import { normalizeDeviceSpec } from '../../src/spec/device-spec';
 
 const WRITER = path.resolve(__dirname, '..', 'fixtures', 'record-writer.js');
 

@@ -6,8 +6,8 @@
  * (ublkctl del) ends it too. Exit status 0 means every queue ended cleanly.
  */
 import * as fs from 'node:fs';
-import { UblkDevice } from './device';
-import { serializeError, serializeInfo, ServerMessage, ServerRequest, STATUS_FD } from './server-protocol';
+import { UblkDevice } from '../device/device';
+import { serializeError, serializeInfo, ServerMessage, ServerRequest, STATUS_FD } from './protocol';
 
 function log(message: string): void {
   process.stderr.write(`${new Date().toISOString()} [server ${process.pid}] ${message}\n`);
@@ -66,7 +66,7 @@ async function main(): Promise<void> {
     if (stopping) return;
     stopping = true;
     log(`${signal}: stopping and deleting device ${device.id}`);
-    device.delete().catch((err: Error) => log(`delete failed: ${err.message}`));
+    void device.remove().catch((err: Error) => log(`delete failed: ${err.message}`));
   };
   process.on('SIGTERM', () => shutdown('SIGTERM'));
   process.on('SIGINT', () => shutdown('SIGINT'));
@@ -82,7 +82,7 @@ async function main(): Promise<void> {
   process.removeAllListeners('SIGHUP');
 }
 
-main().catch((err: Error) => {
+void main().catch((err: Error) => {
   log(`fatal: ${err.stack ?? err.message}`);
   send({ event: 'error', error: serializeError(err) });
   process.exit(1);

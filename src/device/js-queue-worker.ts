@@ -4,8 +4,10 @@
  * batches, handlers run here, and results are committed in batches.
  */
 import { parentPort, workerData } from 'node:worker_threads';
+import { ERRNO } from '../errors';
 import { IoOp, loadTargetModule, TargetContext, UblkIo, UblkTarget } from './js-target';
-import { native, NativeJsQueueOptions } from './native';
+import { native, NativeJsQueue, NativeJsQueueOptions } from '../kernel/native';
+import { decodeIoDescriptor } from '../kernel/uapi';
 
 export interface QueueWorkerData extends NativeJsQueueOptions {
   modulePath: string;
@@ -15,9 +17,7 @@ export interface QueueWorkerData extends NativeJsQueueOptions {
 /** Messages a queue worker posts to the server's main thread. */
 export type QueueWorkerMessage = { kind: 'ready' } | { kind: 'exit'; ios: number; error?: string } | { kind: 'log'; line: string };
 
-const EIO = 5;
-const OPS: IoOp[] = ['read', 'write', 'flush', 'discard', 'other', 'write-zeroes'];
-const IO_F_FUA = 1 << 13;
+const EIO = ERRNO.EIO;
 
 function post(message: QueueWorkerMessage): void {
   parentPort!.postMessage(message);
@@ -42,7 +42,7 @@ async function main(): Promise<void> {
   const targetWaiters = new Map<number, (res: number) => void>();
   let nextToken = 1;
 
-  let queue: InstanceType<typeof native.JsQueue>;
+  let queue: NativeJsQueue;
   const flush = (): void => {
     flushQueued = false;
     if (pending === 0) return;
@@ -82,25 +82,20 @@ async function main(): Promise<void> {
     if (ended) void shutdown();
   };
 
-  queue = new native.JsQueue(data, onEvents);
+  queue = new (native().JsQueue)(data, onEvents);
   const descriptors = new DataView(queue.descriptors);
   const tagBuffers = Array.from({ length: data.depth }, (_, tag) => Buffer.from(queue.buffers, tag * data.maxIoSize, data.maxIoSize));
 
   function dispatch(tag: number): void {
     ios++;
-    const at = tag * 24;
-    const opFlags = descriptors.getUint32(at, true);
-    const sectors = descriptors.getUint32(at + 4, true);
-    const start = descriptors.getUint32(at + 8, true) + descriptors.getUint32(at + 12, true) * 2 ** 32;
-    const op = OPS[opFlags & 0xff] ?? 'other';
-    const length = op === 'flush' ? 0 : sectors * 512;
+    const { op, flags, fua, offset, length } = decodeIoDescriptor(descriptors, tag);
     let done = false;
     const complete = (value: unknown): void => {
       if (done) return;
       done = true;
       const result = validResult(op, length, value);
       if (typeof result === 'string') {
-        post({ kind: 'log', line: `${where} tag ${tag}: ${op} at ${start * 512}: ${result}; failing it with EIO` });
+        post({ kind: 'log', line: `${where} tag ${tag}: ${op} at ${offset}: ${result}; failing it with EIO` });
         finish(tag, -EIO);
       } else {
         finish(tag, result);
@@ -108,7 +103,7 @@ async function main(): Promise<void> {
     };
     const fail = (err: unknown): void => {
       if (done) return;
-      post({ kind: 'log', line: `${where} tag ${tag}: ${op} at ${start * 512} failed: ${(err as Error)?.message ?? String(err)}` });
+      post({ kind: 'log', line: `${where} tag ${tag}: ${op} at ${offset} failed: ${(err as Error)?.message ?? String(err)}` });
       done = true;
       finish(tag, errnoOf(err));
     };
@@ -123,10 +118,10 @@ async function main(): Promise<void> {
       tag,
       queueId: data.qid,
       op,
-      offset: start * 512,
+      offset,
       length,
-      fua: (opFlags & IO_F_FUA) !== 0,
-      flags: opFlags >>> 8,
+      fua,
+      flags,
       buffer: tagBuffers[tag]!.subarray(0, length),
       complete,
       readFile: (fd, position) => targetIo(false, fd, position),
@@ -164,7 +159,7 @@ async function main(): Promise<void> {
   post({ kind: 'ready' });
 }
 
-main().catch((err: Error) => {
+void main().catch((err: Error) => {
   post({ kind: 'exit', ios: 0, error: err.message });
   parentPort!.close();
 });

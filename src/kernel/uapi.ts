@@ -58,3 +58,50 @@ export const ATTR_FUA = 1 << 3;
 export const PARAM_TYPE_BASIC = 1 << 0;
 export const PARAM_TYPE_DISCARD = 1 << 1;
 export const PARAM_TYPE_DEVT = 1 << 2;
+
+/** UBLK_IO_OP_* by value, as the handler of a JS target sees them. */
+const IO_OPS = ['read', 'write', 'flush', 'discard', 'other', 'write-zeroes'] as const;
+/** The request kinds a JS target's handler sees (UBLK_IO_OP_WRITE_SAME and unknown ops are 'other'). */
+export type IoOp = (typeof IO_OPS)[number];
+
+/** UBLK_IO_F_FUA: bit 13 of op_flags. */
+const UBLK_IO_F_FUA = 1 << 13;
+
+/**
+ * struct ublksrv_io_desc, one per tag in the array the queue mmaps from
+ * /dev/ublkcN (read-only):
+ *   __u32 op_flags;     op in bits 0-7, UBLK_IO_F_* above
+ *   __u32 nr_sectors;   (nr_zones for zone reports)
+ *   __u64 start_sector;
+ *   __u64 addr;         the server's buffer (unused: buffers are per tag here)
+ */
+export const IO_DESC_SIZE = 24;
+
+/** One request as the kernel describes it, decoded. */
+export interface IoDescriptor {
+  op: IoOp;
+  /** UBLK_IO_F_* flags: op_flags without the op. */
+  flags: number;
+  /** REQ_FUA: the write must be durable before it completes. */
+  fua: boolean;
+  /** Byte offset on the device. */
+  offset: number;
+  /** Bytes to transfer: 0 for flush. */
+  length: number;
+}
+
+/** Decodes tag `tag`'s struct ublksrv_io_desc from the queue's descriptor array. */
+export function decodeIoDescriptor(descriptors: DataView, tag: number): IoDescriptor {
+  const at = tag * IO_DESC_SIZE;
+  const opFlags = descriptors.getUint32(at, true);
+  const nrSectors = descriptors.getUint32(at + 4, true);
+  const startSector = descriptors.getUint32(at + 8, true) + descriptors.getUint32(at + 12, true) * 2 ** 32;
+  const op = IO_OPS[opFlags & 0xff] ?? 'other';
+  return {
+    op,
+    flags: opFlags >>> 8,
+    fua: (opFlags & UBLK_IO_F_FUA) !== 0,
+    offset: startSector * 512,
+    length: op === 'flush' ? 0 : nrSectors * 512,
+  };
+}

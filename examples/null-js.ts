@@ -2,8 +2,8 @@
  * A null device whose IO is answered by JavaScript: every request
  * completes at once. The smallest possible custom target.
  *
- *   node dist/examples/null.js add [SIZE]
- *   node dist/examples/null.js del ID
+ *   node dist/examples/null-js.js add [SIZE]
+ *   node dist/examples/null-js.js del ID
  */
 import type { TargetContext, UblkIo, UblkTarget } from '../src';
 import { runExample } from './run-example';
@@ -13,7 +13,7 @@ export function createTarget(_ctx: TargetContext): UblkTarget {
 }
 
 if (require.main === module) {
-  void runExample(process.argv.slice(2), 'null.js add [SIZE] | del ID', ([size]) => ({
+  void runExample(process.argv.slice(2), 'null-js.js add [SIZE] | del ID', ([size]) => ({
     target: { type: 'js', module: __filename },
     size: size ?? '1GiB',
     queues: 1,

@@ -1,9 +1,12 @@
 /**
  * The only module that touches the native addon: it loads the binding,
  * hands it the JS error class, and declares its surface in TypeScript.
+ * The addon is loaded on first use, not on import, so the layers that need
+ * no kernel (manifests, the planner, the reconciler against a fake kernel)
+ * run without a compiled `.node`.
  */
 import * as path from 'node:path';
-import { UblkError } from './errors';
+import { UblkError } from '../errors';
 
 /** struct ublksrv_ctrl_dev_info, as the addon returns it. */
 export interface NativeDevInfo {
@@ -115,7 +118,8 @@ export interface NativeJsQueue {
   close(): void;
 }
 
-interface Binding {
+/** The addon's exports. */
+export interface Binding {
   init(errorClass: typeof UblkError): void;
   ControlDevice: new (path: string) => NativeControlDevice;
   QueueGroup: new (options: NativeQueueGroupOptions, onEvent: (e: NativeQueueEvent) => void) => NativeQueueGroup;
@@ -137,13 +141,23 @@ interface Binding {
   };
 }
 
-function load(): Binding {
-  const root = path.resolve(__dirname, '..', '..');
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const binding = require(path.join(root, 'build', 'Release', 'ublk_ts.node')) as Binding;
-  binding.init(UblkError);
-  return binding;
+/** Where node-gyp puts the addon: build/Release at the package root (this file is dist/src/kernel/native.js). */
+export const ADDON_PATH = path.resolve(__dirname, '..', '..', '..', 'build', 'Release', 'ublk_ts.node');
+
+let loaded: Binding | undefined;
+
+/** The addon, loaded (and handed UblkError) on the first call. */
+export function native(): Binding {
+  if (!loaded) {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const binding = require(ADDON_PATH) as Binding;
+    binding.init(UblkError);
+    loaded = binding;
+  }
+  return loaded;
 }
 
-/** The loaded addon. */
-export const native: Binding = load();
+/** Whether the addon has been loaded in this thread (tests check that pure layers never load it). */
+export function nativeLoaded(): boolean {
+  return loaded !== undefined;
+}

@@ -1,8 +1,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { DeviceSpec } from './device-spec';
-import { SpecError, UblkError } from './errors';
-import { native } from './native';
+import { SpecError } from '../errors';
+import { native } from '../kernel/native';
+import { DeviceSpec } from '../spec/device-spec';
 
 /** An open backing store handed to the queue threads. */
 export interface Backing {
@@ -119,7 +119,7 @@ function openLoop(spec: DeviceSpec, target: LoopTarget): Backing {
   };
   try {
     const { fd, directIo } = openWithDirectIoPolicy(spec, target);
-    if (!native.flock(fd, true, true)) {
+    if (!native().flock(fd, true, true)) {
       fs.closeSync(fd);
       throw new SpecError('target.file', `${file} is already in use by another ublk-ts device (it holds the file's lock)`);
     }
@@ -152,8 +152,8 @@ function openOrExplain(file: string, flags: number, mode?: number): number {
 
 /** The file system's O_DIRECT alignment for this fd, or undefined when unknown. */
 function directIoAlignment(fd: number): number | undefined {
-  if (fs.fstatSync(fd).isBlockDevice()) return native.blockDeviceGeometry(fd).logicalBlockSize;
-  return native.dioAlignment(fd)?.offset || undefined;
+  if (fs.fstatSync(fd).isBlockDevice()) return native().blockDeviceGeometry(fd).logicalBlockSize;
+  return native().dioAlignment(fd)?.offset || undefined;
 }
 
 function openWithDirectIoPolicy(spec: DeviceSpec, target: LoopTarget): { fd: number; directIo: boolean } {

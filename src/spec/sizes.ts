@@ -32,7 +32,7 @@ export function parseSize(value: unknown): { bytes: number } | { error: string }
   const factor = units[unit];
   if (factor === undefined) return { error: `unknown size unit "${unit}" in "${value}": expected ${SIZE_UNITS}` };
   const bytes = Number(match[1]) * factor;
-  if (!Number.isSafeInteger(bytes)) return { error: `"${value}" is not a whole number of bytes` };
+  if (!Number.isSafeInteger(bytes)) return { error: `must be a whole number of bytes, got "${value}"` };
   return { bytes };
 }
 

@@ -1,7 +1,12 @@
+/**
+ * Device records: what ublk-ts remembers about each device it started, one
+ * JSON file per device in the state directory, written atomically. The
+ * reconciler owns (and may delete) only devices it has a record for.
+ */
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { DeviceSpec } from './device-spec';
+import { DeviceSpec } from '../spec/device-spec';
 
 /** Who made a device: the reconciler owns it (and may delete it); ublkctl records only help `recover`. */
 export type DeviceOwner = 'reconciler' | 'ublkctl';
@@ -103,4 +108,26 @@ export function listRecords(stateDir: string): DeviceRecord[] {
 /** Removes a record (no error if it is already gone). */
 export function removeRecord(stateDir: string, devId: number): void {
   fs.rmSync(recordPath(stateDir, devId), { force: true });
+}
+
+/**
+ * The records of one state directory, as the reconciler reads and writes
+ * them; tests put an in-memory store in its place.
+ */
+export interface DeviceRecordStore {
+  list(): DeviceRecord[];
+  read(devId: number): DeviceRecord | undefined;
+  /** Replaces the record atomically, stamping `updatedAt`. */
+  write(record: DeviceRecord): void;
+  remove(devId: number): void;
+}
+
+/** The records kept as files in `stateDir/devices`. */
+export function directoryRecords(stateDir: string): DeviceRecordStore {
+  return {
+    list: () => listRecords(stateDir),
+    read: (devId) => readRecord(stateDir, devId),
+    write: (record) => writeRecord(stateDir, record),
+    remove: (devId) => removeRecord(stateDir, devId),
+  };
 }

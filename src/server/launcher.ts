@@ -2,12 +2,13 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Readable } from 'node:stream';
-import { DeviceInfo, UblkControl } from './control';
-import { DeviceSpec } from './device-spec';
-import { UblkError } from './errors';
-import { discardMemory } from './backing';
-import { deserializeError, deserializeInfo, ServerMessage, ServerRequest } from './server-protocol';
-import { DeviceOwner, removeRecord, writeRecord } from './state';
+import { discardMemory } from '../device/backing';
+import { ERRNO, UblkError } from '../errors';
+import { ControlCommands, DeviceInfo, UblkControl } from '../kernel/control';
+import { DeviceSpec } from '../spec/device-spec';
+import { DeviceOwner, removeRecord, writeRecord } from './device-records';
+import { isAlive, waitForExit, withTimeout } from './processes';
+import { deserializeError, deserializeInfo, ServerMessage, ServerRequest } from './protocol';
 
 /** Default state directory: per-device records and server logs. */
 export const DEFAULT_STATE_DIR = '/run/ublk-ts';
@@ -32,8 +33,11 @@ export interface LaunchOptions {
   /** Carried into the new record: consecutive quick deaths, for backoff. */
   failures?: number;
   lastError?: string;
+  /** Used to delete the device of a server that failed half-way; omitted, one is opened when needed. */
+  control?: ControlCommands;
 }
 
+/** The server's entry point; e2e tests find servers by this file name in their command line. */
 const SERVER_MAIN = path.join(__dirname, 'server-main.js');
 
 /** Where the server of device `id` logs. */
@@ -129,13 +133,13 @@ export async function startServer(spec: DeviceSpec, opts: LaunchOptions = {}): P
     return { info: outcome.info, pid: child.pid!, logPath };
   }
 
-  await reapFailedServer(child.pid, addedId);
+  await reapFailedServer(child.pid, addedId, opts.control);
   if (!recovering) fs.rmSync(pendingLog, { force: true });
   status.destroy();
   throw outcome.error;
 }
 
-async function reapFailedServer(pid: number | undefined, addedId: number | undefined): Promise<void> {
+async function reapFailedServer(pid: number | undefined, addedId: number | undefined, given: ControlCommands | undefined): Promise<void> {
   if (pid !== undefined && isAlive(pid)) {
     try {
       process.kill(pid, 'SIGKILL');
@@ -146,74 +150,62 @@ async function reapFailedServer(pid: number | undefined, addedId: number | undef
   }
   if (addedId === undefined) return;
   // The server normally deletes its own half-made device; this covers a crash.
-  const control = await UblkControl.open();
+  const control = given ?? (await UblkControl.open());
   try {
     await control.deleteDevice(addedId);
   } catch (err) {
     if (!(err instanceof UblkError && err.code === 'ENODEV')) throw err;
   } finally {
-    control.close();
+    if (!given) control.close();
   }
+}
+
+/** Options of removeDevice. */
+export interface RemoveOptions {
+  timeoutMs?: number;
+  stateDir?: string;
+  /** A device that no longer exists (ENODEV) is not an error: its record and memory are dropped all the same. */
+  missingOk?: boolean;
+}
+
+/** What removeDevice found: the server it waited for. serverPid is 0 when the device was already gone. */
+export interface RemovedDevice {
+  serverPid: number;
+  serverExited: boolean;
 }
 
 /**
- * True while a process with this pid runs. A zombie (exited, not yet reaped
- * by its parent) counts as gone: it holds no files and serves nothing.
+ * Removes a device served by another process, and everything ublk-ts kept
+ * for it: STOP_DEV ends the server's queues, DEL_DEV completes once the
+ * server has closed /dev/ublkcN, then it waits for the server to exit and
+ * drops the device's memory file and state record. (UblkDevice.remove is
+ * the same for a device served by this process; UblkControl.deleteDevice
+ * is the bare DEL_DEV command.)
  */
-export function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
-  } catch {
-    return false;
-  }
-}
-
-/** Polls until `pid` is gone; false on timeout. */
-export async function waitForExit(pid: number, timeoutMs: number): Promise<boolean> {
-  const deadline = Date.now() + timeoutMs;
-  while (isAlive(pid)) {
-    if (Date.now() > deadline) return false;
-    await new Promise((r) => setTimeout(r, 25));
-  }
-  return true;
-}
-
-function withTimeout<T>(promise: Promise<T>, ms: number, onTimeout: () => Error): Promise<T> {
-  let timer: NodeJS.Timeout;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(onTimeout()), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
-/**
- * Stops and deletes a device and waits for its server to exit: STOP_DEV
- * ends the server's queues, DEL_DEV completes once it has closed /dev/ublkcN.
- */
-export async function removeDevice(
-  control: UblkControl,
-  id: number,
-  opts: { timeoutMs?: number; stateDir?: string } = {},
-): Promise<{ serverPid: number; serverExited: boolean }> {
+export async function removeDevice(control: ControlCommands, id: number, opts: RemoveOptions = {}): Promise<RemovedDevice> {
   const timeoutMs = opts.timeoutMs ?? 30_000;
-  const info = await control.getDeviceInfo(id);
-  await control.stopDevice(id);
-  await withTimeout(
-    control.deleteDevice(id),
-    timeoutMs,
-    () =>
-      new UblkError('DEL_DEV', id, 110, `server pid ${info.serverPid} still holds ${info.charPath} after ${timeoutMs} ms`),
-  );
+  const forget = (): void => {
+    // The device is gone: so are its memory (if a server died holding it) and its record.
+    discardMemory(id);
+    removeRecord(opts.stateDir ?? DEFAULT_STATE_DIR, id);
+  };
+  let info: DeviceInfo;
+  try {
+    info = await control.getDeviceInfo(id);
+    await control.stopDevice(id);
+    await withTimeout(
+      control.deleteDevice(id),
+      timeoutMs,
+      () =>
+        new UblkError('DEL_DEV', id, ERRNO.ETIMEDOUT, `server pid ${info.serverPid} still holds ${info.charPath} after ${timeoutMs} ms`),
+    );
+  } catch (err) {
+    if (!(opts.missingOk && err instanceof UblkError && err.code === 'ENODEV')) throw err;
+    forget();
+    return { serverPid: 0, serverExited: true };
+  }
   const own = info.serverPid === process.pid || info.serverPid <= 0;
   const serverExited = own ? true : await waitForExit(info.serverPid, timeoutMs);
-  // The device is gone: so are its memory (if a server died holding it) and its record.
-  discardMemory(id);
-  removeRecord(opts.stateDir ?? DEFAULT_STATE_DIR, id);
+  forget();
   return { serverPid: info.serverPid, serverExited };
 }

@@ -1,5 +1,5 @@
 import * as fs from 'node:fs';
-import { EnvironmentError, UblkError } from './errors';
+import { EnvironmentError, UblkError } from '../errors';
 import { native, NativeControlDevice, NativeDevInfo, NativeParams } from './native';
 import {
   ATTR_FUA,
@@ -183,7 +183,7 @@ export class UblkControl {
   static async open(path: string = CONTROL_PATH): Promise<UblkControl> {
     let dev: NativeControlDevice;
     try {
-      dev = new native.ControlDevice(path);
+      dev = new (native().ControlDevice)(path);
     } catch (err) {
       throw err instanceof UblkError ? explainOpenFailure(err, path) : err;
     }
@@ -296,6 +296,27 @@ export class UblkControl {
     this.dev.close();
   }
 }
+
+/**
+ * The control commands, as the device lifecycle and the launcher use them:
+ * UblkControl, or an in-memory stand-in in tests.
+ */
+export type ControlCommands = Pick<
+  UblkControl,
+  | 'features'
+  | 'addDevice'
+  | 'setParams'
+  | 'getParams'
+  | 'startDevice'
+  | 'stopDevice'
+  | 'deleteDevice'
+  | 'startUserRecovery'
+  | 'endUserRecovery'
+  | 'getDeviceInfo'
+  | 'getQueueAffinity'
+  | 'listDevices'
+  | 'close'
+>;
 
 /** Device ids from /sys/class/ublk-char (empty when the driver is absent). */
 export function listDeviceIds(): number[] {

@@ -6,8 +6,9 @@
  * SharedArrayBuffer — reaches every queue as `ctx.shared`).
  */
 
-/** The request kinds a handler sees. */
-export type IoOp = 'read' | 'write' | 'flush' | 'discard' | 'write-zeroes' | 'other';
+import type { IoOp } from '../kernel/uapi';
+
+export type { IoOp };
 
 /** One block request. */
 export interface UblkIo {

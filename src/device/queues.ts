@@ -1,0 +1,165 @@
+/**
+ * A device's queues, started by this process: one native thread per queue
+ * for the built-in targets (null, loop, memory), one worker_thread per
+ * queue for a JavaScript target (js-queues.ts). Either way the caller gets
+ * the same thing back: resolved once every tag of every queue is fetched
+ * (so START_DEV or END_USER_RECOVERY can follow), with a way to stop them
+ * and a promise of how each ended.
+ */
+import * as fs from 'node:fs/promises';
+import { ControlCommands, DeviceInfo } from '../kernel/control';
+import { native, NativeQueueEvent } from '../kernel/native';
+import { UBLK_F_CMD_IOCTL_ENCODE } from '../kernel/uapi';
+import { ERRNO, UblkError } from '../errors';
+import { DeviceSpec } from '../spec/device-spec';
+import { Backing } from './backing';
+import { startJsQueues } from './js-queues';
+
+/** How a queue thread ended. */
+export interface QueueExit {
+  qid: number;
+  /** Requests it served. */
+  ios: number;
+  error?: UblkError;
+}
+
+/** Running queues: `stop` asks every queue to end, `exited` says how each did. */
+export interface RunningQueues {
+  stop(): void;
+  readonly exited: Promise<QueueExit[]>;
+}
+
+const NODE_WAIT_MS = 10_000;
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** Waits for udev (or devtmpfs) to create a device node. */
+async function waitForNode(path: string, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      await fs.access(path);
+      return;
+    } catch {
+      if (Date.now() > deadline) {
+        throw new UblkError(`WAIT ${path}`, undefined, ERRNO.ENOENT, `device node did not appear within ${timeoutMs} ms`);
+      }
+      await sleep(20);
+    }
+  }
+}
+
+/** io_uring setup flags for queue rings; overridable for benchmarking. */
+function queueRingFlags(): number {
+  const override = process.env.UBLK_TS_RING_FLAGS;
+  if (override !== undefined) return Number(override);
+  return 0;
+}
+
+/** Whether the device speaks the pre-6.4 command numbers on its queues. */
+export function usesLegacyOpcodes(info: DeviceInfo): boolean {
+  return (info.flags & UBLK_F_CMD_IOCTL_ENCODE) === 0n;
+}
+
+/** Gathers the queues' "ready" and "exit" reports into two promises. */
+export class QueueLifecycle {
+  readonly ready: Promise<void>;
+  readonly exited: Promise<QueueExit[]>;
+  private readyCount = 0;
+  private readonly exits: QueueExit[] = [];
+  private resolveReady!: () => void;
+  private rejectReady!: (e: Error) => void;
+  private resolveExited!: (e: QueueExit[]) => void;
+
+  constructor(
+    private readonly devId: number,
+    private readonly count: number,
+    private readonly onAllExited?: () => void,
+  ) {
+    this.ready = new Promise<void>((res, rej) => {
+      this.resolveReady = res;
+      this.rejectReady = rej;
+    });
+    this.ready.catch(() => undefined);
+    this.exited = new Promise<QueueExit[]>((res) => (this.resolveExited = res));
+  }
+
+  queueReady(): void {
+    if (++this.readyCount === this.count) this.resolveReady();
+  }
+
+  /** A queue that ends before all are ready makes `ready` reject (no effect afterwards). */
+  queueExited(exit: QueueExit): void {
+    this.exits.push(exit);
+    this.rejectReady(exit.error ?? queueError(exit.qid, this.devId, `queue ${exit.qid} ended before the device started`));
+    if (this.exits.length === this.count) {
+      this.onAllExited?.();
+      this.resolveExited(this.exits.sort((a, b) => a.qid - b.qid));
+    }
+  }
+}
+
+/** A queue's failure as a UblkError: the queue is the "op", EIO (its IO could not be served) the errno. */
+export function queueError(qid: number, devId: number, detail: string): UblkError {
+  return new UblkError(`queue ${qid}`, devId, ERRNO.EIO, detail);
+}
+
+/** One native thread per queue, pinned to the CPUs the kernel maps to it. */
+async function startNativeQueues(
+  control: ControlCommands,
+  info: DeviceInfo,
+  spec: DeviceSpec,
+  backing: Backing | undefined,
+): Promise<RunningQueues & { ready: Promise<void> }> {
+  const affinities = await Promise.all(
+    Array.from({ length: info.queues }, (_, qid) => control.getQueueAffinity(info.id, qid).catch(() => [])),
+  );
+  const lifecycle = new QueueLifecycle(info.id, info.queues);
+  const onEvent = (e: NativeQueueEvent): void => {
+    if (e.kind === 'ready') lifecycle.queueReady();
+    else lifecycle.queueExited({ qid: e.qid, ios: e.ios, error: e.error });
+  };
+  const group = new (native().QueueGroup)(
+    {
+      devId: info.id,
+      charPath: info.charPath,
+      depth: info.depth,
+      maxIoSize: info.maxIoSize,
+      legacyOpcodes: usesLegacyOpcodes(info),
+      ringFlags: queueRingFlags(),
+      target: spec.target.type as 'null' | 'loop' | 'memory',
+      backingFd: backing?.fd,
+      sizeBytes: spec.sizeBytes,
+      queues: Array.from({ length: info.queues }, (_, qid) => ({ qid, cpus: affinities[qid] ?? [] })),
+    },
+    onEvent,
+  );
+  return { stop: () => group.stop(), ready: lifecycle.ready, exited: lifecycle.exited };
+}
+
+/**
+ * Starts the device's queues and resolves once every tag of every queue is
+ * fetched. If a queue fails first, the others are stopped and awaited
+ * before the error is thrown, so nothing is left running.
+ */
+export async function startQueues(
+  control: ControlCommands,
+  info: DeviceInfo,
+  spec: DeviceSpec,
+  backing: Backing | undefined,
+  shared: unknown,
+): Promise<RunningQueues> {
+  await waitForNode(info.charPath, NODE_WAIT_MS);
+  const queues =
+    spec.target.type === 'js'
+      ? startJsQueues(info, spec as DeviceSpec & { target: { type: 'js' } }, shared)
+      : await startNativeQueues(control, info, spec, backing);
+  try {
+    await queues.ready;
+  } catch (err) {
+    queues.stop();
+    await queues.exited;
+    throw err;
+  }
+  return { stop: queues.stop, exited: queues.exited };
+}

@@ -1,0 +1,145 @@
+/**
+ * Applying one planned action against the kernel seam. Each action is
+ * applied on its own and its failure is returned, not thrown, so one
+ * device never blocks another; failures feed the backoff.
+ */
+import { DeviceSpec, normalizeDeviceSpec } from '../spec/device-spec';
+import { SpecError } from '../errors';
+import type { LoadedManifest } from '../manifest';
+import type { DeviceRecord } from '../server/device-records';
+import { Backoff, STABLE_MS } from './backoff';
+import type { Kernel } from './kernel';
+import { Action, ActionKind } from './planner';
+
+/** What happened to one device in a pass. */
+export interface DeviceOutcome {
+  name: string;
+  action: ActionKind;
+  devId?: number;
+  blockPath?: string;
+  reason: string;
+  outcome: 'ok' | 'failed' | 'planned' | 'unchanged';
+  error?: string;
+  dataLost?: boolean;
+  /** For wait: when the device is looked at again (ISO time). */
+  dueAt?: string;
+}
+
+/** What apply needs besides the action. */
+export interface ApplyContext {
+  kernel: Kernel;
+  backoff: Backoff;
+  now: number;
+}
+
+function message(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+/** The outcome of an action that was only planned (or changes nothing). */
+export function plannedOutcome(a: Action, outcome: DeviceOutcome['outcome']): DeviceOutcome {
+  const o: DeviceOutcome = { name: a.name, action: a.kind, devId: a.devId, reason: a.reason, outcome, dataLost: a.dataLost };
+  if (a.dueAt !== undefined) o.dueAt = new Date(a.dueAt).toISOString();
+  return o;
+}
+
+/**
+ * How a restarted server's record starts, and whether its predecessor's
+ * death counts as a failure: a server that died within STABLE_MS of
+ * starting did not work, so a crash loop backs off.
+ */
+function restartHistory(name: string, record: DeviceRecord, ctx: ApplyContext): { failures: number; lastError?: string } {
+  const lived = ctx.now - Date.parse(record.updatedAt);
+  if (lived >= STABLE_MS) {
+    ctx.backoff.succeeded(name);
+    return { failures: 0 };
+  }
+  ctx.backoff.failed(name, ctx.now);
+  return {
+    failures: ctx.backoff.failures(name),
+    lastError: `server pid ${record.serverPid} died ${(lived / 1000).toFixed(1)} s after it started`,
+  };
+}
+
+/** The validated spec of a manifest; a SpecError names the manifest's file, line and field. */
+function specOf(manifest: LoadedManifest): DeviceSpec {
+  try {
+    return normalizeDeviceSpec(manifest.spec);
+  } catch (err) {
+    if (err instanceof SpecError) throw new SpecError(`${manifest.file}:${manifest.line}: spec.${err.field}`, err.detail);
+    throw err;
+  }
+}
+
+async function createFrom(kernel: Kernel, manifest: LoadedManifest): Promise<{ devId: number; blockPath: string }> {
+  const server = await kernel.startServer(specOf(manifest), { owner: 'reconciler', manifest: manifest.name, specHash: manifest.hash });
+  return { devId: server.info.id, blockPath: server.info.blockPath };
+}
+
+function recordFailure(kernel: Kernel, devId: number, err: unknown): void {
+  const record = kernel.records.read(devId);
+  if (!record) return;
+  kernel.records.write({ ...record, status: 'failed', lastError: message(err), failures: (record.failures ?? 0) + 1 });
+}
+
+/** Applies one action; `manifest` is the valid manifest of its name, `record` the device's record, where they exist. */
+export async function apply(
+  ctx: ApplyContext,
+  action: Action,
+  manifest: LoadedManifest | undefined,
+  record: DeviceRecord | undefined,
+): Promise<DeviceOutcome> {
+  const { kernel } = ctx;
+  const base = plannedOutcome(action, 'ok');
+  // A recovery after a quick death has already counted that failure: its own failure is not counted twice.
+  let counted = false;
+  try {
+    switch (action.kind) {
+      case 'create': {
+        const made = await createFrom(kernel, manifest!);
+        return { ...base, devId: made.devId, blockPath: made.blockPath };
+      }
+      case 'recreate': {
+        await kernel.removeDevice(action.devId!);
+        const made = await createFrom(kernel, manifest!);
+        return { ...base, devId: made.devId, blockPath: made.blockPath };
+      }
+      case 'recover': {
+        const history = restartHistory(action.name, record!, ctx);
+        counted = history.failures > 0;
+        const server = await kernel.startServer(record!.spec, {
+          recoverDevId: action.devId,
+          owner: 'reconciler',
+          manifest: record!.manifest,
+          specHash: record!.specHash,
+          ...history,
+        });
+        return { ...base, blockPath: server.info.blockPath };
+      }
+      case 'delete':
+        await kernel.removeDevice(action.devId!);
+        ctx.backoff.succeeded(action.name);
+        return base;
+      case 'drift':
+        if (record && record.lastError !== action.reason) kernel.records.write({ ...record, lastError: action.reason });
+        return { ...base, outcome: 'unchanged' };
+      case 'noop':
+        // Clear a past error once the server has proved stable, not at the first quiet pass.
+        if (record && ctx.now - Date.parse(record.updatedAt) >= STABLE_MS) {
+          ctx.backoff.succeeded(action.name);
+          if (record.lastError !== undefined || record.status !== 'live') {
+            kernel.records.write({ ...record, status: 'live', lastError: undefined, failures: 0 });
+          }
+        }
+        return { ...base, outcome: 'unchanged' };
+      default:
+        return { ...base, outcome: 'unchanged' };
+    }
+  } catch (err) {
+    if (action.devId !== undefined && action.kind !== 'create') recordFailure(kernel, action.devId, err);
+    if ((action.kind === 'create' || action.kind === 'recreate' || action.kind === 'recover') && !counted) {
+      ctx.backoff.failed(action.name, ctx.now);
+    }
+    return { ...base, outcome: 'failed', error: message(err) };
+  }
+}

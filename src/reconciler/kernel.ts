@@ -1,0 +1,50 @@
+/**
+ * The reconciler's seam to the host: the few things a pass asks of the
+ * kernel, of device servers and of the state directory. `hostKernel` is
+ * the real one (ublk control commands, detached servers, record files,
+ * /proc); the unit tests use an in-memory fake, so every decision and its
+ * application run on any machine in milliseconds.
+ */
+import { ControlCommands, DeviceInfo, DeviceParamsReadback } from '../kernel/control';
+import { blockDeviceInUse } from '../kernel/in-use';
+import { DeviceRecordStore, directoryRecords } from '../server/device-records';
+import { LaunchOptions, removeDevice, RemovedDevice, startServer, StartedServer } from '../server/launcher';
+import { isAlive } from '../server/processes';
+import { DeviceSpec } from '../spec/device-spec';
+
+/** How a server is started through the seam: the launch options less where state lives (the kernel knows). */
+export type ServerStart = Omit<LaunchOptions, 'stateDir' | 'control'>;
+
+/** What the reconciler needs from the host. */
+export interface Kernel {
+  /** Every ublk device, including ones other tools made. */
+  listDevices(): Promise<DeviceInfo[]>;
+  /** GET_DEV_INFO of one device. */
+  getDeviceInfo(id: number): Promise<DeviceInfo>;
+  /** GET_PARAMS of one device. */
+  getParams(id: number): Promise<DeviceParamsReadback>;
+  /** Starts a detached server that creates (or recovers) a device; resolves once it is LIVE and recorded. */
+  startServer(spec: DeviceSpec, opts: ServerStart): Promise<StartedServer>;
+  /** Stops and deletes a device, waits for its server, drops its record; a device already gone is fine. */
+  removeDevice(id: number): Promise<RemovedDevice>;
+  /** The state directory's device records. */
+  readonly records: DeviceRecordStore;
+  /** Whether a server process still runs. */
+  isAlive(pid: number): boolean;
+  /** Whether a block device is mounted, held or open, so it must not be re-created. */
+  inUse(blockPath: string): boolean;
+}
+
+/** The real host: the control device, detached servers, records under `stateDir`. */
+export function hostKernel(control: ControlCommands, stateDir: string): Kernel {
+  return {
+    listDevices: () => control.listDevices(),
+    getDeviceInfo: (id) => control.getDeviceInfo(id),
+    getParams: (id) => control.getParams(id),
+    startServer: (spec, opts) => startServer(spec, { ...opts, stateDir, control }),
+    removeDevice: (id) => removeDevice(control, id, { stateDir, missingOk: true }),
+    records: directoryRecords(stateDir),
+    isAlive,
+    inUse: blockDeviceInUse,
+  };
+}

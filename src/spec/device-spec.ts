@@ -1,0 +1,330 @@
+/**
+ * A device request: the one input type (written by manifests, ublkctl
+ * flags and library calls alike), the field checks every entry point
+ * shares, and the validated spec with every default applied.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { SpecError } from '../errors';
+import { native } from '../kernel/native';
+import {
+  DEFAULTS,
+  DIRECT_IO_MODES,
+  DirectIoMode,
+  IO_SIZE,
+  KERNEL_MAX_QUEUES,
+  LOGICAL_BLOCK_SIZES,
+  LogicalBlockSize,
+  MAX_DEPTH,
+  MAX_DEVICE_ID,
+  MIN_DEPTH,
+  MIN_QUEUES,
+  RECOVERY_MODES,
+  RecoveryMode,
+  TARGET_TYPES,
+  TargetType,
+} from './limits';
+import { formatSize, parseSize } from './sizes';
+
+export { DEFAULTS, TARGET_TYPES, RECOVERY_MODES, LOGICAL_BLOCK_SIZES, MAX_DEPTH };
+export type { DirectIoMode, LogicalBlockSize, RecoveryMode, TargetType };
+
+/** A target that completes every request at once and stores nothing. */
+export interface NullTarget {
+  type: 'null';
+}
+
+/** A RAM-backed target. */
+export interface MemoryTarget {
+  type: 'memory';
+}
+
+/** A target backed by a file or block device. */
+export interface LoopTarget {
+  type: 'loop';
+  file: string;
+  create?: boolean;
+  directIo?: DirectIoMode;
+}
+
+/** A target implemented by a JavaScript module. */
+export interface JsTarget {
+  type: 'js';
+  module: string;
+  options?: Record<string, unknown>;
+}
+
+/** What serves a device's IO, discriminated by `type`, as a manifest writes it. */
+export type TargetInput = NullTarget | MemoryTarget | LoopTarget | JsTarget;
+
+/**
+ * A device request as a user writes it: the `spec` of a manifest (the JSON
+ * Schema's shape), ublkctl's flags, or a library call, which may name a
+ * target without options by its type alone. Values are checked at run time
+ * by `normalizeDeviceSpec`, so input from outside may be handed over as is.
+ */
+export interface DeviceSpecInput {
+  id?: number;
+  target: TargetInput | TargetType;
+  size?: number | string;
+  queues?: number;
+  depth?: number;
+  maxIoSize?: number | string;
+  logicalBlockSize?: LogicalBlockSize;
+  readOnly?: boolean;
+  recovery?: RecoveryMode;
+}
+
+/** A target as validated, with its defaults. */
+export type TargetSpec =
+  | { type: 'null' }
+  | { type: 'memory' }
+  | { type: 'loop'; file: string; create: boolean; directIo: DirectIoMode }
+  | { type: 'js'; module: string; options: Record<string, unknown> };
+
+/** A validated device request with every default applied. */
+export interface DeviceSpec {
+  target: TargetSpec;
+  sizeBytes: number;
+  id?: number;
+  queues: number;
+  depth: number;
+  maxIoSize: number;
+  logicalBlockSize: number;
+  readOnly: boolean;
+  recovery: RecoveryMode;
+}
+
+/** Limits that depend on the host rather than the schema. */
+export interface HostLimits {
+  /** Most queues a device may have: the host's possible CPUs. */
+  maxQueues: number;
+}
+
+/**
+ * The most queues a device can have here: the kernel caps nr_hw_queues at
+ * the number of possible CPUs (silently), so more is refused up front.
+ */
+export function maxQueues(): number {
+  try {
+    const text = fs.readFileSync('/sys/devices/system/cpu/possible', 'utf8').trim();
+    let count = 0;
+    for (const range of text.split(',')) {
+      const [lo, hi] = range.split('-').map(Number);
+      count += hi === undefined ? 1 : hi - lo! + 1;
+    }
+    return Math.min(count, KERNEL_MAX_QUEUES);
+  } catch {
+    return 1;
+  }
+}
+
+/** One problem with a field of a request: the field path below `spec` and what is wrong. */
+export interface SpecProblem {
+  field: string;
+  detail: string;
+}
+
+function shown(v: unknown): string {
+  return typeof v === 'string' ? JSON.stringify(v) : String(v);
+}
+
+function integerProblem(value: unknown, min: number, max: number): string | undefined {
+  if (typeof value !== 'number' || !Number.isInteger(value)) {
+    return `must be a whole number between ${min} and ${max}, got ${JSON.stringify(value)}`;
+  }
+  if (value < min || value > max) return `must be between ${min} and ${max}, got ${value}`;
+  return undefined;
+}
+
+/** The bytes of a size, or why it is not one. */
+function sizeOf(value: unknown): number | { problem: string } {
+  const parsed = parseSize(value);
+  return 'error' in parsed ? { problem: parsed.error } : parsed.bytes;
+}
+
+function deviceSizeProblem(size: unknown, logicalBlockSize: number): string | undefined {
+  if (size === undefined) return undefined;
+  const bytes = sizeOf(size);
+  if (typeof bytes !== 'number') return bytes.problem;
+  if (bytes === 0) return `must be greater than 0, got ${shown(size)}`;
+  if (bytes % logicalBlockSize !== 0) return `must be a multiple of the logical block size (${logicalBlockSize}), got ${bytes}`;
+  return undefined;
+}
+
+function maxIoSizeProblem(value: unknown): string | undefined {
+  const bytes = sizeOf(value);
+  if (typeof bytes !== 'number') return bytes.problem;
+  if (bytes < IO_SIZE.minimum || bytes > IO_SIZE.maximum || bytes % IO_SIZE.multipleOf !== 0) {
+    return `must be a multiple of ${formatSize(IO_SIZE.multipleOf)} between ${formatSize(IO_SIZE.minimum)} and ${formatSize(IO_SIZE.maximum)}, got ${bytes}`;
+  }
+  return undefined;
+}
+
+function oneOf<T>(values: readonly T[], value: unknown): string | undefined {
+  return values.includes(value as T) ? undefined : `must be one of ${values.join(', ')}, got ${shown(value)}`;
+}
+
+function absolutePathProblem(what: string, value: unknown): string | undefined {
+  if (typeof value !== 'string' || value === '') return `is required for the ${what} target`;
+  return path.isAbsolute(value) ? undefined : `must be an absolute path, got ${JSON.stringify(value)}`;
+}
+
+/** A target whose fields are not checked yet. */
+interface LooseTarget {
+  type: string;
+  file?: string;
+  create?: boolean;
+  directIo?: DirectIoMode;
+  module?: string;
+  options?: Record<string, unknown>;
+}
+
+function targetOf(input: DeviceSpecInput): LooseTarget {
+  const t = input.target as unknown;
+  if (typeof t === 'string') return { type: t };
+  return (t ?? { type: '' }) as { type: string };
+}
+
+function targetProblems(t: LooseTarget): SpecProblem[] {
+  if (!TARGET_TYPES.includes(t.type as TargetType)) {
+    return [{ field: 'target', detail: `unknown target ${JSON.stringify(t.type)}: expected one of ${TARGET_TYPES.join(', ')}` }];
+  }
+  const problems: Array<[string, string | undefined]> = [];
+  if (t.type === 'loop') {
+    problems.push(['target.file', absolutePathProblem('loop', t.file)]);
+    if (t.directIo !== undefined) problems.push(['target.directIo', oneOf(DIRECT_IO_MODES, t.directIo)]);
+  }
+  if (t.type === 'js') {
+    problems.push(['target.module', absolutePathProblem('js', t.module)]);
+    const o = t.options;
+    if (o !== undefined && (typeof o !== 'object' || o === null || Array.isArray(o))) problems.push(['target.options', 'must be an object']);
+  }
+  return problems.filter((p): p is [string, string] => p[1] !== undefined).map(([field, detail]) => ({ field, detail }));
+}
+
+/**
+ * Every check of a request that needs nothing but the request and the
+ * host's limits — no file is looked at — at most one problem per field.
+ * ublkctl and the library reach it through `normalizeDeviceSpec`; the
+ * manifest loader calls it after the schema, so the rules are the same.
+ */
+export function specProblems(input: DeviceSpecInput, limits: HostLimits): SpecProblem[] {
+  const target = targetOf(input);
+  const problems = targetProblems(target);
+  const lbs = input.logicalBlockSize ?? DEFAULTS.logicalBlockSize;
+  const check = (field: string, detail: string | undefined): void => {
+    if (detail !== undefined) problems.push({ field, detail });
+  };
+  check('logicalBlockSize', oneOf(LOGICAL_BLOCK_SIZES, lbs));
+  if (input.size === undefined && target.type !== 'loop' && TARGET_TYPES.includes(target.type as TargetType)) {
+    check('size', `is required for the ${target.type} target`);
+  } else if (LOGICAL_BLOCK_SIZES.includes(lbs)) {
+    check('size', deviceSizeProblem(input.size, lbs));
+  }
+  check('queues', integerProblem(input.queues ?? DEFAULTS.queues, MIN_QUEUES, limits.maxQueues));
+  check('depth', integerProblem(input.depth ?? DEFAULTS.depth, MIN_DEPTH, MAX_DEPTH));
+  check('maxIoSize', maxIoSizeProblem(input.maxIoSize ?? DEFAULTS.maxIoSize));
+  if (input.id !== undefined) check('id', integerProblem(input.id, 0, MAX_DEVICE_ID));
+  check('recovery', oneOf(RECOVERY_MODES, input.recovery ?? DEFAULTS.recovery));
+  return problems;
+}
+
+/** The bytes of a size that specProblems has accepted. */
+function bytes(value: number | string): number {
+  const parsed = parseSize(value);
+  if ('error' in parsed) throw new SpecError('size', parsed.error);
+  return parsed.bytes;
+}
+
+/**
+ * Checks a device request and applies defaults. Every failure is a
+ * SpecError naming the field, raised before anything touches the kernel:
+ * first the field checks (`specProblems`), then what only the host can
+ * answer (the loop file, the js module).
+ */
+export function normalizeDeviceSpec(input: DeviceSpecInput, limits: HostLimits = { maxQueues: maxQueues() }): DeviceSpec {
+  const first = specProblems(input, limits)[0];
+  if (first) throw new SpecError(first.field, first.detail);
+  const target = normalizeTarget(targetOf(input));
+  const readOnly = input.readOnly ?? DEFAULTS.readOnly;
+  const requested = input.size === undefined ? undefined : bytes(input.size);
+  const sizeBytes = target.type === 'loop' ? loopSize(target, requested, readOnly) : requested!;
+  const logicalBlockSize = input.logicalBlockSize ?? DEFAULTS.logicalBlockSize;
+  if (sizeBytes === 0) throw new SpecError('size', `must be greater than 0, got ${sizeBytes}`);
+  if (sizeBytes % logicalBlockSize !== 0) {
+    throw new SpecError('size', `must be a multiple of the logical block size (${logicalBlockSize}), got ${sizeBytes}`);
+  }
+  const spec: DeviceSpec = {
+    target,
+    sizeBytes,
+    queues: input.queues ?? DEFAULTS.queues,
+    depth: input.depth ?? DEFAULTS.depth,
+    maxIoSize: bytes(input.maxIoSize ?? DEFAULTS.maxIoSize),
+    logicalBlockSize,
+    readOnly,
+    recovery: input.recovery ?? DEFAULTS.recovery,
+  };
+  if (input.id !== undefined) spec.id = input.id;
+  return spec;
+}
+
+function normalizeTarget(t: LooseTarget): TargetSpec {
+  if (t.type === 'null' || t.type === 'memory') return { type: t.type };
+  if (t.type === 'js') {
+    if (!fs.existsSync(t.module!)) throw new SpecError('target.module', `${t.module} does not exist`);
+    return { type: 'js', module: t.module!, options: t.options ?? {} };
+  }
+  return { type: 'loop', file: path.normalize(t.file!), create: t.create ?? DEFAULTS.create, directIo: t.directIo ?? DEFAULTS.directIo };
+}
+
+/**
+ * Size of a loop device: the backing file's, or the size asked for. Checks
+ * the file as far as can be done without opening it for IO: it exists (or
+ * will be created), is a regular file or block device, and is accessible.
+ */
+function loopSize(target: Extract<TargetSpec, { type: 'loop' }>, requested: number | undefined, readOnly: boolean): number {
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(target.file);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' && target.create) {
+      if (requested === undefined) throw new SpecError('size', `is required to create ${target.file}`);
+      const dir = path.dirname(target.file);
+      if (!fs.existsSync(dir)) throw new SpecError('target.file', `cannot create ${target.file}: ${dir} does not exist`);
+      return requested;
+    }
+    if (code === 'ENOENT') {
+      throw new SpecError('target.file', `${target.file} does not exist (set create to make a sparse file of the given size)`);
+    }
+    if (code === 'EACCES') throw new SpecError('target.file', `${target.file}: permission denied`);
+    throw new SpecError('target.file', `${target.file}: ${(err as Error).message}`);
+  }
+  if (!st.isFile() && !st.isBlockDevice()) {
+    throw new SpecError('target.file', `${target.file} is not a regular file or block device`);
+  }
+  try {
+    fs.accessSync(target.file, readOnly ? fs.constants.R_OK : fs.constants.R_OK | fs.constants.W_OK);
+  } catch {
+    throw new SpecError('target.file', `${target.file}: permission denied (needs ${readOnly ? 'read' : 'read and write'} access)`);
+  }
+  const fileSize = st.isFile() ? st.size : blockDeviceSize(target.file);
+  if (requested === undefined) return fileSize;
+  if (requested > fileSize) {
+    throw new SpecError(
+      'size',
+      `${requested} bytes is larger than ${target.file} (${fileSize} bytes); an existing file is never grown`,
+    );
+  }
+  return requested;
+}
+
+function blockDeviceSize(file: string): number {
+  const fd = fs.openSync(file, fs.constants.O_RDONLY);
+  try {
+    return native().blockDeviceGeometry(fd).sizeBytes;
+  } finally {
+    fs.closeSync(fd);
+  }
+}

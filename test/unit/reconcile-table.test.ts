@@ -1,0 +1,325 @@
+/**
+ * The README's reconcile table, row by row, as whole passes (plan and
+ * apply) against the in-memory fake kernel: each row sets up the live state
+ * and the manifests it names, runs one pass, and checks the action taken
+ * and what the kernel and the records look like afterwards.
+ */
+import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { Backoff } from '../../src/reconciler/backoff';
+import { PassResult, reconcileOnce } from '../../src/reconciler/reconciler';
+import { FakeKernel } from '../fakes/fake-kernel';
+
+const T0 = Date.parse('2026-11-25T12:00:00Z');
+
+/** One scene: a manifest directory, a fake kernel and a clock they share. */
+class Scene {
+  now = T0;
+  readonly kernel = new FakeKernel(() => this.now);
+  readonly dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ublk-ts-table-'));
+  readonly backoff = new Backoff();
+
+  write(name: string, spec = 'target: {type: null}\nsize: 1GiB', file = `${name}.yaml`): void {
+    const text = `apiVersion: ublk-ts/v1\nkind: UblkDevice\nmetadata:\n  name: ${name}\nspec:\n${spec.replace(/^/gm, '  ')}\n`;
+    fs.writeFileSync(path.join(this.dir, file), text);
+  }
+
+  pass(): Promise<PassResult> {
+    return reconcileOnce(this.kernel, { dir: this.dir, now: () => this.now, backoff: this.backoff });
+  }
+
+  /** A device the reconciler made from manifest `name` a while ago, serving since. */
+  async owned(name: string, spec?: string): Promise<number> {
+    this.write(name, spec);
+    const first = await this.pass();
+    this.now += 10_000;
+    return first.devices.find((d) => d.name === name)!.devId!;
+  }
+
+  recordOf(name: string) {
+    return this.kernel.records.list().find((r) => r.manifest === name);
+  }
+
+  cleanup(): void {
+    fs.rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+interface Row {
+  /** The README row: live state | manifest | action. */
+  row: string;
+  setup(s: Scene): Promise<void>;
+  action: string;
+  outcome: string;
+  /** What must hold afterwards. */
+  after(s: Scene, result: PassResult): void;
+}
+
+const rows: Row[] = [
+  {
+    row: 'no record | valid | create',
+    setup: async (s) => s.write('a'),
+    action: 'create',
+    outcome: 'ok',
+    after: (s) => {
+      assert.deepEqual(s.kernel.calls, ['start 0']);
+      assert.equal(s.kernel.devices.get(0)!.info.state, 'LIVE');
+      assert.equal(s.recordOf('a')!.owner, 'reconciler');
+    },
+  },
+  {
+    row: 'no record | valid, fixed id taken by a device ublk-ts does not manage | refused',
+    setup: async (s) => {
+      s.kernel.addForeignDevice(7);
+      s.write('a', 'id: 7\ntarget: {type: null}\nsize: 1GiB');
+    },
+    action: 'refuse',
+    outcome: 'unchanged',
+    after: (s, r) => {
+      assert.deepEqual(s.kernel.calls, []);
+      assert.equal(r.exitCode, 1);
+    },
+  },
+  {
+    row: 'record, device LIVE, server alive | unchanged | nothing',
+    setup: async (s) => void (await s.owned('a')),
+    action: 'noop',
+    outcome: 'unchanged',
+    after: (s, r) => {
+      assert.deepEqual(s.kernel.calls, ['start 0']);
+      assert.equal(r.exitCode, 0);
+      assert.equal(r.requeueAfterMs, undefined);
+    },
+  },
+  {
+    row: 'record, device QUIESCED, server gone | valid | recover',
+    setup: async (s) => s.kernel.killServer(await s.owned('a')),
+    action: 'recover',
+    outcome: 'ok',
+    after: (s) => {
+      assert.deepEqual(s.kernel.calls, ['start 0', 'recover 0']);
+      assert.equal(s.kernel.devices.get(0)!.info.state, 'LIVE');
+      assert.ok(s.kernel.isAlive(s.kernel.devices.get(0)!.info.serverPid));
+    },
+  },
+  {
+    row: 'record, device FAIL_IO, server gone | valid | recover',
+    setup: async (s) => {
+      const id = await s.owned('a', 'target: {type: null}\nsize: 1GiB\nrecovery: fail-io');
+      s.kernel.killServer(id);
+      s.kernel.setState(id, 'FAIL_IO');
+    },
+    action: 'recover',
+    outcome: 'ok',
+    after: (s) => assert.deepEqual(s.kernel.calls, ['start 0', 'recover 0']),
+  },
+  {
+    row: 'record, device DEAD | valid | re-create, reporting that data-plane state was lost',
+    setup: async (s) => {
+      const id = await s.owned('a');
+      s.kernel.killServer(id);
+      s.kernel.setState(id, 'DEAD');
+    },
+    action: 'recreate',
+    outcome: 'ok',
+    after: (s, r) => {
+      assert.deepEqual(s.kernel.calls, ['start 0', 'remove 0', 'start 0']);
+      assert.equal(r.devices[0]!.dataLost, true);
+    },
+  },
+  {
+    row: 'record, device LIVE without server and without recovery | valid | re-create, data-plane state lost',
+    setup: async (s) => s.kernel.killServer(await s.owned('a', 'target: {type: null}\nsize: 1GiB\nrecovery: none')),
+    action: 'recreate',
+    outcome: 'ok',
+    after: (s, r) => {
+      assert.deepEqual(s.kernel.calls, ['start 0', 'remove 0', 'start 0']);
+      assert.equal(r.devices[0]!.dataLost, true);
+    },
+  },
+  {
+    row: 'record, device gone | valid | create again',
+    setup: async (s) => void s.kernel.devices.delete(await s.owned('a')),
+    action: 'create',
+    outcome: 'ok',
+    after: (s) => {
+      assert.deepEqual(s.kernel.calls, ['start 0', 'start 0']);
+      assert.equal(s.kernel.records.list().length, 1);
+    },
+  },
+  {
+    row: 'record, device LIVE | changed, device not open or mounted | re-create with the new spec',
+    setup: async (s) => {
+      await s.owned('a');
+      s.write('a', 'target: {type: null}\nsize: 2GiB');
+    },
+    action: 'recreate',
+    outcome: 'ok',
+    after: (s, r) => {
+      assert.deepEqual(s.kernel.calls, ['start 0', 'remove 0', 'start 0']);
+      assert.equal(s.kernel.devices.get(0)!.sizeBytes, 2 * 1024 ** 3);
+      assert.notEqual(r.devices[0]!.dataLost, true);
+    },
+  },
+  {
+    row: 'record, device LIVE | changed, device open or mounted | drift: reported (also as the last error), device left alone',
+    setup: async (s) => {
+      s.kernel.devices.get(await s.owned('a'))!.inUse = true;
+      s.write('a', 'target: {type: null}\nsize: 2GiB');
+    },
+    action: 'drift',
+    outcome: 'unchanged',
+    after: (s, r) => {
+      assert.deepEqual(s.kernel.calls, ['start 0']);
+      assert.match(s.recordOf('a')!.lastError ?? '', /in use: left as it is/);
+      assert.equal(r.exitCode, 1);
+    },
+  },
+  {
+    row: 'record | invalid | hold: the device is left exactly as it is',
+    setup: async (s) => {
+      await s.owned('a');
+      s.write('a', 'target: {type: null}\nsize: 1GiB\nqueues: lots');
+    },
+    action: 'hold',
+    outcome: 'unchanged',
+    after: (s, r) => {
+      assert.deepEqual(s.kernel.calls, ['start 0']);
+      assert.equal(r.manifestErrors.length, 1);
+      assert.equal(r.exitCode, 1);
+    },
+  },
+  {
+    row: 'record | gone | delete',
+    setup: async (s) => {
+      await s.owned('a');
+      fs.rmSync(path.join(s.dir, 'a.yaml'));
+    },
+    action: 'delete',
+    outcome: 'ok',
+    after: (s) => {
+      assert.deepEqual(s.kernel.calls, ['start 0', 'remove 0']);
+      assert.equal(s.kernel.devices.size, 0);
+      assert.equal(s.kernel.records.list().length, 0);
+    },
+  },
+  {
+    row: 'record | gone, while a manifest is invalid and its name unreadable | delete held back',
+    setup: async (s) => {
+      await s.owned('a');
+      fs.rmSync(path.join(s.dir, 'a.yaml'));
+      fs.writeFileSync(path.join(s.dir, 'broken.yaml'), 'apiVersion: [unclosed\n');
+    },
+    action: 'hold',
+    outcome: 'unchanged',
+    after: (s) => assert.deepEqual(s.kernel.calls, ['start 0']),
+  },
+  {
+    row: 'no record (made by another tool, or by ublkctl) | — | never touched',
+    setup: async (s) => {
+      s.kernel.addForeignDevice(3);
+      s.kernel.addForeignDevice(4, 'QUIESCED');
+      s.kernel.killServer(4);
+    },
+    action: '(none)',
+    outcome: '(none)',
+    after: (s, r) => {
+      assert.deepEqual(s.kernel.calls, []);
+      assert.deepEqual(r.devices, []);
+      assert.equal(s.kernel.devices.size, 2);
+    },
+  },
+];
+
+describe('reconcile table (README), one pass per row against a fake kernel', () => {
+  for (const r of rows) {
+    it(r.row, async () => {
+      const s = new Scene();
+      try {
+        await r.setup(s);
+        const result = await s.pass();
+        const d = result.devices;
+        assert.deepEqual(
+          [d[0]?.action ?? '(none)', d[0]?.outcome ?? '(none)'],
+          [r.action, r.outcome],
+          JSON.stringify(result, null, 2),
+        );
+        r.after(s, result);
+      } finally {
+        s.cleanup();
+      }
+    });
+  }
+});
+
+describe('reconcile passes: failures, backoff and requeue', () => {
+  let s: Scene;
+  beforeEach(() => (s = new Scene()));
+  afterEach(() => s.cleanup());
+
+  it('a failed create waits out its backoff, and the wait says when the next pass is due', async () => {
+    s.write('a');
+    s.kernel.failNextStart = new Error('no room');
+    const failed = await s.pass();
+    assert.deepEqual([failed.devices[0]!.action, failed.devices[0]!.outcome], ['create', 'failed']);
+    s.now += 200;
+    const waiting = await s.pass();
+    assert.equal(waiting.devices[0]!.action, 'wait');
+    assert.match(waiting.devices[0]!.reason, /creating failed 1 time\(s\); next try in 1 s/);
+    assert.equal(waiting.requeueAfterMs, 800);
+    s.now += 800;
+    const retried = await s.pass();
+    assert.deepEqual([retried.devices[0]!.action, retried.devices[0]!.outcome], ['create', 'ok']);
+  });
+
+  it('a server that dies within the stability mark counts as a failure: a crash loop backs off, with the reason recorded', async () => {
+    const id = await s.owned('a');
+    s.kernel.killServer(id);
+    assert.equal((await s.pass()).devices[0]!.action, 'recover');
+    s.now += 500;
+    s.kernel.killServer(id);
+    assert.equal((await s.pass()).devices[0]!.action, 'recover', 'the first quick death is recovered at once');
+    assert.match(s.recordOf('a')!.lastError ?? '', /server pid \d+ died 0\.5 s after it started/);
+    s.now += 500;
+    s.kernel.killServer(id);
+    const waiting = await s.pass();
+    assert.equal(waiting.devices[0]!.action, 'wait');
+    assert.match(waiting.devices[0]!.reason, /recovery failed 1 time\(s\)/);
+    assert.equal(waiting.requeueAfterMs, 500);
+    s.now += waiting.requeueAfterMs!;
+    assert.equal((await s.pass()).devices[0]!.action, 'recover');
+  });
+
+  it('a server that lived past the stability mark is recovered at once, and a stable device clears its last error', async () => {
+    const id = await s.owned('a');
+    s.kernel.killServer(id);
+    await s.pass();
+    s.now += 5000;
+    s.kernel.killServer(id);
+    assert.equal((await s.pass()).devices[0]!.action, 'recover');
+    s.kernel.records.write({ ...s.recordOf('a')!, lastError: 'old news', status: 'failed' });
+    s.now += 5000;
+    const quiet = await s.pass();
+    assert.equal(quiet.devices[0]!.action, 'noop');
+    assert.equal(s.recordOf('a')!.lastError, undefined);
+    assert.equal(s.recordOf('a')!.status, 'live');
+  });
+
+  it('--plan changes nothing', async () => {
+    s.write('a');
+    const planned = await reconcileOnce(s.kernel, { dir: s.dir, planOnly: true, now: () => s.now });
+    assert.deepEqual([planned.devices[0]!.action, planned.devices[0]!.outcome], ['create', 'planned']);
+    assert.deepEqual(s.kernel.calls, []);
+  });
+
+  it('one device\'s failure does not block another', async () => {
+    s.write('a');
+    s.write('b');
+    s.kernel.failNextStart = new Error('no room');
+    const result = await s.pass();
+    assert.deepEqual(result.devices.map((d) => d.outcome).sort(), ['failed', 'ok']);
+    assert.equal(result.exitCode, 1);
+  });
+});

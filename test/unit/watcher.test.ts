@@ -1,0 +1,113 @@
+/**
+ * The watcher's decisions, against the fake kernel and with file watching
+ * off: when a pass runs, how hints collapse, what a dead server and a
+ * requeue lead to. Backoff delays are shortened so this runs in milliseconds.
+ */
+import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { Backoff } from '../../src/reconciler/backoff';
+import { PassResult } from '../../src/reconciler/reconciler';
+import { newlyDeadServers, ReconcileWatcher } from '../../src/reconciler/watcher';
+import { FakeKernel } from '../fakes/fake-kernel';
+
+function until(check: () => boolean, what: string, timeoutMs = 2000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  return new Promise((resolve, reject) => {
+    const poll = (): void => {
+      if (check()) resolve();
+      else if (Date.now() > deadline) reject(new Error(`timed out waiting for ${what}`));
+      else setTimeout(poll, 5);
+    };
+    poll();
+  });
+}
+
+describe('reconcile watcher', () => {
+  let dir: string;
+  let kernel: FakeKernel;
+  let passes: PassResult[];
+  let log: string[];
+  let watcher: ReconcileWatcher;
+
+  beforeEach(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ublk-ts-watch-'));
+    fs.writeFileSync(path.join(dir, 'a.yaml'), 'apiVersion: ublk-ts/v1\nkind: UblkDevice\nmetadata: {name: a}\nspec: {target: {type: null}, size: 1MiB}\n');
+    kernel = new FakeKernel();
+    passes = [];
+    log = [];
+  });
+
+  afterEach(async () => {
+    await watcher.stop();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  function start(extra: { backoff?: Backoff; serverCheckMs?: number } = {}): void {
+    watcher = new ReconcileWatcher(kernel, {
+      dir,
+      watchFiles: false,
+      resyncMs: 60_000,
+      serverCheckMs: extra.serverCheckMs ?? 60_000,
+      backoff: extra.backoff,
+      log: (line) => log.push(line),
+      onPass: (r) => passes.push(r),
+    });
+    watcher.start();
+  }
+
+  it('runs a pass at start that converges the host', async () => {
+    start();
+    await until(() => passes.length === 1, 'the first pass');
+    assert.deepEqual(kernel.calls, ['start 0']);
+    assert.equal(passes[0]!.exitCode, 0);
+  });
+
+  it('never overlaps passes: hints during a pass queue exactly one more', async () => {
+    start();
+    watcher.trigger('one');
+    watcher.trigger('two');
+    watcher.trigger('three');
+    await watcher.settled();
+    assert.equal(passes.length, 2, log.join('\n'));
+    assert.deepEqual(log.filter((l) => l.startsWith('pass (')), ['pass (start)', 'pass (changes during the last pass)']);
+  });
+
+  it('notices a dead server once, and its pass recovers the device', async () => {
+    start({ serverCheckMs: 5 });
+    await until(() => passes.length >= 1, 'the first pass');
+    await watcher.settled();
+    kernel.killServer(0);
+    await until(() => kernel.calls.includes('recover 0'), 'the recovery');
+    assert.equal(log.filter((l) => /server pid \d+ of a is gone/.test(l)).length, 1);
+  });
+
+  it('runs the pass a result asks for when its wait is due', async () => {
+    kernel.failNextStart = new Error('no room');
+    const backoff = new Backoff({ baseMs: 30, maxMs: 100 });
+    start({ backoff });
+    await until(() => passes.length === 1, 'the failing pass');
+    await watcher.settled();
+    watcher.trigger('a file changed');
+    await until(() => passes.length === 2, 'the waiting pass');
+    assert.equal(passes[1]!.devices[0]!.action, 'wait');
+    assert.ok(passes[1]!.requeueAfterMs !== undefined && passes[1]!.requeueAfterMs <= 30);
+    await until(() => kernel.calls.includes('start 0'), 'the retry after the backoff');
+    assert.ok(log.includes('pass (backoff)'), log.join('\n'));
+  });
+});
+
+describe('dead server detection', () => {
+  it('reports each dead pid of an owned device once, and ignores devices it does not own', async () => {
+    const kernel = new FakeKernel();
+    await kernel.startServer({ target: { type: 'null' }, sizeBytes: 1 << 20, queues: 1, depth: 1, maxIoSize: 4096, logicalBlockSize: 512, readOnly: false, recovery: 'reissue' }, { owner: 'reconciler', manifest: 'a' });
+    await kernel.startServer({ target: { type: 'null' }, sizeBytes: 1 << 20, queues: 1, depth: 1, maxIoSize: 4096, logicalBlockSize: 512, readOnly: false, recovery: 'reissue' }, { owner: 'ublkctl' });
+    const seen = new Set<number>();
+    assert.deepEqual(newlyDeadServers(kernel, seen), []);
+    kernel.killServer(0);
+    kernel.killServer(1);
+    assert.deepEqual(newlyDeadServers(kernel, seen).map((d) => d.what), ['a']);
+    assert.deepEqual(newlyDeadServers(kernel, seen), []);
+  });
+});
