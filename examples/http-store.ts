@@ -60,7 +60,7 @@ async function withRetries(what: string, attempt: () => Promise<void>): Promise<
     } catch (err) {
       if (err instanceof StoreRefused || Date.now() + delay > deadline) {
         const cause = (err as Error & { cause?: Error }).cause?.message;
-        throw new Error(`${what}: ${(err as Error).message}${cause ? ` (${cause})` : ''}`);
+        throw new Error(`${what}: ${(err as Error).message}${cause ? ` (${cause})` : ''}`, { cause: err });
       }
     }
     await new Promise((r) => setTimeout(r, delay));
@@ -101,7 +101,9 @@ export function createTarget(ctx: TargetContext): UblkTarget {
 
   const eachBlock = (io: UblkIo, fn: (block: number, data: Buffer) => Promise<void>): Promise<void[]> =>
     Promise.all(
-      Array.from({ length: io.length / BLOCK }, (_, i) => fn(io.offset / BLOCK + i, io.buffer.subarray(i * BLOCK, (i + 1) * BLOCK))),
+      Array.from({ length: io.length / BLOCK }, (_, i) =>
+        fn(io.offset / BLOCK + i, io.buffer.subarray(i * BLOCK, (i + 1) * BLOCK)),
+      ),
     );
 
   return {

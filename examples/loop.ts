@@ -40,6 +40,10 @@ if (require.main === module) {
   void runExample(process.argv.slice(2), 'loop.js add BACKING_FILE | del ID', ([file]) => {
     if (!file) throw new Error('usage: loop.js add BACKING_FILE');
     const path = fs.realpathSync(file);
-    return { target: { type: 'js', module: __filename, options: { file: path } }, size: fs.statSync(path).size, depth: 64 };
+    return {
+      target: { type: 'js', module: __filename, options: { file: path } },
+      size: fs.statSync(path).size,
+      depth: 64,
+    };
   });
 }

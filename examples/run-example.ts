@@ -6,7 +6,11 @@
 import { normalizeDeviceSpec, removeDevice, UblkControl, UblkDevice } from '../src';
 import type { DeviceSpecInput } from '../src';
 
-export async function runExample(argv: string[], usage: string, specFor: (args: string[]) => DeviceSpecInput): Promise<void> {
+export async function runExample(
+  argv: string[],
+  usage: string,
+  specFor: (args: string[]) => DeviceSpecInput,
+): Promise<void> {
   const [command, ...args] = argv;
   if (command === 'add') return add(specFor(args));
   if (command === 'del' && args[0] !== undefined && /^\d+$/.test(args[0])) return del(Number(args[0]));
@@ -16,7 +20,9 @@ export async function runExample(argv: string[], usage: string, specFor: (args: 
 
 async function add(input: DeviceSpecInput): Promise<void> {
   const device = await UblkDevice.create(normalizeDeviceSpec(input));
-  console.log(`dev ${device.id}: ${device.blockPath} is ${device.info.state}, served by pid ${process.pid}; Ctrl-C to delete`);
+  console.log(
+    `dev ${device.id}: ${device.blockPath} is ${device.info.state}, served by pid ${process.pid}; Ctrl-C to delete`,
+  );
   const stop = (): void => {
     void device.remove().then(() => console.log(`dev ${device.id}: deleted`));
   };

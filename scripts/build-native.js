@@ -9,7 +9,9 @@ const path = require('node:path');
 const probe = spawnSync('pkg-config', ['--exists', 'liburing'], { stdio: 'ignore' });
 if (probe.error || probe.status !== 0) {
   const why = probe.error ? 'pkg-config is not installed' : 'pkg-config cannot find liburing';
-  console.error(`ublk-ts: ${why}: install Debian's liburing-dev and pkg-config (apt-get install liburing-dev pkg-config)`);
+  console.error(
+    `ublk-ts: ${why}: install Debian's liburing-dev and pkg-config (apt-get install liburing-dev pkg-config)`,
+  );
   process.exit(1);
 }
 
@@ -17,7 +19,17 @@ if (probe.error || probe.status !== 0) {
 function findNodeGyp() {
   const candidates = [
     process.env.npm_config_node_gyp,
-    path.join(path.dirname(process.execPath), '..', 'lib', 'node_modules', 'npm', 'node_modules', 'node-gyp', 'bin', 'node-gyp.js'),
+    path.join(
+      path.dirname(process.execPath),
+      '..',
+      'lib',
+      'node_modules',
+      'npm',
+      'node_modules',
+      'node-gyp',
+      'bin',
+      'node-gyp.js',
+    ),
   ];
   return candidates.find((p) => p && fs.existsSync(p));
 }
@@ -30,8 +42,13 @@ if (!nodeGyp) {
 // Node's own headers, where this Node ships them, so a build needs no download (CI has no network).
 const env = { ...process.env };
 const nodeDir = path.join(path.dirname(process.execPath), '..');
-if (!env.npm_config_nodedir && fs.existsSync(path.join(nodeDir, 'include', 'node', 'node_api.h'))) env.npm_config_nodedir = nodeDir;
-const build = spawnSync(process.execPath, [nodeGyp, 'rebuild'], { stdio: 'inherit', cwd: path.join(__dirname, '..'), env });
+if (!env.npm_config_nodedir && fs.existsSync(path.join(nodeDir, 'include', 'node', 'node_api.h')))
+  env.npm_config_nodedir = nodeDir;
+const build = spawnSync(process.execPath, [nodeGyp, 'rebuild'], {
+  stdio: 'inherit',
+  cwd: path.join(__dirname, '..'),
+  env,
+});
 if (build.error) {
   console.error(`ublk-ts: cannot run node-gyp: ${build.error.message}`);
   process.exit(1);

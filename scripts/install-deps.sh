@@ -9,6 +9,8 @@ packages=(
   g++ make python3 pkg-config liburing-dev
   # end-to-end tests and benchmarks: the VM and the real tools used in it
   qemu-system-x86 busybox-static xz-utils fio e2fsprogs util-linux
+  # lint: the C++ formatter (npm run lint)
+  clang-format
 )
 
 missing=()

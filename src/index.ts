@@ -7,14 +7,28 @@
  * error types.
  */
 export { UblkControl, listDeviceIds, CONTROL_PATH } from './kernel/control';
-export type { ControlCommands, DeviceInfo, DeviceParams, DeviceParamsReadback, AddDeviceOptions } from './kernel/control';
+export type {
+  ControlCommands,
+  DeviceInfo,
+  DeviceParams,
+  DeviceParamsReadback,
+  AddDeviceOptions,
+} from './kernel/control';
 export { featureNames, deviceStateName } from './kernel/uapi';
 export type { DeviceState, IoOp } from './kernel/uapi';
 export { UblkDevice } from './device/device';
 export type { QueueExit, CreateProgress, DeviceOptions } from './device/device';
 export type { UblkIo, UblkTarget, TargetContext, SetupContext, TargetModule } from './device/js-target';
 export { normalizeDeviceSpec, maxQueues, DEFAULTS, TARGET_TYPES, RECOVERY_MODES } from './spec/device-spec';
-export type { DeviceSpec, DeviceSpecInput, TargetInput, TargetSpec, TargetType, RecoveryMode, DirectIoMode } from './spec/device-spec';
+export type {
+  DeviceSpec,
+  DeviceSpecInput,
+  TargetInput,
+  TargetSpec,
+  TargetType,
+  RecoveryMode,
+  DirectIoMode,
+} from './spec/device-spec';
 export { supportedRecoveryModes } from './spec/recovery-mode';
 export { parseSize, formatSize } from './spec/sizes';
 export { startServer, removeDevice, DEFAULT_STATE_DIR, serverLogPath } from './server/launcher';

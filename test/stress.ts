@@ -11,7 +11,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
-import type { TestRecord } from './e2e/record-reporter';
+import type { TestRecord } from './e2e/test-record';
 import { E2E_PATTERN, mochaShellCommand, ROOT, shellQuote } from './mocha-command';
 import { runInVm, VmUnavailable } from './vm';
 
@@ -35,7 +35,8 @@ function parseCli(argv: string[]): StressOptions {
     },
   });
   const runs = Number(values.runs);
-  if (!Number.isInteger(runs) || runs < 1 || runs > 100) throw new Error(`--runs wants a whole number from 1 to 100, got ${values.runs}`);
+  if (!Number.isInteger(runs) || runs < 1 || runs > 100)
+    throw new Error(`--runs wants a whole number from 1 to 100, got ${values.runs}`);
   // About 12 minutes a run under load on a 2-core host; a hung run is cut off by mocha's per-test timeout first.
   const timeoutMin = values['timeout-min'] === undefined ? 15 * runs + 5 : Number(values['timeout-min']);
   if (!(timeoutMin > 0)) throw new Error(`--timeout-min wants a positive number, got ${values['timeout-min']}`);
@@ -109,7 +110,7 @@ async function main(): Promise<number> {
       (opts.load ? `, with ${hogs.length} busy loop(s) keeping the host's cores busy` : ', no load'),
   );
   let exitCode: number;
-  let timedOut = false;
+  let timedOut: boolean;
   let results: ReturnType<typeof tally>;
   try {
     const r = await runInVm({
@@ -135,7 +136,9 @@ async function main(): Promise<number> {
   const { perTest, missingRuns } = results;
 
   const wallMin = ((Date.now() - started) / 60_000).toFixed(1);
-  console.log(`\n== stress summary: ${opts.runs} run(s), ${wallMin} min wall time${opts.load ? ', host cores busy' : ''} ==`);
+  console.log(
+    `\n== stress summary: ${opts.runs} run(s), ${wallMin} min wall time${opts.load ? ', host cores busy' : ''} ==`,
+  );
   let passed = 0;
   let failed = 0;
   let skipped = 0;
@@ -144,7 +147,9 @@ async function main(): Promise<number> {
     failed += t.failed;
     skipped += t.skipped;
     const mark = t.failed > 0 ? 'FAIL' : 'ok  ';
-    console.log(`${mark} ${String(t.passed).padStart(3)} passed ${String(t.failed).padStart(3)} failed ${String(t.skipped).padStart(3)} skipped  ${title}`);
+    console.log(
+      `${mark} ${String(t.passed).padStart(3)} passed ${String(t.failed).padStart(3)} failed ${String(t.skipped).padStart(3)} skipped  ${title}`,
+    );
     for (const e of t.errors) console.log(`       ${e}`);
   }
   if (missingRuns.length > 0) {

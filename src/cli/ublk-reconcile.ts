@@ -38,7 +38,9 @@ function printResult(result: PassResult, json: boolean): void {
   for (const d of result.devices) {
     const dev = d.devId !== undefined ? `dev ${d.devId}` : '-';
     const status = d.outcome === 'failed' ? `FAILED: ${d.error}` : d.outcome;
-    console.log(`${d.action.padEnd(8)} ${d.name.padEnd(24)} ${dev.padEnd(8)} ${status.padEnd(9)} ${d.reason}${d.dataLost ? ' [data-plane state was lost]' : ''}`);
+    console.log(
+      `${d.action.padEnd(8)} ${d.name.padEnd(24)} ${dev.padEnd(8)} ${status.padEnd(9)} ${d.reason}${d.dataLost ? ' [data-plane state was lost]' : ''}`,
+    );
   }
 }
 

@@ -138,7 +138,9 @@ async function cmdDel(args: string[]): Promise<void> {
     return done;
   });
   if (values.json) console.log(toJson(results));
-  else for (const r of results) console.log(`dev ${r.id}: deleted${r.serverExited ? '' : ` (server pid ${r.serverPid} still running)`}`);
+  else
+    for (const r of results)
+      console.log(`dev ${r.id}: deleted${r.serverExited ? '' : ` (server pid ${r.serverPid} still running)`}`);
 }
 
 async function cmdRecover(args: string[]): Promise<void> {
@@ -226,7 +228,13 @@ async function cmdList(args: string[]): Promise<void> {
     ]);
   }
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
-  for (const r of rows) console.log(r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd());
+  for (const r of rows)
+    console.log(
+      r
+        .map((c, i) => c.padEnd(widths[i]!))
+        .join('  ')
+        .trimEnd(),
+    );
 }
 
 async function cmdFeatures(args: string[]): Promise<void> {
@@ -234,7 +242,9 @@ async function cmdFeatures(args: string[]): Promise<void> {
   const control = await UblkControl.open();
   control.close();
   if (values.json) {
-    console.log(toJson({ features: control.features, names: control.featureNames, legacyOpcodes: control.legacyOpcodes }));
+    console.log(
+      toJson({ features: control.features, names: control.featureNames, legacyOpcodes: control.legacyOpcodes }),
+    );
   } else {
     console.log(`features 0x${control.features.toString(16)}: ${control.featureNames.join(' ') || '(none)'}`);
     if (control.legacyOpcodes) console.log('kernel uses legacy command opcodes (before 6.4)');

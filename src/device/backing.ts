@@ -89,7 +89,10 @@ function reopenMemory(spec: DeviceSpec, devId: number): Backing {
     fd = fs.openSync(file, fs.constants.O_RDWR);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-      throw new SpecError('target', `the memory of device ${devId} is gone (${file} does not exist): it cannot be recovered`);
+      throw new SpecError(
+        'target',
+        `the memory of device ${devId} is gone (${file} does not exist): it cannot be recovered`,
+      );
     }
     throw err;
   }
@@ -97,7 +100,13 @@ function reopenMemory(spec: DeviceSpec, devId: number): Backing {
     fs.closeSync(fd);
     throw new SpecError('size', `${file} holds ${fs.statSync(file).size} bytes, not the device's ${spec.sizeBytes}`);
   }
-  return { fd, directIo: false, description: `memory (${file})`, bindToDevice: () => undefined, close: () => fs.closeSync(fd) };
+  return {
+    fd,
+    directIo: false,
+    description: `memory (${file})`,
+    bindToDevice: () => undefined,
+    close: () => fs.closeSync(fd),
+  };
 }
 
 type LoopTarget = Extract<DeviceSpec['target'], { type: 'loop' }>;
@@ -121,7 +130,10 @@ function openLoop(spec: DeviceSpec, target: LoopTarget): Backing {
     const { fd, directIo } = openWithDirectIoPolicy(spec, target);
     if (!native().flock(fd, true, true)) {
       fs.closeSync(fd);
-      throw new SpecError('target.file', `${file} is already in use by another ublk-ts device (it holds the file's lock)`);
+      throw new SpecError(
+        'target.file',
+        `${file} is already in use by another ublk-ts device (it holds the file's lock)`,
+      );
     }
     return {
       fd,
@@ -144,7 +156,8 @@ function openOrExplain(file: string, flags: number, mode?: number): number {
     return fs.openSync(file, flags, mode);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'EACCES' || code === 'EPERM' || code === 'EROFS') throw new SpecError('target.file', `${file}: permission denied (${code})`);
+    if (code === 'EACCES' || code === 'EPERM' || code === 'EROFS')
+      throw new SpecError('target.file', `${file}: permission denied (${code})`);
     if (code === 'ENOENT') throw new SpecError('target.file', `${file} does not exist`);
     throw err;
   }
@@ -185,4 +198,3 @@ function openWithDirectIoPolicy(spec: DeviceSpec, target: LoopTarget): { fd: num
   }
   return { fd, directIo: true };
 }
-

@@ -75,7 +75,10 @@ export class UblkDevice {
    * its tags, START_DEV. On any failure the half-made device is deleted
    * (and a file it created removed) before the error is thrown.
    */
-  static async create(spec: DeviceSpec, opts: DeviceOptions & { onProgress?: (p: CreateProgress) => void } = {}): Promise<UblkDevice> {
+  static async create(
+    spec: DeviceSpec,
+    opts: DeviceOptions & { onProgress?: (p: CreateProgress) => void } = {},
+  ): Promise<UblkDevice> {
     return UblkDevice.bringUp(spec, opts, async (control, held) => {
       checkRecoverySupported(spec.recovery, control.features);
       const shared = await prepareJsTarget(spec);
@@ -112,7 +115,12 @@ export class UblkDevice {
         throw new UblkError('START_USER_RECOVERY', devId, ERRNO.EINVAL, 'device was created without user recovery');
       }
       if (before.state !== 'QUIESCED' && before.state !== 'FAIL_IO') {
-        throw new UblkError('START_USER_RECOVERY', devId, ERRNO.EINVAL, `device is ${before.state}, not QUIESCED or FAIL_IO`);
+        throw new UblkError(
+          'START_USER_RECOVERY',
+          devId,
+          ERRNO.EINVAL,
+          `device is ${before.state}, not QUIESCED or FAIL_IO`,
+        );
       }
       const shared = await prepareJsTarget(spec);
       held.backing = openBacking(spec, { recoverDevId: devId });
@@ -185,7 +193,12 @@ async function retryWhileBusy(command: () => Promise<void>): Promise<void> {
  * aborted by STOP_DEV) means the device is going away, so a memory
  * device's bytes go too; after a failure they stay for recovery.
  */
-function closeOnExit(exited: Promise<QueueExit[]>, backing: Backing | undefined, spec: DeviceSpec, devId: number): Promise<QueueExit[]> {
+function closeOnExit(
+  exited: Promise<QueueExit[]>,
+  backing: Backing | undefined,
+  spec: DeviceSpec,
+  devId: number,
+): Promise<QueueExit[]> {
   const isMemory = spec.target.type === 'memory';
   return exited.then((exits) => {
     backing?.close();

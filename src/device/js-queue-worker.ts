@@ -15,7 +15,8 @@ export interface QueueWorkerData extends NativeJsQueueOptions {
 }
 
 /** Messages a queue worker posts to the server's main thread. */
-export type QueueWorkerMessage = { kind: 'ready' } | { kind: 'exit'; ios: number; error?: string } | { kind: 'log'; line: string };
+export type QueueWorkerMessage =
+  { kind: 'ready' } | { kind: 'exit'; ios: number; error?: string } | { kind: 'log'; line: string };
 
 const EIO = ERRNO.EIO;
 
@@ -84,7 +85,9 @@ async function main(): Promise<void> {
 
   queue = new (native().JsQueue)(data, onEvents);
   const descriptors = new DataView(queue.descriptors);
-  const tagBuffers = Array.from({ length: data.depth }, (_, tag) => Buffer.from(queue.buffers, tag * data.maxIoSize, data.maxIoSize));
+  const tagBuffers = Array.from({ length: data.depth }, (_, tag) =>
+    Buffer.from(queue.buffers, tag * data.maxIoSize, data.maxIoSize),
+  );
 
   function dispatch(tag: number): void {
     ios++;
@@ -103,7 +106,10 @@ async function main(): Promise<void> {
     };
     const fail = (err: unknown): void => {
       if (done) return;
-      post({ kind: 'log', line: `${where} tag ${tag}: ${op} at ${offset} failed: ${(err as Error)?.message ?? String(err)}` });
+      post({
+        kind: 'log',
+        line: `${where} tag ${tag}: ${op} at ${offset} failed: ${(err as Error)?.message ?? String(err)}`,
+      });
       done = true;
       finish(tag, errnoOf(err));
     };

@@ -85,5 +85,9 @@ export function startJsQueues(
       lifecycle.queueExited(exit ?? { qid, ios: 0, error: queueError(qid, info.id, 'worker ended without a word') });
     });
   }
-  return { stop: () => workers.forEach((w) => w.postMessage('stop')), ready: lifecycle.ready, exited: lifecycle.exited };
+  return {
+    stop: () => workers.forEach((w) => w.postMessage('stop')),
+    ready: lifecycle.ready,
+    exited: lifecycle.exited,
+  };
 }

@@ -77,7 +77,7 @@ export function loadTargetModule(modulePath: string): TargetModule {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     loaded = require(modulePath);
   } catch (err) {
-    throw new Error(`cannot load ${modulePath}: ${(err as Error).message.split('\n')[0]}`);
+    throw new Error(`cannot load ${modulePath}: ${(err as Error).message.split('\n')[0]}`, { cause: err });
   }
   const candidates = [loaded, (loaded as { default?: unknown })?.default];
   for (const c of candidates) {

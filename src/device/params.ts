@@ -17,7 +17,11 @@ export function deviceParams(spec: DeviceSpec, maxIoSize: number): DeviceParams 
   };
   if (spec.target.type === 'loop' || spec.target.type === 'memory') {
     // Discards become hole punches; advertise them so blkdiscard and mkfs use them.
-    params.discard = { granularity: DISCARD_GRANULARITY, maxDiscardBytes: DISCARD_LIMIT, maxWriteZeroesBytes: DISCARD_LIMIT };
+    params.discard = {
+      granularity: DISCARD_GRANULARITY,
+      maxDiscardBytes: DISCARD_LIMIT,
+      maxWriteZeroesBytes: DISCARD_LIMIT,
+    };
   }
   if (spec.target.type === 'loop') {
     // The page cache of a buffered backing file is a volatile write cache.

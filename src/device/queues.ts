@@ -42,7 +42,12 @@ async function waitForNode(path: string, timeoutMs: number): Promise<void> {
       return;
     } catch {
       if (Date.now() > deadline) {
-        throw new UblkError(`WAIT ${path}`, undefined, ERRNO.ENOENT, `device node did not appear within ${timeoutMs} ms`);
+        throw new UblkError(
+          `WAIT ${path}`,
+          undefined,
+          ERRNO.ENOENT,
+          `device node did not appear within ${timeoutMs} ms`,
+        );
       }
       await sleep(20);
     }
@@ -91,7 +96,9 @@ export class QueueLifecycle {
   /** A queue that ends before all are ready makes `ready` reject (no effect afterwards). */
   queueExited(exit: QueueExit): void {
     this.exits.push(exit);
-    this.rejectReady(exit.error ?? queueError(exit.qid, this.devId, `queue ${exit.qid} ended before the device started`));
+    this.rejectReady(
+      exit.error ?? queueError(exit.qid, this.devId, `queue ${exit.qid} ended before the device started`),
+    );
     if (this.exits.length === this.count) {
       this.onAllExited?.();
       this.resolveExited(this.exits.sort((a, b) => a.qid - b.qid));

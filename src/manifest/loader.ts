@@ -89,7 +89,15 @@ interface CheckedDocument {
 function syntaxErrors(ctx: DocumentContext): ManifestError[] {
   const first = ctx.doc.errors[0];
   if (!first) return [];
-  return [{ file: ctx.file, ...ctx.position(first.pos[0]), path: '', message: `invalid YAML: ${first.message}`, manifestName: ctx.name }];
+  return [
+    {
+      file: ctx.file,
+      ...ctx.position(first.pos[0]),
+      path: '',
+      message: `invalid YAML: ${first.message}`,
+      manifestName: ctx.name,
+    },
+  ];
 }
 
 /** Checks one document; undefined for an empty one (a trailing `---`, only comments). */
@@ -145,7 +153,11 @@ function formatPosition(ctx: DocumentContext, segments: readonly string[]): stri
  * Adds an error to every document that shares a key (name or fixed id) with
  * another, each pointing at its own node and naming where the others are.
  */
-function markDuplicates(docs: CheckedDocument[], field: string[], describe: (key: unknown) => string | undefined): void {
+function markDuplicates(
+  docs: CheckedDocument[],
+  field: string[],
+  describe: (key: unknown) => string | undefined,
+): void {
   const groups = new Map<string, CheckedDocument[]>();
   for (const d of docs) {
     const key = describe(d.ctx.doc.getIn(field));

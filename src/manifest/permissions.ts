@@ -20,10 +20,10 @@ export function permissionProblem(p: string, what: 'directory' | 'file'): string
   } catch {
     return undefined;
   }
-  if (st.uid !== 0) return `refusing ${what} owned by uid ${st.uid}, not root; fix with chown root, or pass --insecure-permissions`;
+  if (st.uid !== 0)
+    return `refusing ${what} owned by uid ${st.uid}, not root; fix with chown root, or pass --insecure-permissions`;
   if (st.mode & 0o022) {
     return `refusing ${what} writable by group/others (mode ${modeOctal(st.mode)}); fix with chmod go-w, or pass --insecure-permissions`;
   }
   return undefined;
 }
-

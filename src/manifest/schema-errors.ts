@@ -50,10 +50,18 @@ function targetTypeError(ctx: DocumentContext, e: ErrorObject, segments: string[
 /** What a value must be, in words; undefined for keywords this schema does not use. */
 function expectation(e: ErrorObject): string | undefined {
   const expected = (e.parentSchema as { 'x-expected'?: string } | undefined)?.['x-expected'];
+  // ajv's params differ per keyword; each case below reads the ones its keyword has.
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
   const params = e.params as Record<string, any>;
   switch (e.keyword) {
     case 'type':
-      return expected ?? ([] as string[]).concat(params.type).map((t) => typeWords[t] ?? t).join(' or ');
+      return (
+        expected ??
+        ([] as string[])
+          .concat(params.type)
+          .map((t) => typeWords[t] ?? t)
+          .join(' or ')
+      );
     case 'pattern':
       return expected ?? `text matching ${params.pattern}`;
     case 'maximum':
@@ -101,4 +109,3 @@ export function schemaErrors(ctx: DocumentContext, errors: ErrorObject[]): Manif
   }
   return [...byPath.values()];
 }
-

@@ -56,7 +56,15 @@ let compiled: ValidateFunction<UblkDeviceManifest> | undefined;
  */
 export function manifestValidator(): ValidateFunction<UblkDeviceManifest> {
   if (!compiled) {
-    const ajv = new Ajv({ allErrors: true, useDefaults: true, discriminator: true, verbose: true, strict: true, strictRequired: false, allowUnionTypes: true });
+    const ajv = new Ajv({
+      allErrors: true,
+      useDefaults: true,
+      discriminator: true,
+      verbose: true,
+      strict: true,
+      strictRequired: false,
+      allowUnionTypes: true,
+    });
     // Annotations for people and for limits.ts; they validate nothing themselves.
     ajv.addKeyword({ keyword: 'x-expected', schemaType: 'string' });
     ajv.addKeyword({ keyword: 'x-bytes', schemaType: 'object' });

@@ -68,4 +68,3 @@ export function describeValue(v: unknown): string {
   if (typeof v === 'object') return Object.getPrototypeOf(v) === Object.prototype ? 'a mapping' : String(v);
   return String(v);
 }
-

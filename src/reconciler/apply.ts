@@ -38,7 +38,14 @@ function message(err: unknown): string {
 
 /** The outcome of an action that was only planned (or changes nothing). */
 export function plannedOutcome(a: Action, outcome: DeviceOutcome['outcome']): DeviceOutcome {
-  const o: DeviceOutcome = { name: a.name, action: a.kind, devId: a.devId, reason: a.reason, outcome, dataLost: a.dataLost };
+  const o: DeviceOutcome = {
+    name: a.name,
+    action: a.kind,
+    devId: a.devId,
+    reason: a.reason,
+    outcome,
+    dataLost: a.dataLost,
+  };
   if (a.dueAt !== undefined) o.dueAt = new Date(a.dueAt).toISOString();
   return o;
 }
@@ -48,7 +55,11 @@ export function plannedOutcome(a: Action, outcome: DeviceOutcome['outcome']): De
  * death counts as a failure: a server that died within STABLE_MS of
  * starting did not work, so a crash loop backs off.
  */
-function restartHistory(name: string, record: DeviceRecord, ctx: ApplyContext): { failures: number; lastError?: string } {
+function restartHistory(
+  name: string,
+  record: DeviceRecord,
+  ctx: ApplyContext,
+): { failures: number; lastError?: string } {
   const lived = ctx.now - Date.parse(record.updatedAt);
   if (lived >= STABLE_MS) {
     ctx.backoff.succeeded(name);
@@ -66,13 +77,18 @@ function specOf(manifest: LoadedManifest): DeviceSpec {
   try {
     return normalizeDeviceSpec(manifest.spec);
   } catch (err) {
-    if (err instanceof SpecError) throw new SpecError(`${manifest.file}:${manifest.line}: spec.${err.field}`, err.detail);
+    if (err instanceof SpecError)
+      throw new SpecError(`${manifest.file}:${manifest.line}: spec.${err.field}`, err.detail);
     throw err;
   }
 }
 
 async function createFrom(kernel: Kernel, manifest: LoadedManifest): Promise<{ devId: number; blockPath: string }> {
-  const server = await kernel.startServer(specOf(manifest), { owner: 'reconciler', manifest: manifest.name, specHash: manifest.hash });
+  const server = await kernel.startServer(specOf(manifest), {
+    owner: 'reconciler',
+    manifest: manifest.name,
+    specHash: manifest.hash,
+  });
   return { devId: server.info.id, blockPath: server.info.blockPath };
 }
 

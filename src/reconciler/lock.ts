@@ -10,7 +10,10 @@ export interface ReconcileLock {
 
 /** Raised when another reconciler holds the lock (exit status 2). */
 export class LockHeldError extends Error {
-  constructor(readonly lockPath: string, holder: string) {
+  constructor(
+    readonly lockPath: string,
+    holder: string,
+  ) {
     super(`another ublk-reconcile${holder ? ` (pid ${holder})` : ''} holds the lock ${lockPath}`);
     this.name = 'LockHeldError';
   }

@@ -72,7 +72,13 @@ function withBackoff(a: Action, input: PlanInput): Action {
   const pending = step ? input.backoff?.(a.name) : undefined;
   if (!pending) return a;
   const inSeconds = Math.ceil((pending.dueAt - input.now) / 1000);
-  return { ...a, kind: 'wait', reason: `${step} failed ${pending.failures} time(s); next try in ${inSeconds} s`, dueAt: pending.dueAt, dataLost: undefined };
+  return {
+    ...a,
+    kind: 'wait',
+    reason: `${step} failed ${pending.failures} time(s); next try in ${inSeconds} s`,
+    dueAt: pending.dueAt,
+    dataLost: undefined,
+  };
 }
 
 function planExisting(want: DesiredDevice, record: DeviceRecord, dev: LiveDevice | undefined, now: number): Action {
@@ -87,11 +93,17 @@ function planExisting(want: DesiredDevice, record: DeviceRecord, dev: LiveDevice
     return { ...base, kind: 'recreate', reason: `device is ${dev.state} with no server`, dataLost: true };
   }
   if (changed) {
-    if (dev.inUse) return { ...base, kind: 'drift', reason: `${want.source} changed, but the device is in use: left as it is` };
+    if (dev.inUse)
+      return { ...base, kind: 'drift', reason: `${want.source} changed, but the device is in use: left as it is` };
     return { ...base, kind: 'recreate', reason: `${want.source} changed and the device is not in use` };
   }
   if (dev.state === 'LIVE' && !serverGone) return { ...base, kind: 'noop', reason: 'matches its manifest' };
-  return { ...base, kind: 'wait', reason: `device is ${dev.state}; waiting for the kernel to settle`, dueAt: now + SETTLE_MS };
+  return {
+    ...base,
+    kind: 'wait',
+    reason: `device is ${dev.state}; waiting for the kernel to settle`,
+    dueAt: now + SETTLE_MS,
+  };
 }
 
 /** The plan: one action per name, sorted by name. */
@@ -128,7 +140,11 @@ export function plan(input: PlanInput): Action[] {
     if (input.invalidNames.has(name)) {
       actions.push({ ...base, kind: 'hold', reason: 'its manifest is invalid: device left exactly as it is' });
     } else if (input.unattributedErrors) {
-      actions.push({ ...base, kind: 'hold', reason: 'a manifest whose name cannot be read is invalid: no device is deleted this pass' });
+      actions.push({
+        ...base,
+        kind: 'hold',
+        reason: 'a manifest whose name cannot be read is invalid: no device is deleted this pass',
+      });
     } else {
       actions.push({ ...base, kind: 'delete', reason: 'its manifest is gone' });
     }

@@ -97,12 +97,19 @@ export async function reconcileOnce(kernel: Kernel, opts: ReconcileOptions): Pro
   for (const action of [...actions].sort((a, b) => rank(a) - rank(b))) {
     const outcome = opts.planOnly
       ? plannedOutcome(action, isChange(action) ? 'planned' : 'unchanged')
-      : await apply({ kernel, backoff, now }, action, byName.get(action.name), records.find((r) => r.devId === action.devId));
+      : await apply(
+          { kernel, backoff, now },
+          action,
+          byName.get(action.name),
+          records.find((r) => r.devId === action.devId),
+        );
     if (!(opts.quietNoops && outcome.action === 'noop')) log(describe(outcome));
     devices.push(outcome);
   }
   devices.sort((a, b) => a.name.localeCompare(b.name));
-  const unsettled = devices.some((d) => d.outcome === 'failed' || ['drift', 'refuse', 'hold', 'wait'].includes(d.action));
+  const unsettled = devices.some(
+    (d) => d.outcome === 'failed' || ['drift', 'refuse', 'hold', 'wait'].includes(d.action),
+  );
   const result: PassResult = { devices, manifestErrors, exitCode: manifestErrors.length > 0 || unsettled ? 1 : 0 };
   const requeue = requeueAfter(actions, now);
   if (requeue !== undefined) result.requeueAfterMs = requeue;

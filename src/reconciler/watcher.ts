@@ -159,7 +159,11 @@ export class ReconcileWatcher {
       this.again = false;
       this.log(`pass (${reason})`);
       try {
-        const result = await reconcileOnce(this.kernel, { ...this.opts, backoff: this.backoff, quietNoops: this.passes++ > 1 });
+        const result = await reconcileOnce(this.kernel, {
+          ...this.opts,
+          backoff: this.backoff,
+          quietNoops: this.passes++ > 1,
+        });
         this.opts.onPass?.(result);
         if (result.requeueAfterMs !== undefined) this.requeueAfter(result.requeueAfterMs);
       } catch (err) {

@@ -139,7 +139,11 @@ export async function startServer(spec: DeviceSpec, opts: LaunchOptions = {}): P
   throw outcome.error;
 }
 
-async function reapFailedServer(pid: number | undefined, addedId: number | undefined, given: ControlCommands | undefined): Promise<void> {
+async function reapFailedServer(
+  pid: number | undefined,
+  addedId: number | undefined,
+  given: ControlCommands | undefined,
+): Promise<void> {
   if (pid !== undefined && isAlive(pid)) {
     try {
       process.kill(pid, 'SIGKILL');
@@ -182,7 +186,11 @@ export interface RemovedDevice {
  * the same for a device served by this process; UblkControl.deleteDevice
  * is the bare DEL_DEV command.)
  */
-export async function removeDevice(control: ControlCommands, id: number, opts: RemoveOptions = {}): Promise<RemovedDevice> {
+export async function removeDevice(
+  control: ControlCommands,
+  id: number,
+  opts: RemoveOptions = {},
+): Promise<RemovedDevice> {
   const timeoutMs = opts.timeoutMs ?? 30_000;
   const forget = (): void => {
     // The device is gone: so are its memory (if a server died holding it) and its record.
@@ -197,7 +205,12 @@ export async function removeDevice(control: ControlCommands, id: number, opts: R
       control.deleteDevice(id),
       timeoutMs,
       () =>
-        new UblkError('DEL_DEV', id, ERRNO.ETIMEDOUT, `server pid ${info.serverPid} still holds ${info.charPath} after ${timeoutMs} ms`),
+        new UblkError(
+          'DEL_DEV',
+          id,
+          ERRNO.ETIMEDOUT,
+          `server pid ${info.serverPid} still holds ${info.charPath} after ${timeoutMs} ms`,
+        ),
     );
   } catch (err) {
     if (!(opts.missingOk && err instanceof UblkError && err.code === 'ENODEV')) throw err;

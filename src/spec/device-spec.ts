@@ -148,7 +148,8 @@ function deviceSizeProblem(size: unknown, logicalBlockSize: number): string | un
   const bytes = sizeOf(size);
   if (typeof bytes !== 'number') return bytes.problem;
   if (bytes === 0) return `must be greater than 0, got ${shown(size)}`;
-  if (bytes % logicalBlockSize !== 0) return `must be a multiple of the logical block size (${logicalBlockSize}), got ${bytes}`;
+  if (bytes % logicalBlockSize !== 0)
+    return `must be a multiple of the logical block size (${logicalBlockSize}), got ${bytes}`;
   return undefined;
 }
 
@@ -188,7 +189,12 @@ function targetOf(input: DeviceSpecInput): LooseTarget {
 
 function targetProblems(t: LooseTarget): SpecProblem[] {
   if (!TARGET_TYPES.includes(t.type as TargetType)) {
-    return [{ field: 'target', detail: `unknown target ${JSON.stringify(t.type)}: expected one of ${TARGET_TYPES.join(', ')}` }];
+    return [
+      {
+        field: 'target',
+        detail: `unknown target ${JSON.stringify(t.type)}: expected one of ${TARGET_TYPES.join(', ')}`,
+      },
+    ];
   }
   const problems: Array<[string, string | undefined]> = [];
   if (t.type === 'loop') {
@@ -198,9 +204,12 @@ function targetProblems(t: LooseTarget): SpecProblem[] {
   if (t.type === 'js') {
     problems.push(['target.module', absolutePathProblem('js', t.module)]);
     const o = t.options;
-    if (o !== undefined && (typeof o !== 'object' || o === null || Array.isArray(o))) problems.push(['target.options', 'must be an object']);
+    if (o !== undefined && (typeof o !== 'object' || o === null || Array.isArray(o)))
+      problems.push(['target.options', 'must be an object']);
   }
-  return problems.filter((p): p is [string, string] => p[1] !== undefined).map(([field, detail]) => ({ field, detail }));
+  return problems
+    .filter((p): p is [string, string] => p[1] !== undefined)
+    .map(([field, detail]) => ({ field, detail }));
 }
 
 /**
@@ -243,7 +252,10 @@ function bytes(value: number | string): number {
  * first the field checks (`specProblems`), then what only the host can
  * answer (the loop file, the js module).
  */
-export function normalizeDeviceSpec(input: DeviceSpecInput, limits: HostLimits = { maxQueues: maxQueues() }): DeviceSpec {
+export function normalizeDeviceSpec(
+  input: DeviceSpecInput,
+  limits: HostLimits = { maxQueues: maxQueues() },
+): DeviceSpec {
   const first = specProblems(input, limits)[0];
   if (first) throw new SpecError(first.field, first.detail);
   const target = normalizeTarget(targetOf(input));
@@ -275,7 +287,12 @@ function normalizeTarget(t: LooseTarget): TargetSpec {
     if (!fs.existsSync(t.module!)) throw new SpecError('target.module', `${t.module} does not exist`);
     return { type: 'js', module: t.module!, options: t.options ?? {} };
   }
-  return { type: 'loop', file: path.normalize(t.file!), create: t.create ?? DEFAULTS.create, directIo: t.directIo ?? DEFAULTS.directIo };
+  return {
+    type: 'loop',
+    file: path.normalize(t.file!),
+    create: t.create ?? DEFAULTS.create,
+    directIo: t.directIo ?? DEFAULTS.directIo,
+  };
 }
 
 /**
@@ -283,7 +300,11 @@ function normalizeTarget(t: LooseTarget): TargetSpec {
  * the file as far as can be done without opening it for IO: it exists (or
  * will be created), is a regular file or block device, and is accessible.
  */
-function loopSize(target: Extract<TargetSpec, { type: 'loop' }>, requested: number | undefined, readOnly: boolean): number {
+function loopSize(
+  target: Extract<TargetSpec, { type: 'loop' }>,
+  requested: number | undefined,
+  readOnly: boolean,
+): number {
   let st: fs.Stats;
   try {
     st = fs.statSync(target.file);
@@ -292,11 +313,15 @@ function loopSize(target: Extract<TargetSpec, { type: 'loop' }>, requested: numb
     if (code === 'ENOENT' && target.create) {
       if (requested === undefined) throw new SpecError('size', `is required to create ${target.file}`);
       const dir = path.dirname(target.file);
-      if (!fs.existsSync(dir)) throw new SpecError('target.file', `cannot create ${target.file}: ${dir} does not exist`);
+      if (!fs.existsSync(dir))
+        throw new SpecError('target.file', `cannot create ${target.file}: ${dir} does not exist`);
       return requested;
     }
     if (code === 'ENOENT') {
-      throw new SpecError('target.file', `${target.file} does not exist (set create to make a sparse file of the given size)`);
+      throw new SpecError(
+        'target.file',
+        `${target.file} does not exist (set create to make a sparse file of the given size)`,
+      );
     }
     if (code === 'EACCES') throw new SpecError('target.file', `${target.file}: permission denied`);
     throw new SpecError('target.file', `${target.file}: ${(err as Error).message}`);
@@ -307,7 +332,10 @@ function loopSize(target: Extract<TargetSpec, { type: 'loop' }>, requested: numb
   try {
     fs.accessSync(target.file, readOnly ? fs.constants.R_OK : fs.constants.R_OK | fs.constants.W_OK);
   } catch {
-    throw new SpecError('target.file', `${target.file}: permission denied (needs ${readOnly ? 'read' : 'read and write'} access)`);
+    throw new SpecError(
+      'target.file',
+      `${target.file}: permission denied (needs ${readOnly ? 'read' : 'read and write'} access)`,
+    );
   }
   const fileSize = st.isFile() ? st.size : blockDeviceSize(target.file);
   if (requested === undefined) return fileSize;

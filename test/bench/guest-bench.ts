@@ -101,11 +101,18 @@ function main(): void {
   rows.push({ name: 'ublk-ts null (1 queue, depth 64)', iops: ublk });
   const variants = (process.env.UBLK_TS_BENCH_RING_VARIANTS ?? '').split(',').filter(Boolean);
   for (const flags of variants) {
-    rows.push({ name: `ublk-ts null, ring flags ${flags}`, iops: withUblkNull({ UBLK_TS_RING_FLAGS: flags }, fioRandread) });
+    rows.push({
+      name: `ublk-ts null, ring flags ${flags}`,
+      iops: withUblkNull({ UBLK_TS_RING_FLAGS: flags }, fioRandread),
+    });
   }
   const memory = withUblk(['-t', 'memory', '--size', '1GiB'], {}, fioRandread);
   rows.push({ name: 'ublk-ts memory (1 queue, depth 64)', iops: memory });
-  const jsNull = withUblk(['-t', 'js', '--module', path.join(ROOT, 'dist', 'examples', 'null-js.js'), '--size', '1GiB'], {}, fioRandread);
+  const jsNull = withUblk(
+    ['-t', 'js', '--module', path.join(ROOT, 'dist', 'examples', 'null-js.js'), '--size', '1GiB'],
+    {},
+    fioRandread,
+  );
   rows.push({ name: 'ublk-ts JS null (1 queue, depth 64)', iops: jsNull });
 
   const file = backingFile();
@@ -125,7 +132,11 @@ function main(): void {
     runtimeSeconds: RUNTIME_S,
     nullBlkRuns: [nullBlk1, nullBlk2],
     rows: rows.map((r) => ({ ...r, ratioToNullBlk: Number((r.iops / nullBlk).toFixed(3)) })),
-    loop: loopRows.map((r) => ({ name: r.name, iops: r.iops, ratioToKernelLoop: Number((r.iops / r.reference).toFixed(3)) })),
+    loop: loopRows.map((r) => ({
+      name: r.name,
+      iops: r.iops,
+      ratioToKernelLoop: Number((r.iops / r.reference).toFixed(3)),
+    })),
     ratios: {
       nullToNullBlk: Number((ublk / nullBlk).toFixed(3)),
       memoryToNullBlk: Number((memory / nullBlk).toFixed(3)),
@@ -135,12 +146,20 @@ function main(): void {
     },
   };
   console.log('\nfio 4 KiB randread, io_uring, iodepth 32, 1 job, same VM boot (icount):');
-  for (const r of result.rows) console.log(`  ${r.name.padEnd(40)} ${String(r.iops).padStart(8)} IOPS  ratio to null_blk ${r.ratioToNullBlk.toFixed(3)}`);
-  for (const r of result.loop) console.log(`  ${r.name.padEnd(40)} ${String(r.iops).padStart(8)} IOPS  ratio to kernel loop ${r.ratioToKernelLoop.toFixed(3)}`);
+  for (const r of result.rows)
+    console.log(
+      `  ${r.name.padEnd(40)} ${String(r.iops).padStart(8)} IOPS  ratio to null_blk ${r.ratioToNullBlk.toFixed(3)}`,
+    );
+  for (const r of result.loop)
+    console.log(
+      `  ${r.name.padEnd(40)} ${String(r.iops).padStart(8)} IOPS  ratio to kernel loop ${r.ratioToKernelLoop.toFixed(3)}`,
+    );
   console.log(`ublk-ts null / null_blk            = ${result.ratios.nullToNullBlk.toFixed(3)} (target >= 0.60)`);
   console.log(`ublk-ts memory / null_blk          = ${result.ratios.memoryToNullBlk.toFixed(3)} (target >= 0.55)`);
   console.log(`ublk-ts JS null / null_blk         = ${result.ratios.jsNullToNullBlk.toFixed(3)} (target >= 0.35)`);
-  console.log(`ublk-ts loop / kernel loop, direct = ${result.ratios.loopDirectToKernelLoop.toFixed(3)} (target >= 0.57)`);
+  console.log(
+    `ublk-ts loop / kernel loop, direct = ${result.ratios.loopDirectToKernelLoop.toFixed(3)} (target >= 0.57)`,
+  );
   console.log(`ublk-ts loop / kernel loop, buffered = ${result.ratios.loopBufferedToKernelLoop.toFixed(3)}`);
   const resultsDir = process.env.UBLK_TS_RESULTS_DIR;
   if (resultsDir) fs.writeFileSync(path.join(resultsDir, 'bench.json'), JSON.stringify(result, null, 2));

@@ -76,7 +76,10 @@ function fioVerify(device: string): void {
 /** Kernel log lines about `device` logged after `since` (a previous dmesg length). */
 function kernelErrorsFor(device: string, since: number): string[] {
   const name = path.basename(device);
-  return run('dmesg', []).stdout.slice(since).split('\n').filter((l) => l.includes(`dev ${name},`));
+  return run('dmesg', [])
+    .stdout.slice(since)
+    .split('\n')
+    .filter((l) => l.includes(`dev ${name},`));
 }
 
 /** mkfs.ext4, mount, write and read back files, unmount, fsck -fn clean, and no IO error in the kernel log. */
@@ -135,7 +138,15 @@ describe('loop and memory targets (real ublk driver)', function () {
     const file = path.join(scratch, 'verify.img');
     const dev = add(['-t', 'loop', '--file', file, '--size', '128MiB', '--create', '--queues', '2', '--depth', '128']);
     fioVerify(dev.blockPath);
-    run('dd', ['if=/dev/urandom', `of=${dev.blockPath}`, 'bs=1M', 'count=8', 'seek=100', 'oflag=direct', 'status=none']);
+    run('dd', [
+      'if=/dev/urandom',
+      `of=${dev.blockPath}`,
+      'bs=1M',
+      'count=8',
+      'seek=100',
+      'oflag=direct',
+      'status=none',
+    ]);
     const deviceSum = sha256(dev.blockPath);
     del(dev);
     assert.equal(fs.statSync(file).size, 128 * MiB, 'the file keeps the device size');
@@ -162,7 +173,11 @@ describe('loop and memory targets (real ublk driver)', function () {
     run('blkdiscard', ['--offset', String(16 * MiB), '--length', String(32 * MiB), dev.blockPath]);
     const after = allocatedBytes(file);
     assert.ok(after <= before - 30 * MiB, `allocation fell from ${before} to ${after}`);
-    const zeroes = run('bash', ['-c', `cmp -n ${32 * MiB} <(dd if=${dev.blockPath} bs=1M skip=16 count=32 iflag=direct status=none) /dev/zero`], { allowFail: true });
+    const zeroes = run(
+      'bash',
+      ['-c', `cmp -n ${32 * MiB} <(dd if=${dev.blockPath} bs=1M skip=16 count=32 iflag=direct status=none) /dev/zero`],
+      { allowFail: true },
+    );
     assert.equal(zeroes.status, 0, `discarded range reads as zeroes: ${zeroes.stdout}`);
     const discardMax = Number(fs.readFileSync(`/sys/block/ublkb${dev.id}/queue/discard_max_bytes`, 'utf8'));
     assert.ok(discardMax > 0, 'discard advertised');
@@ -173,12 +188,24 @@ describe('loop and memory targets (real ublk driver)', function () {
     const dev = add(['-t', 'memory', '--size', '64GiB']);
     assert.equal(run('blockdev', ['--getsize64', dev.blockPath]).stdout.trim(), String(64 * 1024 * MiB));
     assert.ok(shmemBytes() - base < 16 * MiB, `idle device uses ${shmemBytes() - base} bytes`);
-    run('dd', ['if=/dev/urandom', `of=${dev.blockPath}`, 'bs=1M', 'count=64', 'seek=4096', 'oflag=direct', 'status=none']);
+    run('dd', [
+      'if=/dev/urandom',
+      `of=${dev.blockPath}`,
+      'bs=1M',
+      'count=64',
+      'seek=4096',
+      'oflag=direct',
+      'status=none',
+    ]);
     const used = shmemBytes() - base;
     assert.ok(used >= 60 * MiB && used < 100 * MiB, `64 MiB written uses ${used} bytes`);
     run('blkdiscard', ['--offset', String(4096 * MiB), '--length', String(64 * MiB), dev.blockPath]);
     assert.ok(shmemBytes() - base < 16 * MiB, `after discard ${shmemBytes() - base} bytes`);
-    const zeroes = run('bash', ['-c', `cmp -n ${MiB} <(dd if=${dev.blockPath} bs=1M skip=4096 count=1 iflag=direct status=none) /dev/zero`], { allowFail: true });
+    const zeroes = run(
+      'bash',
+      ['-c', `cmp -n ${MiB} <(dd if=${dev.blockPath} bs=1M skip=4096 count=1 iflag=direct status=none) /dev/zero`],
+      { allowFail: true },
+    );
     assert.equal(zeroes.status, 0, 'discarded memory reads as zeroes');
   });
 
@@ -188,7 +215,11 @@ describe('loop and memory targets (real ublk driver)', function () {
     const sum = sha256(file);
     const dev = add(['-t', 'loop', '--file', file, '--read-only']);
     assert.equal(run('blockdev', ['--getro', dev.blockPath]).stdout.trim(), '1');
-    const write = run('dd', ['if=/dev/zero', `of=${dev.blockPath}`, 'bs=4k', 'count=1', 'oflag=direct', 'status=none'], { allowFail: true });
+    const write = run(
+      'dd',
+      ['if=/dev/zero', `of=${dev.blockPath}`, 'bs=4k', 'count=1', 'oflag=direct', 'status=none'],
+      { allowFail: true },
+    );
     assert.notEqual(write.status, 0, 'write refused');
     assert.equal(sha256(dev.blockPath), sum, 'device reads the file');
     del(dev);
@@ -200,11 +231,22 @@ describe('loop and memory targets (real ublk driver)', function () {
     run('mount', ['-t', 'tmpfs', '-o', 'size=8m', 'tmpfs', mnt]);
     try {
       const dev = add(['-t', 'loop', '--file', path.join(mnt, 'sparse.img'), '--size', '64MiB', '--create']);
-      const full = run('dd', ['if=/dev/urandom', `of=${dev.blockPath}`, 'bs=1M', 'count=32', 'oflag=direct', 'status=none'], { allowFail: true });
+      const full = run(
+        'dd',
+        ['if=/dev/urandom', `of=${dev.blockPath}`, 'bs=1M', 'count=32', 'oflag=direct', 'status=none'],
+        { allowFail: true },
+      );
       assert.notEqual(full.status, 0, 'writing past the space of the backing file system fails');
       assert.match(full.stderr, /Input\/output error|No space left/);
-      assert.ok(listDevices().some((d) => d.id === dev.id && d.state === 'LIVE'), 'device still LIVE');
-      const read = run('dd', [`if=${dev.blockPath}`, 'of=/dev/null', 'bs=1M', 'count=4', 'iflag=direct', 'status=none'], { allowFail: true });
+      assert.ok(
+        listDevices().some((d) => d.id === dev.id && d.state === 'LIVE'),
+        'device still LIVE',
+      );
+      const read = run(
+        'dd',
+        [`if=${dev.blockPath}`, 'of=/dev/null', 'bs=1M', 'count=4', 'iflag=direct', 'status=none'],
+        { allowFail: true },
+      );
       assert.equal(read.status, 0, `later IO succeeds: ${read.stderr}`);
       del(dev);
     } finally {
@@ -217,16 +259,27 @@ describe('loop and memory targets (real ublk driver)', function () {
       const before = { devices: listDevices().map((d) => d.id), servers: serverPids() };
       const full = ['add', ...args, '--state-dir', stateDir];
       const r = opts.asUser
-        ? run('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, worldReadableUblkctl(), ...full], { allowFail: true })
+        ? run(
+            'setpriv',
+            ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, worldReadableUblkctl(), ...full],
+            { allowFail: true },
+          )
         : ublkctl(full);
       assert.equal(r.status, 2, `exit status (stderr: ${r.stderr})`);
       assert.match(r.stderr, message);
-      assert.deepEqual(listDevices().map((d) => d.id), before.devices, 'no device left behind');
+      assert.deepEqual(
+        listDevices().map((d) => d.id),
+        before.devices,
+        'no device left behind',
+      );
       assert.deepEqual(serverPids(), before.servers, 'no server left behind');
     }
 
     it('a missing file (without --create)', () => {
-      refuses(['-t', 'loop', '--file', path.join(scratch, 'missing.img')], /target\.file: .*missing\.img does not exist/);
+      refuses(
+        ['-t', 'loop', '--file', path.join(scratch, 'missing.img')],
+        /target\.file: .*missing\.img does not exist/,
+      );
     });
 
     it('a path that is neither a regular file nor a block device', () => {
@@ -246,7 +299,10 @@ describe('loop and memory targets (real ublk driver)', function () {
       const odd = path.join(scratch, 'odd.img');
       run('truncate', ['-s', '1000', odd]);
       refuses(['-t', 'loop', '--file', odd], /size: must be a multiple of the logical block size \(512\), got 1000/);
-      refuses(['-t', 'loop', '--file', path.join(scratch, 'new.img'), '--create', '--size', '4000'], /multiple of the logical block size/);
+      refuses(
+        ['-t', 'loop', '--file', path.join(scratch, 'new.img'), '--create', '--size', '4000'],
+        /multiple of the logical block size/,
+      );
       assert.ok(!fs.existsSync(path.join(scratch, 'new.img')), 'nothing created');
     });
 

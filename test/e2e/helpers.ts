@@ -60,7 +60,12 @@ export function worldReadableUblkctl(): string {
   if (runtimeCopy === undefined) {
     const dest = fs.mkdtempSync(path.join(os.tmpdir(), 'ublk-ts-runtime-'));
     const devOnly = new Set(['typescript', '@typescript', '@types', 'mocha']);
-    for (const part of ['package.json', 'schema', path.join('dist', 'src'), path.join('build', 'Release', 'ublk_ts.node')]) {
+    for (const part of [
+      'package.json',
+      'schema',
+      path.join('dist', 'src'),
+      path.join('build', 'Release', 'ublk_ts.node'),
+    ]) {
       fs.cpSync(path.join(ROOT, part), path.join(dest, part), { recursive: true });
     }
     fs.cpSync(path.join(ROOT, 'node_modules'), path.join(dest, 'node_modules'), {
@@ -189,7 +194,11 @@ export function inFlight(id: number): number {
 
 /** Waits until at least `count` more writes than `since` have completed on /dev/ublkbN. */
 export async function waitForWrites(id: number, since: number, count: number, what: string): Promise<number> {
-  await waitFor(() => ioCounts(id).writes >= since + count, 120_000, `${count} writes to complete on dev ${id} (${what})`);
+  await waitFor(
+    () => ioCounts(id).writes >= since + count,
+    120_000,
+    `${count} writes to complete on dev ${id} (${what})`,
+  );
   return ioCounts(id).writes;
 }
 
@@ -212,18 +221,20 @@ export function startFio(args: string[]): FioRun {
   let out = '';
   child.stdout!.on('data', (c: Buffer) => (out += c.toString()));
   child.stderr!.on('data', (c: Buffer) => (out += c.toString()));
-  const done = new Promise<{ status: number | null; signal: NodeJS.Signals | null; jobs: FioJobResult[]; raw: string }>((resolve) => {
-    child.on('exit', (status, signal) => {
-      const start = out.indexOf('{');
-      let jobs: FioJobResult[] = [];
-      try {
-        if (start >= 0) jobs = (JSON.parse(out.slice(start)) as { jobs: FioJobResult[] }).jobs;
-      } catch {
-        // fio was killed mid-output: no jobs, the raw text tells what happened
-      }
-      resolve({ status, signal, jobs, raw: out });
-    });
-  });
+  const done = new Promise<{ status: number | null; signal: NodeJS.Signals | null; jobs: FioJobResult[]; raw: string }>(
+    (resolve) => {
+      child.on('exit', (status, signal) => {
+        const start = out.indexOf('{');
+        let jobs: FioJobResult[] = [];
+        try {
+          if (start >= 0) jobs = (JSON.parse(out.slice(start)) as { jobs: FioJobResult[] }).jobs;
+        } catch {
+          // fio was killed mid-output: no jobs, the raw text tells what happened
+        }
+        resolve({ status, signal, jobs, raw: out });
+      });
+    },
+  );
   return {
     child,
     done,

@@ -29,9 +29,22 @@ interface AddedDevice {
 
 function verifyJobs(device: string, iodepth: number): void {
   const jobs = fio([
-    '--name=verify', `--filename=${device}`, '--ioengine=io_uring', '--direct=1', '--rw=randwrite', '--bsrange=4k-128k',
-    `--iodepth=${iodepth}`, '--numjobs=2', '--cpus_allowed=0-1', '--cpus_allowed_policy=split', '--size=16M',
-    '--offset_increment=24M', '--verify=crc32c', '--do_verify=1', '--verify_fatal=1', '--group_reporting=0',
+    '--name=verify',
+    `--filename=${device}`,
+    '--ioengine=io_uring',
+    '--direct=1',
+    '--rw=randwrite',
+    '--bsrange=4k-128k',
+    `--iodepth=${iodepth}`,
+    '--numjobs=2',
+    '--cpus_allowed=0-1',
+    '--cpus_allowed_policy=split',
+    '--size=16M',
+    '--offset_increment=24M',
+    '--verify=crc32c',
+    '--do_verify=1',
+    '--verify_fatal=1',
+    '--group_reporting=0',
   ]);
   assert.equal(jobs.length, 2);
   for (const job of jobs) {
@@ -55,8 +68,18 @@ describe('JavaScript targets (real ublk driver)', function () {
   it('JS null target: fio on 2 queues at iodepth 64 completes with zero errors', () => {
     const dev = add(path.join(EXAMPLES, 'null-js.js'), ['--size', '256MiB', '--queues', '2', '--depth', '64']);
     const jobs = fio([
-      '--name=null', `--filename=${dev.blockPath}`, '--ioengine=io_uring', '--direct=1', '--rw=randrw', '--bs=4k',
-      '--iodepth=64', '--numjobs=2', '--cpus_allowed=0-1', '--cpus_allowed_policy=split', '--time_based', '--runtime=3',
+      '--name=null',
+      `--filename=${dev.blockPath}`,
+      '--ioengine=io_uring',
+      '--direct=1',
+      '--rw=randrw',
+      '--bs=4k',
+      '--iodepth=64',
+      '--numjobs=2',
+      '--cpus_allowed=0-1',
+      '--cpus_allowed_policy=split',
+      '--time_based',
+      '--runtime=3',
       '--group_reporting=0',
     ]);
     for (const job of jobs) {
@@ -76,16 +99,32 @@ describe('JavaScript targets (real ublk driver)', function () {
   });
 
   it('a handler that throws on every 100th block fails exactly those requests; the device stays up', () => {
-    const dev = add(path.join(TARGETS, 'flaky.js'), ['--size', '64MiB', '--options', '{"failEvery":100,"badResultBlock":2000}']);
+    const dev = add(path.join(TARGETS, 'flaky.js'), [
+      '--size',
+      '64MiB',
+      '--options',
+      '{"failEvery":100,"badResultBlock":2000}',
+    ]);
     const jobs = fio([
-      '--name=flaky', `--filename=${dev.blockPath}`, '--ioengine=io_uring', '--direct=1', '--rw=read', '--bs=4k',
-      '--iodepth=1', '--size=4000k', '--continue_on_error=io',
+      '--name=flaky',
+      `--filename=${dev.blockPath}`,
+      '--ioengine=io_uring',
+      '--direct=1',
+      '--rw=read',
+      '--bs=4k',
+      '--iodepth=1',
+      '--size=4000k',
+      '--continue_on_error=io',
     ]) as Array<{ total_err?: number; first_error?: number; read: { total_ios: number } }>;
     assert.equal(jobs[0]!.total_err, 10, 'blocks 99, 199, ..., 999 failed');
     assert.equal(jobs[0]!.first_error, 5, 'as EIO');
-    const bad = run('dd', [`if=${dev.blockPath}`, 'of=/dev/null', 'bs=4k', 'count=1', 'skip=2000', 'iflag=direct'], { allowFail: true });
+    const bad = run('dd', [`if=${dev.blockPath}`, 'of=/dev/null', 'bs=4k', 'count=1', 'skip=2000', 'iflag=direct'], {
+      allowFail: true,
+    });
     assert.notEqual(bad.status, 0, 'a result that is no byte count fails that request');
-    const good = run('dd', [`if=${dev.blockPath}`, 'of=/dev/null', 'bs=4k', 'count=50', 'skip=3000', 'iflag=direct'], { allowFail: true });
+    const good = run('dd', [`if=${dev.blockPath}`, 'of=/dev/null', 'bs=4k', 'count=50', 'skip=3000', 'iflag=direct'], {
+      allowFail: true,
+    });
     assert.equal(good.status, 0, 'later IO succeeds');
     assert.ok(listDevices().some((d) => d.id === dev.id && d.state === 'LIVE'));
     const log = fs.readFileSync(dev.logPath, 'utf8');
@@ -95,14 +134,21 @@ describe('JavaScript targets (real ublk driver)', function () {
 
   for (const [what, module, message] of [
     ['a module that cannot be loaded', '/nonexistent/target.js', /target\.module: .*does not exist/],
-    ['a module without createTarget', path.join(TARGETS, 'not-a-target.js'), /does not export a target: expected a createTarget\(ctx\) function/],
+    [
+      'a module without createTarget',
+      path.join(TARGETS, 'not-a-target.js'),
+      /does not export a target: expected a createTarget\(ctx\) function/,
+    ],
   ] as Array<[string, string, RegExp]>) {
     it(`refuses ${what} before any device exists`, () => {
       const before = { devices: listDevices().map((d) => d.id), servers: serverPids() };
       const r = ublkctl(['add', '-t', 'js', '--module', module, '--size', '16MiB', '--state-dir', stateDir]);
       assert.equal(r.status, 2, r.stderr);
       assert.match(r.stderr, message);
-      assert.deepEqual(listDevices().map((d) => d.id), before.devices);
+      assert.deepEqual(
+        listDevices().map((d) => d.id),
+        before.devices,
+      );
       assert.deepEqual(serverPids(), before.servers);
     });
   }
@@ -117,7 +163,13 @@ describe('JavaScript examples, as the README documents them (real ublk driver)',
     devices.cleanup();
   });
 
-  async function serve(args: string[]): Promise<{ child: ChildProcess; id: number; blockPath: string; output: () => string; exited: Promise<number | null> }> {
+  async function serve(args: string[]): Promise<{
+    child: ChildProcess;
+    id: number;
+    blockPath: string;
+    output: () => string;
+    exited: Promise<number | null>;
+  }> {
     const child = children.spawn(process.execPath, args);
     let out = '';
     child.stdout!.on('data', (c: Buffer) => (out += c.toString()));
@@ -133,9 +185,15 @@ describe('JavaScript examples, as the README documents them (real ublk driver)',
   /** Writes and reads back `mib` MiB; a failure shows what the serving example printed. */
   function roundTrip(blockPath: string, scratch: string, mib: number, served: () => string): void {
     run('dd', ['if=/dev/urandom', `of=${scratch}/payload`, 'bs=1M', `count=${mib}`, 'status=none']);
-    const write = run('dd', [`if=${scratch}/payload`, `of=${blockPath}`, 'bs=1M', 'oflag=direct', 'status=none'], { allowFail: true });
+    const write = run('dd', [`if=${scratch}/payload`, `of=${blockPath}`, 'bs=1M', 'oflag=direct', 'status=none'], {
+      allowFail: true,
+    });
     assert.equal(write.status, 0, `data writes: ${write.stderr}\nthe example printed:\n${served()}`);
-    const back = run('bash', ['-c', `cmp <(dd if=${blockPath} bs=1M count=${mib} iflag=direct status=none) ${scratch}/payload`], { allowFail: true });
+    const back = run(
+      'bash',
+      ['-c', `cmp <(dd if=${blockPath} bs=1M count=${mib} iflag=direct status=none) ${scratch}/payload`],
+      { allowFail: true },
+    );
     assert.equal(back.status, 0, `data reads back: ${back.stdout}${back.stderr}\nthe example printed:\n${served()}`);
   }
 
@@ -169,7 +227,9 @@ describe('JavaScript examples, as the README documents them (real ublk driver)',
 
   it('http-store.js add URL: blocks stored as objects in an HTTP store', async () => {
     const scratch = fs.mkdtempSync('/tmp/ublk-ts-ex-');
-    const store = children.spawn(process.execPath, [path.join(EXAMPLES, 'object-store-server.js'), '18080'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const store = children.spawn(process.execPath, [path.join(EXAMPLES, 'object-store-server.js'), '18080'], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
     try {
       await new Promise<void>((r) => store.stdout!.once('data', () => r()));
       const s = await serve([path.join(EXAMPLES, 'http-store.js'), 'add', 'http://127.0.0.1:18080/disk1', '16MiB']);

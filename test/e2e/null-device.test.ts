@@ -37,7 +37,10 @@ describe('null target through ublkctl (real ublk driver)', function () {
   afterEach(() => devices.cleanup());
 
   it('adds a LIVE device with the requested size, queue count and depth', () => {
-    const dev = ublkctlJson<AddedDevice>(['add', '-t', 'null', '--size', '256MiB', '--queues', '2', '--depth', '64'], stateDir);
+    const dev = ublkctlJson<AddedDevice>(
+      ['add', '-t', 'null', '--size', '256MiB', '--queues', '2', '--depth', '64'],
+      stateDir,
+    );
     devices.add(dev.id);
     assert.equal(dev.state, 'LIVE');
     assert.equal(run('blockdev', ['--getsize64', dev.blockPath]).stdout.trim(), String(256 * 1024 * 1024));
@@ -54,7 +57,10 @@ describe('null target through ublkctl (real ublk driver)', function () {
   });
 
   it('serves fio randread and randwrite with 2 jobs over 2 queues without errors; del removes it and the server exits 0', async () => {
-    const dev = ublkctlJson<AddedDevice>(['add', '-t', 'null', '--size', '1GiB', '--queues', '2', '--depth', '64'], stateDir);
+    const dev = ublkctlJson<AddedDevice>(
+      ['add', '-t', 'null', '--size', '1GiB', '--queues', '2', '--depth', '64'],
+      stateDir,
+    );
     devices.add(dev.id);
     const common = [
       `--filename=${dev.blockPath}`,
@@ -107,7 +113,10 @@ describe('null target through ublkctl (real ublk driver)', function () {
     const again = ublkctl(['add', '-t', 'null', '--size', '64MiB', '--id', String(free)], stateDir);
     assert.equal(again.status, 1);
     assert.match(again.stderr, new RegExp(`ADD_DEV dev ${free}: EEXIST \\(device id in use\\)`));
-    assert.deepEqual(listDevices().map((d) => d.id), before.devices);
+    assert.deepEqual(
+      listDevices().map((d) => d.id),
+      before.devices,
+    );
     assert.deepEqual(serverPids(), before.servers);
     assert.equal(listDevices().find((d) => d.id === free)?.state, 'LIVE', 'the first device is untouched');
   });
@@ -116,8 +125,16 @@ describe('null target through ublkctl (real ublk driver)', function () {
     ['depth 0', ['--depth', '0'], /invalid depth: must be between 1 and 4096, got 0/],
     ['depth above 4096', ['--depth', '4097'], /invalid depth: must be between 1 and 4096, got 4097/],
     ['queues 0', ['--queues', '0'], /invalid queues: must be between 1 and \d+, got 0/],
-    ['queues above the kernel maximum', ['--queues', String(maxQueues() + 1)], /invalid queues: must be between 1 and \d+/],
-    ['a size that is not a multiple of the block size', ['--size', '1000'], /invalid size: must be a multiple of the logical block size \(512\), got 1000/],
+    [
+      'queues above the kernel maximum',
+      ['--queues', String(maxQueues() + 1)],
+      /invalid queues: must be between 1 and \d+/,
+    ],
+    [
+      'a size that is not a multiple of the block size',
+      ['--size', '1000'],
+      /invalid size: must be a multiple of the logical block size \(512\), got 1000/,
+    ],
     ['an unknown target', ['-t', 'floppy'], /invalid target: unknown target "floppy": expected one of null/],
   ];
   for (const [what, args, message] of invalid) {
@@ -127,7 +144,10 @@ describe('null target through ublkctl (real ublk driver)', function () {
       const r = ublkctl([...mergeArgs(base, args)], stateDir);
       assert.equal(r.status, 2, r.stderr);
       assert.match(r.stderr, message);
-      assert.deepEqual(listDevices().map((d) => d.id), before.devices);
+      assert.deepEqual(
+        listDevices().map((d) => d.id),
+        before.devices,
+      );
       assert.deepEqual(serverPids(), before.servers);
       assert.deepEqual(logFiles(stateDir), before.logs);
     });
@@ -138,7 +158,9 @@ describe('library-made devices (real ublk driver)', function () {
   requireUblk(this);
 
   it('ublkctl list shows a device created in-process with UblkDevice.create', async () => {
-    const device = await UblkDevice.create(normalizeDeviceSpec({ target: 'null', size: '32MiB', queues: 1, depth: 16 }));
+    const device = await UblkDevice.create(
+      normalizeDeviceSpec({ target: 'null', size: '32MiB', queues: 1, depth: 16 }),
+    );
     try {
       const listed = listDevices().find((d) => d.id === device.id);
       assert.ok(listed, 'listed');
@@ -149,7 +171,10 @@ describe('library-made devices (real ublk driver)', function () {
       assert.match(data.stderr, /1048576 bytes/);
     } finally {
       const exits = await device.remove();
-      assert.ok(exits.every((e) => e.error === undefined), JSON.stringify(exits));
+      assert.ok(
+        exits.every((e) => e.error === undefined),
+        JSON.stringify(exits),
+      );
     }
     assert.ok(!listDevices().some((d) => d.id === device.id), 'deleted');
   });
@@ -167,11 +192,14 @@ describe('library-made devices (real ublk driver)', function () {
       const added = await control.addDevice({ queues: 1, depth: 8, maxIoSize: 64 * 1024 });
       try {
         assert.equal(added.state, 'DEAD');
-        await assert.rejects(control.addDevice({ id: added.id, queues: 1, depth: 8, maxIoSize: 64 * 1024 }), (err: unknown) => {
-          assert.ok(err instanceof UblkError);
-          assert.equal(err.message, `ADD_DEV dev ${added.id}: EEXIST (device id in use)`);
-          return true;
-        });
+        await assert.rejects(
+          control.addDevice({ id: added.id, queues: 1, depth: 8, maxIoSize: 64 * 1024 }),
+          (err: unknown) => {
+            assert.ok(err instanceof UblkError);
+            assert.equal(err.message, `ADD_DEV dev ${added.id}: EEXIST (device id in use)`);
+            return true;
+          },
+        );
         const features = control.featureNames;
         assert.ok(features.includes('CMD_IOCTL_ENCODE'), features.join(' '));
       } finally {

@@ -104,7 +104,10 @@ describe('ublk-reconcile (real ublk driver)', function () {
 
     const second = once();
     assert.equal(second.exitCode, 0);
-    assert.deepEqual(second.devices.map((d) => [d.name, d.action, d.outcome]), [['scratch', 'noop', 'unchanged']]);
+    assert.deepEqual(
+      second.devices.map((d) => [d.name, d.action, d.outcome]),
+      [['scratch', 'noop', 'unchanged']],
+    );
     const listed = ublkctlJson<Array<{ id: number; manifest?: string }>>(['list', '--state-dir', stateDir]);
     assert.equal(listed.find((d) => d.id === id)?.manifest, 'scratch');
   });
@@ -161,7 +164,7 @@ describe('ublk-reconcile (real ublk driver)', function () {
     }
   });
 
-  it('applies a valid manifest beside an invalid one, reports the invalid one, exits 1, and leaves an invalid manifest\'s device as it is', () => {
+  it("applies a valid manifest beside an invalid one, reports the invalid one, exits 1, and leaves an invalid manifest's device as it is", () => {
     write('good.yaml', manifest('good', 'target:\n  type: null\nsize: 16MiB'));
     write('bad.yaml', manifest('bad', 'target:\n  type: null\nsize: 16MiB\nqueues: two'));
     const result = once();
@@ -175,11 +178,16 @@ describe('ublk-reconcile (real ublk driver)', function () {
     const broken = once();
     assert.equal(broken.exitCode, 1);
     assert.equal(outcome(broken, 'good').action, 'hold');
-    assert.ok(listDevices().some((d) => d.id === goodId && d.state === 'LIVE'), 'device left as it was');
+    assert.ok(
+      listDevices().some((d) => d.id === goodId && d.state === 'LIVE'),
+      'device left as it was',
+    );
   });
 
   it('lets only one reconciler run: a second exits 2 naming the lock', async () => {
-    watcher = spawn(process.execPath, [RECONCILE, '--dir', dir, '--state-dir', stateDir], { stdio: ['ignore', 'ignore', 'pipe'] });
+    watcher = spawn(process.execPath, [RECONCILE, '--dir', dir, '--state-dir', stateDir], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
     let log = '';
     watcher.stderr!.on('data', (c: Buffer) => (log += c.toString()));
     await waitFor(() => /watching \//.test(log), 60_000, 'the watcher to start');

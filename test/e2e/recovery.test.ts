@@ -2,19 +2,38 @@ import { strict as assert } from 'node:assert';
 import { ChildProcess, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { FioRun, inFlight, ioCounts, isAlive, listDevices, makeStateDir, requireUblk, ROOT, run, startFio, waitFor, waitForWrites } from './helpers';
+import {
+  inFlight,
+  ioCounts,
+  isAlive,
+  listDevices,
+  makeStateDir,
+  requireUblk,
+  ROOT,
+  run,
+  startFio,
+  waitFor,
+  waitForWrites,
+} from './helpers';
 
 const RECONCILE = path.join(ROOT, 'dist', 'src', 'cli', 'ublk-reconcile.js');
 const MiB = 1024 * 1024;
 
 function manifest(name: string, spec: string): string {
-  const body = spec.trim().split('\n').map((l) => `  ${l}`).join('\n');
+  const body = spec
+    .trim()
+    .split('\n')
+    .map((l) => `  ${l}`)
+    .join('\n');
   return `apiVersion: ublk-ts/v1\nkind: UblkDevice\nmetadata:\n  name: ${name}\nspec:\n${body}\n`;
 }
 
 function sha256(file: string, bytes: number, skipMiB = 0): string {
   const direct = file.startsWith('/dev/') ? ' iflag=direct' : '';
-  return run('bash', ['-c', `set -o pipefail; dd if=${file} bs=1M skip=${skipMiB} count=${bytes / MiB}${direct} status=none | sha256sum`]).stdout.split(' ')[0]!;
+  return run('bash', [
+    '-c',
+    `set -o pipefail; dd if=${file} bs=1M skip=${skipMiB} count=${bytes / MiB}${direct} status=none | sha256sum`,
+  ]).stdout.split(' ')[0]!;
 }
 
 /** The reconciler counts a server that died sooner than this after going LIVE as a crash loop (STABLE_MS, plus margin). */
@@ -33,9 +52,20 @@ function processState(pid: number): string | undefined {
 /** fio options for a random-write load that runs until the test stops it, verifying what it wrote as it goes. */
 function verifiedWrites(name: string, id: number, size: string, rate: string): string[] {
   return [
-    `--name=${name}`, `--filename=/dev/ublkb${id}`, '--ioengine=io_uring', '--direct=1', '--rw=randwrite', '--bs=4k',
-    '--iodepth=32', `--size=${size}`, `--rate_iops=${rate}`, '--time_based', '--runtime=3600',
-    '--verify=crc32c', '--verify_backlog=64', '--verify_fatal=1',
+    `--name=${name}`,
+    `--filename=/dev/ublkb${id}`,
+    '--ioengine=io_uring',
+    '--direct=1',
+    '--rw=randwrite',
+    '--bs=4k',
+    '--iodepth=32',
+    `--size=${size}`,
+    `--rate_iops=${rate}`,
+    '--time_based',
+    '--runtime=3600',
+    '--verify=crc32c',
+    '--verify_backlog=64',
+    '--verify_fatal=1',
   ];
 }
 
@@ -66,7 +96,10 @@ describe('crash recovery with real kill -9 (real ublk driver)', function () {
     started = [];
     await stopWatcher('SIGTERM');
     for (const f of fs.readdirSync(dir)) fs.rmSync(path.join(dir, f));
-    spawnSync(process.execPath, [RECONCILE, '--dir', dir, '--state-dir', stateDir, '--once'], { timeout: 120_000, killSignal: 'SIGKILL' });
+    spawnSync(process.execPath, [RECONCILE, '--dir', dir, '--state-dir', stateDir, '--once'], {
+      timeout: 120_000,
+      killSignal: 'SIGKILL',
+    });
   });
 
   async function startWatcher(): Promise<void> {
@@ -99,7 +132,11 @@ describe('crash recovery with real kill -9 (real ublk driver)', function () {
   }
 
   async function deviceLive(name: string): Promise<{ id: number; serverPid: number }> {
-    await waitFor(() => new RegExp(`(create|recreate) ${name} dev \\d+`).test(watcherLog), 120_000, `${name} to be created`);
+    await waitFor(
+      () => new RegExp(`(create|recreate) ${name} dev \\d+`).test(watcherLog),
+      120_000,
+      `${name} to be created`,
+    );
     const id = Number(new RegExp(`(?:create|recreate) ${name} dev (\\d+)`).exec(watcherLog)![1]);
     await waitFor(() => device(id)?.state === 'LIVE', 60_000, `dev ${id} LIVE`);
     return { id, serverPid: device(id)!.serverPid };
@@ -117,21 +154,33 @@ describe('crash recovery with real kill -9 (real ublk driver)', function () {
   /** Waits until the device's server has been LIVE long enough that its death is not taken for a crash loop. */
   async function serverStable(id: number): Promise<void> {
     const record = path.join(stateDir, 'devices', `ublkb${id}.json`);
-    const liveSince = () => Date.parse((JSON.parse(fs.readFileSync(record, 'utf8')) as { updatedAt: string }).updatedAt);
-    await waitFor(() => Date.now() - liveSince() >= STABLE_AFTER_MS, 60_000, `the server of dev ${id} to pass the stability mark`);
+    const liveSince = () =>
+      Date.parse((JSON.parse(fs.readFileSync(record, 'utf8')) as { updatedAt: string }).updatedAt);
+    await waitFor(
+      () => Date.now() - liveSince() >= STABLE_AFTER_MS,
+      60_000,
+      `the server of dev ${id} to pass the stability mark`,
+    );
   }
 
   async function recoveredFrom(id: number, oldPid: number): Promise<number> {
-    await waitFor(() => {
-      const d = device(id);
-      return d !== undefined && d.state === 'LIVE' && d.serverPid !== oldPid && isAlive(d.serverPid);
-    }, 60_000, `dev ${id} to be recovered`);
+    await waitFor(
+      () => {
+        const d = device(id);
+        return d !== undefined && d.state === 'LIVE' && d.serverPid !== oldPid && isAlive(d.serverPid);
+      },
+      60_000,
+      `dev ${id} to be recovered`,
+    );
     return device(id)!.serverPid;
   }
 
   it('loop, reissue: five kill -9 during fio randwrite verify; fio sees no error and the file equals the device', async () => {
     const file = path.join(scratch, 'loop.img');
-    write('loop.yaml', manifest('loop', `target:\n  type: loop\n  file: ${file}\n  create: true\nsize: 64MiB\nrecovery: reissue`));
+    write(
+      'loop.yaml',
+      manifest('loop', `target:\n  type: loop\n  file: ${file}\n  create: true\nsize: 64MiB\nrecovery: reissue`),
+    );
     await startWatcher();
     const { id } = await deviceLive('loop');
     const fio = track(startFio(verifiedWrites('reissue', id, '40M', '0,300')));
@@ -174,15 +223,26 @@ describe('crash recovery with real kill -9 (real ublk driver)', function () {
 
   it('fail-inflight: IO in flight at the kill fails with EIO; IO issued while no server runs waits and succeeds', async () => {
     const hold = path.join(ROOT, 'dist', 'test', 'fixtures', 'targets', 'hold.js');
-    write('fi.yaml', manifest('fi', `target:\n  type: js\n  module: ${hold}\n  options: {holdBlock: 7}\nsize: 16MiB\nrecovery: fail-inflight`));
+    write(
+      'fi.yaml',
+      manifest(
+        'fi',
+        `target:\n  type: js\n  module: ${hold}\n  options: {holdBlock: 7}\nsize: 16MiB\nrecovery: fail-inflight`,
+      ),
+    );
     await startWatcher();
     const { id, serverPid } = await deviceLive('fi');
     await stopWatcher('SIGTERM'); // recover by hand, so there is a window with no server
     const read = (block: number) => {
-      const child = track(spawn('dd', [`if=/dev/ublkb${id}`, 'of=/dev/null', 'bs=4k', 'count=1', `skip=${block}`, 'iflag=direct']));
+      const child = track(
+        spawn('dd', [`if=/dev/ublkb${id}`, 'of=/dev/null', 'bs=4k', 'count=1', `skip=${block}`, 'iflag=direct']),
+      );
       let err = '';
       child.stderr!.on('data', (c: Buffer) => (err += c.toString()));
-      return { child, done: new Promise<{ code: number | null; err: string }>((r) => child.on('exit', (code) => r({ code, err }))) };
+      return {
+        child,
+        done: new Promise<{ code: number | null; err: string }>((r) => child.on('exit', (code) => r({ code, err }))),
+      };
     };
     const held = read(7);
     await waitFor(() => inFlight(id) > 0, 60_000, 'the held read to reach the server');
@@ -194,9 +254,17 @@ describe('crash recovery with real kill -9 (real ublk driver)', function () {
     await waitFor(() => device(id)?.state === 'QUIESCED', 10_000, 'QUIESCED');
     const waiting = read(8);
     // A quiesced queue holds the request before dispatch, where the inflight counters do not see it: watch dd block instead.
-    await waitFor(() => processState(waiting.child.pid!) === 'D', 60_000, 'the read issued with no server to block in the kernel');
+    await waitFor(
+      () => processState(waiting.child.pid!) === 'D',
+      60_000,
+      'the read issued with no server to block in the kernel',
+    );
     assert.equal(waiting.child.exitCode, null, 'IO issued with no server waits');
-    const rec = spawnSync(process.execPath, [path.join(ROOT, 'dist', 'src', 'cli', 'ublkctl.js'), 'recover', String(id), '--state-dir', stateDir], { encoding: 'utf8' });
+    const rec = spawnSync(
+      process.execPath,
+      [path.join(ROOT, 'dist', 'src', 'cli', 'ublkctl.js'), 'recover', String(id), '--state-dir', stateDir],
+      { encoding: 'utf8' },
+    );
     assert.equal(rec.status, 0, rec.stderr);
     assert.equal((await waiting.done).code, 0, 'the waiting IO succeeds after recovery');
     assert.notEqual(device(id)!.serverPid, serverPid);
@@ -205,28 +273,52 @@ describe('crash recovery with real kill -9 (real ublk driver)', function () {
   it('fail-io on this kernel: a clear error naming the missing feature, and nothing created', function () {
     write('fio.yaml', manifest('failio', 'target:\n  type: null\nsize: 16MiB\nrecovery: fail-io'));
     const before = listDevices().map((d) => d.id);
-    const r = spawnSync(process.execPath, [RECONCILE, '--dir', dir, '--state-dir', stateDir, '--once', '--json'], { encoding: 'utf8' });
-    const result = JSON.parse(r.stdout) as { exitCode: number; devices: Array<{ name: string; outcome: string; error?: string }> };
+    const r = spawnSync(process.execPath, [RECONCILE, '--dir', dir, '--state-dir', stateDir, '--once', '--json'], {
+      encoding: 'utf8',
+    });
+    const result = JSON.parse(r.stdout) as {
+      exitCode: number;
+      devices: Array<{ name: string; outcome: string; error?: string }>;
+    };
     assert.equal(r.status, 1);
     const d = result.devices.find((x) => x.name === 'failio')!;
     assert.equal(d.outcome, 'failed');
-    const features = spawnSync(process.execPath, [path.join(ROOT, 'dist', 'src', 'cli', 'ublkctl.js'), 'features'], { encoding: 'utf8' }).stdout;
+    const features = spawnSync(process.execPath, [path.join(ROOT, 'dist', 'src', 'cli', 'ublkctl.js'), 'features'], {
+      encoding: 'utf8',
+    }).stdout;
     if (/USER_RECOVERY_FAIL_IO/.test(features)) this.skip();
-    assert.match(d.error ?? '', /fail-io needs the kernel feature UBLK_F_USER_RECOVERY_FAIL_IO \(Linux 6\.13 or newer\); this kernel supports: reissue, fail-inflight, none/);
-    assert.deepEqual(listDevices().map((x) => x.id), before);
+    assert.match(
+      d.error ?? '',
+      /fail-io needs the kernel feature UBLK_F_USER_RECOVERY_FAIL_IO \(Linux 6\.13 or newer\); this kernel supports: reissue, fail-inflight, none/,
+    );
+    assert.deepEqual(
+      listDevices().map((x) => x.id),
+      before,
+    );
   });
 
   it('recovery none: the device dies with its server; the reconciler re-creates it, reports the loss, and the loop file keeps its data', async () => {
     const file = path.join(scratch, 'none.img');
-    write('none.yaml', manifest('none', `target:\n  type: loop\n  file: ${file}\n  create: true\nsize: 32MiB\nrecovery: none`));
+    write(
+      'none.yaml',
+      manifest('none', `target:\n  type: loop\n  file: ${file}\n  create: true\nsize: 32MiB\nrecovery: none`),
+    );
     await startWatcher();
     const first = await deviceLive('none');
     run('dd', ['if=/dev/urandom', `of=${scratch}/payload`, 'bs=1M', 'count=4', 'status=none']);
     run('dd', [`if=${scratch}/payload`, `of=/dev/ublkb${first.id}`, 'bs=1M', 'oflag=direct', 'status=none']);
     process.kill(first.serverPid, 'SIGKILL');
-    await waitFor(() => /recreate none dev \d+.*data-plane state was lost/.test(watcherLog), 60_000, 're-creation reported');
+    await waitFor(
+      () => /recreate none dev \d+.*data-plane state was lost/.test(watcherLog),
+      60_000,
+      're-creation reported',
+    );
     const second = await deviceLive('none');
-    assert.equal(sha256(`/dev/ublkb${second.id}`, 4 * MiB), sha256(`${scratch}/payload`, 4 * MiB), 'file data survived');
+    assert.equal(
+      sha256(`/dev/ublkb${second.id}`, 4 * MiB),
+      sha256(`${scratch}/payload`, 4 * MiB),
+      'file data survived',
+    );
   });
 
   it('kill -9 of the watcher during fio: no IO error, and a new watcher adopts the device without touching it', async () => {
@@ -250,14 +342,19 @@ describe('crash recovery with real kill -9 (real ublk driver)', function () {
     write('crash.yaml', manifest('crash', `target:\n  type: js\n  module: ${crasher}\nsize: 16MiB`));
     await startWatcher();
     await waitFor(() => /create crash dev \d+/.test(watcherLog), 60_000, 'creation');
-    const recoveryTimes = () => [...watcherLog.matchAll(/^(\S+) recover\s+crash dev \d+/gm)].map((m) => Date.parse(m[1]!));
+    const recoveryTimes = () =>
+      [...watcherLog.matchAll(/^(\S+) recover\s+crash dev \d+/gm)].map((m) => Date.parse(m[1]!));
     await waitFor(() => recoveryTimes().length >= 4, 180_000, 'four recoveries of the crashing server');
     // Backoff doubles from 1 s: the third gap holds a 4 s wait however fast or slow the machine is.
     const [, , t3, t4] = recoveryTimes();
     assert.ok(t4! - t3! >= 3_500, `the fourth restart waits out its backoff (${t4! - t3!} ms after the third)`);
     assert.match(watcherLog, /wait\s+crash dev \d+: recovery failed \d+ time|wait crash dev \d+/);
     const listed = JSON.parse(
-      spawnSync(process.execPath, [path.join(ROOT, 'dist', 'src', 'cli', 'ublkctl.js'), 'list', '--json', '--state-dir', stateDir], { encoding: 'utf8' }).stdout,
+      spawnSync(
+        process.execPath,
+        [path.join(ROOT, 'dist', 'src', 'cli', 'ublkctl.js'), 'list', '--json', '--state-dir', stateDir],
+        { encoding: 'utf8' },
+      ).stdout,
     ) as Array<{ manifest?: string; lastError?: string }>;
     assert.match(listed.find((d) => d.manifest === 'crash')?.lastError ?? '', /died .* after it started/);
     await stopWatcher('SIGTERM');
@@ -270,9 +367,15 @@ describe('crash recovery with real kill -9 (real ublk driver)', function () {
       write('full.yaml', manifest('full', `target:\n  type: loop\n  file: ${mnt}/f.img\n  create: true\nsize: 32MiB`));
       await startWatcher();
       const { id, serverPid } = await deviceLive('full');
-      const w = run('dd', ['if=/dev/urandom', `of=/dev/ublkb${id}`, 'bs=1M', 'count=16', 'oflag=direct', 'status=none'], { allowFail: true });
+      const w = run(
+        'dd',
+        ['if=/dev/urandom', `of=/dev/ublkb${id}`, 'bs=1M', 'count=16', 'oflag=direct', 'status=none'],
+        { allowFail: true },
+      );
       assert.notEqual(w.status, 0, 'writes beyond the space fail');
-      const r = run('dd', [`if=/dev/ublkb${id}`, 'of=/dev/null', 'bs=1M', 'count=2', 'iflag=direct', 'status=none'], { allowFail: true });
+      const r = run('dd', [`if=/dev/ublkb${id}`, 'of=/dev/null', 'bs=1M', 'count=2', 'iflag=direct', 'status=none'], {
+        allowFail: true,
+      });
       assert.equal(r.status, 0, 'reads are still served');
       assert.ok(isAlive(serverPid), 'the server is alive');
       assert.equal(device(id)!.serverPid, serverPid, 'the same server still serves');

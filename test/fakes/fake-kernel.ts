@@ -103,7 +103,11 @@ export class FakeKernel implements Kernel {
     } else {
       id = spec.id ?? this.lowestFreeId();
       if (this.devices.has(id)) throw new UblkError('ADD_DEV', id, ERRNO.EEXIST);
-      this.devices.set(id, { info: this.info(id, 'LIVE', pid, recoveryFlags(spec.recovery), spec), sizeBytes: spec.sizeBytes, inUse: false });
+      this.devices.set(id, {
+        info: this.info(id, 'LIVE', pid, recoveryFlags(spec.recovery), spec),
+        sizeBytes: spec.sizeBytes,
+        inUse: false,
+      });
       this.calls.push(`start ${id}`);
     }
     this.alive.add(pid);

@@ -17,7 +17,10 @@ describe('state records', () => {
     const back = readRecord(dir, 3)!;
     assert.equal(back.serverPid, 42);
     assert.ok(Date.parse(back.updatedAt) > 0);
-    assert.deepEqual(listRecords(dir).map((r) => r.devId), [3]);
+    assert.deepEqual(
+      listRecords(dir).map((r) => r.devId),
+      [3],
+    );
     removeRecord(dir, 3);
     assert.equal(readRecord(dir, 3), undefined);
   });
@@ -33,8 +36,15 @@ describe('state records', () => {
       await new Promise((r) => child.once('exit', r));
       const record = readRecord(dir, 5);
       if (record) assert.ok(['even', 'odd'].includes(record.specHash!), `round ${round}: ${record.specHash}`);
-      assert.equal(listRecords(dir).length, record ? 1 : 0, 'leftover temporary files are cleaned, never read as records');
-      assert.deepEqual(fs.readdirSync(path.join(dir, 'devices')).filter((n) => n.endsWith('.tmp')), []);
+      assert.equal(
+        listRecords(dir).length,
+        record ? 1 : 0,
+        'leftover temporary files are cleaned, never read as records',
+      );
+      assert.deepEqual(
+        fs.readdirSync(path.join(dir, 'devices')).filter((n) => n.endsWith('.tmp')),
+        [],
+      );
     }
     assert.ok(readRecord(dir, 5), 'at least one write completed');
   });

@@ -33,7 +33,15 @@ describe('device spec', () => {
 
   it('keeps a fixed id and explicit geometry', () => {
     const spec = normalizeDeviceSpec(
-      { target: { type: 'null' }, size: 4096 * 10, id: 7, queues: 4, depth: 4096, maxIoSize: '1MiB', logicalBlockSize: 4096 },
+      {
+        target: { type: 'null' },
+        size: 4096 * 10,
+        id: 7,
+        queues: 4,
+        depth: 4096,
+        maxIoSize: '1MiB',
+        logicalBlockSize: 4096,
+      },
       limits,
     );
     assert.equal(spec.id, 7);
@@ -66,8 +74,16 @@ describe('device spec', () => {
   it('rejects non-numeric values with what was given', () => {
     rejects({ target: 'null', size: '1GiB', depth: 'deep' as unknown as number }, 'depth', /got "deep"/);
     rejects({ target: 'null', size: '1GiB', maxIoSize: '6000' }, 'maxIoSize', /multiple of 4KiB/);
-    rejects({ target: 'null', size: '1GiB', logicalBlockSize: 3000 as never }, 'logicalBlockSize', /512, 1024, 2048, 4096/);
+    rejects(
+      { target: 'null', size: '1GiB', logicalBlockSize: 3000 as never },
+      'logicalBlockSize',
+      /512, 1024, 2048, 4096/,
+    );
     rejects({ target: 'null', size: '1GiB', id: -1 }, 'id', /between 0 and/);
-    rejects({ target: 'null', size: '1GiB', recovery: 'sometimes' as never }, 'recovery', /reissue, fail-inflight, fail-io, none, got "sometimes"/);
+    rejects(
+      { target: 'null', size: '1GiB', recovery: 'sometimes' as never },
+      'recovery',
+      /reissue, fail-inflight, fail-io, none, got "sometimes"/,
+    );
   });
 });

@@ -25,11 +25,17 @@ describe('errors', () => {
   it('keeps every field, detail included, across the status channel', () => {
     const ublk = new UblkError('START_USER_RECOVERY', 4, ERRNO.EINVAL, 'device is LIVE, not QUIESCED or FAIL_IO');
     const back = deserializeError(JSON.parse(JSON.stringify(serializeError(ublk)))) as UblkError;
-    assert.deepEqual([back.op, back.devId, back.errno, back.code, back.detail, back.message], [ublk.op, 4, 22, 'EINVAL', ublk.detail, ublk.message]);
+    assert.deepEqual(
+      [back.op, back.devId, back.errno, back.code, back.detail, back.message],
+      [ublk.op, 4, 22, 'EINVAL', ublk.detail, ublk.message],
+    );
     const spec = new SpecError('target.file', '/x does not exist');
     const specBack = deserializeError(JSON.parse(JSON.stringify(serializeError(spec)))) as SpecError;
     assert.ok(specBack instanceof SpecError);
-    assert.deepEqual([specBack.field, specBack.detail, specBack.message], ['target.file', '/x does not exist', 'target.file: /x does not exist']);
+    assert.deepEqual(
+      [specBack.field, specBack.detail, specBack.message],
+      ['target.file', '/x does not exist', 'target.file: /x does not exist'],
+    );
   });
 
   it('names the errnos of conditions found in JavaScript', () => {
@@ -45,7 +51,13 @@ describe('uapi names', () => {
     view.setUint32(IO_DESC_SIZE + 4, 8, true);
     view.setUint32(IO_DESC_SIZE + 8, 0, true);
     view.setUint32(IO_DESC_SIZE + 12, 1, true); // start sector 2^32
-    assert.deepEqual(decodeIoDescriptor(view, 1), { op: 'write', flags: 1 << 5, fua: true, offset: 2 ** 32 * 512, length: 4096 });
+    assert.deepEqual(decodeIoDescriptor(view, 1), {
+      op: 'write',
+      flags: 1 << 5,
+      fua: true,
+      offset: 2 ** 32 * 512,
+      length: 4096,
+    });
     view.setUint32(0, 2, true);
     assert.equal(decodeIoDescriptor(view, 0).length, 0, 'a flush moves no data');
   });

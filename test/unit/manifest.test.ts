@@ -114,12 +114,14 @@ describe('manifest loading: invalid manifests', () => {
     ]);
   });
 
-  it('limits queues to the host\'s CPUs by default', () => {
+  it("limits queues to the host's CPUs by default", () => {
     const dir = tempDir({ 'q.yaml': manifest('q', 'target: {type: null}\nsize: 1MiB\nqueues: 4097') });
-    assert.deepEqual(loadManifestDir(dir).errors.map(formatManifestError), [`q.yaml:8:11: spec.queues: must be between 1 and ${maxQueues()}, got 4097`]);
+    assert.deepEqual(loadManifestDir(dir).errors.map(formatManifestError), [
+      `q.yaml:8:11: spec.queues: must be between 1 and ${maxQueues()}, got 4097`,
+    ]);
   });
 
-  it('reports YAML syntax errors at the parser\'s position and still loads the other documents', () => {
+  it("reports YAML syntax errors at the parser's position and still loads the other documents", () => {
     assert.deepEqual(errorsIn(invalid, 'syntax.yaml'), [
       'syntax.yaml:6:1: invalid YAML: Flow sequence in block collection must be sufficiently indented and end with a ]',
       'syntax.yaml:11:3: invalid YAML: Map keys must be unique',
@@ -128,12 +130,15 @@ describe('manifest loading: invalid manifests', () => {
   });
 
   it('makes a duplicate name or fixed id an error on every manifest involved, naming the others', () => {
-    assert.deepEqual([...errorsIn(invalid, 'dup-a.yaml'), ...errorsIn(invalid, 'dup-b.yaml')], [
-      'dup-a.yaml:4:9: metadata.name: name "shared" is also used by dup-b.yaml:4:9',
-      'dup-a.yaml:6:7: spec.id: device id 7 is also used by dup-b.yaml:14:7',
-      'dup-b.yaml:4:9: metadata.name: name "shared" is also used by dup-a.yaml:4:9',
-      'dup-b.yaml:14:7: spec.id: device id 7 is also used by dup-a.yaml:6:7',
-    ]);
+    assert.deepEqual(
+      [...errorsIn(invalid, 'dup-a.yaml'), ...errorsIn(invalid, 'dup-b.yaml')],
+      [
+        'dup-a.yaml:4:9: metadata.name: name "shared" is also used by dup-b.yaml:4:9',
+        'dup-a.yaml:6:7: spec.id: device id 7 is also used by dup-b.yaml:14:7',
+        'dup-b.yaml:4:9: metadata.name: name "shared" is also used by dup-a.yaml:4:9',
+        'dup-b.yaml:14:7: spec.id: device id 7 is also used by dup-a.yaml:6:7',
+      ],
+    );
     const names = invalid.errors.filter((e) => e.file.startsWith('dup-')).map((e) => e.manifestName);
     assert.deepEqual(names, ['shared', 'shared', 'shared', 'other-name']);
   });
@@ -153,7 +158,10 @@ describe('manifest loading: invalid manifests', () => {
   });
 
   it('keeps only the valid, unique manifests', () => {
-    assert.deepEqual(invalid.manifests.map((m) => m.name), ['own-name', 'survivor']);
+    assert.deepEqual(
+      invalid.manifests.map((m) => m.name),
+      ['own-name', 'survivor'],
+    );
     assert.deepEqual(invalid.files, ['dup-a.yaml', 'dup-b.yaml', 'schema.yaml', 'semantic.yaml', 'syntax.yaml']);
   });
 });
@@ -164,14 +172,17 @@ describe('manifest loading: valid manifests', () => {
   it('loads several documents per file and ignores empty documents', () => {
     assert.deepEqual(valid.errors, []);
     assert.deepEqual(valid.files, ['comments-only.yaml', 'loop.yml', 'two-docs.yaml']);
-    assert.deepEqual(valid.manifests.map((m) => [m.name, m.file, m.line]), [
-      ['loop0', 'loop.yml', 2],
-      ['first', 'two-docs.yaml', 2],
-      ['second', 'two-docs.yaml', 10],
-    ]);
+    assert.deepEqual(
+      valid.manifests.map((m) => [m.name, m.file, m.line]),
+      [
+        ['loop0', 'loop.yml', 2],
+        ['first', 'two-docs.yaml', 2],
+        ['second', 'two-docs.yaml', 10],
+      ],
+    );
   });
 
-  it('applies the schema\'s defaults, and reads `type: null` as the null target', () => {
+  it("applies the schema's defaults, and reads `type: null` as the null target", () => {
     const [loop, first, second] = valid.manifests;
     assert.deepEqual(first!.spec, {
       target: { type: 'null' },
@@ -184,13 +195,17 @@ describe('manifest loading: valid manifests', () => {
       recovery: 'reissue',
     });
     assert.deepEqual(loop!.spec.target, { type: 'loop', file: '/srv/disk.img', create: false, directIo: 'auto' });
-    assert.equal(loop!.spec.size, undefined, 'a loop device may take its file\'s size');
-    assert.deepEqual(second!.spec.target, { type: 'js', module: '/opt/targets/kv.js', options: { endpoint: '127.0.0.1:6000' } });
+    assert.equal(loop!.spec.size, undefined, "a loop device may take its file's size");
+    assert.deepEqual(second!.spec.target, {
+      type: 'js',
+      module: '/opt/targets/kv.js',
+      options: { endpoint: '127.0.0.1:6000' },
+    });
     assert.deepEqual(second!.document.metadata, { name: 'second' });
     assert.equal(second!.document.spec, second!.spec);
   });
 
-  it('defaults a js target\'s options to {}', () => {
+  it("defaults a js target's options to {}", () => {
     const dir = tempDir({ 'js.yaml': manifest('js', 'target: {type: js, module: /opt/t.js}\nsize: 1MiB') });
     assert.deepEqual(loadManifestDir(dir).manifests[0]!.spec.target, { type: 'js', module: '/opt/t.js', options: {} });
   });
@@ -202,7 +217,8 @@ describe('manifest loading: valid manifests', () => {
       'c.yaml': manifest('c', 'target: {type: null}\nsize: 2MiB'),
     });
     const [a, b, c] = loadManifestDir(dir).manifests;
-    const canonical = '{"depth":128,"logicalBlockSize":512,"maxIoSize":"512KiB","queues":1,"readOnly":false,"recovery":"reissue","size":"1MiB","target":{"type":"null"}}';
+    const canonical =
+      '{"depth":128,"logicalBlockSize":512,"maxIoSize":"512KiB","queues":1,"readOnly":false,"recovery":"reissue","size":"1MiB","target":{"type":"null"}}';
     assert.equal(a!.hash, crypto.createHash('sha256').update(canonical).digest('hex'));
     assert.equal(b!.hash, a!.hash);
     assert.notEqual(c!.hash, a!.hash);
@@ -221,17 +237,28 @@ describe('manifest loading: the directory', () => {
       'a.yaml.bak': 'garbage',
       '#a.yaml#': 'garbage',
       'notes.txt': 'hello',
-      'README': 'hello',
+      README: 'hello',
     });
     fs.mkdirSync(path.join(dir, 'sub.yaml'));
     const result = loadManifestDir(dir);
     assert.deepEqual(result.errors, []);
     assert.deepEqual(result.files, ['a.yaml', 'b.yml']);
-    assert.deepEqual(result.manifests.map((m) => m.name), ['a', 'b']);
+    assert.deepEqual(
+      result.manifests.map((m) => m.name),
+      ['a', 'b'],
+    );
   });
 
   it('names manifest files by their extension alone', () => {
-    assert.deepEqual(['x.yaml', 'x.yml', 'x.YAML', '.x.yaml', 'x.yaml.swp', 'x.yaml~', 'x.json'].map(isManifestFile), [true, true, false, false, false, false, false]);
+    assert.deepEqual(['x.yaml', 'x.yml', 'x.YAML', '.x.yaml', 'x.yaml.swp', 'x.yaml~', 'x.json'].map(isManifestFile), [
+      true,
+      true,
+      false,
+      false,
+      false,
+      false,
+      false,
+    ]);
   });
 
   it('follows links to files, and reports a dangling one without stopping the others', () => {
@@ -240,13 +267,19 @@ describe('manifest loading: the directory', () => {
     fs.symlinkSync(path.join(elsewhere, 'target.yaml'), path.join(dir, 'linked.yaml'));
     fs.symlinkSync(path.join(elsewhere, 'gone.yaml'), path.join(dir, 'dangling.yaml'));
     const result = loadManifestDir(dir);
-    assert.deepEqual(result.manifests.map((m) => m.name), ['linked', 'real']);
+    assert.deepEqual(
+      result.manifests.map((m) => m.name),
+      ['linked', 'real'],
+    );
     assert.equal(result.errors.length, 1);
     assert.match(formatManifestError(result.errors[0]!), /^dangling\.yaml: cannot read: ENOENT/);
   });
 
   it('throws for a missing directory or a file in its place', () => {
-    assert.throws(() => loadManifestDir('/nonexistent/ublk.d'), /^Error: manifest directory \/nonexistent\/ublk\.d does not exist$/);
+    assert.throws(
+      () => loadManifestDir('/nonexistent/ublk.d'),
+      /^Error: manifest directory \/nonexistent\/ublk\.d does not exist$/,
+    );
     const dir = tempDir({ 'file.yaml': '' });
     assert.throws(() => loadManifestDir(path.join(dir, 'file.yaml')), /is not a directory$/);
   });
@@ -263,14 +296,18 @@ describe('manifest loading: permissions', () => {
     const dir = tempDir({ 'loose.yaml': ok('loose'), 'tight.yaml': ok('tight') });
     fs.chmodSync(path.join(dir, 'loose.yaml'), 0o664);
     const strict = loadManifestDir(dir, { checkPermissions: true });
-    assert.deepEqual(strict.manifests.map((m) => m.name), ['tight']);
+    assert.deepEqual(
+      strict.manifests.map((m) => m.name),
+      ['tight'],
+    );
     assert.deepEqual(strict.errors, [
       {
         file: 'loose.yaml',
         line: 0,
         column: 0,
         path: '',
-        message: 'refusing file writable by group/others (mode 0664); fix with chmod go-w, or pass --insecure-permissions',
+        message:
+          'refusing file writable by group/others (mode 0664); fix with chmod go-w, or pass --insecure-permissions',
       },
     ]);
     assert.equal(
@@ -294,7 +331,16 @@ describe('manifest loading: permissions', () => {
     assert.deepEqual(result, {
       manifests: [],
       files: [],
-      errors: [{ file: dir, line: 0, column: 0, path: '', message: 'refusing directory writable by group/others (mode 0775); fix with chmod go-w, or pass --insecure-permissions' }],
+      errors: [
+        {
+          file: dir,
+          line: 0,
+          column: 0,
+          path: '',
+          message:
+            'refusing directory writable by group/others (mode 0775); fix with chmod go-w, or pass --insecure-permissions',
+        },
+      ],
     });
   });
 
@@ -305,7 +351,10 @@ describe('manifest loading: permissions', () => {
     fs.chmodSync(dir, 0o777);
     const result = loadManifestDir(dir, { checkPermissions: false });
     assert.deepEqual(result.errors, []);
-    assert.deepEqual(result.manifests.map((m) => m.name), ['loose', 'theirs']);
+    assert.deepEqual(
+      result.manifests.map((m) => m.name),
+      ['loose', 'theirs'],
+    );
   });
 });
 
@@ -314,7 +363,10 @@ describe('manifest error format', () => {
     const base = { file: 'data.yaml', line: 7, column: 12, path: 'spec.queues', message: 'must be at most 32, got 64' };
     assert.equal(formatManifestError(base), 'data.yaml:7:12: spec.queues: must be at most 32, got 64');
     assert.equal(formatManifestError({ ...base, path: '' }), 'data.yaml:7:12: must be at most 32, got 64');
-    assert.equal(formatManifestError({ ...base, line: 0, column: 0, path: '' }), 'data.yaml: must be at most 32, got 64');
+    assert.equal(
+      formatManifestError({ ...base, line: 0, column: 0, path: '' }),
+      'data.yaml: must be at most 32, got 64',
+    );
   });
 
   it('suggests a field name only within edit distance 2', () => {
@@ -340,31 +392,66 @@ describe('manifest schema and TypeScript types', () => {
   const top = schemaDocument as SchemaObject;
   const spec = schemaDocument.properties.spec as SchemaObject;
   const branches = schemaDocument.properties.spec.properties.target.oneOf as SchemaObject[];
-  const branch = (type: string): SchemaObject => branches.find((b) => (b.properties.type as { const?: string }).const === type)!;
+  const branch = (type: string): SchemaObject =>
+    branches.find((b) => (b.properties.type as { const?: string }).const === type)!;
 
   it('has the same fields, and the same required fields, as the types', () => {
     const cases: [string, SchemaObject, Record<string, true>, Record<string, true>][] = [
-      ['manifest', top,
+      [
+        'manifest',
+        top,
         { apiVersion: true, kind: true, metadata: true, spec: true } satisfies Record<keyof UblkDeviceManifest, true>,
-        { apiVersion: true, kind: true, metadata: true, spec: true } satisfies Record<RequiredKeys<UblkDeviceManifest>, true>],
-      ['metadata', schemaDocument.properties.metadata,
+        { apiVersion: true, kind: true, metadata: true, spec: true } satisfies Record<
+          RequiredKeys<UblkDeviceManifest>,
+          true
+        >,
+      ],
+      [
+        'metadata',
+        schemaDocument.properties.metadata,
         { name: true } satisfies Record<keyof ManifestMetadata, true>,
-        { name: true } satisfies Record<RequiredKeys<ManifestMetadata>, true>],
-      ['spec', spec,
-        { id: true, target: true, size: true, queues: true, depth: true, maxIoSize: true, logicalBlockSize: true, readOnly: true, recovery: true } satisfies Record<keyof ManifestSpec, true>,
-        { target: true } satisfies Record<RequiredKeys<ManifestSpec>, true>],
-      ['null target', branch('null'),
+        { name: true } satisfies Record<RequiredKeys<ManifestMetadata>, true>,
+      ],
+      [
+        'spec',
+        spec,
+        {
+          id: true,
+          target: true,
+          size: true,
+          queues: true,
+          depth: true,
+          maxIoSize: true,
+          logicalBlockSize: true,
+          readOnly: true,
+          recovery: true,
+        } satisfies Record<keyof ManifestSpec, true>,
+        { target: true } satisfies Record<RequiredKeys<ManifestSpec>, true>,
+      ],
+      [
+        'null target',
+        branch('null'),
         { type: true } satisfies Record<keyof NullTarget, true>,
-        { type: true } satisfies Record<RequiredKeys<NullTarget>, true>],
-      ['memory target', branch('memory'),
+        { type: true } satisfies Record<RequiredKeys<NullTarget>, true>,
+      ],
+      [
+        'memory target',
+        branch('memory'),
         { type: true } satisfies Record<keyof MemoryTarget, true>,
-        { type: true } satisfies Record<RequiredKeys<MemoryTarget>, true>],
-      ['loop target', branch('loop'),
+        { type: true } satisfies Record<RequiredKeys<MemoryTarget>, true>,
+      ],
+      [
+        'loop target',
+        branch('loop'),
         { type: true, file: true, create: true, directIo: true } satisfies Record<keyof LoopTarget, true>,
-        { type: true, file: true } satisfies Record<RequiredKeys<LoopTarget>, true>],
-      ['js target', branch('js'),
+        { type: true, file: true } satisfies Record<RequiredKeys<LoopTarget>, true>,
+      ],
+      [
+        'js target',
+        branch('js'),
         { type: true, module: true, options: true } satisfies Record<keyof JsTarget, true>,
-        { type: true, module: true } satisfies Record<RequiredKeys<JsTarget>, true>],
+        { type: true, module: true } satisfies Record<RequiredKeys<JsTarget>, true>,
+      ],
     ];
     for (const [where, schema, keys, required] of cases) {
       assert.deepEqual(sorted(Object.keys(schema.properties)), sorted(Object.keys(keys)), `${where}: fields`);
@@ -375,23 +462,45 @@ describe('manifest schema and TypeScript types', () => {
   });
 
   it('has the same enums as the types and the device spec', () => {
-    const targetTypes = { null: true, memory: true, loop: true, js: true } satisfies Record<ManifestTarget['type'], true>;
-    const recoveryModes = { reissue: true, 'fail-inflight': true, 'fail-io': true, none: true } satisfies Record<RecoveryMode, true>;
+    const targetTypes = { null: true, memory: true, loop: true, js: true } satisfies Record<
+      ManifestTarget['type'],
+      true
+    >;
+    const recoveryModes = { reissue: true, 'fail-inflight': true, 'fail-io': true, none: true } satisfies Record<
+      RecoveryMode,
+      true
+    >;
     const blockSizes = { 512: true, 1024: true, 2048: true, 4096: true } satisfies Record<LogicalBlockSize, true>;
     const directIo = { auto: true, true: true, false: true } satisfies Record<`${DirectIoMode}`, true>;
-    assert.deepEqual(branches.map((b) => (b.properties.type as { const?: string }).const), Object.keys(targetTypes));
-    assert.deepEqual(branches.map((b) => (b.properties.type as { const?: string }).const), [...TARGET_TYPES]);
+    assert.deepEqual(
+      branches.map((b) => (b.properties.type as { const?: string }).const),
+      Object.keys(targetTypes),
+    );
+    assert.deepEqual(
+      branches.map((b) => (b.properties.type as { const?: string }).const),
+      [...TARGET_TYPES],
+    );
     assert.deepEqual(spec.properties.recovery!.enum, Object.keys(recoveryModes));
     assert.deepEqual(spec.properties.recovery!.enum, [...RECOVERY_MODES]);
     assert.deepEqual(sorted(spec.properties.logicalBlockSize!.enum!), sorted(Object.keys(blockSizes)));
     assert.deepEqual(sorted(branch('loop').properties.directIo!.enum!), sorted(Object.keys(directIo)));
   });
 
-  it('is where the spec\'s defaults and limits come from', () => {
+  it("is where the spec's defaults and limits come from", () => {
     const field = (name: string) => spec.properties[name] as SchemaObject & { default?: unknown; maximum?: number };
     assert.deepEqual(
-      { queues: DEFAULTS.queues, depth: DEFAULTS.depth, logicalBlockSize: DEFAULTS.logicalBlockSize, recovery: DEFAULTS.recovery },
-      { queues: field('queues').default, depth: field('depth').default, logicalBlockSize: field('logicalBlockSize').default, recovery: field('recovery').default },
+      {
+        queues: DEFAULTS.queues,
+        depth: DEFAULTS.depth,
+        logicalBlockSize: DEFAULTS.logicalBlockSize,
+        recovery: DEFAULTS.recovery,
+      },
+      {
+        queues: field('queues').default,
+        depth: field('depth').default,
+        logicalBlockSize: field('logicalBlockSize').default,
+        recovery: field('recovery').default,
+      },
     );
     assert.equal(DEFAULTS.maxIoSize, 512 * 1024);
     assert.equal(MAX_DEPTH, field('depth').maximum);
@@ -401,9 +510,13 @@ describe('manifest schema and TypeScript types', () => {
   it('describes every field (the README reference is generated from the descriptions)', () => {
     const fields: [string, { description?: string }][] = [
       ...Object.entries(top.properties),
-      ...Object.entries(schemaDocument.properties.metadata.properties as SchemaObject['properties']).map(([k, v]) => [`metadata.${k}`, v] as [string, { description?: string }]),
+      ...Object.entries(schemaDocument.properties.metadata.properties as SchemaObject['properties']).map(
+        ([k, v]) => [`metadata.${k}`, v] as [string, { description?: string }],
+      ),
       ...Object.entries(spec.properties).map(([k, v]) => [`spec.${k}`, v] as [string, { description?: string }]),
-      ...branches.flatMap((b) => Object.entries(b.properties).map(([k, v]) => [`spec.target.${k}`, v] as [string, { description?: string }])),
+      ...branches.flatMap((b) =>
+        Object.entries(b.properties).map(([k, v]) => [`spec.target.${k}`, v] as [string, { description?: string }]),
+      ),
     ];
     for (const [name, field] of fields) assert.ok(field.description, `${name} has a description`);
   });
@@ -414,11 +527,14 @@ describe('shipped manifests', () => {
     const result = loadManifestDir(path.join(ROOT, 'manifests'));
     assert.deepEqual(result.errors.map(formatManifestError), []);
     assert.deepEqual(result.files, ['loop-data.yaml', 'memory-cache.yaml', 'null-scratch.yaml']);
-    assert.deepEqual(result.manifests.map((m) => [m.name, m.spec.target.type]), [
-      ['loop-data', 'loop'],
-      ['memory-cache', 'memory'],
-      ['null-scratch', 'null'],
-    ]);
+    assert.deepEqual(
+      result.manifests.map((m) => [m.name, m.spec.target.type]),
+      [
+        ['loop-data', 'loop'],
+        ['memory-cache', 'memory'],
+        ['null-scratch', 'null'],
+      ],
+    );
   });
 });
 

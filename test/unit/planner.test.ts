@@ -59,7 +59,11 @@ describe('reconcile planner', () => {
 
   it('recovers a QUIESCED device whose server is gone', () => {
     const a = only(
-      run({ desired: [want('a')], records: [record('a', 3)], live: new Map([[3, device(3, { state: 'QUIESCED', serverAlive: false })]]) }),
+      run({
+        desired: [want('a')],
+        records: [record('a', 3)],
+        live: new Map([[3, device(3, { state: 'QUIESCED', serverAlive: false })]]),
+      }),
     );
     assert.equal(a.kind, 'recover');
     assert.match(a.reason, /QUIESCED and its server \(pid 103\) is gone/);
@@ -67,7 +71,11 @@ describe('reconcile planner', () => {
 
   it('re-creates a DEAD device and says data-plane state was lost', () => {
     const a = only(
-      run({ desired: [want('a')], records: [record('a', 3)], live: new Map([[3, device(3, { state: 'DEAD', serverAlive: false })]]) }),
+      run({
+        desired: [want('a')],
+        records: [record('a', 3)],
+        live: new Map([[3, device(3, { state: 'DEAD', serverAlive: false })]]),
+      }),
     );
     assert.equal(a.kind, 'recreate');
     assert.equal(a.dataLost, true);
@@ -86,12 +94,22 @@ describe('reconcile planner', () => {
   });
 
   it('deletes an owned device whose manifest is gone, but never one another tool made', () => {
-    const a = only(run({ records: [record('old', 4)], live: new Map([[4, device(4)], [9, device(9)]]) }));
+    const a = only(
+      run({
+        records: [record('old', 4)],
+        live: new Map([
+          [4, device(4)],
+          [9, device(9)],
+        ]),
+      }),
+    );
     assert.deepEqual([a.kind, a.devId], ['delete', 4]);
   });
 
   it('holds a device whose manifest is invalid, and holds all deletions when an invalid manifest has no readable name', () => {
-    const held = only(run({ records: [record('a', 3)], invalidNames: new Set(['a']), live: new Map([[3, device(3)]]) }));
+    const held = only(
+      run({ records: [record('a', 3)], invalidNames: new Set(['a']), live: new Map([[3, device(3)]]) }),
+    );
     assert.equal(held.kind, 'hold');
     const unnamed = only(run({ records: [record('a', 3)], unattributedErrors: true, live: new Map([[3, device(3)]]) }));
     assert.equal(unnamed.kind, 'hold');
@@ -104,7 +122,10 @@ describe('reconcile planner', () => {
   });
 
   it('backs off a device that keeps failing, with a capped delay from the injectable clock', () => {
-    assert.deepEqual([0, 1, 2, 3, 10].map((n) => backoffMs(n)), [0, 1000, 2000, 4000, 60_000]);
+    assert.deepEqual(
+      [0, 1, 2, 3, 10].map((n) => backoffMs(n)),
+      [0, 1000, 2000, 4000, 60_000],
+    );
     const backoff = new Backoff();
     for (let i = 0; i < 3; i++) backoff.failed('a', NOW - 1000);
     const quiesced = new Map([[3, device(3, { state: 'QUIESCED', serverAlive: false })]]);
@@ -120,7 +141,9 @@ describe('reconcile planner', () => {
   });
 
   it('gives a device that is still settling a second look after a short while', () => {
-    const a = only(run({ desired: [want('a')], records: [record('a', 3)], live: new Map([[3, device(3, { state: 'QUIESCED' })]]) }));
+    const a = only(
+      run({ desired: [want('a')], records: [record('a', 3)], live: new Map([[3, device(3, { state: 'QUIESCED' })]]) }),
+    );
     assert.equal(a.kind, 'wait');
     assert.equal(requeueAfter([a], NOW), 1000);
   });

@@ -314,7 +314,7 @@ describe('reconcile passes: failures, backoff and requeue', () => {
     assert.deepEqual(s.kernel.calls, []);
   });
 
-  it('one device\'s failure does not block another', async () => {
+  it("one device's failure does not block another", async () => {
     s.write('a');
     s.write('b');
     s.kernel.failNextStart = new Error('no room');

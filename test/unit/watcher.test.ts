@@ -33,7 +33,10 @@ describe('reconcile watcher', () => {
 
   beforeEach(() => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ublk-ts-watch-'));
-    fs.writeFileSync(path.join(dir, 'a.yaml'), 'apiVersion: ublk-ts/v1\nkind: UblkDevice\nmetadata: {name: a}\nspec: {target: {type: null}, size: 1MiB}\n');
+    fs.writeFileSync(
+      path.join(dir, 'a.yaml'),
+      'apiVersion: ublk-ts/v1\nkind: UblkDevice\nmetadata: {name: a}\nspec: {target: {type: null}, size: 1MiB}\n',
+    );
     kernel = new FakeKernel();
     passes = [];
     log = [];
@@ -71,7 +74,10 @@ describe('reconcile watcher', () => {
     watcher.trigger('three');
     await watcher.settled();
     assert.equal(passes.length, 2, log.join('\n'));
-    assert.deepEqual(log.filter((l) => l.startsWith('pass (')), ['pass (start)', 'pass (changes during the last pass)']);
+    assert.deepEqual(
+      log.filter((l) => l.startsWith('pass (')),
+      ['pass (start)', 'pass (changes during the last pass)'],
+    );
   });
 
   it('notices a dead server once, and its pass recovers the device', async () => {
@@ -101,13 +107,40 @@ describe('reconcile watcher', () => {
 describe('dead server detection', () => {
   it('reports each dead pid of an owned device once, and ignores devices it does not own', async () => {
     const kernel = new FakeKernel();
-    await kernel.startServer({ target: { type: 'null' }, sizeBytes: 1 << 20, queues: 1, depth: 1, maxIoSize: 4096, logicalBlockSize: 512, readOnly: false, recovery: 'reissue' }, { owner: 'reconciler', manifest: 'a' });
-    await kernel.startServer({ target: { type: 'null' }, sizeBytes: 1 << 20, queues: 1, depth: 1, maxIoSize: 4096, logicalBlockSize: 512, readOnly: false, recovery: 'reissue' }, { owner: 'ublkctl' });
+    await kernel.startServer(
+      {
+        target: { type: 'null' },
+        sizeBytes: 1 << 20,
+        queues: 1,
+        depth: 1,
+        maxIoSize: 4096,
+        logicalBlockSize: 512,
+        readOnly: false,
+        recovery: 'reissue',
+      },
+      { owner: 'reconciler', manifest: 'a' },
+    );
+    await kernel.startServer(
+      {
+        target: { type: 'null' },
+        sizeBytes: 1 << 20,
+        queues: 1,
+        depth: 1,
+        maxIoSize: 4096,
+        logicalBlockSize: 512,
+        readOnly: false,
+        recovery: 'reissue',
+      },
+      { owner: 'ublkctl' },
+    );
     const seen = new Set<number>();
     assert.deepEqual(newlyDeadServers(kernel, seen), []);
     kernel.killServer(0);
     kernel.killServer(1);
-    assert.deepEqual(newlyDeadServers(kernel, seen).map((d) => d.what), ['a']);
+    assert.deepEqual(
+      newlyDeadServers(kernel, seen).map((d) => d.what),
+      ['a'],
+    );
     assert.deepEqual(newlyDeadServers(kernel, seen), []);
   });
 });

@@ -1,5 +1,5 @@
-import { readdirSync, readFileSync } from "node:fs";
-import { join } from "node:path";
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 
 /** One apt repository entry as the machine's apt sources declare it. */
 export interface AptSource {
@@ -18,24 +18,24 @@ export interface AptSource {
 export function parseDeb822Sources(text: string): AptSource[] {
   return splitParagraphs(text)
     .map(parseParagraph)
-    .filter((fields) => (fields.get("enabled") ?? "yes").trim().toLowerCase() !== "no")
+    .filter((fields) => (fields.get('enabled') ?? 'yes').trim().toLowerCase() !== 'no')
     .map((fields) => ({
-      types: words(fields.get("types")),
-      uris: words(fields.get("uris")),
-      suites: words(fields.get("suites")),
-      components: words(fields.get("components")),
-      signedBy: fields.get("signed-by"),
+      types: words(fields.get('types')),
+      uris: words(fields.get('uris')),
+      suites: words(fields.get('suites')),
+      components: words(fields.get('components')),
+      signedBy: fields.get('signed-by'),
     }));
 }
 
 /** Parses one-line `sources.list` text (`deb [signed-by=...] URI SUITE COMPONENT...`). */
 export function parseOneLineSources(text: string): AptSource[] {
   const sources: AptSource[] = [];
-  for (const raw of text.split("\n")) {
-    const line = raw.replace(/#.*/, "").trim();
+  for (const raw of text.split('\n')) {
+    const line = raw.replace(/#.*/, '').trim();
     const match = /^(deb|deb-src)\s+(?:\[([^\]]*)\]\s+)?(\S+)\s+(\S+)\s*(.*)$/.exec(line);
     if (match === null) continue;
-    const [, type, options = "", uri, suite, components] = match;
+    const [, type, options = '', uri, suite, components] = match;
     const signedBy = /(?:^|\s)signed-by=(\S+)/.exec(options)?.[1];
     sources.push({ types: [type], uris: [uri], suites: [suite], components: words(components), signedBy });
   }
@@ -43,13 +43,13 @@ export function parseOneLineSources(text: string): AptSource[] {
 }
 
 /** Reads every source apt itself would read: sources.list plus sources.list.d/*.list and *.sources. */
-export function readMachineSources(aptEtc = "/etc/apt"): AptSource[] {
-  const sources = parseOneLineSources(readIfExists(join(aptEtc, "sources.list")));
-  const partsDir = join(aptEtc, "sources.list.d");
+export function readMachineSources(aptEtc = '/etc/apt'): AptSource[] {
+  const sources = parseOneLineSources(readIfExists(join(aptEtc, 'sources.list')));
+  const partsDir = join(aptEtc, 'sources.list.d');
   for (const name of listIfExists(partsDir).sort()) {
     const text = readIfExists(join(partsDir, name));
-    if (name.endsWith(".list")) sources.push(...parseOneLineSources(text));
-    else if (name.endsWith(".sources")) sources.push(...parseDeb822Sources(text));
+    if (name.endsWith('.list')) sources.push(...parseOneLineSources(text));
+    else if (name.endsWith('.sources')) sources.push(...parseDeb822Sources(text));
   }
   return sources;
 }
@@ -69,29 +69,30 @@ export function derivedSourcesFile(
   const seen = new Set<string>();
   const paragraphs: string[] = [];
   for (const source of sources) {
-    if (!source.types.includes("deb") || !source.suites.includes(baseSuite)) continue;
-    const uris = source.uris.filter((uri) => !uri.startsWith("cdrom:"));
-    const key = `${uris.join(" ")}\n${source.signedBy ?? ""}`;
+    if (!source.types.includes('deb') || !source.suites.includes(baseSuite)) continue;
+    const uris = source.uris.filter((uri) => !uri.startsWith('cdrom:'));
+    const key = `${uris.join(' ')}\n${source.signedBy ?? ''}`;
     if (uris.length === 0 || seen.has(key)) continue;
     seen.add(key);
     const lines = [
-      "Types: deb",
-      `URIs: ${uris.join(" ")}`,
+      'Types: deb',
+      `URIs: ${uris.join(' ')}`,
       `Suites: ${suite}`,
-      `Components: ${components.join(" ")}`,
+      `Components: ${components.join(' ')}`,
       `Architectures: ${architecture}`,
     ];
-    if (source.signedBy !== undefined) lines.push(`Signed-By:${source.signedBy.startsWith("\n") ? "" : " "}${source.signedBy}`);
-    paragraphs.push(lines.join("\n"));
+    if (source.signedBy !== undefined)
+      lines.push(`Signed-By:${source.signedBy.startsWith('\n') ? '' : ' '}${source.signedBy}`);
+    paragraphs.push(lines.join('\n'));
   }
-  return paragraphs.length === 0 ? undefined : `${paragraphs.join("\n\n")}\n`;
+  return paragraphs.length === 0 ? undefined : `${paragraphs.join('\n\n')}\n`;
 }
 
 function splitParagraphs(text: string): string[][] {
   const paragraphs: string[][] = [[]];
-  for (const line of text.split("\n")) {
-    if (line.startsWith("#")) continue;
-    if (line.trim() === "") {
+  for (const line of text.split('\n')) {
+    if (line.startsWith('#')) continue;
+    if (line.trim() === '') {
       if (paragraphs[paragraphs.length - 1].length > 0) paragraphs.push([]);
       continue;
     }
@@ -108,7 +109,7 @@ function parseParagraph(lines: string[]): Map<string, string> {
       fields.set(current, `${fields.get(current)}\n${line}`);
       continue;
     }
-    const colon = line.indexOf(":");
+    const colon = line.indexOf(':');
     if (colon < 0) continue;
     current = line.slice(0, colon).trim().toLowerCase();
     fields.set(current, line.slice(colon + 1).trim());
@@ -117,14 +118,14 @@ function parseParagraph(lines: string[]): Map<string, string> {
 }
 
 function words(value: string | undefined): string[] {
-  return (value ?? "").split(/\s+/).filter(Boolean);
+  return (value ?? '').split(/\s+/).filter(Boolean);
 }
 
 function readIfExists(path: string): string {
   try {
-    return readFileSync(path, "utf8");
+    return readFileSync(path, 'utf8');
   } catch {
-    return "";
+    return '';
   }
 }
 

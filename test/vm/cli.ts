@@ -2,13 +2,13 @@
  * `node dist/test/vm/cli.js [options] -- <shell command>`: runs the command in the ublk test VM
  * from the current directory and exits with its status (3 when the VM cannot be had).
  */
-import { rmSync } from "node:fs";
-import { parseArgs } from "node:util";
-import { runInVm } from "./qemu";
-import { VmUnavailable } from "./vm-unavailable";
+import { rmSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { runInVm } from './qemu';
+import { VmUnavailable } from './vm-unavailable';
 
 const USAGE =
-  "usage: node dist/test/vm/cli.js [--icount] [--timeout SECONDS] [--env NAME=VALUE]... [--keep-results] -- <shell command>";
+  'usage: node dist/test/vm/cli.js [--icount] [--timeout SECONDS] [--env NAME=VALUE]... [--keep-results] -- <shell command>';
 const DEFAULT_TIMEOUT_S = 600;
 /** Exit status when the VM cannot be had on this machine (the reason is printed). */
 const EXIT_VM_UNAVAILABLE = 3;
@@ -29,10 +29,10 @@ function parseCli(argv: string[]): CliOptions | string {
     parsed = parseArgs({
       args: argv,
       options: {
-        icount: { type: "boolean" },
-        timeout: { type: "string" },
-        env: { type: "string", multiple: true },
-        "keep-results": { type: "boolean" },
+        icount: { type: 'boolean' },
+        timeout: { type: 'string' },
+        env: { type: 'string', multiple: true },
+        'keep-results': { type: 'boolean' },
       },
       allowPositionals: true,
     });
@@ -42,25 +42,25 @@ function parseCli(argv: string[]): CliOptions | string {
   const { values, positionals } = parsed;
   const timeoutS = values.timeout === undefined ? DEFAULT_TIMEOUT_S : Number(values.timeout);
   if (!(timeoutS > 0)) return `--timeout wants a positive number of seconds, got ${values.timeout}`;
-  if (positionals.length === 0) return "no command given";
+  if (positionals.length === 0) return 'no command given';
   const env: Record<string, string> = {};
   for (const pair of values.env ?? []) {
-    const eq = pair.indexOf("=");
+    const eq = pair.indexOf('=');
     if (eq <= 0) return `--env wants NAME=VALUE, got ${pair}`;
     env[pair.slice(0, eq)] = pair.slice(eq + 1);
   }
   return {
-    command: positionals.join(" "),
+    command: positionals.join(' '),
     icount: values.icount ?? false,
     timeoutS,
     env,
-    keepResults: values["keep-results"] ?? false,
+    keepResults: values['keep-results'] ?? false,
   };
 }
 
 async function main(argv: string[]): Promise<number> {
   const options = parseCli(argv);
-  if (typeof options === "string") {
+  if (typeof options === 'string') {
     process.stderr.write(`${options}\n${USAGE}\n`);
     return EXIT_HARNESS;
   }
@@ -80,7 +80,7 @@ async function main(argv: string[]): Promise<number> {
     });
     if (options.keepResults) log(`results kept in ${result.resultsDir}`);
     else rmSync(result.resultsDir, { recursive: true, force: true });
-    log(`exit code ${result.exitCode}${result.bootRetries > 0 ? ` after ${result.bootRetries} boot retry` : ""}`);
+    log(`exit code ${result.exitCode}${result.bootRetries > 0 ? ` after ${result.bootRetries} boot retry` : ''}`);
     return result.exitCode;
   } catch (err) {
     if (interrupted.signal.aborted) return interrupted.exitCode;
@@ -99,8 +99,8 @@ function abortOnSignals(): { signal: AbortSignal; exitCode: number } {
     state.exitCode = code;
     controller.abort();
   };
-  process.on("SIGINT", onSignal(130));
-  process.on("SIGTERM", onSignal(143));
+  process.on('SIGINT', onSignal(130));
+  process.on('SIGTERM', onSignal(143));
   return state;
 }
 

@@ -1,4 +1,5 @@
-import { StringDecoder } from "node:string_decoder";
+/* eslint-disable no-control-regex -- these patterns match terminal control sequences on purpose */
+import { StringDecoder } from 'node:string_decoder';
 
 // CSI and OSC sequences, charset selections, two-byte escapes, then stray control
 // characters other than \t and \n.
@@ -13,8 +14,8 @@ const PARTIAL = /\x1b(?:\[[0-?]*[ -/]*|\][^\x07\x1b]*\x1b?|[()])?$/;
  * carriage returns removed, so logs and assertions see only what the guest printed.
  */
 export class ConsoleText {
-  private readonly decoder = new StringDecoder("utf8");
-  private held = "";
+  private readonly decoder = new StringDecoder('utf8');
+  private held = '';
 
   /** Returns the plain text of `chunk`, possibly holding back an unfinished escape sequence. */
   push(chunk: Buffer): string {
@@ -22,13 +23,13 @@ export class ConsoleText {
     const partial = PARTIAL.exec(text);
     const cut = partial === null || text.length - partial.index > 64 ? text.length : partial.index;
     this.held = text.slice(cut);
-    return text.slice(0, cut).replace(NOISE, "");
+    return text.slice(0, cut).replace(NOISE, '');
   }
 
   /** Returns whatever is still held at the end of the stream. */
   end(): string {
     const rest = this.held + this.decoder.end();
-    this.held = "";
-    return rest.replace(NOISE, "");
+    this.held = '';
+    return rest.replace(NOISE, '');
   }
 }

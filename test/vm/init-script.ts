@@ -1,25 +1,25 @@
 /** Modules /init loads before it can reach the host's files: the 9p stack, then overlayfs. */
-export const BOOT_MODULES = ["netfs", "9pnet", "9pnet_virtio", "9p", "overlay"] as const;
+export const BOOT_MODULES = ['netfs', '9pnet', '9pnet_virtio', '9p', 'overlay'] as const;
 
 /** Modules /init loads for the tests: ublk, loop, and ext4 with its dependencies in order. */
-export const GUEST_MODULES = ["ublk_drv", "loop", "crc16", "mbcache", "jbd2", "crc32c_generic", "ext4"] as const;
+export const GUEST_MODULES = ['ublk_drv', 'loop', 'crc16', 'mbcache', 'jbd2', 'crc32c_generic', 'ext4'] as const;
 
 /** Printed by /init once the guest root is ready; a boot that never prints it is retried once. */
-export const BOOTED_MARKER = "UBLK-TS-VM-BOOTED";
+export const BOOTED_MARKER = 'UBLK-TS-VM-BOOTED';
 
 /** Printed by /init, followed by the command's exit status, just before it powers off. */
-export const EXIT_MARKER = "UBLK-TS-VM-EXIT";
+export const EXIT_MARKER = 'UBLK-TS-VM-EXIT';
 
 /** Files the host and /init exchange through the results share. */
 export const GUEST_FILES = {
   /** Shell assignments /init sources: RESULTS_DIR, WORK_DIR, MODULES_DIR. */
-  config: "vm.conf",
+  config: 'vm.conf',
   /** `export NAME='value'` lines that make the command's whole environment. */
-  env: "env.sh",
+  env: 'env.sh',
   /** The command, run with /bin/bash from WORK_DIR. */
-  command: "command.sh",
+  command: 'command.sh',
   /** The command's exit status, written by /init after it returns. */
-  exitCode: "exit-code",
+  exitCode: 'exit-code',
 } as const;
 
 /**
@@ -62,7 +62,7 @@ restore() {
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-load ${BOOT_MODULES.join(" ")}
+load ${BOOT_MODULES.join(' ')}
 
 mkdir -p /host /results /rw "$R"
 mount9p hostroot /host cache=loose,ro || give_up "cannot mount the host root share"
@@ -98,7 +98,7 @@ ln -sfn /proc/self/fd/0 "$R/dev/stdin"
 ln -sfn /proc/self/fd/1 "$R/dev/stdout"
 ln -sfn /proc/self/fd/2 "$R/dev/stderr"
 
-load ${GUEST_MODULES.join(" ")}
+load ${GUEST_MODULES.join(' ')}
 hostname ublk-ts-vm
 ip link set lo up
 

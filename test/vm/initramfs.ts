@@ -1,18 +1,18 @@
-import { execFileSync } from "node:child_process";
-import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
-import { gzipSync } from "node:zlib";
-import { type CpioEntry, newcArchive } from "./cpio";
-import { BOOT_MODULES, GUEST_MODULES, initScript } from "./init-script";
-import { type KernelImage, vmCacheDir } from "./kernel";
-import { requireTool } from "./tools";
-import { VmUnavailable } from "./vm-unavailable";
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { gzipSync } from 'node:zlib';
+import { type CpioEntry, newcArchive } from './cpio';
+import { BOOT_MODULES, GUEST_MODULES, initScript } from './init-script';
+import { type KernelImage, vmCacheDir } from './kernel';
+import { requireTool } from './tools';
+import { VmUnavailable } from './vm-unavailable';
 
 /** Images of an older init script are removed once no run can still be about to boot them. */
 const STALE_AFTER_MS = 60 * 60 * 1000;
 
-const DIRS = ["bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "lib", "lib/modules", "etc", "tmp"];
+const DIRS = ['bin', 'sbin', 'usr', 'usr/bin', 'usr/sbin', 'dev', 'proc', 'sys', 'lib', 'lib/modules', 'etc', 'tmp'];
 
 /**
  * Returns the path of a gzip'ed initramfs for `kernel`: static busybox, the modules /init
@@ -23,14 +23,14 @@ export async function ensureInitramfs(kernel: KernelImage, log: (s: string) => v
   const busybox = staticBusybox();
   const modules = [...BOOT_MODULES, ...GUEST_MODULES].filter((m) => existsSync(join(kernel.modulesDir, `${m}.ko`)));
   const script = initScript();
-  const dir = join(vmCacheDir(), "initramfs");
+  const dir = join(vmCacheDir(), 'initramfs');
   const path = join(dir, `${kernel.version}-${contentKey(script, busybox, modules)}.cpio.gz`);
   if (existsSync(path)) return path;
 
   const started = Date.now();
   mkdirSync(dir, { recursive: true });
   const entries = [...baseEntries(busybox), ...moduleEntries(kernel.modulesDir, modules)];
-  entries.push({ kind: "file", path: "init", data: Buffer.from(script), mode: 0o755 });
+  entries.push({ kind: 'file', path: 'init', data: Buffer.from(script), mode: 0o755 });
   const temp = `${path}.${process.pid}.tmp`;
   writeFileSync(temp, gzipSync(newcArchive(entries)));
   renameSync(temp, path);
@@ -49,7 +49,7 @@ function pruneStale(dir: string, current: string): void {
 
 /** The host's busybox, which must be static: the initramfs has no C library. */
 function staticBusybox(): string {
-  const path = requireTool("busybox", "busybox-static");
+  const path = requireTool('busybox', 'busybox-static');
   if (hasInterpreter(readFileSync(path))) {
     throw new VmUnavailable(`${path} is dynamically linked: apt-get install busybox-static`);
   }
@@ -71,23 +71,27 @@ function hasInterpreter(elf: Buffer): boolean {
 function contentKey(script: string, busybox: string, modules: string[]): string {
   const { size, mtimeMs } = statSync(busybox);
   const identity = JSON.stringify({ script, busybox: [busybox, size, mtimeMs], modules });
-  return createHash("sha256").update(identity).digest("hex").slice(0, 16);
+  return createHash('sha256').update(identity).digest('hex').slice(0, 16);
 }
 
 function baseEntries(busybox: string): CpioEntry[] {
-  const applets = execFileSync(busybox, ["--list-full"], { encoding: "utf8" })
-    .split("\n")
+  const applets = execFileSync(busybox, ['--list-full'], { encoding: 'utf8' })
+    .split('\n')
     .map((line) => line.trim())
-    .filter((line) => line !== "" && line !== "bin/busybox");
+    .filter((line) => line !== '' && line !== 'bin/busybox');
   return [
-    ...DIRS.map((path): CpioEntry => ({ kind: "dir", path })),
-    { kind: "chardev", path: "dev/console", major: 5, minor: 1 },
-    { kind: "chardev", path: "dev/null", major: 1, minor: 3, mode: 0o666 },
-    { kind: "file", path: "bin/busybox", data: readFileSync(busybox), mode: 0o755 },
-    ...applets.map((path): CpioEntry => ({ kind: "symlink", path, target: "/bin/busybox" })),
+    ...DIRS.map((path): CpioEntry => ({ kind: 'dir', path })),
+    { kind: 'chardev', path: 'dev/console', major: 5, minor: 1 },
+    { kind: 'chardev', path: 'dev/null', major: 1, minor: 3, mode: 0o666 },
+    { kind: 'file', path: 'bin/busybox', data: readFileSync(busybox), mode: 0o755 },
+    ...applets.map((path): CpioEntry => ({ kind: 'symlink', path, target: '/bin/busybox' })),
   ];
 }
 
 function moduleEntries(modulesDir: string, modules: string[]): CpioEntry[] {
-  return modules.map((m) => ({ kind: "file", path: `lib/modules/${m}.ko`, data: readFileSync(join(modulesDir, `${m}.ko`)) }));
+  return modules.map((m) => ({
+    kind: 'file',
+    path: `lib/modules/${m}.ko`,
+    data: readFileSync(join(modulesDir, `${m}.ko`)),
+  }));
 }

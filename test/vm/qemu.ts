@@ -1,12 +1,12 @@
-import { type ChildProcess, spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { isAbsolute, join } from "node:path";
-import { ConsoleText } from "./console-text";
-import { BOOTED_MARKER, EXIT_MARKER, GUEST_FILES } from "./init-script";
-import { ensureInitramfs } from "./initramfs";
-import { ensureKernel, type KernelImage } from "./kernel";
-import { requireTool } from "./tools";
+import { type ChildProcess, spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { isAbsolute, join } from 'node:path';
+import { ConsoleText } from './console-text';
+import { BOOTED_MARKER, EXIT_MARKER, GUEST_FILES } from './init-script';
+import { ensureInitramfs } from './initramfs';
+import { ensureKernel, type KernelImage } from './kernel';
+import { requireTool } from './tools';
 
 /** What to run in the VM and how to boot it. */
 export interface VmRunOptions {
@@ -50,7 +50,7 @@ export interface VmRunResult {
 }
 
 /** Kernel command line: serial console, and a panic ends qemu (with -no-reboot) instead of hanging. */
-export const KERNEL_CMDLINE = "console=ttyS0 panic=-1 quiet";
+export const KERNEL_CMDLINE = 'console=ttyS0 panic=-1 quiet';
 
 /** Exit code reported when the run passed its timeout, as timeout(1) does. */
 export const EXIT_TIMED_OUT = 124;
@@ -67,7 +67,7 @@ const BOOT_TIMEOUT_MS = 120_000;
  */
 const POWEROFF_GRACE_MS = 15_000;
 
-const DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin";
+const DEFAULT_PATH = '/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin';
 
 /**
  * Boots the ublk-capable kernel in qemu (TCG) on the host's own root filesystem and runs
@@ -79,11 +79,11 @@ export async function runInVm(opts: VmRunOptions): Promise<VmRunResult> {
   checkOptions(opts);
   opts.signal?.throwIfAborted();
   const log = opts.log ?? (() => {});
-  const qemu = requireTool("qemu-system-x86_64", "qemu-system-x86");
+  const qemu = requireTool('qemu-system-x86_64', 'qemu-system-x86');
   const kernel = await ensureKernel(log);
   const initrd = await ensureInitramfs(kernel, log);
   opts.signal?.throwIfAborted();
-  const resultsDir = mkdtempSync(join(tmpdir(), "ublk-ts-vm-"));
+  const resultsDir = mkdtempSync(join(tmpdir(), 'ublk-ts-vm-'));
   writeGuestFiles(resultsDir, opts, kernel);
   const plan: BootPlan = {
     qemu,
@@ -94,7 +94,7 @@ export async function runInVm(opts: VmRunOptions): Promise<VmRunResult> {
     onBooted: (ms) => log(`guest booted in ${ms} ms`),
   };
 
-  let output = "";
+  let output = '';
   const note = (s: string) => {
     log(s);
     output += `ublk-ts-vm: ${s}\n`;
@@ -103,11 +103,11 @@ export async function runInVm(opts: VmRunOptions): Promise<VmRunResult> {
     rmSync(join(resultsDir, GUEST_FILES.exitCode), { force: true });
     const boot = await bootOnce(plan);
     output += boot.output;
-    if (boot.end === "aborted") {
+    if (boot.end === 'aborted') {
       rmSync(resultsDir, { recursive: true, force: true });
-      throw opts.signal?.reason ?? new Error("VM run aborted");
+      throw opts.signal?.reason ?? new Error('VM run aborted');
     }
-    if (boot.end === "timed-out") {
+    if (boot.end === 'timed-out') {
       note(`timed out after ${opts.timeoutMs} ms: qemu killed`);
       return { exitCode: EXIT_TIMED_OUT, output, resultsDir, timedOut: true, bootRetries: attempt };
     }
@@ -117,14 +117,16 @@ export async function runInVm(opts: VmRunOptions): Promise<VmRunResult> {
     }
     const exitCode = readExitCode(resultsDir);
     if (exitCode === undefined && boot.bootMs !== undefined) {
-      note(`the guest wrote no ${GUEST_FILES.exitCode} (kernel panic or crash? see the console): exit code ${EXIT_NO_STATUS}`);
+      note(
+        `the guest wrote no ${GUEST_FILES.exitCode} (kernel panic or crash? see the console): exit code ${EXIT_NO_STATUS}`,
+      );
     }
     return { exitCode: exitCode ?? EXIT_NO_STATUS, output, resultsDir, timedOut: false, bootRetries: attempt };
   }
 }
 
 function checkOptions(opts: VmRunOptions): void {
-  if (typeof opts.command !== "string") throw new TypeError("command must be a string");
+  if (typeof opts.command !== 'string') throw new TypeError('command must be a string');
   if (!isAbsolute(opts.cwd) || !statSync(opts.cwd, { throwIfNoEntry: false })?.isDirectory()) {
     throw new TypeError(`cwd must be the absolute path of a directory, got ${opts.cwd}`);
   }
@@ -137,22 +139,22 @@ function checkOptions(opts: VmRunOptions): void {
 /** Writes what /init reads from the results share: its configuration, the environment and the command. */
 function writeGuestFiles(resultsDir: string, opts: VmRunOptions, kernel: KernelImage): void {
   const config = { RESULTS_DIR: resultsDir, WORK_DIR: opts.cwd, MODULES_DIR: kernel.modulesDir };
-  writeFileSync(join(resultsDir, GUEST_FILES.config), shellAssignments(config, ""));
-  writeFileSync(join(resultsDir, GUEST_FILES.env), shellAssignments(guestEnv(opts, kernel, resultsDir), "export "));
+  writeFileSync(join(resultsDir, GUEST_FILES.config), shellAssignments(config, ''));
+  writeFileSync(join(resultsDir, GUEST_FILES.env), shellAssignments(guestEnv(opts, kernel, resultsDir), 'export '));
   writeFileSync(join(resultsDir, GUEST_FILES.command), `${opts.command}\n`);
 }
 
 function guestEnv(opts: VmRunOptions, kernel: KernelImage, resultsDir: string): Record<string, string> {
   return {
     PATH: DEFAULT_PATH,
-    HOME: "/root",
-    TERM: "dumb",
-    LANG: "C.UTF-8",
+    HOME: '/root',
+    TERM: 'dumb',
+    LANG: 'C.UTF-8',
     ...opts.env,
-    UBLK_TS_IN_VM: "1",
+    UBLK_TS_IN_VM: '1',
     UBLK_TS_MODULES_DIR: kernel.modulesDir,
     UBLK_TS_RESULTS_DIR: resultsDir,
-    SYSTEMD_IGNORE_CHROOT: "1",
+    SYSTEMD_IGNORE_CHROOT: '1',
   };
 }
 
@@ -160,31 +162,31 @@ function shellAssignments(vars: Record<string, string>, prefix: string): string 
   const quote = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
   return Object.entries(vars)
     .map(([name, value]) => `${prefix}${name}=${quote(value)}\n`)
-    .join("");
+    .join('');
 }
 
 function qemuArgs(opts: VmRunOptions, kernel: KernelImage, initrd: string, resultsDir: string): string[] {
   const accel = opts.icount
-    ? ["-accel", "tcg,thread=single", "-icount", "shift=0,sleep=off"]
-    : ["-accel", "tcg,thread=multi"];
+    ? ['-accel', 'tcg,thread=single', '-icount', 'shift=0,sleep=off']
+    : ['-accel', 'tcg,thread=multi'];
   // Unprivileged qemu cannot chown what the guest's root creates; "none" ignores that instead of failing.
-  const model = process.getuid?.() === 0 ? "passthrough" : "none";
+  const model = process.getuid?.() === 0 ? 'passthrough' : 'none';
   return [
     // RDRAND lets the guest's RNG initialise at boot; without it the first getrandom() (node) waits seconds.
-    ...["-machine", "q35", "-cpu", "qemu64,+rdrand", ...accel],
-    ...["-smp", String(opts.cpus ?? 2), "-m", String(opts.memoryMiB ?? 3072)],
+    ...['-machine', 'q35', '-cpu', 'qemu64,+rdrand', ...accel],
+    ...['-smp', String(opts.cpus ?? 2), '-m', String(opts.memoryMiB ?? 3072)],
     // -display none rather than -nographic: the firmware then stays off the serial console.
-    ...["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-nic", "none"],
-    ...["-serial", "stdio", "-monitor", "none"],
-    ...["-kernel", kernel.vmlinuz, "-initrd", initrd, "-append", KERNEL_CMDLINE],
-    ...["-virtfs", virtfs("/", "hostroot", model, true)],
-    ...["-virtfs", virtfs(resultsDir, "results", model, false)],
+    ...['-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot', '-nic', 'none'],
+    ...['-serial', 'stdio', '-monitor', 'none'],
+    ...['-kernel', kernel.vmlinuz, '-initrd', initrd, '-append', KERNEL_CMDLINE],
+    ...['-virtfs', virtfs('/', 'hostroot', model, true)],
+    ...['-virtfs', virtfs(resultsDir, 'results', model, false)],
   ];
 }
 
 function virtfs(path: string, tag: string, model: string, readonly: boolean): string {
-  const escaped = path.replace(/,/g, ",,");
-  return `local,path=${escaped},mount_tag=${tag},security_model=${model},multidevs=remap${readonly ? ",readonly=on" : ""}`;
+  const escaped = path.replace(/,/g, ',,');
+  return `local,path=${escaped},mount_tag=${tag},security_model=${model},multidevs=remap${readonly ? ',readonly=on' : ''}`;
 }
 
 /** One qemu invocation: what to run and what to tell whom while it runs. */
@@ -203,29 +205,29 @@ interface Boot {
   /** Milliseconds from qemu's start to the booted marker; undefined when it never came. */
   bootMs?: number;
   /** Why qemu ended: it exited by itself, or it was killed. */
-  end: "exited" | "timed-out" | "hung-boot" | "aborted";
+  end: 'exited' | 'timed-out' | 'hung-boot' | 'aborted';
 }
 
 /** Runs qemu once, streaming its console, until it exits or is killed (deadline, hung boot, abort). */
 function bootOnce(plan: BootPlan): Promise<Boot> {
   return new Promise((resolve) => {
     const started = Date.now();
-    const boot: Boot = { output: "", end: "exited" };
-    const child = spawn(plan.qemu, plan.args, { stdio: ["pipe", "pipe", "pipe"] });
+    const boot: Boot = { output: '', end: 'exited' };
+    const child = spawn(plan.qemu, plan.args, { stdio: ['pipe', 'pipe', 'pipe'] });
     track(child);
-    const stop = (end: Boot["end"]) => {
-      if (boot.end === "exited") boot.end = end;
-      child.kill("SIGKILL");
+    const stop = (end: Boot['end']) => {
+      if (boot.end === 'exited') boot.end = end;
+      child.kill('SIGKILL');
     };
-    const timeout = setTimeout(() => stop("timed-out"), Math.max(0, plan.deadline - started));
-    const hungBoot = setTimeout(() => stop("hung-boot"), BOOT_TIMEOUT_MS);
-    const onAbort = () => stop("aborted");
-    plan.signal?.addEventListener("abort", onAbort, { once: true });
+    const timeout = setTimeout(() => stop('timed-out'), Math.max(0, plan.deadline - started));
+    const hungBoot = setTimeout(() => stop('hung-boot'), BOOT_TIMEOUT_MS);
+    const onAbort = () => stop('aborted');
+    plan.signal?.addEventListener('abort', onAbort, { once: true });
     if (plan.signal?.aborted) onAbort();
 
     let poweroff: NodeJS.Timeout | undefined;
     const emit = (text: string) => {
-      if (text === "") return;
+      if (text === '') return;
       const scanFrom = Math.max(0, boot.output.length - Math.max(BOOTED_MARKER.length, EXIT_MARKER.length));
       boot.output += text;
       plan.onOutput?.(text);
@@ -235,13 +237,13 @@ function bootOnce(plan: BootPlan): Promise<Boot> {
         plan.onBooted(boot.bootMs);
       }
       if (poweroff === undefined && boot.bootMs !== undefined && boot.output.includes(EXIT_MARKER, scanFrom)) {
-        poweroff = setTimeout(() => child.kill("SIGKILL"), POWEROFF_GRACE_MS);
+        poweroff = setTimeout(() => child.kill('SIGKILL'), POWEROFF_GRACE_MS);
       }
     };
     for (const stream of [child.stdout, child.stderr]) {
       const text = new ConsoleText();
-      stream.on("data", (chunk: Buffer) => emit(text.push(chunk)));
-      stream.on("end", () => emit(text.end()));
+      stream.on('data', (chunk: Buffer) => emit(text.push(chunk)));
+      stream.on('end', () => emit(text.end()));
     }
 
     let settled = false;
@@ -251,20 +253,20 @@ function bootOnce(plan: BootPlan): Promise<Boot> {
       clearTimeout(timeout);
       clearTimeout(hungBoot);
       clearTimeout(poweroff);
-      plan.signal?.removeEventListener("abort", onAbort);
+      plan.signal?.removeEventListener('abort', onAbort);
       resolve(boot);
     };
-    child.on("error", (err) => {
+    child.on('error', (err) => {
       emit(`ublk-ts-vm: cannot run ${plan.qemu}: ${err.message}\n`);
       settle();
     });
-    child.on("close", settle);
+    child.on('close', settle);
   });
 }
 
 function bootFailure(boot: Boot, willRetry: boolean): string {
   const what =
-    boot.end === "hung-boot"
+    boot.end === 'hung-boot'
       ? `the guest did not print ${BOOTED_MARKER} within ${BOOT_TIMEOUT_MS / 1000} s`
       : `the guest never printed ${BOOTED_MARKER} (an early-boot failure under TCG?)`;
   return willRetry ? `${what}: booting it again` : `${what}, twice in a row: exit code ${EXIT_NO_STATUS}`;
@@ -276,16 +278,16 @@ let exitHookInstalled = false;
 /** Makes sure no qemu outlives this process, even when it exits in the middle of a run. */
 function track(child: ChildProcess): void {
   if (!exitHookInstalled) {
-    process.on("exit", () => liveQemus.forEach((c) => c.kill("SIGKILL")));
+    process.on('exit', () => liveQemus.forEach((c) => c.kill('SIGKILL')));
     exitHookInstalled = true;
   }
   liveQemus.add(child);
-  child.once("close", () => liveQemus.delete(child));
+  child.once('close', () => liveQemus.delete(child));
 }
 
 function readExitCode(resultsDir: string): number | undefined {
   try {
-    const text = readFileSync(join(resultsDir, GUEST_FILES.exitCode), "utf8").trim();
+    const text = readFileSync(join(resultsDir, GUEST_FILES.exitCode), 'utf8').trim();
     return /^\d+$/.test(text) ? Number(text) : undefined;
   } catch {
     return undefined;

@@ -1,13 +1,13 @@
-import { spawn } from "node:child_process";
-import { accessSync, constants, openSync, closeSync } from "node:fs";
-import { delimiter, join } from "node:path";
-import { VmUnavailable } from "./vm-unavailable";
+import { spawn } from 'node:child_process';
+import { accessSync, constants, openSync, closeSync } from 'node:fs';
+import { delimiter, join } from 'node:path';
+import { VmUnavailable } from './vm-unavailable';
 
-const SYSTEM_DIRS = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"];
+const SYSTEM_DIRS = ['/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin'];
 
 /** Looks a program up on PATH and in the system directories; undefined when absent. */
 export function findTool(name: string): string | undefined {
-  const dirs = [...(process.env.PATH ?? "").split(delimiter).filter(Boolean), ...SYSTEM_DIRS];
+  const dirs = [...(process.env.PATH ?? '').split(delimiter).filter(Boolean), ...SYSTEM_DIRS];
   for (const dir of dirs) {
     const candidate = join(dir, name);
     try {
@@ -53,16 +53,16 @@ export interface ToolOutput {
  */
 export function runTool(file: string, args: string[], run: ToolRun): Promise<ToolOutput> {
   return new Promise((resolve, reject) => {
-    const outFd = run.stdoutFile === undefined ? "pipe" : openSync(run.stdoutFile, "w");
-    const child = spawn(file, args, { cwd: run.cwd, stdio: ["ignore", outFd, "pipe"] });
-    if (typeof outFd === "number") closeSync(outFd);
+    const outFd = run.stdoutFile === undefined ? 'pipe' : openSync(run.stdoutFile, 'w');
+    const child = spawn(file, args, { cwd: run.cwd, stdio: ['ignore', outFd, 'pipe'] });
+    if (typeof outFd === 'number') closeSync(outFd);
     const stdout: Buffer[] = [];
     const stderr: Buffer[] = [];
-    child.stdout?.on("data", (b: Buffer) => stdout.push(b));
-    child.stderr?.on("data", (b: Buffer) => stderr.push(b));
-    child.on("error", (err) => reject(new VmUnavailable(`${run.what}: ${err.message}`, { cause: err })));
-    child.on("close", (code, signal) => {
-      const output = { stdout: Buffer.concat(stdout).toString("utf8"), stderr: Buffer.concat(stderr).toString("utf8") };
+    child.stdout?.on('data', (b: Buffer) => stdout.push(b));
+    child.stderr?.on('data', (b: Buffer) => stderr.push(b));
+    child.on('error', (err) => reject(new VmUnavailable(`${run.what}: ${err.message}`, { cause: err })));
+    child.on('close', (code, signal) => {
+      const output = { stdout: Buffer.concat(stdout).toString('utf8'), stderr: Buffer.concat(stderr).toString('utf8') };
       if (code === 0) {
         resolve(output);
         return;
@@ -76,8 +76,8 @@ export function runTool(file: string, args: string[], run: ToolRun): Promise<Too
 /** Picks apt's first "E:" line, else its first "W:" line, else the last non-empty line. */
 export function errorLine(stderr: string): string | undefined {
   const lines = stderr
-    .split("\n")
+    .split('\n')
     .map((l) => l.trim())
     .filter(Boolean);
-  return lines.find((l) => l.startsWith("E:")) ?? lines.find((l) => l.startsWith("W:")) ?? lines.at(-1);
+  return lines.find((l) => l.startsWith('E:')) ?? lines.find((l) => l.startsWith('W:')) ?? lines.at(-1);
 }

@@ -4,7 +4,7 @@
  * the cause of a skip instead of failing, because nothing in the project is at fault.
  */
 export class VmUnavailable extends Error {
-  override readonly name = "VmUnavailable";
+  override readonly name = 'VmUnavailable';
 
   constructor(
     readonly reason: string,
