@@ -104,35 +104,23 @@ describe('reconcile watcher', () => {
   });
 });
 
+/** The smallest spec a fake server can be started with. */
+const TINY_NULL_SPEC = {
+  target: { type: 'null' as const },
+  sizeBytes: 1 << 20,
+  queues: 1,
+  depth: 1,
+  maxIoSize: 4096,
+  logicalBlockSize: 512,
+  readOnly: false,
+  recovery: 'reissue' as const,
+};
+
 describe('dead server detection', () => {
   it('reports each dead pid of an owned device once, and ignores devices it does not own', async () => {
     const kernel = new FakeKernel();
-    await kernel.startServer(
-      {
-        target: { type: 'null' },
-        sizeBytes: 1 << 20,
-        queues: 1,
-        depth: 1,
-        maxIoSize: 4096,
-        logicalBlockSize: 512,
-        readOnly: false,
-        recovery: 'reissue',
-      },
-      { owner: 'reconciler', manifest: 'a' },
-    );
-    await kernel.startServer(
-      {
-        target: { type: 'null' },
-        sizeBytes: 1 << 20,
-        queues: 1,
-        depth: 1,
-        maxIoSize: 4096,
-        logicalBlockSize: 512,
-        readOnly: false,
-        recovery: 'reissue',
-      },
-      { owner: 'ublkctl' },
-    );
+    await kernel.startServer(TINY_NULL_SPEC, { owner: 'reconciler', manifest: 'a' });
+    await kernel.startServer(TINY_NULL_SPEC, { owner: 'ublkctl' });
     const seen = new Set<number>();
     assert.deepEqual(newlyDeadServers(kernel, seen), []);
     kernel.killServer(0);
