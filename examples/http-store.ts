@@ -41,13 +41,15 @@ class Limiter {
   constructor(private readonly limit: number) {}
 
   async run<T>(job: () => Promise<T>): Promise<T> {
-    if (this.active >= this.limit) await new Promise<void>((r) => this.queue.push(r));
-    this.active++;
+    // A finishing job hands its slot straight to the next in line, so a newcomer cannot slip in between.
+    if (this.active < this.limit) this.active++;
+    else await new Promise<void>((r) => this.queue.push(r));
     try {
       return await job();
     } finally {
-      this.active--;
-      this.queue.shift()?.();
+      const next = this.queue.shift();
+      if (next) next();
+      else this.active--;
     }
   }
 }
