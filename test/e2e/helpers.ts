@@ -265,17 +265,18 @@ export class ChildTracker {
     return child;
   }
 
-  async stopAll(graceMs = 30_000): Promise<void> {
-    await Promise.all(
-      [...this.children].map(async (child) => {
-        if (child.exitCode !== null || child.signalCode !== null) return;
-        const exited = new Promise((r) => child.once('exit', r));
-        child.kill('SIGINT');
-        const force = setTimeout(() => child.kill('SIGKILL'), graceMs);
-        await exited;
-        clearTimeout(force);
-      }),
-    );
+  async stopAll(): Promise<void> {
+    await Promise.all([...this.children].map((child) => stopProcess(child, 'SIGINT')));
     this.children.clear();
   }
+}
+
+/** Sends `signal` and waits for the exit; a process still running after `graceMs` is killed, so cleanup never hangs. */
+export async function stopProcess(child: ChildProcess, signal: NodeJS.Signals, graceMs = 30_000): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((r) => child.once('exit', r));
+  child.kill(signal);
+  const force = setTimeout(() => child.kill('SIGKILL'), graceMs);
+  await exited;
+  clearTimeout(force);
 }

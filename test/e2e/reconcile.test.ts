@@ -2,7 +2,17 @@ import { strict as assert } from 'node:assert';
 import { ChildProcess, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { listDevices, makeStateDir, requireUblk, ROOT, run, ublkctl, ublkctlJson, waitFor } from './helpers';
+import {
+  listDevices,
+  makeStateDir,
+  requireUblk,
+  ROOT,
+  run,
+  stopProcess,
+  ublkctl,
+  ublkctlJson,
+  waitFor,
+} from './helpers';
 
 const RECONCILE = path.join(ROOT, 'dist', 'src', 'cli', 'ublk-reconcile.js');
 const MiB = 1024 * 1024;
@@ -46,14 +56,7 @@ describe('ublk-reconcile (real ublk driver)', function () {
   afterEach(async () => {
     const w = watcher;
     watcher = undefined;
-    if (w && w.exitCode === null && w.signalCode === null) {
-      const exited = new Promise((r) => w.once('exit', r));
-      w.kill('SIGTERM');
-      // A watcher that ignores SIGTERM must not hang the suite.
-      const force = setTimeout(() => w.kill('SIGKILL'), 30_000);
-      await exited;
-      clearTimeout(force);
-    }
+    if (w) await stopProcess(w, 'SIGTERM');
     for (const f of fs.readdirSync(dir)) fs.rmSync(path.join(dir, f));
     reconcile(['--once']);
   });

@@ -12,6 +12,7 @@ import {
   ROOT,
   run,
   startFio,
+  stopProcess,
   waitFor,
   waitForWrites,
 } from './helpers';
@@ -111,16 +112,10 @@ describe('crash recovery with real kill -9 (real ublk driver)', function () {
     await waitFor(() => /watching \//.test(watcherLog), 60_000, 'the watcher to start');
   }
 
-  /** Stops the watcher; one that ignores the signal for 30 s is killed, so cleanup never hangs. */
   async function stopWatcher(signal: NodeJS.Signals): Promise<void> {
     const w = watcher;
     watcher = undefined;
-    if (!w || w.exitCode !== null || w.signalCode !== null) return;
-    const exited = new Promise((r) => w.once('exit', r));
-    w.kill(signal);
-    const force = setTimeout(() => w.kill('SIGKILL'), 30_000);
-    await exited;
-    clearTimeout(force);
+    if (w) await stopProcess(w, signal);
   }
 
   function write(file: string, text: string): void {
