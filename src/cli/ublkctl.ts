@@ -166,6 +166,7 @@ async function cmdRecover(args: string[]): Promise<void> {
     recoverDevId: id,
     owner: record.owner,
     manifest: record.manifest,
+    manifestFile: record.manifestFile,
     specHash: record.specHash,
   });
   if (values.json) console.log(toJson({ ...server.info, logPath: server.logPath }));
