@@ -67,8 +67,10 @@ async function checkModule(manifest: LoadedManifest, spec: DeviceSpec, timeoutMs
       { timeout: timeoutMs, encoding: 'utf8', maxBuffer: 64 * 1024 },
       (err, _stdout, stderr) => {
         if (!err) return resolve();
-        const why = err.killed ? `did not load within ${timeoutMs} ms` : stderr.trim().split('\n')[0] || err.message;
-        reject(located(manifest, 'target.module', clip(why)));
+        const why = err.killed
+          ? `${clip(modulePath)} did not load within ${timeoutMs} ms`
+          : (stderr.trim().split('\n')[0] || err.message).split(modulePath).join(clip(modulePath));
+        reject(located(manifest, 'target.module', why.slice(0, 300)));
       },
     );
   });
