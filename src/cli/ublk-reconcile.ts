@@ -2,8 +2,10 @@
 /**
  * ublk-reconcile — makes the host's ublk devices match the manifests in a
  * directory. Watches by default; --once for one pass; --plan to print
- * what would be done. Exit status: 0 converged, 1 a device failed or a
- * manifest is invalid, 2 usage or environment error (no ublk, lock held).
+ * what would be done; --validate to check manifests with no kernel and no
+ * root. Exit status: 0 converged (or valid), 1 a device failed or a
+ * manifest is invalid, 2 usage or environment error (no ublk, lock held,
+ * a corrupt state record). With --json, stdout is JSON on every path.
  */
 import * as fs from 'node:fs';
 import { parseArgs } from 'node:util';
@@ -11,24 +13,40 @@ import { EnvironmentError } from '../errors';
 import { UblkControl } from '../kernel/control';
 import { hostKernel } from '../reconciler/kernel';
 import { acquireLock, LockHeldError } from '../reconciler/lock';
-import { DEFAULT_STATE_DIR } from '../server/launcher';
 import { PassResult, reconcileOnce } from '../reconciler/reconciler';
+import { validateManifests, ValidateResult } from '../reconciler/validate';
 import { ReconcileWatcher } from '../reconciler/watcher';
+import { CorruptRecordError } from '../server/device-records';
+import { DEFAULT_STATE_DIR } from '../server/launcher';
+
+/** The periodic resync's range, in seconds: at least 1 s (no busy loop), at most a day (within Node's timers). */
+const RESYNC_MIN_S = 1;
+const RESYNC_MAX_S = 86_400;
 
 const USAGE = `usage: ublk-reconcile [--dir DIR] [--state-dir DIR] [--once] [--plan] [--json]
                       [--insecure-permissions] [--resync-interval SECONDS]
+       ublk-reconcile --validate [--dir DIR] [--offline] [--json]
   --dir DIR              manifests (*.yaml, *.yml), default /etc/ublk.d
   --state-dir DIR        device records, server logs, lock; default ${DEFAULT_STATE_DIR}
   --once                 one pass, then exit
-  --plan                 print the actions a pass would take; change nothing
-  --json                 machine-readable result (with --once or --plan)
-  --insecure-permissions accept manifests writable by group/others or not owned by root`;
+  --plan                 print the actions a pass would take (with their pre-flight checks); change nothing
+  --json                 JSON on stdout: the result (one line per pass when watching), or {"error"}
+  --insecure-permissions accept manifests writable by group/others or not owned by root
+  --resync-interval S    seconds between full passes when watching, ${RESYNC_MIN_S} to ${RESYNC_MAX_S} (default 30)
+  --validate             check the manifests (schema, semantics, duplicates, backing files, js modules)
+                         with no kernel and no root; exit 0 valid, 1 invalid
+  --offline              with --validate: the manifests are for another host, skip its files and modules`;
+
+/** A usage or environment problem: exit status 2, the message on stderr (and as JSON with --json). */
+class Fatal extends Error {}
+
+let json = false;
 
 function timestamp(line: string): string {
   return `${new Date().toISOString()} ${line}`;
 }
 
-function printResult(result: PassResult, json: boolean): void {
+function printResult(result: PassResult): void {
   if (json) {
     console.log(JSON.stringify(result, null, 2));
     return;
@@ -44,10 +62,31 @@ function printResult(result: PassResult, json: boolean): void {
   }
 }
 
-async function main(argv: string[]): Promise<number> {
-  let values;
+function printValidation(result: ValidateResult): void {
+  if (json) {
+    console.log(JSON.stringify(result, null, 2));
+    return;
+  }
+  for (const e of result.errors) console.error(`invalid manifest: ${e}`);
+  for (const m of result.manifests) console.log(`valid    ${m.name.padEnd(24)} ${m.file}:${m.line}`);
+  if (result.manifests.length === 0 && result.errors.length === 0) console.log('no manifests');
+}
+
+/** The state directory must be a directory (or not exist yet: it is created). */
+function checkStateDir(stateDir: string): void {
+  let st: fs.Stats;
   try {
-    ({ values } = parseArgs({
+    st = fs.statSync(stateDir);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw new Fatal(`state directory ${stateDir}: ${(err as NodeJS.ErrnoException).code}`);
+  }
+  if (!st.isDirectory()) throw new Fatal(`state directory ${stateDir} is not a directory`);
+}
+
+function parse(argv: string[]) {
+  try {
+    return parseArgs({
       args: argv,
       options: {
         dir: { type: 'string', default: '/etc/ublk.d' },
@@ -55,50 +94,71 @@ async function main(argv: string[]): Promise<number> {
         once: { type: 'boolean' },
         plan: { type: 'boolean' },
         json: { type: 'boolean' },
+        validate: { type: 'boolean' },
+        offline: { type: 'boolean' },
         'insecure-permissions': { type: 'boolean' },
         'resync-interval': { type: 'string', default: '30' },
         help: { type: 'boolean', short: 'h' },
       },
-    }));
+    }).values;
   } catch (err) {
-    console.error(`ublk-reconcile: ${(err as Error).message}\n${USAGE}`);
-    return 2;
+    throw new Fatal(`${(err as Error).message}\n${USAGE}`);
   }
+}
+
+/** --resync-interval in milliseconds, or a usage error stating the range. */
+function resyncMs(text: string): number {
+  const seconds = /^\d+(\.\d+)?$/.test(text) ? Number(text) : NaN;
+  if (!(seconds >= RESYNC_MIN_S && seconds <= RESYNC_MAX_S)) {
+    throw new Fatal(
+      `--resync-interval must be a number of seconds from ${RESYNC_MIN_S} to ${RESYNC_MAX_S}, got ${JSON.stringify(text.slice(0, 40))}`,
+    );
+  }
+  return seconds * 1000;
+}
+
+async function main(argv: string[]): Promise<number> {
+  json = argv.includes('--json');
+  const values = parse(argv);
   if (values.help) {
     console.log(USAGE);
     return 0;
   }
-  const resyncSeconds = Number(values['resync-interval']);
-  if (!Number.isFinite(resyncSeconds) || resyncSeconds <= 0) {
-    console.error(`ublk-reconcile: --resync-interval must be a positive number of seconds\n${USAGE}`);
-    return 2;
-  }
+  if (values.offline && !values.validate) throw new Fatal(`--offline goes with --validate\n${USAGE}`);
+  const modes = [values.validate, values.once, values.plan].filter(Boolean).length;
+  if (values.validate && modes > 1) throw new Fatal(`--validate goes with neither --once nor --plan\n${USAGE}`);
+  const resync = resyncMs(values['resync-interval']);
   if (!fs.existsSync(values.dir) || !fs.statSync(values.dir).isDirectory()) {
-    console.error(`ublk-reconcile: manifest directory ${values.dir} does not exist or is not a directory`);
-    return 2;
+    throw new Fatal(`manifest directory ${values.dir} does not exist or is not a directory`);
   }
+
+  if (values.validate) {
+    const result = await validateManifests(values.dir, { offline: values.offline });
+    printValidation(result);
+    return result.exitCode;
+  }
+
   const opts = {
     dir: values.dir,
     stateDir: values['state-dir'],
     checkPermissions: process.getuid?.() === 0 && !values['insecure-permissions'],
-    log: values.json ? undefined : (line: string) => console.error(timestamp(line)),
+    log: json ? undefined : (line: string) => console.error(timestamp(line)),
   };
+  checkStateDir(opts.stateDir);
 
   let control: UblkControl;
   try {
     control = await UblkControl.open();
   } catch (err) {
-    if (err instanceof EnvironmentError) {
-      console.error(`ublk-reconcile: ${err.message}`);
-      return 2;
-    }
+    if (err instanceof EnvironmentError) throw new Fatal(err.message);
     throw err;
   }
 
   const kernel = hostKernel(control, opts.stateDir);
   if (values.plan) {
     const result = await reconcileOnce(kernel, { ...opts, planOnly: true, log: undefined });
-    printResult(result, values.json ?? false);
+    printResult(result);
+    control.close();
     return result.exitCode;
   }
 
@@ -106,22 +166,29 @@ async function main(argv: string[]): Promise<number> {
   try {
     lock = acquireLock(opts.stateDir);
   } catch (err) {
-    if (err instanceof LockHeldError) {
-      console.error(`ublk-reconcile: ${err.message}`);
-      return 2;
-    }
+    control.close();
+    if (err instanceof LockHeldError) throw new Fatal(err.message);
     throw err;
   }
 
   if (values.once) {
-    const result = await reconcileOnce(kernel, { ...opts, log: undefined });
-    printResult(result, values.json ?? false);
-    lock.release();
-    control.close();
-    return result.exitCode;
+    try {
+      const result = await reconcileOnce(kernel, { ...opts, log: undefined });
+      printResult(result);
+      return result.exitCode;
+    } finally {
+      lock.release();
+      control.close();
+    }
   }
 
-  const watcher = new ReconcileWatcher(kernel, { ...opts, resyncMs: resyncSeconds * 1000 });
+  const watcher = new ReconcileWatcher(kernel, {
+    ...opts,
+    resyncMs: resync,
+    // One JSON line per pass, so a consumer can read the stream line by line.
+    onPass: json ? (result) => console.log(JSON.stringify(result)) : undefined,
+    onPassError: json ? (err) => console.log(JSON.stringify({ error: err.message, exitCode: 2 })) : undefined,
+  });
   watcher.start();
   await new Promise<void>((resolve) => {
     const stop = (signal: string): void => {
@@ -136,12 +203,20 @@ async function main(argv: string[]): Promise<number> {
   return 0;
 }
 
+/** Usage and environment errors, a corrupt record, a failed syscall: a message, not a stack trace. */
+function report(err: Error): number {
+  const known = err instanceof Fatal || err instanceof CorruptRecordError || 'code' in err;
+  const message = known ? err.message : (err.stack ?? err.message);
+  console.error(`ublk-reconcile: ${message}`);
+  if (json) console.log(JSON.stringify({ error: message.split('\nusage:')[0], exitCode: 2 }));
+  return 2;
+}
+
 main(process.argv.slice(2)).then(
   (code) => {
     process.exitCode = code;
   },
   (err: Error) => {
-    console.error(`ublk-reconcile: ${err.stack ?? err.message}`);
-    process.exitCode = 2;
+    process.exitCode = report(err);
   },
 );

@@ -10,6 +10,8 @@ import { DeviceInfo, UblkControl } from '../kernel/control';
 import { listRecords, readRecord } from '../server/device-records';
 import { DEFAULT_STATE_DIR, removeDevice, startServer } from '../server/launcher';
 import { DeviceSpecInput, DirectIoMode, normalizeDeviceSpec } from '../spec/device-spec';
+import { MAX_DEVICE_ID } from '../spec/limits';
+import { quote } from '../spec/show-value';
 import { formatSize } from '../spec/sizes';
 
 const USAGE = `usage:
@@ -131,8 +133,10 @@ async function cmdDel(args: string[]): Promise<void> {
   });
   if (!values.all && positionals.length !== 1) throw new UsageError('del: give one device ID, or --all');
   if (values.all && positionals.length > 0) throw new UsageError('del: give either a device ID or --all, not both');
+  // The id is checked before the control device is opened: a bad argument is reported as such, even without ublk.
+  const given = values.all ? undefined : parseId(positionals[0]!);
   const results = await withControl(async (control) => {
-    const ids = values.all ? (await control.listDevices()).map((d) => d.id) : [parseId(positionals[0]!)];
+    const ids = given === undefined ? (await control.listDevices()).map((d) => d.id) : [given];
     const done: Array<{ id: number; serverPid: number; serverExited: boolean }> = [];
     for (const id of ids) done.push({ id, ...(await removeDevice(control, id, { stateDir: values['state-dir'] })) });
     return done;
@@ -166,15 +170,25 @@ async function cmdRecover(args: string[]): Promise<void> {
     recoverDevId: id,
     owner: record.owner,
     manifest: record.manifest,
+    manifestFile: record.manifestFile,
     specHash: record.specHash,
   });
   if (values.json) console.log(toJson({ ...server.info, logPath: server.logPath }));
   else console.log(`dev ${id}: recovered, ${server.info.state}, server pid ${server.pid}`);
 }
 
+/**
+ * A device id as the kernel numbers them: 0 to MAX_DEVICE_ID (its
+ * minor-number space, UBLK_MAX_UBLKS). Checked here, before any kernel
+ * call: the control command's id field is 32 bits, and a larger number
+ * must never wrap onto another device.
+ */
 function parseId(text: string): number {
-  if (!/^\d+$/.test(text)) throw new UsageError(`not a device id: ${JSON.stringify(text)}`);
-  return Number(text);
+  const id = /^\d{1,16}$/.test(text) ? Number(text) : NaN;
+  if (!(id >= 0 && id <= MAX_DEVICE_ID)) {
+    throw new UsageError(`not a device id: ${quote(text)} (device ids are 0 to ${MAX_DEVICE_ID})`);
+  }
+  return id;
 }
 
 interface ListedDevice extends DeviceInfo {
@@ -259,6 +273,18 @@ const commands: Record<string, (args: string[]) => Promise<void>> = {
   features: cmdFeatures,
 };
 
+/**
+ * Prints an error on stderr and returns its exit status; with --json
+ * anywhere in the arguments, also as `{"error", "exitCode"}` on stdout, so
+ * a consumer of --json always reads JSON.
+ */
+function fail(argv: string[], message: string, exitCode: number, hint?: string): number {
+  console.error(message);
+  if (hint) console.error(hint);
+  if (argv.includes('--json')) console.log(toJson({ error: message.split('\nusage:')[0], exitCode }));
+  return exitCode;
+}
+
 async function main(argv: string[]): Promise<number> {
   const [name, ...rest] = argv;
   if (name === undefined || name === '-h' || name === '--help' || name === 'help') {
@@ -266,35 +292,25 @@ async function main(argv: string[]): Promise<number> {
     return name === undefined ? 2 : 0;
   }
   const command = commands[name];
-  if (!command) {
-    console.error(`ublkctl: unknown command ${JSON.stringify(name)}\n${USAGE}`);
-    return 2;
-  }
+  if (!command) return fail(argv, `ublkctl: unknown command ${quote(name)}\n${USAGE}`, 2);
   try {
     await command(rest);
     return 0;
   } catch (err) {
+    const message = (err as Error).message;
     if (err instanceof UsageError || (err as NodeJS.ErrnoException).code?.startsWith('ERR_PARSE_ARGS')) {
-      console.error(`ublkctl: ${(err as Error).message}\n${USAGE}`);
-      return 2;
+      return fail(argv, `ublkctl: ${message}\n${USAGE}`, 2);
     }
-    if (err instanceof SpecError) {
-      console.error(`ublkctl ${name}: invalid ${err.message}`);
-      return 2;
-    }
+    if (err instanceof SpecError) return fail(argv, `ublkctl ${name}: invalid ${message}`, 2);
     if (err instanceof EnvironmentError) {
-      console.error(`ublkctl: ${err.message}`);
-      console.error(
+      return fail(
+        argv,
+        `ublkctl: ${message}`,
+        2,
         'ublkctl: to see ublk-ts work on a host without ublk, run it in the bundled VM from a checkout: npm run vm -- npm start',
       );
-      return 2;
     }
-    if (err instanceof UblkError) {
-      console.error(`ublkctl ${name}: ${err.message}`);
-      return 1;
-    }
-    console.error(`ublkctl ${name}: ${(err as Error).message}`);
-    return 1;
+    return fail(argv, `ublkctl ${name}: ${message}`, 1);
   }
 }
 

@@ -1,5 +1,6 @@
 import * as fs from 'node:fs';
-import { EnvironmentError, UblkError } from '../errors';
+import { EnvironmentError, ERRNO, UblkError } from '../errors';
+import { MAX_DEVICE_ID } from '../spec/limits';
 import { native, NativeControlDevice, NativeDevInfo, NativeParams } from './native';
 import {
   ATTR_FUA,
@@ -147,6 +148,23 @@ function fromNativeParams(p: NativeParams): DeviceParamsReadback {
   return out;
 }
 
+/**
+ * A device id checked before it reaches the kernel: the native side passes
+ * it as 32 bits, so a larger number would wrap onto another device. The
+ * kernel numbers devices 0 to MAX_DEVICE_ID (UBLK_MAX_UBLKS, its minor space).
+ */
+function checkedId(op: string, id: number): number {
+  if (!Number.isInteger(id) || id < 0 || id > MAX_DEVICE_ID) {
+    throw new UblkError(
+      op,
+      undefined,
+      ERRNO.EINVAL,
+      `device id must be 0 to ${MAX_DEVICE_ID}, got ${String(id).slice(0, 40)}`,
+    );
+  }
+  return id;
+}
+
 /** Explains why /dev/ublk-control could not be opened, in terms a user can act on. */
 function explainOpenFailure(err: UblkError, path: string): Error {
   if (err.code === 'ENOENT') {
@@ -214,7 +232,7 @@ export class UblkControl {
     let flags = opts.flags ?? 0n;
     if (this.features & UBLK_F_CMD_IOCTL_ENCODE) flags |= UBLK_F_CMD_IOCTL_ENCODE;
     const info = await this.dev.addDev({
-      devId: opts.id ?? -1,
+      devId: opts.id === undefined ? -1 : checkedId('ADD_DEV', opts.id),
       queues: opts.queues,
       depth: opts.depth,
       maxIoBufBytes: opts.maxIoSize,
@@ -225,22 +243,22 @@ export class UblkControl {
 
   /** SET_PARAMS: size, block sizes, attributes; only before START_DEV. */
   async setParams(id: number, params: DeviceParams): Promise<void> {
-    await this.dev.setParams(id, toNativeParams(params));
+    await this.dev.setParams(checkedId('SET_PARAMS', id), toNativeParams(params));
   }
 
   /** GET_PARAMS. */
   async getParams(id: number): Promise<DeviceParamsReadback> {
-    return fromNativeParams(await this.dev.getParams(id));
+    return fromNativeParams(await this.dev.getParams(checkedId('GET_PARAMS', id)));
   }
 
   /** START_DEV: waits until every queue has fetched its tags, then exposes /dev/ublkbN. */
   async startDevice(id: number, serverPid: number = process.pid): Promise<void> {
-    await this.dev.startDev(id, serverPid);
+    await this.dev.startDev(checkedId('START_DEV', id), serverPid);
   }
 
   /** STOP_DEV: removes /dev/ublkbN and aborts the queues' pending fetches; the device stays (DEAD). */
   async stopDevice(id: number): Promise<void> {
-    await this.dev.stopDev(id);
+    await this.dev.stopDev(checkedId('STOP_DEV', id));
   }
 
   /**
@@ -248,27 +266,27 @@ export class UblkControl {
    * opener of /dev/ublkcN (the server) has closed it.
    */
   async deleteDevice(id: number, opts: { async?: boolean } = {}): Promise<void> {
-    await this.dev.delDev(id, opts.async ?? false);
+    await this.dev.delDev(checkedId('DEL_DEV', id), opts.async ?? false);
   }
 
   /** START_USER_RECOVERY: prepares a QUIESCED device for a new server. */
   async startUserRecovery(id: number): Promise<void> {
-    await this.dev.startUserRecovery(id);
+    await this.dev.startUserRecovery(checkedId('START_USER_RECOVERY', id));
   }
 
   /** END_USER_RECOVERY: the new server (pid) has fetched every tag; the device goes LIVE. */
   async endUserRecovery(id: number, serverPid: number = process.pid): Promise<void> {
-    await this.dev.endUserRecovery(id, serverPid);
+    await this.dev.endUserRecovery(checkedId('END_USER_RECOVERY', id), serverPid);
   }
 
   /** GET_DEV_INFO2 (GET_DEV_INFO on older kernels). */
   async getDeviceInfo(id: number): Promise<DeviceInfo> {
-    return toDeviceInfo(await this.dev.getDevInfo(id));
+    return toDeviceInfo(await this.dev.getDevInfo(checkedId('GET_DEV_INFO', id)));
   }
 
   /** GET_QUEUE_AFFINITY: the CPUs whose IO lands on queue `qid`. */
   async getQueueAffinity(id: number, qid: number): Promise<number[]> {
-    return this.dev.getQueueAffinity(id, qid);
+    return this.dev.getQueueAffinity(checkedId('GET_QUEUE_AFFINITY', id), qid);
   }
 
   /**

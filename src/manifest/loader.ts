@@ -8,8 +8,18 @@
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { LineCounter, parseAllDocuments } from 'yaml';
-import { HostLimits, maxQueues, specProblems } from '../spec/device-spec';
+import { Composer, Document, isAlias, isMap, isPair, isScalar, isSeq, LineCounter, Parser } from 'yaml';
+import { comparableSpec, HostLimits, maxQueues, specProblems } from '../spec/device-spec';
+import { clip, quote } from '../spec/show-value';
+import { formatSize } from '../spec/sizes';
+import {
+  MAX_ALIAS_EXPANSION,
+  MAX_ALIASES,
+  MAX_DEPTH,
+  MAX_DOCUMENTS,
+  MAX_EXPANDED_CHARS,
+  MAX_FILE_BYTES,
+} from './file-limits';
 import { fileError, ManifestError } from './manifest-error';
 import { permissionProblem } from './permissions';
 import { manifestValidator, ManifestSpec, UblkDeviceManifest } from './schema';
@@ -28,8 +38,14 @@ export interface LoadedManifest {
   /** Line where the document starts. */
   line: number;
   spec: ManifestSpec;
-  /** sha256 of the canonical JSON of the defaulted spec: a different hash means the device must change. */
+  /**
+   * sha256 of the canonical JSON of the normalized spec (sizes in bytes,
+   * defaults written out; `allowDataLoss` left out): a different hash means
+   * the device must change, a cosmetic edit keeps it.
+   */
   hash: string;
+  /** The hash records written before specs were normalized carry (the defaulted spec as written). */
+  legacyHash: string;
   document: UblkDeviceManifest;
 }
 
@@ -39,6 +55,12 @@ export interface LoadResult {
   errors: ManifestError[];
   /** Manifest files considered, relative to the directory, sorted. */
   files: string[];
+  /**
+   * Files read whole whose every document is valid, with at least one
+   * document: a name they no longer hold has been removed from them. An
+   * empty, partial, unreadable or invalid file is never in this list.
+   */
+  validFiles: string[];
 }
 
 /** How to load; the CLI sets `checkPermissions` when it runs as root. */
@@ -72,10 +94,52 @@ function canonicalJson(value: unknown): string {
   return JSON.stringify(value);
 }
 
-/** `type: null` names the null target, not YAML's null: users should not need quotes. */
-function nullTargetAsString(data: unknown): void {
+/**
+ * `type: null` names the null target, not YAML's null: users should not
+ * need quotes. Only the word does: an empty `type:` (a line cut short, a
+ * value forgotten) stays an error.
+ */
+function nullTargetAsString(ctx: DocumentContext, data: unknown): void {
   const target = (data as { spec?: { target?: { type?: unknown } } } | null)?.spec?.target;
-  if (target && typeof target === 'object' && 'type' in target && target.type === null) target.type = 'null';
+  if (!target || typeof target !== 'object' || !('type' in target) || target.type !== null) return;
+  const node = ctx.doc.getIn(['spec', 'target', 'type'], true);
+  target.type = isScalar(node) && /^null$/i.test(node.source ?? '') ? 'null' : '';
+}
+
+/**
+ * Walks a document's nodes without recursion (a hostile file may nest
+ * thousands deep) and reports the first node past the nesting or alias limit.
+ */
+function structureError(ctx: DocumentContext): ManifestError | undefined {
+  const stack: Array<{ node: unknown; depth: number }> = [{ node: ctx.doc.contents, depth: 0 }];
+  let aliases = 0;
+  while (stack.length > 0) {
+    const { node, depth } = stack.pop()!;
+    if (isAlias(node)) {
+      if (++aliases > MAX_ALIASES)
+        return locatedAt(ctx, node.range, `more than ${MAX_ALIASES} YAML aliases in one document`);
+    } else if (isMap(node) || isSeq(node)) {
+      if (depth >= MAX_DEPTH) return locatedAt(ctx, node.range, `nested more than ${MAX_DEPTH} levels deep`);
+      for (const item of node.items) {
+        if (isPair(item)) {
+          stack.push({ node: item.key, depth: depth + 1 });
+          stack.push({ node: item.value, depth: depth + 1 });
+        } else {
+          stack.push({ node: item, depth: depth + 1 });
+        }
+      }
+    }
+  }
+  return undefined;
+}
+
+function locatedAt(ctx: DocumentContext, range: readonly number[] | null | undefined, message: string): ManifestError {
+  const at = range ? ctx.position(range[0]!) : ctx.start();
+  return { file: ctx.file, ...at, path: '', message, manifestName: ctx.name };
+}
+
+function sha256(text: string): string {
+  return crypto.createHash('sha256').update(text).digest('hex');
 }
 
 /** One document of a file after both checks: a manifest when it is valid, errors otherwise. */
@@ -94,7 +158,7 @@ function syntaxErrors(ctx: DocumentContext): ManifestError[] {
       file: ctx.file,
       ...ctx.position(first.pos[0]),
       path: '',
-      message: `invalid YAML: ${first.message}`,
+      message: `invalid YAML: ${clip(first.message)}`,
       manifestName: ctx.name,
     },
   ];
@@ -104,42 +168,102 @@ function syntaxErrors(ctx: DocumentContext): ManifestError[] {
 function checkDocument(ctx: DocumentContext, limits: HostLimits): CheckedDocument | undefined {
   const syntax = syntaxErrors(ctx);
   if (syntax.length > 0) return { ctx, errors: syntax };
+  const structure = structureError(ctx);
+  if (structure) return { ctx, errors: [structure] };
   let data: unknown;
   try {
-    data = ctx.doc.toJS();
+    data = ctx.doc.toJS({ maxAliasCount: MAX_ALIAS_EXPANSION });
+    if (JSON.stringify(data ?? null).length > MAX_EXPANDED_CHARS) {
+      return { ctx, errors: [ctx.error([], `expands to more than ${formatSize(MAX_EXPANDED_CHARS)} (YAML aliases)`)] };
+    }
   } catch (err) {
-    return { ctx, errors: [ctx.error([], `invalid YAML: ${(err as Error).message}`)] };
+    return { ctx, errors: [ctx.error([], `invalid YAML: ${clip((err as Error).message)}`)] };
   }
   if (data === null || data === undefined) return undefined;
-  nullTargetAsString(data);
+  nullTargetAsString(ctx, data);
   const validate = manifestValidator();
   if (!validate(data)) return { ctx, errors: schemaErrors(ctx, validate.errors ?? []) };
   const semantic = semanticErrors(ctx, data.spec, limits);
   if (semantic.length > 0) return { ctx, errors: semantic };
+  const { allowDataLoss: _consent, ...asWritten } = data.spec;
   const manifest: LoadedManifest = {
     name: data.metadata.name,
     file: ctx.file,
     line: ctx.start().line,
     spec: data.spec,
-    hash: crypto.createHash('sha256').update(canonicalJson(data.spec)).digest('hex'),
+    hash: sha256(canonicalJson(comparableSpec(data.spec))),
+    legacyHash: sha256(canonicalJson(asWritten)),
     document: data,
   };
   return { ctx, errors: [], manifest };
 }
 
-/** Every non-empty document of one file, checked on its own. */
-function checkFile(dir: string, file: string, limits: HostLimits): CheckedDocument[] | ManifestError {
-  let text: string;
+/** What a file holds besides regular data, for the message about it. */
+function kindOf(st: fs.Stats): string {
+  if (st.isDirectory()) return 'a directory';
+  if (st.isFIFO()) return 'a FIFO';
+  if (st.isCharacterDevice()) return 'a character device';
+  if (st.isBlockDevice()) return 'a block device';
+  if (st.isSocket()) return 'a socket';
+  return 'not a regular file';
+}
+
+/**
+ * The text of one manifest file, or why it cannot be read. Opened without
+ * blocking (a FIFO swapped in must not hang the pass), checked to be a
+ * regular file through the descriptor (no race with a rename), and read no
+ * further than the size limit.
+ */
+function readManifestText(full: string, file: string): string | ManifestError {
+  let fd: number;
   try {
-    text = fs.readFileSync(path.join(dir, file), 'utf8');
+    fd = fs.openSync(full, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
   } catch (err) {
-    return fileError(file, `cannot read: ${(err as Error).message}`);
+    return fileError(file, `cannot read: ${(err as NodeJS.ErrnoException).code ?? clip((err as Error).message)}`);
   }
+  try {
+    const st = fs.fstatSync(fd);
+    if (!st.isFile()) return fileError(file, `cannot read: it is ${kindOf(st)}, not a regular file`);
+    const buf = Buffer.alloc(MAX_FILE_BYTES + 1);
+    let got = 0;
+    for (let n = 1; n > 0 && got < buf.length; got += n) n = fs.readSync(fd, buf, got, buf.length - got, null);
+    if (got > MAX_FILE_BYTES) {
+      return fileError(
+        file,
+        `too large: a manifest file may hold at most ${formatSize(MAX_FILE_BYTES)}, this one has ${Math.max(st.size, got)} bytes`,
+      );
+    }
+    try {
+      return new TextDecoder('utf-8', { fatal: true }).decode(buf.subarray(0, got));
+    } catch {
+      return fileError(file, 'cannot read: not UTF-8 text');
+    }
+  } catch (err) {
+    return fileError(file, `cannot read: ${(err as NodeJS.ErrnoException).code ?? clip((err as Error).message)}`);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** Every non-empty document of one file, checked on its own; a file-wide problem instead. */
+function checkFile(dir: string, file: string, limits: HostLimits): CheckedDocument[] | ManifestError {
+  const text = readManifestText(path.join(dir, file), file);
+  if (typeof text !== 'string') return text;
   const lines = new LineCounter();
   const checked: CheckedDocument[] = [];
-  for (const doc of parseAllDocuments(text, { lineCounter: lines, prettyErrors: false })) {
-    const result = checkDocument(new DocumentContext(file, doc, lines), limits);
-    if (result) checked.push(result);
+  let count = 0;
+  try {
+    const composer = new Composer({ prettyErrors: false });
+    for (const doc of composer.compose(new Parser(lines.addNewLine).parse(text)) as Iterable<Document>) {
+      const ctx = new DocumentContext(file, doc, lines);
+      if (++count > MAX_DOCUMENTS) {
+        return { ...ctx.error([], `more than ${MAX_DOCUMENTS} documents in one file`), manifestName: undefined };
+      }
+      const result = checkDocument(ctx, limits);
+      if (result) checked.push(result);
+    }
+  } catch (err) {
+    return fileError(file, `cannot parse: ${clip((err as Error).message)}`);
   }
   return checked;
 }
@@ -173,27 +297,32 @@ function markDuplicates(
 }
 
 function describeName(value: unknown): string | undefined {
-  return typeof value === 'string' ? `name "${value}"` : undefined;
+  return typeof value === 'string' ? `name ${quote(value)}` : undefined;
 }
 
 function describeId(value: unknown): string | undefined {
   return Number.isInteger(value) ? `device id ${value}` : undefined;
 }
 
-/** Whether `p` is a file to read: regular files and links to them (a dangling link is read, and fails, loudly). */
-function isReadableEntry(p: string): boolean {
-  try {
-    return fs.statSync(p).isFile();
-  } catch {
-    return true;
-  }
-}
-
+/**
+ * Entries named like manifests, except directories (a `conf.yaml/` folder
+ * is not a manifest). Anything else is read, or reported when it cannot
+ * be: a FIFO, a device node or a dangling link is not a manifest, but it is
+ * not a removed one either.
+ */
 function listManifestFiles(dir: string): string[] {
   return fs
     .readdirSync(dir)
-    .filter((name) => isManifestFile(name) && isReadableEntry(path.join(dir, name)))
+    .filter((name) => isManifestFile(name) && !isDirectory(path.join(dir, name)))
     .sort();
+}
+
+function isDirectory(p: string): boolean {
+  try {
+    return fs.statSync(p).isDirectory();
+  } catch {
+    return false;
+  }
 }
 
 /** Errors by file, then position, as a compiler lists them; ties keep the schema's order. */
@@ -213,17 +342,15 @@ function assertDirectory(dir: string): void {
 }
 
 /**
- * Loads every manifest in `dir` (not recursive). Returns the valid
- * manifests with defaults applied and an error for each problem; a
- * document with errors, or whose name or fixed id is claimed twice, is
- * left out of `manifests`. Throws only when `dir` is missing or not a
- * directory (an environment error, not a manifest error).
+ * The load, one file per step: the synchronous and the asynchronous
+ * loader drive the same steps, the latter yielding to the event loop
+ * between files so no pass holds it for long.
  */
-export function loadManifestDir(dir: string, opts: LoadOptions = {}): LoadResult {
+function* loadSteps(dir: string, opts: LoadOptions): Generator<void, LoadResult> {
   assertDirectory(dir);
   if (opts.checkPermissions) {
     const problem = permissionProblem(dir, 'directory');
-    if (problem) return { manifests: [], errors: [fileError(dir, problem)], files: [] };
+    if (problem) return { manifests: [], errors: [fileError(dir, problem)], files: [], validFiles: [] };
   }
   const limits: HostLimits = { maxQueues: opts.maxQueues ?? maxQueues() };
   const files = listManifestFiles(dir);
@@ -234,13 +361,43 @@ export function loadManifestDir(dir: string, opts: LoadOptions = {}): LoadResult
     const checked = problem ? fileError(file, problem) : checkFile(dir, file, limits);
     if (Array.isArray(checked)) docs.push(...checked);
     else errors.push(checked);
+    yield;
   }
   markDuplicates(docs, ['metadata', 'name'], describeName);
   markDuplicates(docs, ['spec', 'id'], describeId);
   const manifests: LoadedManifest[] = [];
+  const invalidFiles = new Set(errors.map((e) => e.file));
   for (const d of docs) {
     errors.push(...d.errors);
     if (d.manifest && d.errors.length === 0) manifests.push(d.manifest);
+    else invalidFiles.add(d.ctx.file);
   }
-  return { manifests, errors: inFileOrder(errors, files), files };
+  const withDocuments = new Set(docs.map((d) => d.ctx.file));
+  const validFiles = files.filter((f) => withDocuments.has(f) && !invalidFiles.has(f));
+  return { manifests, errors: inFileOrder(errors, files), files, validFiles };
+}
+
+/**
+ * Loads every manifest in `dir` (not recursive). Returns the valid
+ * manifests with defaults applied and an error for each problem; a
+ * document with errors, or whose name or fixed id is claimed twice, is
+ * left out of `manifests`. Throws only when `dir` is missing or not a
+ * directory (an environment error, not a manifest error).
+ */
+export function loadManifestDir(dir: string, opts: LoadOptions = {}): LoadResult {
+  const steps = loadSteps(dir, opts);
+  for (;;) {
+    const step = steps.next();
+    if (step.done) return step.value;
+  }
+}
+
+/** `loadManifestDir`, yielding to the event loop after each file: what a pass uses. */
+export async function loadManifestDirAsync(dir: string, opts: LoadOptions = {}): Promise<LoadResult> {
+  const steps = loadSteps(dir, opts);
+  for (;;) {
+    const step = steps.next();
+    if (step.done) return step.value;
+    await new Promise<void>((resolve) => setImmediate(resolve));
+  }
 }

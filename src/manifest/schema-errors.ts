@@ -4,6 +4,7 @@
  */
 import type { ErrorObject } from 'ajv';
 import { TARGET_TYPES } from '../spec/limits';
+import { quote } from '../spec/show-value';
 import { ManifestError } from './manifest-error';
 import { closest } from './suggest';
 import { describeValue, DocumentContext } from './yaml-document';
@@ -37,13 +38,14 @@ function unknownFieldError(ctx: DocumentContext, e: ErrorObject, segments: strin
   const extra = (e.params as { additionalProperty: string }).additionalProperty;
   const allowed = Object.keys((e.parentSchema as { properties?: object } | undefined)?.properties ?? {});
   const hint = closest(extra, allowed);
-  const message = `unknown field "${extra}"${hint ? `: did you mean "${hint}"?` : ''}`;
+  const message = `unknown field ${quote(extra)}${hint ? `: did you mean "${hint}"?` : ''}`;
   return ctx.error([...segments, extra], message, ctx.keyAt(segments, extra) ?? ctx.nodeAt(segments));
 }
 
 function targetTypeError(ctx: DocumentContext, e: ErrorObject, segments: string[]): ManifestError {
   const { tag, tagValue } = e.params as { tag: string; tagValue: unknown };
   if (tagValue === undefined) return ctx.error([...segments, tag], 'is required', ctx.nodeAt(segments));
+  if (tagValue === '') return ctx.error([...segments, tag], `is empty: must be one of ${TARGET_TYPES.join(', ')}`);
   return ctx.error([...segments, tag], `must be one of ${TARGET_TYPES.join(', ')}, got ${describeValue(tagValue)}`);
 }
 

@@ -31,6 +31,11 @@ export const API_VERSION = 'ublk-ts/v1';
  */
 export interface ManifestSpec extends DeviceSpecInput {
   target: TargetInput;
+  /**
+   * Consent to re-create a device whose data lives only in it (memory, js
+   * targets) when its spec changes; without it the change is drift.
+   */
+  allowDataLoss?: boolean;
 }
 
 /** `metadata` of a UblkDevice manifest: the name keys the device's state record. */

@@ -3,6 +3,7 @@
  * error at the node it is about (line and column of a field, or of its key).
  */
 import { Document, isMap, isPair, isScalar, LineCounter, Node as YamlNode } from 'yaml';
+import { clip, shown } from '../spec/show-value';
 import { ManifestError } from './manifest-error';
 
 export interface Position {
@@ -52,7 +53,7 @@ export class DocumentContext {
 
   error(segments: readonly string[], message: string, node = this.nodeAt(segments)): ManifestError {
     const at = node?.range ? this.position(node.range[0]) : this.start();
-    return { file: this.file, ...at, path: segments.join('.'), message, manifestName: this.name };
+    return { file: this.file, ...at, path: clip(segments.join('.')), message, manifestName: this.name };
   }
 }
 
@@ -60,11 +61,10 @@ function isNode(value: unknown): value is YamlNode {
   return typeof value === 'object' && value !== null && 'range' in value && Array.isArray((value as YamlNode).range);
 }
 
-/** How a given value reads in a message: strings quoted, structures named. */
+/** How a given value reads in a message: strings quoted, structures named, never more than a line of it. */
 export function describeValue(v: unknown): string {
-  if (typeof v === 'string') return JSON.stringify(v);
-  if (Array.isArray(v)) return 'a list';
-  if (v === null) return 'null';
-  if (typeof v === 'object') return Object.getPrototypeOf(v) === Object.prototype ? 'a mapping' : String(v);
-  return String(v);
+  if (v !== null && typeof v === 'object' && !Array.isArray(v) && Object.getPrototypeOf(v) !== Object.prototype) {
+    return clip(String(v));
+  }
+  return shown(v);
 }

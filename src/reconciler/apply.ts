@@ -3,13 +3,13 @@
  * applied on its own and its failure is returned, not thrown, so one
  * device never blocks another; failures feed the backoff.
  */
-import { DeviceSpec, normalizeDeviceSpec } from '../spec/device-spec';
-import { SpecError } from '../errors';
+import { DeviceSpec } from '../spec/device-spec';
 import type { LoadedManifest } from '../manifest';
 import type { DeviceRecord } from '../server/device-records';
 import { Backoff, STABLE_MS } from './backoff';
 import type { Kernel } from './kernel';
 import { Action, ActionKind } from './planner';
+import { preflight, PreflightError } from './preflight';
 
 /** What happened to one device in a pass. */
 export interface DeviceOutcome {
@@ -72,24 +72,38 @@ function restartHistory(
   };
 }
 
-/** The validated spec of a manifest; a SpecError names the manifest's file, line and field. */
-function specOf(manifest: LoadedManifest): DeviceSpec {
-  try {
-    return normalizeDeviceSpec(manifest.spec);
-  } catch (err) {
-    if (err instanceof SpecError)
-      throw new SpecError(`${manifest.file}:${manifest.line}: spec.${err.field}`, err.detail);
-    throw err;
-  }
+/**
+ * The pre-flight of a create or re-create against the devices the kernel
+ * has now (earlier actions of the pass may have freed ids); `replacing` is
+ * the device a re-create removes, whose id the new spec may take over.
+ */
+async function preflightNow(kernel: Kernel, manifest: LoadedManifest, replacing?: number): Promise<DeviceSpec> {
+  const ids = new Set((await kernel.listDevices()).map((d) => d.id));
+  return preflight(manifest, { idTaken: (id) => id !== replacing && ids.has(id) });
 }
 
-async function createFrom(kernel: Kernel, manifest: LoadedManifest): Promise<{ devId: number; blockPath: string }> {
-  const server = await kernel.startServer(specOf(manifest), {
+async function createFrom(
+  kernel: Kernel,
+  manifest: LoadedManifest,
+  spec: DeviceSpec,
+): Promise<{ devId: number; blockPath: string }> {
+  const server = await kernel.startServer(spec, {
     owner: 'reconciler',
     manifest: manifest.name,
+    manifestFile: manifest.file,
     specHash: manifest.hash,
   });
   return { devId: server.info.id, blockPath: server.info.blockPath };
+}
+
+/** Keeps the record's manifest file and spec hash current (a manifest moved, a legacy hash) without touching the device. */
+function refreshRecord(kernel: Kernel, record: DeviceRecord | undefined, manifest: LoadedManifest | undefined): void {
+  if (!record || !manifest) return;
+  const sameSpec = record.specHash === manifest.hash || record.specHash === manifest.legacyHash;
+  const specHash = sameSpec ? manifest.hash : record.specHash;
+  if (record.manifestFile !== manifest.file || record.specHash !== specHash) {
+    kernel.records.write({ ...record, manifestFile: manifest.file, specHash });
+  }
 }
 
 function recordFailure(kernel: Kernel, devId: number, err: unknown): void {
@@ -112,12 +126,21 @@ export async function apply(
   try {
     switch (action.kind) {
       case 'create': {
-        const made = await createFrom(kernel, manifest!);
+        const spec = await preflightNow(kernel, manifest!);
+        const made = await createFrom(kernel, manifest!, spec);
         return { ...base, devId: made.devId, blockPath: made.blockPath };
       }
       case 'recreate': {
+        // Everything about the new spec is checked before the old device is stopped.
+        let spec: DeviceSpec;
+        try {
+          spec = await preflightNow(kernel, manifest!, action.devId);
+        } catch (err) {
+          if (err instanceof PreflightError) err.message += ' (the device was left as it is)';
+          throw err;
+        }
         await kernel.removeDevice(action.devId!);
-        const made = await createFrom(kernel, manifest!);
+        const made = await createFrom(kernel, manifest!, spec);
         return { ...base, devId: made.devId, blockPath: made.blockPath };
       }
       case 'recover': {
@@ -127,6 +150,7 @@ export async function apply(
           recoverDevId: action.devId,
           owner: 'reconciler',
           manifest: record!.manifest,
+          manifestFile: manifest?.file ?? record!.manifestFile,
           specHash: record!.specHash,
           ...history,
         });
@@ -140,6 +164,8 @@ export async function apply(
         if (record && record.lastError !== action.reason) kernel.records.write({ ...record, lastError: action.reason });
         return { ...base, outcome: 'unchanged' };
       case 'noop':
+        refreshRecord(kernel, record, manifest);
+        record = kernel.records.read(action.devId!) ?? record;
         // Clear a past error once the server has proved stable, not at the first quiet pass.
         if (record && ctx.now - Date.parse(record.updatedAt) >= STABLE_MS) {
           ctx.backoff.succeeded(action.name);

@@ -12,8 +12,15 @@ export interface DesiredDevice {
   name: string;
   /** file:line of the document, for messages. */
   source: string;
+  /** The manifest's file, relative to the manifest directory. */
+  file: string;
+  /** Identity of the normalized spec: a record with another hash was made from a different spec. */
   hash: string;
+  /** The hash a record made before specs were normalized carries for this same spec. */
+  legacyHash?: string;
   fixedId?: number;
+  /** The manifest consents to losing data that lives only in the device (spec.allowDataLoss). */
+  allowDataLoss?: boolean;
 }
 
 /** A kernel device as the planner needs it. */
@@ -34,6 +41,12 @@ export interface PlanInput {
   invalidNames: ReadonlySet<string>;
   /** An invalid document whose name could not be read: no owned device may be deleted this pass. */
   unattributedErrors: boolean;
+  /** Whether any manifest or file is invalid: a record that does not name its file is then not deleted. */
+  anyErrors?: boolean;
+  /** Manifest files that exist in the directory (of any kind, dangling links included), by relative name. */
+  presentFiles: ReadonlySet<string>;
+  /** Files read whole whose every document is valid, with at least one: absence of a name there is evidence. */
+  validFiles: ReadonlySet<string>;
   /** State records of devices the reconciler owns. */
   records: DeviceRecord[];
   /** Every ublk device in the kernel, by id. */
@@ -81,10 +94,14 @@ function withBackoff(a: Action, input: PlanInput): Action {
   };
 }
 
+/** Targets whose data lives only in the device: re-creating one discards it. */
+const DATA_IN_DEVICE = new Set(['memory', 'js']);
+
 function planExisting(want: DesiredDevice, record: DeviceRecord, dev: LiveDevice | undefined, now: number): Action {
   const base = { name: want.name, devId: record.devId };
   if (!dev) return { ...base, kind: 'create', reason: `device ${record.devId} no longer exists` };
-  const changed = record.specHash !== want.hash;
+  const changed =
+    record.specHash !== want.hash && (want.legacyHash === undefined || record.specHash !== want.legacyHash);
   const serverGone = !dev.serverAlive;
   if ((dev.state === 'QUIESCED' || dev.state === 'FAIL_IO') && serverGone) {
     return { ...base, kind: 'recover', reason: `device is ${dev.state} and its server (pid ${dev.serverPid}) is gone` };
@@ -95,6 +112,14 @@ function planExisting(want: DesiredDevice, record: DeviceRecord, dev: LiveDevice
   if (changed) {
     if (dev.inUse)
       return { ...base, kind: 'drift', reason: `${want.source} changed, but the device is in use: left as it is` };
+    const type = record.spec.target.type;
+    if (DATA_IN_DEVICE.has(type) && !want.allowDataLoss) {
+      return {
+        ...base,
+        kind: 'drift',
+        reason: `${want.source} changed, but re-creating this ${type} device would discard its data: left as it is (set spec.allowDataLoss: true to allow it)`,
+      };
+    }
     return { ...base, kind: 'recreate', reason: `${want.source} changed and the device is not in use` };
   }
   if (dev.state === 'LIVE' && !serverGone) return { ...base, kind: 'noop', reason: 'matches its manifest' };
@@ -136,20 +161,37 @@ export function plan(input: PlanInput): Action[] {
   for (const record of input.records) {
     const name = record.manifest ?? `ublkb${record.devId}`;
     if (desiredNames.has(name)) continue;
-    const base = { name, devId: record.devId };
-    if (input.invalidNames.has(name)) {
-      actions.push({ ...base, kind: 'hold', reason: 'its manifest is invalid: device left exactly as it is' });
-    } else if (input.unattributedErrors) {
-      actions.push({
-        ...base,
-        kind: 'hold',
-        reason: 'a manifest whose name cannot be read is invalid: no device is deleted this pass',
-      });
-    } else {
-      actions.push({ ...base, kind: 'delete', reason: 'its manifest is gone' });
-    }
+    actions.push({ name, devId: record.devId, ...deletion(record, name, input) });
   }
   return actions.sort((a, b) => a.name.localeCompare(b.name));
+}
+
+/**
+ * Whether a device whose name no manifest holds is deleted: only on
+ * positive evidence that its manifest was removed — its file is gone, or
+ * parses validly and holds no document with its name. Anything less (the
+ * file empty, cut short, unreadable, invalid, not a regular file) holds it.
+ */
+function deletion(record: DeviceRecord, name: string, input: PlanInput): Pick<Action, 'kind' | 'reason'> {
+  const hold = (reason: string): Pick<Action, 'kind' | 'reason'> => ({ kind: 'hold', reason });
+  if (input.invalidNames.has(name)) return hold('its manifest is invalid: device left exactly as it is');
+  if (input.unattributedErrors) {
+    return hold('a manifest whose name cannot be read is invalid: no device is deleted this pass');
+  }
+  const file = record.manifestFile;
+  if (file === undefined) {
+    if (input.anyErrors) {
+      return hold(
+        'its record does not say which file it came from and a manifest is invalid: no evidence it was removed',
+      );
+    }
+    return { kind: 'delete', reason: 'its manifest is gone' };
+  }
+  if (!input.presentFiles.has(file)) return { kind: 'delete', reason: `its manifest file ${file} is gone` };
+  if (input.validFiles.has(file)) return { kind: 'delete', reason: `its manifest file ${file} no longer names it` };
+  return hold(
+    `its manifest file ${file} is still there but yields no valid document named ${name}: device left exactly as it is`,
+  );
 }
 
 /** How long until the earliest waiting action is due; undefined when none waits. */

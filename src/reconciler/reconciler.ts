@@ -4,13 +4,17 @@
  * device's failure never blocks another. The pass says when it wants to
  * run again (`requeueAfterMs`); the watcher schedules that.
  */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { DeviceInfo } from '../kernel/control';
-import { formatManifestError, loadManifestDir } from '../manifest';
+import { formatManifestError, LoadedManifest, loadManifestDirAsync } from '../manifest';
+import type { DeviceRecord } from '../server/device-records';
 import { isRecoverable } from '../spec/recovery-mode';
 import { apply, DeviceOutcome, plannedOutcome } from './apply';
 import { Backoff } from './backoff';
 import type { Kernel } from './kernel';
 import { Action, ActionKind, DesiredDevice, isChange, LiveDevice, plan, requeueAfter } from './planner';
+import { preflight } from './preflight';
 
 export type { DeviceOutcome } from './apply';
 
@@ -63,12 +67,49 @@ function describe(o: DeviceOutcome): string {
   return `${o.action} ${o.name}${dev}: ${o.reason}${lost}${result}`;
 }
 
-/** Runs one pass. Throws only for environment problems (no ublk, missing directory). */
+/** Whether a directory entry exists at all, whatever it is (a dangling link or a FIFO included). */
+function entryExists(p: string): boolean {
+  try {
+    fs.lstatSync(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** The manifest files records name that are still in the directory. */
+function presentFiles(dir: string, records: DeviceRecord[]): Set<string> {
+  const files = records.map((r) => r.manifestFile).filter((f): f is string => f !== undefined);
+  return new Set(files.filter((f) => entryExists(path.join(dir, f))));
+}
+
+/**
+ * What `--plan` shows for an action: a create or re-create whose new spec
+ * fails its pre-flight is shown failed, as `--once` would end.
+ */
+async function plannedWithPreflight(
+  action: Action,
+  manifest: LoadedManifest | undefined,
+  idTaken: (id: number) => boolean,
+): Promise<DeviceOutcome> {
+  if (!isChange(action)) return plannedOutcome(action, 'unchanged');
+  const planned = plannedOutcome(action, 'planned');
+  if ((action.kind !== 'create' && action.kind !== 'recreate') || !manifest) return planned;
+  try {
+    await preflight(manifest, { idTaken: (id) => id !== action.devId && idTaken(id) });
+    return planned;
+  } catch (err) {
+    const left = action.kind === 'recreate' ? ' (the device would be left as it is)' : '';
+    return { ...planned, outcome: 'failed', error: `${(err as Error).message}${left}` };
+  }
+}
+
+/** Runs one pass. Throws only for environment problems (no ublk, missing directory, a corrupt record). */
 export async function reconcileOnce(kernel: Kernel, opts: ReconcileOptions): Promise<PassResult> {
   const log = opts.log ?? (() => undefined);
   const now = (opts.now ?? Date.now)();
   const backoff = opts.backoff ?? new Backoff();
-  const loaded = loadManifestDir(opts.dir, { checkPermissions: opts.checkPermissions });
+  const loaded = await loadManifestDirAsync(opts.dir, { checkPermissions: opts.checkPermissions });
   const manifestErrors = loaded.errors.map(formatManifestError);
   for (const e of manifestErrors) log(`invalid manifest: ${e}`);
 
@@ -80,23 +121,32 @@ export async function reconcileOnce(kernel: Kernel, opts: ReconcileOptions): Pro
   const desired: DesiredDevice[] = loaded.manifests.map((m) => ({
     name: m.name,
     source: `${m.file}:${m.line}`,
+    file: m.file,
     hash: m.hash,
+    legacyHash: m.legacyHash,
     fixedId: m.spec.id,
+    allowDataLoss: m.spec.allowDataLoss,
   }));
   const actions = plan({
     desired,
     invalidNames: new Set(loaded.errors.map((e) => e.manifestName).filter((n): n is string => n !== undefined)),
     unattributedErrors: loaded.errors.some((e) => e.manifestName === undefined),
+    anyErrors: loaded.errors.length > 0,
+    presentFiles: presentFiles(opts.dir, records),
+    validFiles: new Set(loaded.validFiles),
     records,
     live,
     now,
     backoff: (name) => backoff.pending(name, now),
   });
 
+  // What --plan checks fixed ids against: the kernel's devices less those the plan removes first.
+  const freed = new Set(actions.filter((a) => a.kind === 'delete' || a.kind === 'recreate').map((a) => a.devId));
+  const takenAfterDeletes = (id: number): boolean => live.has(id) && !freed.has(id);
   const devices: DeviceOutcome[] = [];
   for (const action of [...actions].sort((a, b) => rank(a) - rank(b))) {
     const outcome = opts.planOnly
-      ? plannedOutcome(action, isChange(action) ? 'planned' : 'unchanged')
+      ? await plannedWithPreflight(action, byName.get(action.name), takenAfterDeletes)
       : await apply(
           { kernel, backoff, now },
           action,

@@ -3,7 +3,10 @@
  * hints that a pass is due; every pass re-reads everything (level-based).
  * Passes never overlap; a hint during a pass queues exactly one more. A
  * pass that returns `requeueAfterMs` gets a pass at that time. The retry
- * timing of failing devices lives in the watcher's one Backoff.
+ * timing of failing devices lives in the watcher's one Backoff. Passes
+ * start at most once per `minPassIntervalMs`, however many hints come (a
+ * link to itself makes chokidar report without end), and a watcher error
+ * is a hint too: logged, never fatal.
  */
 import { FSWatcher, watch } from 'chokidar';
 import * as path from 'node:path';
@@ -23,8 +26,15 @@ export interface WatchOptions extends Omit<ReconcileOptions, 'backoff' | 'quietN
   watchFiles?: boolean;
   /** Retry timing of failing devices (default: 1 s doubling to 60 s). */
   backoff?: Backoff;
+  /** Least time between the starts of two passes (default 250 ms): bounds the pass rate whatever the hints. */
+  minPassIntervalMs?: number;
   onPass?: (result: PassResult) => void;
+  /** A pass that could not run (a corrupt record, the directory gone): the watcher carries on. */
+  onPassError?: (err: Error) => void;
 }
+
+/** Default least time between two passes' starts. */
+export const MIN_PASS_INTERVAL_MS = 250;
 
 /**
  * Which servers of owned devices died since the last look: each dead pid
@@ -56,6 +66,9 @@ export class ReconcileWatcher {
   private knownDead = new Set<number>();
   private pendingEvents: string[] = [];
   private passes = 0;
+  private lastPassAt = -Infinity;
+  /** Watcher errors already logged, so a path that keeps failing is one line, not a flood. */
+  private loggedErrors = new Set<string>();
 
   constructor(
     private readonly kernel: Kernel,
@@ -102,17 +115,20 @@ export class ReconcileWatcher {
       this.log(`watching ${this.opts.dir}`);
       this.trigger('watching');
     });
-    this.fsWatcher.on('error', (err) => {
-      this.log(`watcher error: ${(err as Error).message}; re-listing everything`);
-      const old = this.fsWatcher;
-      old?.close().then(
-        () => {
-          if (!this.stopped) this.watchFiles();
-        },
-        () => undefined,
-      );
-      this.trigger('watcher error');
-    });
+    // chokidar goes on watching after an error (a symlink loop, a file that vanished while being
+    // looked at); closing it here would leave its late errors with no listener, which kills the
+    // process. Level-based: the error is a hint that a full pass is due, debounced like any event.
+    this.fsWatcher.on('error', (err) => this.watcherError(err as Error));
+  }
+
+  /** Logs a watcher error once per distinct message and schedules a pass that re-lists everything. */
+  watcherError(err: Error): void {
+    const message = err.message;
+    if (!this.loggedErrors.has(message)) {
+      if (this.loggedErrors.size < 100) this.loggedErrors.add(message);
+      this.log(`watcher error: ${message}; re-listing everything`);
+    }
+    this.schedule('watcher error');
   }
 
   private schedule(event: string): void {
@@ -127,7 +143,13 @@ export class ReconcileWatcher {
 
   /** Looks for servers that died; one pass for however many. */
   checkServers(): void {
-    const dead = newlyDeadServers(this.kernel, this.knownDead);
+    let dead: Array<{ pid: number; what: string }>;
+    try {
+      dead = newlyDeadServers(this.kernel, this.knownDead);
+    } catch {
+      // A record that cannot be read: passes report it (the periodic one too); this check must not end the process.
+      return;
+    }
     for (const d of dead) this.log(`server pid ${d.pid} of ${d.what} is gone`);
     if (dead.length > 0) this.trigger('a server died');
   }
@@ -157,6 +179,10 @@ export class ReconcileWatcher {
     let reason = why;
     do {
       this.again = false;
+      const wait = this.lastPassAt + (this.opts.minPassIntervalMs ?? MIN_PASS_INTERVAL_MS) - Date.now();
+      if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+      if (this.stopped) break;
+      this.lastPassAt = Date.now();
       this.log(`pass (${reason})`);
       try {
         const result = await reconcileOnce(this.kernel, {
@@ -168,6 +194,7 @@ export class ReconcileWatcher {
         if (result.requeueAfterMs !== undefined) this.requeueAfter(result.requeueAfterMs);
       } catch (err) {
         this.log(`pass failed: ${(err as Error).message}`);
+        this.opts.onPassError?.(err as Error);
       }
       reason = 'changes during the last pass';
     } while (this.again && !this.stopped);

@@ -18,6 +18,12 @@ export interface DeviceRecord {
   owner: DeviceOwner;
   /** metadata.name of the manifest, for devices the reconciler owns. */
   manifest?: string;
+  /**
+   * The manifest's file, relative to the manifest directory: the device is
+   * deleted only once this file is gone, or holds only valid documents and
+   * none with its name. Absent in records written before it was kept.
+   */
+  manifestFile?: string;
   /** Hash of the manifest spec the device was made from; a change means drift. */
   specHash?: string;
   spec: DeviceSpec;
@@ -67,20 +73,43 @@ export function writeRecord(stateDir: string, record: DeviceRecord): void {
 /** Reads one record; undefined when there is none. A corrupt record is an error, never silently dropped. */
 export function readRecord(stateDir: string, devId: number): DeviceRecord | undefined {
   const file = recordPath(stateDir, devId);
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw err;
+  if (!fs.existsSync(file)) return undefined;
+  return parseRecord(file, readText(file));
+}
+
+/**
+ * A record that cannot be trusted: the state directory is damaged or not
+ * ours. Nothing is decided from it; the message names the file.
+ */
+export class CorruptRecordError extends Error {
+  constructor(
+    readonly file: string,
+    problem: string,
+  ) {
+    super(`${file}: ${problem}; move the file away (or fix it) and run again`);
+    this.name = 'CorruptRecordError';
   }
-  return parseRecord(file, text);
 }
 
 function parseRecord(file: string, text: string): DeviceRecord {
-  const record = JSON.parse(text) as DeviceRecord;
-  if (record.version !== 1 || typeof record.devId !== 'number') throw new Error(`${file}: not a ublk-ts device record`);
+  let record: DeviceRecord;
+  try {
+    record = JSON.parse(text) as DeviceRecord;
+  } catch (err) {
+    throw new CorruptRecordError(file, `corrupt device record (${(err as Error).message})`);
+  }
+  if (typeof record !== 'object' || record === null || record.version !== 1 || typeof record.devId !== 'number') {
+    throw new CorruptRecordError(file, 'not a ublk-ts device record');
+  }
   return record;
+}
+
+function readText(file: string): string {
+  try {
+    return fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new CorruptRecordError(file, `cannot read the device record (${(err as NodeJS.ErrnoException).code})`);
+  }
 }
 
 /** Every record in the state directory. Leftover temporary files of a crashed writer are removed. */
@@ -89,8 +118,10 @@ export function listRecords(stateDir: string): DeviceRecord[] {
   let names: string[];
   try {
     names = fs.readdirSync(dir);
-  } catch {
-    return [];
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') return [];
+    throw new CorruptRecordError(dir, `cannot list device records (${code})`);
   }
   const records: DeviceRecord[] = [];
   for (const name of names) {
@@ -100,7 +131,7 @@ export function listRecords(stateDir: string): DeviceRecord[] {
       continue;
     }
     if (!/^ublkb\d+\.json$/.test(name)) continue;
-    records.push(parseRecord(file, fs.readFileSync(file, 'utf8')));
+    records.push(parseRecord(file, readText(file)));
   }
   return records.sort((a, b) => a.devId - b.devId);
 }

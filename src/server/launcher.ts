@@ -29,6 +29,8 @@ export interface LaunchOptions {
   /** Recorded in the device's state record (default 'ublkctl'). */
   owner?: DeviceOwner;
   manifest?: string;
+  /** The manifest's file, relative to the manifest directory (see DeviceRecord.manifestFile). */
+  manifestFile?: string;
   specHash?: string;
   /** Carried into the new record: consecutive quick deaths, for backoff. */
   failures?: number;
@@ -122,6 +124,7 @@ export async function startServer(spec: DeviceSpec, opts: LaunchOptions = {}): P
       devId: outcome.info.id,
       owner: opts.owner ?? 'ublkctl',
       manifest: opts.manifest,
+      manifestFile: opts.manifestFile,
       specHash: opts.specHash,
       spec,
       serverPid: child.pid!,

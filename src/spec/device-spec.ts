@@ -24,6 +24,7 @@ import {
   TARGET_TYPES,
   TargetType,
 } from './limits';
+import { clip, quote, shown } from './show-value';
 import { formatSize, parseSize } from './sizes';
 
 export { DEFAULTS, TARGET_TYPES, RECOVERY_MODES, LOGICAL_BLOCK_SIZES, MAX_DEPTH };
@@ -125,13 +126,9 @@ export interface SpecProblem {
   detail: string;
 }
 
-function shown(v: unknown): string {
-  return typeof v === 'string' ? JSON.stringify(v) : String(v);
-}
-
 function integerProblem(value: unknown, min: number, max: number): string | undefined {
   if (typeof value !== 'number' || !Number.isInteger(value)) {
-    return `must be a whole number between ${min} and ${max}, got ${JSON.stringify(value)}`;
+    return `must be a whole number between ${min} and ${max}, got ${shown(value)}`;
   }
   if (value < min || value > max) return `must be between ${min} and ${max}, got ${value}`;
   return undefined;
@@ -168,7 +165,7 @@ function oneOf<T>(values: readonly T[], value: unknown): string | undefined {
 
 function absolutePathProblem(what: string, value: unknown): string | undefined {
   if (typeof value !== 'string' || value === '') return `is required for the ${what} target`;
-  return path.isAbsolute(value) ? undefined : `must be an absolute path, got ${JSON.stringify(value)}`;
+  return path.isAbsolute(value) ? undefined : `must be an absolute path, got ${quote(value)}`;
 }
 
 /** A target whose fields are not checked yet. */
@@ -192,7 +189,7 @@ function targetProblems(t: LooseTarget): SpecProblem[] {
     return [
       {
         field: 'target',
-        detail: `unknown target ${JSON.stringify(t.type)}: expected one of ${TARGET_TYPES.join(', ')}`,
+        detail: `unknown target ${shown(t.type)}: expected one of ${TARGET_TYPES.join(', ')}`,
       },
     ];
   }
@@ -284,7 +281,7 @@ export function normalizeDeviceSpec(
 function normalizeTarget(t: LooseTarget): TargetSpec {
   if (t.type === 'null' || t.type === 'memory') return { type: t.type };
   if (t.type === 'js') {
-    if (!fs.existsSync(t.module!)) throw new SpecError('target.module', `${t.module} does not exist`);
+    if (!fs.existsSync(t.module!)) throw new SpecError('target.module', `${clip(t.module!)} does not exist`);
     return { type: 'js', module: t.module!, options: t.options ?? {} };
   }
   return {
@@ -311,30 +308,30 @@ function loopSize(
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'ENOENT' && target.create) {
-      if (requested === undefined) throw new SpecError('size', `is required to create ${target.file}`);
+      if (requested === undefined) throw new SpecError('size', `is required to create ${clip(target.file)}`);
       const dir = path.dirname(target.file);
       if (!fs.existsSync(dir))
-        throw new SpecError('target.file', `cannot create ${target.file}: ${dir} does not exist`);
+        throw new SpecError('target.file', `cannot create ${clip(target.file)}: ${clip(dir)} does not exist`);
       return requested;
     }
     if (code === 'ENOENT') {
       throw new SpecError(
         'target.file',
-        `${target.file} does not exist (set create to make a sparse file of the given size)`,
+        `${clip(target.file)} does not exist (set create to make a sparse file of the given size)`,
       );
     }
-    if (code === 'EACCES') throw new SpecError('target.file', `${target.file}: permission denied`);
-    throw new SpecError('target.file', `${target.file}: ${(err as Error).message}`);
+    if (code === 'EACCES') throw new SpecError('target.file', `${clip(target.file)}: permission denied`);
+    throw new SpecError('target.file', `${clip(target.file)}: ${code ?? clip((err as Error).message)}`);
   }
   if (!st.isFile() && !st.isBlockDevice()) {
-    throw new SpecError('target.file', `${target.file} is not a regular file or block device`);
+    throw new SpecError('target.file', `${clip(target.file)} is not a regular file or block device`);
   }
   try {
     fs.accessSync(target.file, readOnly ? fs.constants.R_OK : fs.constants.R_OK | fs.constants.W_OK);
   } catch {
     throw new SpecError(
       'target.file',
-      `${target.file}: permission denied (needs ${readOnly ? 'read' : 'read and write'} access)`,
+      `${clip(target.file)}: permission denied (needs ${readOnly ? 'read' : 'read and write'} access)`,
     );
   }
   const fileSize = st.isFile() ? st.size : blockDeviceSize(target.file);
@@ -342,7 +339,7 @@ function loopSize(
   if (requested > fileSize) {
     throw new SpecError(
       'size',
-      `${requested} bytes is larger than ${target.file} (${fileSize} bytes); an existing file is never grown`,
+      `${requested} bytes is larger than ${clip(target.file)} (${fileSize} bytes); an existing file is never grown`,
     );
   }
   return requested;
@@ -355,4 +352,40 @@ function blockDeviceSize(file: string): number {
   } finally {
     fs.closeSync(fd);
   }
+}
+
+/**
+ * A request in the one form two spellings of the same device share: sizes
+ * in bytes, every default written out, a loop file's path normalized. Pure
+ * (no file is looked at), so a manifest's identity does not depend on the
+ * host; `1GiB`, `1073741824` and `1024MiB` compare equal. Only for input
+ * `specProblems` has accepted.
+ */
+export function comparableSpec(input: DeviceSpecInput): Record<string, unknown> {
+  const t = targetOf(input);
+  let target: Record<string, unknown>;
+  if (t.type === 'loop') {
+    target = {
+      type: 'loop',
+      file: path.normalize(t.file!),
+      create: t.create ?? DEFAULTS.create,
+      directIo: t.directIo ?? DEFAULTS.directIo,
+    };
+  } else if (t.type === 'js') {
+    target = { type: 'js', module: path.normalize(t.module!), options: t.options ?? {} };
+  } else {
+    target = { type: t.type };
+  }
+  const spec: Record<string, unknown> = {
+    target,
+    queues: input.queues ?? DEFAULTS.queues,
+    depth: input.depth ?? DEFAULTS.depth,
+    maxIoSize: bytes(input.maxIoSize ?? DEFAULTS.maxIoSize),
+    logicalBlockSize: input.logicalBlockSize ?? DEFAULTS.logicalBlockSize,
+    readOnly: input.readOnly ?? DEFAULTS.readOnly,
+    recovery: input.recovery ?? DEFAULTS.recovery,
+  };
+  if (input.size !== undefined) spec.size = bytes(input.size);
+  if (input.id !== undefined) spec.id = input.id;
+  return spec;
 }

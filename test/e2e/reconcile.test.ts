@@ -115,10 +115,15 @@ describe('ublk-reconcile (real ublk driver)', function () {
     assert.equal(listed.find((d) => d.id === id)?.manifest, 'scratch');
   });
 
-  it('re-creates a device whose size changed while unused, and deletes it when its manifest goes', () => {
+  it('re-creates a device whose size changed while unused (with consent for memory), and deletes it when its manifest goes', () => {
     write('data.yaml', manifest('data', 'target:\n  type: memory\nsize: 32MiB'));
     const id = outcome(once(), 'data').devId!;
+    // A memory device's data lives only in it: re-creating it takes the manifest's consent.
     write('data.yaml', manifest('data', 'target:\n  type: memory\nsize: 48MiB'));
+    const refused = outcome(once(), 'data');
+    assert.equal(refused.action, 'drift', JSON.stringify(refused));
+    assert.match(refused.reason, /would discard its data/);
+    write('data.yaml', manifest('data', 'target:\n  type: memory\nsize: 48MiB\nallowDataLoss: true'));
     const changed = once();
     const re = outcome(changed, 'data');
     assert.deepEqual([re.action, re.outcome], ['recreate', 'ok'], JSON.stringify(re));

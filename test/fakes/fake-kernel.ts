@@ -116,6 +116,7 @@ export class FakeKernel implements Kernel {
       devId: id,
       owner: opts.owner ?? 'ublkctl',
       manifest: opts.manifest,
+      manifestFile: opts.manifestFile,
       specHash: opts.specHash,
       spec,
       serverPid: pid,

@@ -3,7 +3,13 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { listRecords, readRecord, removeRecord, writeRecord } from '../../src/server/device-records';
+import {
+  CorruptRecordError,
+  listRecords,
+  readRecord,
+  removeRecord,
+  writeRecord,
+} from '../../src/server/device-records';
 import { normalizeDeviceSpec } from '../../src/spec/device-spec';
 
 const WRITER = path.resolve(__dirname, '..', 'fixtures', 'record-writer.js');
@@ -23,6 +29,23 @@ describe('state records', () => {
     );
     removeRecord(dir, 3);
     assert.equal(readRecord(dir, 3), undefined);
+  });
+
+  it('reports a corrupt record, or one that is not ours, naming its file', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ublk-ts-state-'));
+    fs.mkdirSync(path.join(dir, 'devices'));
+    const file = path.join(dir, 'devices', 'ublkb4.json');
+    fs.writeFileSync(file, '{"version": 1, "devId": 4, "trunc');
+    assert.throws(
+      () => listRecords(dir),
+      (err: Error) => err instanceof CorruptRecordError && err.message.startsWith(`${file}: corrupt device record (`),
+    );
+    fs.writeFileSync(file, '[1, 2]');
+    assert.throws(() => readRecord(dir, 4), new RegExp(`^CorruptRecordError: ${file}: not a ublk-ts device record`));
+    fs.rmSync(dir, { recursive: true });
+    fs.writeFileSync(dir, 'a file where the state directory should be');
+    assert.throws(() => listRecords(dir), /cannot list device records \(ENOTDIR\)/);
+    fs.rmSync(dir);
   });
 
   it('is always the old or the new version, whenever the writer is killed with SIGKILL', async function () {

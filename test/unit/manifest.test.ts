@@ -193,6 +193,7 @@ describe('manifest loading: valid manifests', () => {
       logicalBlockSize: 512,
       readOnly: false,
       recovery: 'reissue',
+      allowDataLoss: false,
     });
     assert.deepEqual(loop!.spec.target, { type: 'loop', file: '/srv/disk.img', create: false, directIo: 'auto' });
     assert.equal(loop!.spec.size, undefined, "a loop device may take its file's size");
@@ -210,18 +211,32 @@ describe('manifest loading: valid manifests', () => {
     assert.deepEqual(loadManifestDir(dir).manifests[0]!.spec.target, { type: 'js', module: '/opt/t.js', options: {} });
   });
 
-  it('hashes the canonical JSON of the defaulted spec: key order and spelled-out defaults do not matter', () => {
+  it('hashes the canonical JSON of the normalized spec: key order, units and spelled-out defaults do not matter', () => {
     const dir = tempDir({
       'a.yaml': manifest('a', 'target: {type: null}\nsize: 1MiB'),
-      'b.yaml': manifest('b', 'size: 1MiB\nqueues: 1\ntarget: {type: null}'),
+      'b.yaml': manifest('b', 'size: 1048576\nqueues: 1\nmaxIoSize: 524288\ntarget: {type: null}'),
       'c.yaml': manifest('c', 'target: {type: null}\nsize: 2MiB'),
+      'd.yaml': manifest('d', 'target: {type: null}\nsize: 1024KiB\nallowDataLoss: true\nrecovery: reissue'),
     });
-    const [a, b, c] = loadManifestDir(dir).manifests;
+    const [a, b, c, d] = loadManifestDir(dir).manifests;
     const canonical =
-      '{"depth":128,"logicalBlockSize":512,"maxIoSize":"512KiB","queues":1,"readOnly":false,"recovery":"reissue","size":"1MiB","target":{"type":"null"}}';
+      '{"depth":128,"logicalBlockSize":512,"maxIoSize":524288,"queues":1,"readOnly":false,"recovery":"reissue","size":1048576,"target":{"type":"null"}}';
     assert.equal(a!.hash, crypto.createHash('sha256').update(canonical).digest('hex'));
     assert.equal(b!.hash, a!.hash);
+    assert.equal(d!.hash, a!.hash, 'allowDataLoss is consent, not identity');
     assert.notEqual(c!.hash, a!.hash);
+    const legacy =
+      '{"depth":128,"logicalBlockSize":512,"maxIoSize":"512KiB","queues":1,"readOnly":false,"recovery":"reissue","size":"1MiB","target":{"type":"null"}}';
+    assert.equal(a!.legacyHash, crypto.createHash('sha256').update(legacy).digest('hex'));
+  });
+
+  it('normalizes loop paths and target defaults before hashing', () => {
+    const dir = tempDir({
+      'a.yaml': manifest('a', 'target: {type: loop, file: /srv//disk.img}'),
+      'b.yaml': manifest('b', 'target: {type: loop, file: /srv/./disk.img, create: false, directIo: auto}'),
+    });
+    const [a, b] = loadManifestDir(dir).manifests;
+    assert.equal(a!.hash, b!.hash);
   });
 });
 
@@ -331,6 +346,7 @@ describe('manifest loading: permissions', () => {
     assert.deepEqual(result, {
       manifests: [],
       files: [],
+      validFiles: [],
       errors: [
         {
           file: dir,
@@ -425,6 +441,7 @@ describe('manifest schema and TypeScript types', () => {
           logicalBlockSize: true,
           readOnly: true,
           recovery: true,
+          allowDataLoss: true,
         } satisfies Record<keyof ManifestSpec, true>,
         { target: true } satisfies Record<RequiredKeys<ManifestSpec>, true>,
       ],

@@ -8,7 +8,7 @@ const NOW = Date.parse('2026-11-25T12:00:00Z');
 const spec = normalizeDeviceSpec({ target: 'null', size: '1GiB' }, { maxQueues: 2 });
 
 function want(name: string, hash = 'h1', fixedId?: number): DesiredDevice {
-  return { name, source: `${name}.yaml:1`, hash, fixedId };
+  return { name, source: `${name}.yaml:1`, file: `${name}.yaml`, hash, fixedId };
 }
 
 function record(name: string, devId: number, extra: Partial<DeviceRecord> = {}): DeviceRecord {
@@ -35,6 +35,8 @@ function run(partial: Partial<PlanInput>): Action[] {
     desired: [],
     invalidNames: new Set(),
     unattributedErrors: false,
+    presentFiles: new Set(),
+    validFiles: new Set(),
     records: [],
     live: new Map(),
     now: NOW,

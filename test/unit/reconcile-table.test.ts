@@ -5,14 +5,20 @@
  * and what the kernel and the records look like afterwards.
  */
 import { strict as assert } from 'node:assert';
+import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { loadManifestDir } from '../../src/manifest';
 import { Backoff } from '../../src/reconciler/backoff';
 import { PassResult, reconcileOnce } from '../../src/reconciler/reconciler';
 import { FakeKernel } from '../fakes/fake-kernel';
 
 const T0 = Date.parse('2026-11-25T12:00:00Z');
+
+/** The manifest of device `good`, as Scene.write writes it. */
+const GOOD_MANIFEST =
+  'apiVersion: ublk-ts/v1\nkind: UblkDevice\nmetadata:\n  name: good\nspec:\n  target: {type: null}\n  size: 1GiB\n';
 
 /** One scene: a manifest directory, a fake kernel and a clock they share. */
 class Scene {
@@ -26,13 +32,44 @@ class Scene {
     fs.writeFileSync(path.join(this.dir, file), text);
   }
 
+  /** Puts `text` in place of a manifest file, as an editor or a sync tool might leave it. */
+  raw(file: string, text: string): void {
+    fs.rmSync(path.join(this.dir, file), { recursive: true, force: true });
+    fs.writeFileSync(path.join(this.dir, file), text);
+  }
+
+  /** Replaces a manifest file with something that is not a regular file. */
+  replaceWith(file: string, what: 'fifo' | 'directory' | 'devnull'): void {
+    const full = path.join(this.dir, file);
+    fs.rmSync(full, { force: true });
+    if (what === 'fifo') execFileSync('mkfifo', [full]);
+    else if (what === 'directory') fs.mkdirSync(full);
+    else fs.symlinkSync('/dev/null', full);
+  }
+
+  /** A file next to the manifests (ignored by the loader: not *.yaml). */
+  file(name: string, text = ''): string {
+    const full = path.join(this.dir, name);
+    fs.writeFileSync(full, text);
+    return full;
+  }
+
+  /** The device of `name` is LIVE, its server alive, and nothing but its first start happened. */
+  assertUntouched(name: string): void {
+    const record = this.recordOf(name)!;
+    const dev = this.kernel.devices.get(record.devId)!;
+    assert.equal(dev.info.state, 'LIVE');
+    assert.ok(this.kernel.isAlive(dev.info.serverPid));
+    assert.deepEqual(this.kernel.calls, [`start ${record.devId}`]);
+  }
+
   pass(): Promise<PassResult> {
     return reconcileOnce(this.kernel, { dir: this.dir, now: () => this.now, backoff: this.backoff });
   }
 
   /** A device the reconciler made from manifest `name` a while ago, serving since. */
-  async owned(name: string, spec?: string): Promise<number> {
-    this.write(name, spec);
+  async owned(name: string, spec?: string, file?: string): Promise<number> {
+    this.write(name, spec, file);
     const first = await this.pass();
     this.now += 10_000;
     return first.devices.find((d) => d.name === name)!.devId!;
@@ -216,6 +253,182 @@ const rows: Row[] = [
     outcome: 'unchanged',
     after: (s) => assert.deepEqual(s.kernel.calls, ['start 0']),
   },
+  ...(
+    [
+      ['empty', (s: Scene) => s.raw('a.yaml', '')],
+      ['only `---`', (s: Scene) => s.raw('a.yaml', '---\n')],
+      ['a FIFO', (s: Scene) => s.replaceWith('a.yaml', 'fifo')],
+      ['a directory', (s: Scene) => s.replaceWith('a.yaml', 'directory')],
+      ['a link to /dev/null', (s: Scene) => s.replaceWith('a.yaml', 'devnull')],
+      [
+        'cut off inside the name (name: go)',
+        (s: Scene) => s.raw('a.yaml', GOOD_MANIFEST.slice(0, GOOD_MANIFEST.indexOf('name: good') + 8)),
+      ],
+      [
+        'with the name made invalid (Good)',
+        (s: Scene) => s.raw('a.yaml', GOOD_MANIFEST.replace('name: good', 'name: Good')),
+      ],
+      [
+        'with the name made invalid ("good ")',
+        (s: Scene) => s.raw('a.yaml', GOOD_MANIFEST.replace('name: good', 'name: "good "')),
+      ],
+      ['10 MB of hostile YAML', (s: Scene) => s.raw('a.yaml', `[${'1,'.repeat(5 * 1024 * 1024)}1]`)],
+    ] as Array<[string, (s: Scene) => void]>
+  ).map(([what, breakIt]): Row => ({
+    row: `record | its file still there but ${what} | hold: the device is left exactly as it is, reported`,
+    setup: async (s) => {
+      await s.owned('good', undefined, 'a.yaml');
+      breakIt(s);
+    },
+    action: 'hold',
+    outcome: 'unchanged',
+    after: (s, r) => {
+      s.assertUntouched('good');
+      assert.equal(r.exitCode, 1);
+    },
+  })),
+  {
+    row: 'record | its file parses validly and no longer names it | delete',
+    setup: async (s) => {
+      await s.owned('good', undefined, 'a.yaml');
+      s.write('other', undefined, 'a.yaml');
+    },
+    action: 'delete',
+    outcome: 'ok',
+    after: (s, r) => {
+      assert.deepEqual(s.kernel.calls, ['start 0', 'remove 0', 'start 0']);
+      assert.equal(r.devices[0]!.reason, 'its manifest file a.yaml no longer names it');
+      assert.equal(s.recordOf('other')!.manifestFile, 'a.yaml');
+    },
+  },
+  {
+    row: 'record naming no file (written before files were remembered) | gone, while a manifest is invalid | hold',
+    setup: async (s) => {
+      const id = await s.owned('a');
+      s.kernel.records.write({ ...s.recordOf('a')!, manifestFile: undefined });
+      fs.rmSync(path.join(s.dir, 'a.yaml'));
+      s.write('b', 'target: {type: null}\nsize: lots');
+      assert.equal(id, 0);
+    },
+    action: 'hold',
+    outcome: 'unchanged',
+    after: (s) => assert.deepEqual(s.kernel.calls, ['start 0']),
+  },
+  {
+    row: 'record, device LIVE | changed cosmetically (1GiB → 1073741824, 1024MiB, defaults spelled out) | nothing',
+    setup: async (s) => {
+      await s.owned('a');
+      s.write('a', 'target: {type: null}\nsize: 1073741824\nmaxIoSize: 524288\nqueues: 1\nrecovery: reissue');
+      assert.equal((await s.pass()).devices[0]!.action, 'noop');
+      s.write('a', 'target: {type: null}\nsize: 1024MiB\ndepth: 128\nlogicalBlockSize: 512\nreadOnly: false');
+    },
+    action: 'noop',
+    outcome: 'unchanged',
+    after: (s, r) => {
+      assert.deepEqual(s.kernel.calls, ['start 0']);
+      assert.equal(r.exitCode, 0);
+    },
+  },
+  {
+    row: 'record, device LIVE | changed, the new spec fails its pre-flight (loop file missing) | failed before STOP_DEV: the device is left LIVE, the error reported',
+    setup: async (s) => {
+      const img = s.file('disk.img', '\0'.repeat(1 << 20));
+      await s.owned('a', `target: {type: loop, file: ${img}}`);
+      s.write('a', `target: {type: loop, file: ${img}x}`);
+    },
+    action: 'recreate',
+    outcome: 'failed',
+    after: (s, r) => {
+      s.assertUntouched('a');
+      assert.match(
+        r.devices[0]!.error!,
+        /a\.yaml:1: spec\.target\.file: .*disk\.imgx does not exist.*\(the device was left as it is\)$/,
+      );
+      assert.match(s.recordOf('a')!.lastError!, /does not exist/);
+      assert.equal(r.exitCode, 1);
+    },
+  },
+  {
+    row: 'record, device LIVE | changed, the new loop file does not open read-write | failed before STOP_DEV',
+    setup: async (s) => {
+      const img = s.file('disk.img', '\0'.repeat(1 << 20));
+      await s.owned('a', `target: {type: loop, file: ${img}}\nreadOnly: true`);
+      // sysfs refuses to open a read-only attribute for writing, even for root.
+      s.write('a', `target: {type: loop, file: /sys/kernel/uevent_seqnum}\nreadOnly: false`);
+    },
+    action: 'recreate',
+    outcome: 'failed',
+    after: (s, r) => {
+      s.assertUntouched('a');
+      assert.match(
+        r.devices[0]!.error!,
+        /spec\.target\.file: .*uevent_seqnum (does not open read-write: EACCES|: permission denied)/,
+      );
+    },
+  },
+  {
+    row: 'record, device LIVE | changed, its new fixed id is taken by another device | failed before STOP_DEV',
+    setup: async (s) => {
+      await s.owned('a');
+      s.kernel.addForeignDevice(7);
+      s.write('a', 'id: 7\ntarget: {type: null}\nsize: 2GiB');
+    },
+    action: 'recreate',
+    outcome: 'failed',
+    after: (s, r) => {
+      assert.deepEqual(s.kernel.calls, ['start 0']);
+      assert.match(r.devices[0]!.error!, /spec\.id: device id 7 is in use by another device/);
+    },
+  },
+  {
+    row: 'record, device LIVE | changed, its new js module does not export createTarget | failed before STOP_DEV',
+    setup: async (s) => {
+      const good = s.file('good.js', 'exports.createTarget = () => ({ handleIo: () => 0 });\n');
+      const bad = s.file('bad.js', 'exports.somethingElse = 1;\n');
+      await s.owned('a', `target: {type: js, module: ${good}}\nsize: 1MiB`);
+      s.write('a', `target: {type: js, module: ${bad}}\nsize: 1MiB\nallowDataLoss: true`);
+    },
+    action: 'recreate',
+    outcome: 'failed',
+    after: (s, r) => {
+      s.assertUntouched('a');
+      assert.match(r.devices[0]!.error!, /spec\.target\.module: .*bad\.js does not export a target/);
+    },
+  },
+  {
+    row: 'record, memory or js device LIVE | changed, without spec.allowDataLoss | drift: re-creating would discard its data',
+    setup: async (s) => {
+      await s.owned('a', 'target: {type: memory}\nsize: 1GiB');
+      s.write('a', 'target: {type: memory}\nsize: 2GiB');
+    },
+    action: 'drift',
+    outcome: 'unchanged',
+    after: (s, r) => {
+      s.assertUntouched('a');
+      assert.match(r.devices[0]!.reason, /would discard its data.*allowDataLoss: true/);
+      assert.equal(r.exitCode, 1);
+    },
+  },
+  {
+    row: 'record, memory or js device LIVE | changed, with spec.allowDataLoss: true | re-create',
+    setup: async (s) => {
+      await s.owned('a', 'target: {type: memory}\nsize: 1GiB');
+      s.write('a', 'target: {type: memory}\nsize: 2GiB\nallowDataLoss: true');
+    },
+    action: 'recreate',
+    outcome: 'ok',
+    after: (s) => assert.deepEqual(s.kernel.calls, ['start 0', 'remove 0', 'start 0']),
+  },
+  {
+    row: 'record, memory device LIVE | only spec.allowDataLoss added | nothing (consent is not a change)',
+    setup: async (s) => {
+      await s.owned('a', 'target: {type: memory}\nsize: 1GiB');
+      s.write('a', 'target: {type: memory}\nsize: 1GiB\nallowDataLoss: true');
+    },
+    action: 'noop',
+    outcome: 'unchanged',
+    after: (s) => assert.deepEqual(s.kernel.calls, ['start 0']),
+  },
   {
     row: 'no record (made by another tool, or by ublkctl) | — | never touched',
     setup: async (s) => {
@@ -312,6 +525,62 @@ describe('reconcile passes: failures, backoff and requeue', () => {
     const planned = await reconcileOnce(s.kernel, { dir: s.dir, planOnly: true, now: () => s.now });
     assert.deepEqual([planned.devices[0]!.action, planned.devices[0]!.outcome], ['create', 'planned']);
     assert.deepEqual(s.kernel.calls, []);
+  });
+
+  it('--plan runs the same pre-flight as --once: a re-create that would fail is shown failed, and nothing changes', async () => {
+    const img = s.file('disk.img', '\0'.repeat(1 << 20));
+    await s.owned('a', `target: {type: loop, file: ${img}}`);
+    s.write('a', `target: {type: loop, file: ${img}-typo}`);
+    s.write('b', 'target: {type: js, module: /nonexistent/target.js}\nsize: 1MiB');
+    const planned = await reconcileOnce(s.kernel, { dir: s.dir, planOnly: true, now: () => s.now });
+    assert.deepEqual(
+      planned.devices.map((d) => [d.name, d.action, d.outcome]),
+      [
+        ['a', 'recreate', 'failed'],
+        ['b', 'create', 'failed'],
+      ],
+    );
+    assert.match(planned.devices[0]!.error!, /does not exist.*\(the device would be left as it is\)$/);
+    assert.equal(planned.exitCode, 1);
+    assert.deepEqual(s.kernel.calls, ['start 0']);
+  });
+
+  it('creates a valid manifest in the same pass as a hostile 10 MB file, which costs one error naming it', async () => {
+    s.raw('hostile.yaml', `[${'1,'.repeat(5 * 1024 * 1024)}1]`);
+    s.write('a');
+    const result = await s.pass();
+    assert.deepEqual([result.devices[0]!.action, result.devices[0]!.outcome], ['create', 'ok']);
+    assert.deepEqual(result.manifestErrors, [
+      'hostile.yaml: too large: a manifest file may hold at most 64KiB, this one has 10485763 bytes',
+    ]);
+  });
+
+  it('remembers the file a device came from, and follows the manifest when it moves to another file', async () => {
+    await s.owned('a');
+    assert.equal(s.recordOf('a')!.manifestFile, 'a.yaml');
+    fs.rmSync(path.join(s.dir, 'a.yaml'));
+    s.write('a', undefined, 'moved.yaml');
+    const moved = await s.pass();
+    assert.equal(moved.devices[0]!.action, 'noop');
+    assert.equal(s.recordOf('a')!.manifestFile, 'moved.yaml');
+    s.write('b', undefined, 'moved.yaml');
+    const removed = await s.pass();
+    assert.deepEqual(
+      removed.devices.map((d) => [d.name, d.action]),
+      [
+        ['a', 'delete'],
+        ['b', 'create'],
+      ],
+    );
+  });
+
+  it('takes a record made before specs were normalized as unchanged, and brings its hash up to date', async () => {
+    await s.owned('a');
+    const loaded = loadManifestDir(s.dir, { maxQueues: 4 }).manifests[0]!;
+    s.kernel.records.write({ ...s.recordOf('a')!, specHash: loaded.legacyHash, manifestFile: undefined });
+    assert.equal((await s.pass()).devices[0]!.action, 'noop');
+    assert.equal(s.recordOf('a')!.specHash, loaded.hash);
+    assert.equal(s.recordOf('a')!.manifestFile, 'a.yaml');
   });
 
   it("one device's failure does not block another", async () => {

@@ -51,6 +51,7 @@ describe('reconcile watcher', () => {
     watcher = new ReconcileWatcher(kernel, {
       dir,
       watchFiles: false,
+      minPassIntervalMs: 0,
       resyncMs: 60_000,
       serverCheckMs: extra.serverCheckMs ?? 60_000,
       backoff: extra.backoff,
@@ -130,5 +131,117 @@ describe('dead server detection', () => {
       ['a'],
     );
     assert.deepEqual(newlyDeadServers(kernel, seen), []);
+  });
+});
+
+describe('reconcile watcher: hostile directories', () => {
+  let dir: string;
+  let kernel: FakeKernel;
+  let log: string[];
+  let watcher: ReconcileWatcher | undefined;
+
+  beforeEach(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ublk-ts-watch-'));
+    kernel = new FakeKernel();
+    log = [];
+  });
+
+  afterEach(async () => {
+    await watcher?.stop();
+    watcher = undefined;
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('survives symlink loops among the manifests, and still creates a device added afterwards', async () => {
+    fs.symlinkSync('b.yaml', path.join(dir, 'a.yaml'));
+    fs.symlinkSync('a.yaml', path.join(dir, 'b.yaml'));
+    fs.symlinkSync('self.yaml', path.join(dir, 'self.yaml'));
+    const passes: PassResult[] = [];
+    watcher = new ReconcileWatcher(kernel, {
+      dir,
+      debounceMs: 10,
+      resyncMs: 60_000,
+      serverCheckMs: 60_000,
+      log: (line) => log.push(line),
+      onPass: (r) => passes.push(r),
+    });
+    watcher.start();
+    await until(() => log.some((l) => l.startsWith('watching ')), 'the watcher to be ready');
+    await watcher.settled();
+    fs.writeFileSync(
+      path.join(dir, 'late.yaml'),
+      'apiVersion: ublk-ts/v1\nkind: UblkDevice\nmetadata: {name: late}\nspec: {target: {type: null}, size: 1MiB}\n',
+    );
+    await until(() => kernel.calls.includes('start 0'), 'the late device', 5000);
+    const last = passes[passes.length - 1]!;
+    assert.ok(
+      last.manifestErrors.some((e) => /^self\.yaml: cannot read: ELOOP/.test(e)),
+      last.manifestErrors.join('\n'),
+    );
+    assert.ok(passes.length < 20, `a bounded number of passes (${passes.length})`);
+  });
+
+  it('takes a watcher error as a hint: logged once per message, one debounced pass, never fatal', async () => {
+    const passes: PassResult[] = [];
+    watcher = new ReconcileWatcher(kernel, {
+      dir,
+      watchFiles: false,
+      debounceMs: 10,
+      resyncMs: 60_000,
+      serverCheckMs: 60_000,
+      log: (line) => log.push(line),
+      onPass: (r) => passes.push(r),
+    });
+    watcher.start();
+    await until(() => passes.length === 1, 'the first pass');
+    for (let i = 0; i < 50; i++) watcher.watcherError(new Error('ELOOP: too many symbolic links encountered'));
+    await until(() => passes.length === 2, 'the pass the errors asked for');
+    await watcher.settled();
+    assert.equal(log.filter((l) => l.startsWith('watcher error: ELOOP')).length, 1);
+    assert.equal(passes.length, 2);
+  });
+
+  it('bounds the pass rate however many hints arrive', async () => {
+    const starts: number[] = [];
+    watcher = new ReconcileWatcher(kernel, {
+      dir,
+      watchFiles: false,
+      minPassIntervalMs: 40,
+      resyncMs: 60_000,
+      serverCheckMs: 60_000,
+      log: (line) => {
+        if (line.startsWith('pass (')) starts.push(Date.now());
+      },
+    });
+    watcher.start();
+    const end = Date.now() + 300;
+    while (Date.now() < end) {
+      watcher.trigger('storm');
+      await new Promise((r) => setTimeout(r, 1));
+    }
+    await watcher.settled();
+    for (let i = 1; i < starts.length; i++)
+      assert.ok(starts[i]! - starts[i - 1]! >= 39, `gap ${starts[i]! - starts[i - 1]!} ms`);
+    assert.ok(starts.length <= 10, `${starts.length} passes in 300 ms`);
+  });
+
+  it('keeps running when a pass fails (a corrupt record), reporting it', async () => {
+    const errors: Error[] = [];
+    kernel.records.list = () => {
+      throw new Error('/run/ublk-ts/devices/ublkb1.json: corrupt device record');
+    };
+    watcher = new ReconcileWatcher(kernel, {
+      dir,
+      watchFiles: false,
+      resyncMs: 60_000,
+      serverCheckMs: 5,
+      log: (line) => log.push(line),
+      onPassError: (err) => errors.push(err),
+    });
+    watcher.start();
+    await until(() => errors.length === 1, 'the failed pass');
+    await new Promise((r) => setTimeout(r, 30));
+    assert.match(errors[0]!.message, /ublkb1\.json: corrupt device record/);
+    assert.ok(log.some((l) => l.startsWith('pass failed: /run/ublk-ts/devices/ublkb1.json')));
   });
 });
