@@ -30,6 +30,13 @@ export interface ApplyContext {
   kernel: Kernel;
   backoff: Backoff;
   now: number;
+  /** When a dead server's death was noticed, where the caller watched for it. */
+  deathNoticedAt?: (pid: number) => number | undefined;
+}
+
+/** When the record's server went LIVE (records from before `startedAt` was kept: their last write). */
+function startedAt(record: DeviceRecord): number {
+  return Date.parse(record.startedAt ?? record.updatedAt);
 }
 
 function message(err: unknown): string {
@@ -60,7 +67,8 @@ function restartHistory(
   record: DeviceRecord,
   ctx: ApplyContext,
 ): { failures: number; lastError?: string } {
-  const lived = ctx.now - Date.parse(record.updatedAt);
+  const diedBy = Math.min(ctx.now, ctx.deathNoticedAt?.(record.serverPid) ?? ctx.now);
+  const lived = diedBy - startedAt(record);
   if (lived >= STABLE_MS) {
     ctx.backoff.succeeded(name);
     return { failures: 0 };
@@ -167,7 +175,7 @@ export async function apply(
         refreshRecord(kernel, record, manifest);
         record = kernel.records.read(action.devId!) ?? record;
         // Clear a past error once the server has proved stable, not at the first quiet pass.
-        if (record && ctx.now - Date.parse(record.updatedAt) >= STABLE_MS) {
+        if (record && ctx.now - startedAt(record) >= STABLE_MS) {
           ctx.backoff.succeeded(action.name);
           if (record.lastError !== undefined || record.status !== 'live') {
             kernel.records.write({ ...record, status: 'live', lastError: undefined, failures: 0 });

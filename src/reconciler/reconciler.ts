@@ -30,6 +30,11 @@ export interface ReconcileOptions {
   now?: () => number;
   /** Retry timing across passes; the watcher passes its own, a one-shot pass gets a fresh one. */
   backoff?: Backoff;
+  /**
+   * When a dead server's death was first noticed (the watcher polls for it), so a crash is timed
+   * when it happened even if a busy host handles it in a later pass. Without it, a pass's own time.
+   */
+  deathNoticedAt?: (pid: number) => number | undefined;
 }
 
 export interface PassResult {
@@ -148,7 +153,7 @@ export async function reconcileOnce(kernel: Kernel, opts: ReconcileOptions): Pro
     const outcome = opts.planOnly
       ? await plannedWithPreflight(action, byName.get(action.name), takenAfterDeletes)
       : await apply(
-          { kernel, backoff, now },
+          { kernel, backoff, now, deathNoticedAt: opts.deathNoticedAt },
           action,
           byName.get(action.name),
           records.find((r) => r.devId === action.devId),

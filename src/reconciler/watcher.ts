@@ -40,12 +40,16 @@ export const MIN_PASS_INTERVAL_MS = 250;
  * Which servers of owned devices died since the last look: each dead pid
  * is reported once (`seen` remembers them), so one death is one hint.
  */
-export function newlyDeadServers(kernel: Kernel, seen: Set<number>): Array<{ pid: number; what: string }> {
+export function newlyDeadServers(
+  kernel: Kernel,
+  seen: Map<number, number>,
+  now: number,
+): Array<{ pid: number; what: string }> {
   const dead: Array<{ pid: number; what: string }> = [];
   for (const record of kernel.records.list()) {
     if (record.owner !== 'reconciler' || record.serverPid <= 0) continue;
     if (kernel.isAlive(record.serverPid) || seen.has(record.serverPid)) continue;
-    seen.add(record.serverPid);
+    seen.set(record.serverPid, now);
     dead.push({ pid: record.serverPid, what: record.manifest ?? `dev ${record.devId}` });
   }
   return dead;
@@ -63,7 +67,8 @@ export class ReconcileWatcher {
   private again = false;
   private stopped = false;
   private idle: Promise<void> = Promise.resolve();
-  private knownDead = new Set<number>();
+  /** Dead server pids and when each death was noticed: a server's lifetime ends there, not at the pass that handles it. */
+  private knownDead = new Map<number, number>();
   private pendingEvents: string[] = [];
   private passes = 0;
   private lastPassAt = -Infinity;
@@ -145,7 +150,7 @@ export class ReconcileWatcher {
   checkServers(): void {
     let dead: Array<{ pid: number; what: string }>;
     try {
-      dead = newlyDeadServers(this.kernel, this.knownDead);
+      dead = newlyDeadServers(this.kernel, this.knownDead, (this.opts.now ?? Date.now)());
     } catch {
       // A record that cannot be read: passes report it (the periodic one too); this check must not end the process.
       return;
@@ -188,6 +193,7 @@ export class ReconcileWatcher {
         const result = await reconcileOnce(this.kernel, {
           ...this.opts,
           backoff: this.backoff,
+          deathNoticedAt: (pid) => this.knownDead.get(pid),
           quietNoops: this.passes++ > 1,
         });
         this.opts.onPass?.(result);

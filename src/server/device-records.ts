@@ -32,6 +32,11 @@ export interface DeviceRecord {
   lastError?: string;
   /** Consecutive failed starts/recoveries, for backoff. */
   failures?: number;
+  /**
+   * When the serving process went LIVE: how long a server lived is measured from here, not from
+   * `updatedAt`, which every later write of the record (an error, a drift note) moves.
+   */
+  startedAt?: string;
   updatedAt: string;
 }
 

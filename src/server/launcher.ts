@@ -131,6 +131,7 @@ export async function startServer(spec: DeviceSpec, opts: LaunchOptions = {}): P
       status: 'live',
       failures: opts.failures ?? 0,
       lastError: opts.lastError,
+      startedAt: new Date().toISOString(),
       updatedAt: '',
     });
     return { info: outcome.info, pid: child.pid!, logPath };

@@ -134,10 +134,13 @@ export function serverPids(): number[] {
 
 export { isAlive } from '../../src/server/processes';
 
-export async function waitFor(check: () => boolean, timeoutMs: number, what: string): Promise<void> {
+/** Polls `check` until it holds; `what` (or what it returns, read at the timeout) names the event in the error. */
+export async function waitFor(check: () => boolean, timeoutMs: number, what: string | (() => string)): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!check()) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    if (Date.now() > deadline) {
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${typeof what === 'string' ? what : what()}`);
+    }
     await new Promise((r) => setTimeout(r, 50));
   }
 }

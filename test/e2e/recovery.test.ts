@@ -149,8 +149,10 @@ describe('crash recovery with real kill -9 (real ublk driver)', function () {
   /** Waits until the device's server has been LIVE long enough that its death is not taken for a crash loop. */
   async function serverStable(id: number): Promise<void> {
     const record = path.join(stateDir, 'devices', `ublkb${id}.json`);
-    const liveSince = () =>
-      Date.parse((JSON.parse(fs.readFileSync(record, 'utf8')) as { updatedAt: string }).updatedAt);
+    const liveSince = () => {
+      const r = JSON.parse(fs.readFileSync(record, 'utf8')) as { startedAt?: string; updatedAt: string };
+      return Date.parse(r.startedAt ?? r.updatedAt);
+    };
     await waitFor(
       () => Date.now() - liveSince() >= STABLE_AFTER_MS,
       60_000,
@@ -337,13 +339,13 @@ describe('crash recovery with real kill -9 (real ublk driver)', function () {
     write('crash.yaml', manifest('crash', `target:\n  type: js\n  module: ${crasher}\nsize: 16MiB`));
     await startWatcher();
     await waitFor(() => /create crash dev \d+/.test(watcherLog), 60_000, 'creation');
-    const recoveryTimes = () =>
-      [...watcherLog.matchAll(/^(\S+) recover\s+crash dev \d+/gm)].map((m) => Date.parse(m[1]!));
-    await waitFor(() => recoveryTimes().length >= 4, 180_000, 'four recoveries of the crashing server');
-    // Backoff doubles from 1 s: the third gap holds a 4 s wait however fast or slow the machine is.
-    const [, , t3, t4] = recoveryTimes();
-    assert.ok(t4! - t3! >= 3_500, `the fourth restart waits out its backoff (${t4! - t3!} ms after the third)`);
-    assert.match(watcherLog, /wait\s+crash dev \d+: recovery failed \d+ time|wait crash dev \d+/);
+    // The reconciler's own account of its backoff: a wait naming three consecutive quick deaths. Timestamps
+    // of log lines would measure this machine's speed too, so the test reads what was decided, not when.
+    await waitFor(
+      () => /wait\s+crash dev \d+: recovery failed ([3-9]|\d\d+) time\(s\); next try in \d+ s/.test(watcherLog),
+      180_000,
+      () => `a backoff wait after three quick deaths; the watcher said:\n${watcherLog}`,
+    );
     const listed = JSON.parse(
       spawnSync(
         process.execPath,

@@ -123,6 +123,7 @@ export class FakeKernel implements Kernel {
       status: 'live',
       failures: opts.failures ?? 0,
       lastError: opts.lastError,
+      startedAt: new Date(this.clock()).toISOString(),
       updatedAt: '',
     });
     const info = this.devices.get(id)!.info;

@@ -63,8 +63,16 @@ class Scene {
     assert.deepEqual(this.kernel.calls, [`start ${record.devId}`]);
   }
 
+  /** When the watcher noticed each dead server, as it tells a pass. */
+  readonly deaths = new Map<number, number>();
+
   pass(): Promise<PassResult> {
-    return reconcileOnce(this.kernel, { dir: this.dir, now: () => this.now, backoff: this.backoff });
+    return reconcileOnce(this.kernel, {
+      dir: this.dir,
+      now: () => this.now,
+      backoff: this.backoff,
+      deathNoticedAt: (pid) => this.deaths.get(pid),
+    });
   }
 
   /** A device the reconciler made from manifest `name` a while ago, serving since. */
@@ -503,6 +511,25 @@ describe('reconcile passes: failures, backoff and requeue', () => {
     assert.equal(waiting.requeueAfterMs, 500);
     s.now += waiting.requeueAfterMs!;
     assert.equal((await s.pass()).devices[0]!.action, 'recover');
+  });
+
+  it('a server lived until its death was noticed, not until a busy pass handled it, and record rewrites do not restart its clock', async () => {
+    const id = await s.owned('a');
+    // The first server ran for 10 s (stable); each one after it dies 0.5 s after it started.
+    for (let death = 0; death < 3; death++) {
+      const record = s.recordOf('a')!;
+      s.now += 500;
+      s.kernel.killServer(id);
+      s.deaths.set(record.serverPid, s.now);
+      s.now += 1000;
+      // Something else rewrites the record (a drift note, an error) while the dead server waits for a pass.
+      s.kernel.records.write({ ...record, lastError: 'a note' });
+      s.now += 4000; // the loaded host gets to the pass late
+      const pass = await s.pass();
+      assert.equal(pass.devices[0]!.action, 'recover', JSON.stringify(pass.devices));
+      assert.equal(s.recordOf('a')!.failures, death, 'quick deaths count towards backoff');
+      if (death > 0) assert.match(s.recordOf('a')!.lastError ?? '', /died 0\.5 s after it started/);
+    }
   });
 
   it('a server that lived past the stability mark is recovered at once, and a stable device clears its last error', async () => {

@@ -122,15 +122,17 @@ describe('dead server detection', () => {
     const kernel = new FakeKernel();
     await kernel.startServer(TINY_NULL_SPEC, { owner: 'reconciler', manifest: 'a' });
     await kernel.startServer(TINY_NULL_SPEC, { owner: 'ublkctl' });
-    const seen = new Set<number>();
-    assert.deepEqual(newlyDeadServers(kernel, seen), []);
+    const seen = new Map<number, number>();
+    assert.deepEqual(newlyDeadServers(kernel, seen, 1000), []);
+    const pid = kernel.records.read(0)!.serverPid;
     kernel.killServer(0);
     kernel.killServer(1);
     assert.deepEqual(
-      newlyDeadServers(kernel, seen).map((d) => d.what),
+      newlyDeadServers(kernel, seen, 2000).map((d) => d.what),
       ['a'],
     );
-    assert.deepEqual(newlyDeadServers(kernel, seen), []);
+    assert.deepEqual(newlyDeadServers(kernel, seen, 3000), []);
+    assert.equal(seen.get(pid), 2000, 'the time the death was first noticed is kept for the pass');
   });
 });
 
