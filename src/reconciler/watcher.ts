@@ -65,6 +65,7 @@ export class ReconcileWatcher {
   private requeue: NodeJS.Timeout | undefined;
   private running = false;
   private again = false;
+  private queuedReasons: string[] = [];
   private stopped = false;
   private idle: Promise<void> = Promise.resolve();
   /** Dead server pids and when each death was noticed: a server's lifetime ends there, not at the pass that handles it. */
@@ -164,6 +165,8 @@ export class ReconcileWatcher {
     if (this.stopped) return;
     if (this.running) {
       this.again = true;
+      // The next pass says why it runs: which files changed, not just that something did.
+      if (!this.queuedReasons.includes(why)) this.queuedReasons.push(why);
       return;
     }
     this.running = true;
@@ -202,7 +205,8 @@ export class ReconcileWatcher {
         this.log(`pass failed: ${(err as Error).message}`);
         this.opts.onPassError?.(err as Error);
       }
-      reason = 'changes during the last pass';
+      reason = this.queuedReasons.join(', ') || 'changes during the last pass';
+      this.queuedReasons = [];
     } while (this.again && !this.stopped);
     this.running = false;
   }

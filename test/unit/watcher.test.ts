@@ -68,7 +68,7 @@ describe('reconcile watcher', () => {
     assert.equal(passes[0]!.exitCode, 0);
   });
 
-  it('never overlaps passes: hints during a pass queue exactly one more', async () => {
+  it('never overlaps passes: hints during a pass queue exactly one more, which names them', async () => {
     start();
     watcher.trigger('one');
     watcher.trigger('two');
@@ -77,7 +77,7 @@ describe('reconcile watcher', () => {
     assert.equal(passes.length, 2, log.join('\n'));
     assert.deepEqual(
       log.filter((l) => l.startsWith('pass (')),
-      ['pass (start)', 'pass (changes during the last pass)'],
+      ['pass (start)', 'pass (one, two, three)'],
     );
   });
 
