@@ -6,21 +6,14 @@
  * given. An invalid document never stops the others from loading.
  */
 import * as crypto from 'node:crypto';
-import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Composer, Document, isAlias, isMap, isPair, isScalar, isSeq, LineCounter, Parser } from 'yaml';
 import { comparableSpec, HostLimits, maxQueues, specProblems } from '../spec/device-spec';
 import { clip, quote } from '../spec/show-value';
 import { formatSize } from '../spec/sizes';
-import {
-  MAX_ALIAS_EXPANSION,
-  MAX_ALIASES,
-  MAX_DEPTH,
-  MAX_DOCUMENTS,
-  MAX_EXPANDED_CHARS,
-  MAX_FILE_BYTES,
-} from './file-limits';
+import { MAX_ALIAS_EXPANSION, MAX_ALIASES, MAX_DEPTH, MAX_DOCUMENTS, MAX_EXPANDED_CHARS } from './file-limits';
 import { fileError, ManifestError } from './manifest-error';
+import { assertDirectory, listManifestFiles, readManifestText } from './manifest-files';
 import { permissionProblem } from './permissions';
 import { manifestValidator, ManifestSpec, UblkDeviceManifest } from './schema';
 import { schemaErrors } from './schema-errors';
@@ -29,6 +22,7 @@ import { DocumentContext } from './yaml-document';
 export type { ManifestError } from './manifest-error';
 export { formatManifestError } from './manifest-error';
 export { closest } from './suggest';
+export { isManifestFile } from './manifest-files';
 
 /** A valid manifest with the schema's defaults applied: one device the host should have. */
 export interface LoadedManifest {
@@ -69,11 +63,6 @@ export interface LoadOptions {
   checkPermissions?: boolean;
   /** Most queues a device may have; defaults to this host's possible CPUs. */
   maxQueues?: number;
-}
-
-/** Manifest files are *.yaml and *.yml; hidden files, editor swap and backup files are not. */
-export function isManifestFile(name: string): boolean {
-  return !name.startsWith('.') && /\.ya?ml$/.test(name);
 }
 
 /**
@@ -198,53 +187,6 @@ function checkDocument(ctx: DocumentContext, limits: HostLimits): CheckedDocumen
   return { ctx, errors: [], manifest };
 }
 
-/** What a file holds besides regular data, for the message about it. */
-function kindOf(st: fs.Stats): string {
-  if (st.isDirectory()) return 'a directory';
-  if (st.isFIFO()) return 'a FIFO';
-  if (st.isCharacterDevice()) return 'a character device';
-  if (st.isBlockDevice()) return 'a block device';
-  if (st.isSocket()) return 'a socket';
-  return 'not a regular file';
-}
-
-/**
- * The text of one manifest file, or why it cannot be read. Opened without
- * blocking (a FIFO swapped in must not hang the pass), checked to be a
- * regular file through the descriptor (no race with a rename), and read no
- * further than the size limit.
- */
-function readManifestText(full: string, file: string): string | ManifestError {
-  let fd: number;
-  try {
-    fd = fs.openSync(full, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
-  } catch (err) {
-    return fileError(file, `cannot read: ${(err as NodeJS.ErrnoException).code ?? clip((err as Error).message)}`);
-  }
-  try {
-    const st = fs.fstatSync(fd);
-    if (!st.isFile()) return fileError(file, `cannot read: it is ${kindOf(st)}, not a regular file`);
-    const buf = Buffer.alloc(MAX_FILE_BYTES + 1);
-    let got = 0;
-    for (let n = 1; n > 0 && got < buf.length; got += n) n = fs.readSync(fd, buf, got, buf.length - got, null);
-    if (got > MAX_FILE_BYTES) {
-      return fileError(
-        file,
-        `too large: a manifest file may hold at most ${formatSize(MAX_FILE_BYTES)}, this one has ${Math.max(st.size, got)} bytes`,
-      );
-    }
-    try {
-      return new TextDecoder('utf-8', { fatal: true }).decode(buf.subarray(0, got));
-    } catch {
-      return fileError(file, 'cannot read: not UTF-8 text');
-    }
-  } catch (err) {
-    return fileError(file, `cannot read: ${(err as NodeJS.ErrnoException).code ?? clip((err as Error).message)}`);
-  } finally {
-    fs.closeSync(fd);
-  }
-}
-
 /** Every non-empty document of one file, checked on its own; a file-wide problem instead. */
 function checkFile(dir: string, file: string, limits: HostLimits): CheckedDocument[] | ManifestError {
   const text = readManifestText(path.join(dir, file), file);
@@ -304,41 +246,10 @@ function describeId(value: unknown): string | undefined {
   return Number.isInteger(value) ? `device id ${value}` : undefined;
 }
 
-/**
- * Entries named like manifests, except directories (a `conf.yaml/` folder
- * is not a manifest). Anything else is read, or reported when it cannot
- * be: a FIFO, a device node or a dangling link is not a manifest, but it is
- * not a removed one either.
- */
-function listManifestFiles(dir: string): string[] {
-  return fs
-    .readdirSync(dir)
-    .filter((name) => isManifestFile(name) && !isDirectory(path.join(dir, name)))
-    .sort();
-}
-
-function isDirectory(p: string): boolean {
-  try {
-    return fs.statSync(p).isDirectory();
-  } catch {
-    return false;
-  }
-}
-
 /** Errors by file, then position, as a compiler lists them; ties keep the schema's order. */
 function inFileOrder(errors: ManifestError[], files: string[]): ManifestError[] {
   const rank = new Map(files.map((f, i) => [f, i]));
   return [...errors].sort((a, b) => rank.get(a.file)! - rank.get(b.file)! || a.line - b.line || a.column - b.column);
-}
-
-function assertDirectory(dir: string): void {
-  let st: fs.Stats;
-  try {
-    st = fs.statSync(dir);
-  } catch {
-    throw new Error(`manifest directory ${dir} does not exist`);
-  }
-  if (!st.isDirectory()) throw new Error(`manifest directory ${dir} is not a directory`);
 }
 
 /**

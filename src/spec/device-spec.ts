@@ -9,25 +9,23 @@ import { SpecError } from '../errors';
 import { native } from '../kernel/native';
 import {
   DEFAULTS,
-  DIRECT_IO_MODES,
   DirectIoMode,
-  IO_SIZE,
   KERNEL_MAX_QUEUES,
   LOGICAL_BLOCK_SIZES,
   LogicalBlockSize,
   MAX_DEPTH,
-  MAX_DEVICE_ID,
-  MIN_DEPTH,
-  MIN_QUEUES,
   RECOVERY_MODES,
   RecoveryMode,
   TARGET_TYPES,
   TargetType,
 } from './limits';
-import { clip, quote, shown } from './show-value';
-import { formatSize, parseSize } from './sizes';
+import { clip } from './show-value';
+import { parseSize } from './sizes';
+import { LooseTarget, SpecProblem, specProblems, targetOf } from './spec-problems';
 
 export { DEFAULTS, TARGET_TYPES, RECOVERY_MODES, LOGICAL_BLOCK_SIZES, MAX_DEPTH };
+export { specProblems };
+export type { SpecProblem };
 export type { DirectIoMode, LogicalBlockSize, RecoveryMode, TargetType };
 
 /** A target that completes every request at once and stores nothing. */
@@ -118,122 +116,6 @@ export function maxQueues(): number {
   } catch {
     return 1;
   }
-}
-
-/** One problem with a field of a request: the field path below `spec` and what is wrong. */
-export interface SpecProblem {
-  field: string;
-  detail: string;
-}
-
-function integerProblem(value: unknown, min: number, max: number): string | undefined {
-  if (typeof value !== 'number' || !Number.isInteger(value)) {
-    return `must be a whole number between ${min} and ${max}, got ${shown(value)}`;
-  }
-  if (value < min || value > max) return `must be between ${min} and ${max}, got ${value}`;
-  return undefined;
-}
-
-/** The bytes of a size, or why it is not one. */
-function sizeOf(value: unknown): number | { problem: string } {
-  const parsed = parseSize(value);
-  return 'error' in parsed ? { problem: parsed.error } : parsed.bytes;
-}
-
-function deviceSizeProblem(size: unknown, logicalBlockSize: number): string | undefined {
-  if (size === undefined) return undefined;
-  const bytes = sizeOf(size);
-  if (typeof bytes !== 'number') return bytes.problem;
-  if (bytes === 0) return `must be greater than 0, got ${shown(size)}`;
-  if (bytes % logicalBlockSize !== 0)
-    return `must be a multiple of the logical block size (${logicalBlockSize}), got ${bytes}`;
-  return undefined;
-}
-
-function maxIoSizeProblem(value: unknown): string | undefined {
-  const bytes = sizeOf(value);
-  if (typeof bytes !== 'number') return bytes.problem;
-  if (bytes < IO_SIZE.minimum || bytes > IO_SIZE.maximum || bytes % IO_SIZE.multipleOf !== 0) {
-    return `must be a multiple of ${formatSize(IO_SIZE.multipleOf)} between ${formatSize(IO_SIZE.minimum)} and ${formatSize(IO_SIZE.maximum)}, got ${bytes}`;
-  }
-  return undefined;
-}
-
-function oneOf<T>(values: readonly T[], value: unknown): string | undefined {
-  return values.includes(value as T) ? undefined : `must be one of ${values.join(', ')}, got ${shown(value)}`;
-}
-
-function absolutePathProblem(what: string, value: unknown): string | undefined {
-  if (typeof value !== 'string' || value === '') return `is required for the ${what} target`;
-  return path.isAbsolute(value) ? undefined : `must be an absolute path, got ${quote(value)}`;
-}
-
-/** A target whose fields are not checked yet. */
-interface LooseTarget {
-  type: string;
-  file?: string;
-  create?: boolean;
-  directIo?: DirectIoMode;
-  module?: string;
-  options?: Record<string, unknown>;
-}
-
-function targetOf(input: DeviceSpecInput): LooseTarget {
-  const t = input.target as unknown;
-  if (typeof t === 'string') return { type: t };
-  return (t ?? { type: '' }) as { type: string };
-}
-
-function targetProblems(t: LooseTarget): SpecProblem[] {
-  if (!TARGET_TYPES.includes(t.type as TargetType)) {
-    return [
-      {
-        field: 'target',
-        detail: `unknown target ${shown(t.type)}: expected one of ${TARGET_TYPES.join(', ')}`,
-      },
-    ];
-  }
-  const problems: Array<[string, string | undefined]> = [];
-  if (t.type === 'loop') {
-    problems.push(['target.file', absolutePathProblem('loop', t.file)]);
-    if (t.directIo !== undefined) problems.push(['target.directIo', oneOf(DIRECT_IO_MODES, t.directIo)]);
-  }
-  if (t.type === 'js') {
-    problems.push(['target.module', absolutePathProblem('js', t.module)]);
-    const o = t.options;
-    if (o !== undefined && (typeof o !== 'object' || o === null || Array.isArray(o)))
-      problems.push(['target.options', 'must be an object']);
-  }
-  return problems
-    .filter((p): p is [string, string] => p[1] !== undefined)
-    .map(([field, detail]) => ({ field, detail }));
-}
-
-/**
- * Every check of a request that needs nothing but the request and the
- * host's limits — no file is looked at — at most one problem per field.
- * ublkctl and the library reach it through `normalizeDeviceSpec`; the
- * manifest loader calls it after the schema, so the rules are the same.
- */
-export function specProblems(input: DeviceSpecInput, limits: HostLimits): SpecProblem[] {
-  const target = targetOf(input);
-  const problems = targetProblems(target);
-  const lbs = input.logicalBlockSize ?? DEFAULTS.logicalBlockSize;
-  const check = (field: string, detail: string | undefined): void => {
-    if (detail !== undefined) problems.push({ field, detail });
-  };
-  check('logicalBlockSize', oneOf(LOGICAL_BLOCK_SIZES, lbs));
-  if (input.size === undefined && target.type !== 'loop' && TARGET_TYPES.includes(target.type as TargetType)) {
-    check('size', `is required for the ${target.type} target`);
-  } else if (LOGICAL_BLOCK_SIZES.includes(lbs)) {
-    check('size', deviceSizeProblem(input.size, lbs));
-  }
-  check('queues', integerProblem(input.queues ?? DEFAULTS.queues, MIN_QUEUES, limits.maxQueues));
-  check('depth', integerProblem(input.depth ?? DEFAULTS.depth, MIN_DEPTH, MAX_DEPTH));
-  check('maxIoSize', maxIoSizeProblem(input.maxIoSize ?? DEFAULTS.maxIoSize));
-  if (input.id !== undefined) check('id', integerProblem(input.id, 0, MAX_DEVICE_ID));
-  check('recovery', oneOf(RECOVERY_MODES, input.recovery ?? DEFAULTS.recovery));
-  return problems;
 }
 
 /** The bytes of a size that specProblems has accepted. */
