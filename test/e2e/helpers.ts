@@ -283,3 +283,34 @@ export async function stopProcess(child: ChildProcess, signal: NodeJS.Signals, g
   await exited;
   clearTimeout(force);
 }
+
+/** The manager's CLI, as the e2e suites run it. */
+export const RECONCILE = path.join(ROOT, 'dist', 'src', 'cli', 'ublk-reconcile.js');
+
+/** One device in `ublk-reconcile --json` output. */
+export interface ReconcileOutcome {
+  name: string;
+  action: string;
+  devId?: number;
+  blockPath?: string;
+  outcome: string;
+  reason: string;
+  error?: string;
+}
+
+/** A pass in `ublk-reconcile --json` output. */
+export interface ReconcilePass {
+  devices: ReconcileOutcome[];
+  manifestErrors: string[];
+  exitCode: number;
+}
+
+/** A manifest document for `name` with the given spec lines. */
+export function manifest(name: string, spec: string): string {
+  const body = spec
+    .trim()
+    .split('\n')
+    .map((l) => `  ${l}`)
+    .join('\n');
+  return `apiVersion: ublk-ts/v1\nkind: UblkDevice\nmetadata:\n  name: ${name}\nspec:\n${body}\n`;
+}

@@ -10,32 +10,17 @@ import { strict as assert } from 'node:assert';
 import { ChildProcess, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { listDevices, makeStateDir, requireUblk, ROOT, stopProcess, waitFor } from './helpers';
-
-const RECONCILE = path.join(ROOT, 'dist', 'src', 'cli', 'ublk-reconcile.js');
-
-interface Outcome {
-  name: string;
-  action: string;
-  devId?: number;
-  outcome: string;
-  reason: string;
-  error?: string;
-}
-
-interface PassResult {
-  devices: Outcome[];
-  manifestErrors: string[];
-  exitCode: number;
-}
-
-function manifest(name: string, spec: string): string {
-  return `apiVersion: ublk-ts/v1\nkind: UblkDevice\nmetadata:\n  name: ${name}\nspec:\n${spec
-    .trim()
-    .split('\n')
-    .map((l) => `  ${l}`)
-    .join('\n')}\n`;
-}
+import {
+  listDevices,
+  makeStateDir,
+  manifest,
+  RECONCILE,
+  ReconcileOutcome,
+  ReconcilePass,
+  requireUblk,
+  stopProcess,
+  waitFor,
+} from './helpers';
 
 describe('ublk-reconcile safety (real ublk driver)', function () {
   requireUblk(this);
@@ -75,15 +60,15 @@ describe('ublk-reconcile safety (real ublk driver)', function () {
     return { status: r.status, stdout: r.stdout, stderr: r.stderr };
   }
 
-  function pass(mode: '--once' | '--plan' = '--once'): PassResult {
+  function pass(mode: '--once' | '--plan' = '--once'): ReconcilePass {
     const r = reconcile([mode, '--json']);
     assert.ok(r.stdout.trim().startsWith('{'), `json output (exit ${r.status}): ${r.stdout}${r.stderr}`);
-    const result = JSON.parse(r.stdout) as PassResult;
+    const result = JSON.parse(r.stdout) as ReconcilePass;
     assert.equal(r.status, result.exitCode);
     return result;
   }
 
-  function outcome(result: PassResult, name: string): Outcome {
+  function outcome(result: ReconcilePass, name: string): ReconcileOutcome {
     const o = result.devices.find((d) => d.name === name);
     assert.ok(o, `${name} in ${JSON.stringify(result)}`);
     return o;

@@ -5,8 +5,11 @@ import * as path from 'node:path';
 import {
   listDevices,
   makeStateDir,
+  manifest,
+  RECONCILE,
+  ReconcileOutcome,
+  ReconcilePass,
   requireUblk,
-  ROOT,
   run,
   stopProcess,
   ublkctl,
@@ -14,32 +17,7 @@ import {
   waitFor,
 } from './helpers';
 
-const RECONCILE = path.join(ROOT, 'dist', 'src', 'cli', 'ublk-reconcile.js');
 const MiB = 1024 * 1024;
-
-interface Outcome {
-  name: string;
-  action: string;
-  devId?: number;
-  blockPath?: string;
-  outcome: string;
-  reason: string;
-  error?: string;
-}
-
-interface PassResult {
-  devices: Outcome[];
-  manifestErrors: string[];
-  exitCode: number;
-}
-
-function manifest(name: string, spec: string): string {
-  return `apiVersion: ublk-ts/v1\nkind: UblkDevice\nmetadata:\n  name: ${name}\nspec:\n${spec
-    .trim()
-    .split('\n')
-    .map((l) => `  ${l}`)
-    .join('\n')}\n`;
-}
 
 describe('ublk-reconcile (real ublk driver)', function () {
   requireUblk(this);
@@ -76,15 +54,15 @@ describe('ublk-reconcile (real ublk driver)', function () {
     return { status: r.status, stdout: r.stdout, stderr: r.stderr };
   }
 
-  function once(): PassResult {
+  function once(): ReconcilePass {
     const r = reconcile(['--once', '--json']);
     assert.ok(r.stdout.trim().startsWith('{'), `json output (exit ${r.status}): ${r.stdout}${r.stderr}`);
-    const result = JSON.parse(r.stdout) as PassResult;
+    const result = JSON.parse(r.stdout) as ReconcilePass;
     assert.equal(r.status, result.exitCode);
     return result;
   }
 
-  function outcome(result: PassResult, name: string): Outcome {
+  function outcome(result: ReconcilePass, name: string): ReconcileOutcome {
     const o = result.devices.find((d) => d.name === name);
     assert.ok(o, `${name} in ${JSON.stringify(result)}`);
     return o;

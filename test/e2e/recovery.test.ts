@@ -8,6 +8,8 @@ import {
   isAlive,
   listDevices,
   makeStateDir,
+  manifest,
+  RECONCILE,
   requireUblk,
   ROOT,
   run,
@@ -17,17 +19,7 @@ import {
   waitForWrites,
 } from './helpers';
 
-const RECONCILE = path.join(ROOT, 'dist', 'src', 'cli', 'ublk-reconcile.js');
 const MiB = 1024 * 1024;
-
-function manifest(name: string, spec: string): string {
-  const body = spec
-    .trim()
-    .split('\n')
-    .map((l) => `  ${l}`)
-    .join('\n');
-  return `apiVersion: ublk-ts/v1\nkind: UblkDevice\nmetadata:\n  name: ${name}\nspec:\n${body}\n`;
-}
 
 function sha256(file: string, bytes: number, skipMiB = 0): string {
   const direct = file.startsWith('/dev/') ? ' iflag=direct' : '';
