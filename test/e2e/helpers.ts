@@ -3,6 +3,7 @@
  * inspect block devices with real tools, and keep track of what a test
  * created so it can be removed even when the test fails.
  */
+import { strict as assert } from 'node:assert';
 import { ChildProcess, spawn, spawnSync, SpawnSyncReturns } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -313,4 +314,19 @@ export function manifest(name: string, spec: string): string {
     .map((l) => `  ${l}`)
     .join('\n');
   return `apiVersion: ublk-ts/v1\nkind: UblkDevice\nmetadata:\n  name: ${name}\nspec:\n${body}\n`;
+}
+
+/** The pass a `ublk-reconcile --json` run printed, checked to agree with its exit status. */
+export function parsePass(r: { status: number | null; stdout: string; stderr: string }): ReconcilePass {
+  assert.ok(r.stdout.trim().startsWith('{'), `json output (exit ${r.status}): ${r.stdout}${r.stderr}`);
+  const result = JSON.parse(r.stdout) as ReconcilePass;
+  assert.equal(r.status, result.exitCode);
+  return result;
+}
+
+/** The outcome for manifest `name` in a pass, failing when it has none. */
+export function outcomeOf(result: ReconcilePass, name: string): ReconcileOutcome {
+  const o = result.devices.find((d) => d.name === name);
+  assert.ok(o, `${name} in ${JSON.stringify(result)}`);
+  return o;
 }

@@ -14,8 +14,9 @@ import {
   listDevices,
   makeStateDir,
   manifest,
+  outcomeOf,
+  parsePass,
   RECONCILE,
-  ReconcileOutcome,
   ReconcilePass,
   requireUblk,
   stopProcess,
@@ -62,17 +63,10 @@ describe('ublk-reconcile safety (real ublk driver)', function () {
 
   function pass(mode: '--once' | '--plan' = '--once'): ReconcilePass {
     const r = reconcile([mode, '--json']);
-    assert.ok(r.stdout.trim().startsWith('{'), `json output (exit ${r.status}): ${r.stdout}${r.stderr}`);
-    const result = JSON.parse(r.stdout) as ReconcilePass;
-    assert.equal(r.status, result.exitCode);
-    return result;
+    return parsePass(r);
   }
 
-  function outcome(result: ReconcilePass, name: string): ReconcileOutcome {
-    const o = result.devices.find((d) => d.name === name);
-    assert.ok(o, `${name} in ${JSON.stringify(result)}`);
-    return o;
-  }
+  const outcome = outcomeOf;
 
   /** The device's state and server pid, as the kernel reports them. */
   function live(id: number): { state: string; serverPid: number } {

@@ -6,8 +6,9 @@ import {
   listDevices,
   makeStateDir,
   manifest,
+  outcomeOf,
+  parsePass,
   RECONCILE,
-  ReconcileOutcome,
   ReconcilePass,
   requireUblk,
   run,
@@ -56,17 +57,10 @@ describe('ublk-reconcile (real ublk driver)', function () {
 
   function once(): ReconcilePass {
     const r = reconcile(['--once', '--json']);
-    assert.ok(r.stdout.trim().startsWith('{'), `json output (exit ${r.status}): ${r.stdout}${r.stderr}`);
-    const result = JSON.parse(r.stdout) as ReconcilePass;
-    assert.equal(r.status, result.exitCode);
-    return result;
+    return parsePass(r);
   }
 
-  function outcome(result: ReconcilePass, name: string): ReconcileOutcome {
-    const o = result.devices.find((d) => d.name === name);
-    assert.ok(o, `${name} in ${JSON.stringify(result)}`);
-    return o;
-  }
+  const outcome = outcomeOf;
 
   function sizeOf(blockPath: string): number {
     return Number(run('blockdev', ['--getsize64', blockPath]).stdout.trim());
