@@ -11,7 +11,7 @@
  * A slow store makes the device slow, never wrong: each queue keeps at most
  * MAX_REQUESTS HTTP requests open (a 512 KiB write is 128 objects; sending them
  * all at once is a connection storm that a busy host answers with refused or
- * reset connections), and a request that fails in transit or with a 5xx is
+ * reset connections), and a request that fails in transit or with a 5xx, 408 or 429 is
  * retried with backoff — GET and PUT of a whole object are idempotent — for up
  * to RETRY_FOR_MS. Only then does the IO fail, with EIO, and the store being
  * unreachable for longer is what the application sees. A write completes only
@@ -30,7 +30,12 @@ const RETRY_FOR_MS = 60_000;
 /** One attempt that has not answered by then is abandoned and retried. */
 const ATTEMPT_TIMEOUT_MS = 30_000;
 
-/** Answers from the store that retrying cannot change (4xx): the IO fails at once. */
+/**
+ * Answers from the store that retrying cannot change (a 4xx other than 408 and 429): the IO
+ * fails at once. 408 is a server closing a connection it thought idle just as a request arrived
+ * on it (Node's http server sends it from its headers/request timeouts), and 429 asks to come
+ * back later: both are retried like a reset connection.
+ */
 class StoreRefused extends Error {}
 
 /** A counting semaphore: at most `limit` callers inside `run` at once, the rest queue in order. */
@@ -71,7 +76,8 @@ async function withRetries(what: string, attempt: () => Promise<void>): Promise<
 
 function checkStatus(res: Response, what: string): void {
   if (res.ok) return;
-  if (res.status >= 400 && res.status < 500) throw new StoreRefused(`${what}: HTTP ${res.status}`);
+  const retryable = res.status === 408 || res.status === 429 || res.status >= 500;
+  if (!retryable) throw new StoreRefused(`${what}: HTTP ${res.status}`);
   throw new Error(`HTTP ${res.status}`);
 }
 

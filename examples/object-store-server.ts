@@ -26,6 +26,16 @@ export function startObjectStore(port: number): Promise<http.Server> {
     }
     res.writeHead(405).end();
   });
+  // What Node does by default (400, or 408 for a timed-out request), logged: a client that saw an
+  // error answer can then be matched with its cause.
+  server.on('clientError', (err: NodeJS.ErrnoException, socket) => {
+    const timedOut = err.code === 'ERR_HTTP_REQUEST_TIMEOUT';
+    console.error(`object store: client error ${err.code ?? err.message}${timedOut ? ', answering 408' : ''}`);
+    if (socket.writable && err.code !== 'ECONNRESET') {
+      socket.end(timedOut ? 'HTTP/1.1 408 Request Timeout\r\n\r\n' : 'HTTP/1.1 400 Bad Request\r\n\r\n');
+    }
+    socket.destroy();
+  });
   // Idle connections stay open longer than a client's pause between requests, so a busy client
   // never sends a request on a connection the store is closing at that moment.
   server.keepAliveTimeout = 65_000;

@@ -53,6 +53,40 @@ export function makeStateDir(): string {
 let runtimeCopy: string | undefined;
 
 /**
+ * The packages ublkctl loads at run time: package.json's dependencies and theirs, found as
+ * npm installs them (flat node_modules, nested where versions differ). Copying all of
+ * node_modules instead (linters, compilers) took over a minute under TCG on a busy host.
+ */
+function runtimePackages(): string[] {
+  const found = new Set<string>();
+  const visit = (fromDir: string): void => {
+    const manifest = JSON.parse(fs.readFileSync(path.join(fromDir, 'package.json'), 'utf8')) as {
+      dependencies?: Record<string, string>;
+    };
+    for (const name of Object.keys(manifest.dependencies ?? {})) {
+      // Node's resolution: the nearest node_modules on the way up from the dependent.
+      let dir = fromDir;
+      for (;;) {
+        const candidate = path.join(dir, 'node_modules', name);
+        if (fs.existsSync(path.join(candidate, 'package.json'))) {
+          const rel = path.relative(path.join(ROOT, 'node_modules'), candidate);
+          if (!found.has(rel)) {
+            found.add(rel);
+            visit(candidate);
+          }
+          break;
+        }
+        if (dir === ROOT) throw new Error(`${name}, needed by ${fromDir}, is not installed`);
+        dir = path.dirname(dir);
+      }
+    }
+  };
+  visit(ROOT);
+  // Nested packages travel with their parent directory.
+  return [...found].filter((rel) => !rel.includes(`${path.sep}node_modules${path.sep}`));
+}
+
+/**
  * A world-readable copy of what ublkctl needs at run time (built code, addon, schema,
  * dependencies), for tests that run it as an unprivileged user: the checkout itself may
  * sit in a directory only root can read (a `mktemp -d` clone is mode 0700).
@@ -60,19 +94,15 @@ let runtimeCopy: string | undefined;
 export function worldReadableUblkctl(): string {
   if (runtimeCopy === undefined) {
     const dest = fs.mkdtempSync(path.join(os.tmpdir(), 'ublk-ts-runtime-'));
-    const devOnly = new Set(['typescript', '@typescript', '@types', 'mocha']);
     for (const part of [
       'package.json',
       'schema',
       path.join('dist', 'src'),
       path.join('build', 'Release', 'ublk_ts.node'),
+      ...runtimePackages().map((name) => path.join('node_modules', name)),
     ]) {
       fs.cpSync(path.join(ROOT, part), path.join(dest, part), { recursive: true });
     }
-    fs.cpSync(path.join(ROOT, 'node_modules'), path.join(dest, 'node_modules'), {
-      recursive: true,
-      filter: (src) => !devOnly.has(path.relative(path.join(ROOT, 'node_modules'), src).split(path.sep)[0]!),
-    });
     run('chmod', ['-R', 'a+rX', dest]);
     runtimeCopy = dest;
     process.once('exit', () => fs.rmSync(dest, { recursive: true, force: true }));
@@ -91,6 +121,30 @@ export function ublkctlJson<T>(args: string[], stateDir?: string): T {
   const r = ublkctl([...args, '--json'], stateDir);
   if (r.status !== 0) throw new Error(`ublkctl ${args.join(' ')} exited ${r.status}: ${r.stderr}`);
   return JSON.parse(r.stdout) as T;
+}
+
+/**
+ * Like run(), but the event loop keeps turning while the command runs: output that
+ * children of this test print meanwhile (a serving example's log) is read, not left in a pipe.
+ */
+export function runAsync(command: string, args: string[], opts: { allowFail?: boolean } = {}): Promise<CommandResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
+    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+    const timer = setTimeout(() => child.kill('SIGKILL'), 300_000);
+    child.on('error', reject);
+    child.on('close', (status) => {
+      clearTimeout(timer);
+      if (!opts.allowFail && status !== 0) {
+        reject(new Error(`${command} ${args.join(' ')} exited ${status}: ${stderr}`));
+      } else {
+        resolve({ status, stdout, stderr });
+      }
+    });
+  });
 }
 
 /** Runs a system tool, returning its output; throws with stderr on failure. */

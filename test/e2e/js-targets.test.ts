@@ -11,6 +11,7 @@ import {
   requireUblk,
   ROOT,
   run,
+  runAsync,
   serverPids,
   ublkctl,
   ublkctlJson,
@@ -182,19 +183,31 @@ describe('JavaScript examples, as the README documents them (real ublk driver)',
     return { child, id: Number(m[1]), blockPath: m[2]!, output: () => out, exited };
   }
 
-  /** Writes and reads back `mib` MiB; a failure shows what the serving example printed. */
-  function roundTrip(blockPath: string, scratch: string, mib: number, served: () => string): void {
+  /**
+   * Writes and reads back `mib` MiB; a failure shows what the serving example printed. The dd
+   * runs are asynchronous so the example's log is read while they run, and a short pause before
+   * reporting a failure lets the last lines (the failed request) arrive.
+   */
+  async function roundTrip(blockPath: string, scratch: string, mib: number, served: () => string): Promise<void> {
+    const reported = async (): Promise<string> => {
+      await new Promise((r) => setTimeout(r, 500));
+      return served();
+    };
     run('dd', ['if=/dev/urandom', `of=${scratch}/payload`, 'bs=1M', `count=${mib}`, 'status=none']);
-    const write = run('dd', [`if=${scratch}/payload`, `of=${blockPath}`, 'bs=1M', 'oflag=direct', 'status=none'], {
-      allowFail: true,
-    });
-    assert.equal(write.status, 0, `data writes: ${write.stderr}\nthe example printed:\n${served()}`);
-    const back = run(
+    const write = await runAsync(
+      'dd',
+      [`if=${scratch}/payload`, `of=${blockPath}`, 'bs=1M', 'oflag=direct', 'status=none'],
+      { allowFail: true },
+    );
+    if (write.status !== 0) assert.fail(`data writes: ${write.stderr}\nthe example printed:\n${await reported()}`);
+    const back = await runAsync(
       'bash',
       ['-c', `cmp <(dd if=${blockPath} bs=1M count=${mib} iflag=direct status=none) ${scratch}/payload`],
       { allowFail: true },
     );
-    assert.equal(back.status, 0, `data reads back: ${back.stdout}${back.stderr}\nthe example printed:\n${served()}`);
+    if (back.status !== 0) {
+      assert.fail(`data reads back: ${back.stdout}${back.stderr}\nthe example printed:\n${await reported()}`);
+    }
   }
 
   it('null-js.js add / del ID', async () => {
@@ -207,7 +220,7 @@ describe('JavaScript examples, as the README documents them (real ublk driver)',
   it('ramdisk.js add SIZE QUEUES, data round trip, Ctrl-C deletes', async () => {
     const scratch = fs.mkdtempSync('/tmp/ublk-ts-ex-');
     const s = await serve([path.join(EXAMPLES, 'ramdisk.js'), 'add', '32MiB', '2']);
-    roundTrip(s.blockPath, scratch, 8, s.output);
+    await roundTrip(s.blockPath, scratch, 8, s.output);
     s.child.kill('SIGINT');
     assert.equal(await s.exited, 0, s.output());
     assert.ok(!fs.existsSync(s.blockPath));
@@ -218,7 +231,7 @@ describe('JavaScript examples, as the README documents them (real ublk driver)',
     const file = path.join(scratch, 'backing.img');
     run('truncate', ['-s', '32M', file]);
     const s = await serve([path.join(EXAMPLES, 'loop.js'), 'add', file]);
-    roundTrip(s.blockPath, scratch, 8, s.output);
+    await roundTrip(s.blockPath, scratch, 8, s.output);
     s.child.kill('SIGINT');
     assert.equal(await s.exited, 0, s.output());
     const same = run('bash', ['-c', `cmp -n ${8 * MiB} ${file} ${scratch}/payload`], { allowFail: true });
@@ -233,7 +246,7 @@ describe('JavaScript examples, as the README documents them (real ublk driver)',
     try {
       await new Promise<void>((r) => store.stdout!.once('data', () => r()));
       const s = await serve([path.join(EXAMPLES, 'http-store.js'), 'add', 'http://127.0.0.1:18080/disk1', '16MiB']);
-      roundTrip(s.blockPath, scratch, 4, s.output);
+      await roundTrip(s.blockPath, scratch, 4, s.output);
       s.child.kill('SIGINT');
       assert.equal(await s.exited, 0, s.output());
       const obj = await fetch('http://127.0.0.1:18080/disk1/0');
