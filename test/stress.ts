@@ -71,6 +71,8 @@ interface TestTally {
   failed: number;
   skipped: number;
   errors: string[];
+  /** Summed test time (hooks excluded), for the mean per run. */
+  totalMs: number;
 }
 
 function tally(resultsDir: string, runs: number): { perTest: Map<string, TestTally>; missingRuns: number[] } {
@@ -83,7 +85,8 @@ function tally(resultsDir: string, runs: number): { perTest: Map<string, TestTal
       continue;
     }
     for (const r of JSON.parse(fs.readFileSync(file, 'utf8')) as TestRecord[]) {
-      const t = perTest.get(r.title) ?? { passed: 0, failed: 0, skipped: 0, errors: [] };
+      const t = perTest.get(r.title) ?? { passed: 0, failed: 0, skipped: 0, errors: [], totalMs: 0 };
+      t.totalMs += r.durationMs ?? 0;
       if (r.state === 'passed') t.passed++;
       else if (r.state === 'failed') {
         t.failed++;
@@ -147,8 +150,9 @@ async function main(): Promise<number> {
     failed += t.failed;
     skipped += t.skipped;
     const mark = t.failed > 0 ? 'FAIL' : 'ok  ';
+    const meanS = (t.totalMs / Math.max(1, t.passed + t.failed) / 1000).toFixed(1);
     console.log(
-      `${mark} ${String(t.passed).padStart(3)} passed ${String(t.failed).padStart(3)} failed ${String(t.skipped).padStart(3)} skipped  ${title}`,
+      `${mark} ${String(t.passed).padStart(3)} passed ${String(t.failed).padStart(3)} failed ${String(t.skipped).padStart(3)} skipped ${meanS.padStart(6)} s  ${title}`,
     );
     for (const e of t.errors) console.log(`       ${e}`);
   }
