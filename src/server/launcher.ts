@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process';
+import { ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Readable } from 'node:stream';
@@ -8,7 +8,7 @@ import { ControlCommands, DeviceInfo, UblkControl } from '../kernel/control';
 import { DeviceSpec } from '../spec/device-spec';
 import { DeviceOwner, removeRecord, writeRecord } from './device-records';
 import { isAlive, waitForExit, withTimeout } from './processes';
-import { deserializeError, deserializeInfo, ServerMessage, ServerRequest } from './protocol';
+import { deserializeError, deserializeInfo, MAX_REQUEST_BYTES, ServerMessage, ServerRequest } from './protocol';
 
 /** Default state directory: per-device records and server logs. */
 export const DEFAULT_STATE_DIR = '/run/ublk-ts';
@@ -56,6 +56,27 @@ function tail(file: string, lines = 20): string {
 }
 
 /**
+ * Spawns a device server and hands it `request` on its stdin, not in its
+ * argv: the spec may carry secrets (a js target's options), which a command
+ * line shows to every user, and argv caps one argument at 128 KiB.
+ * The server's stdout and stderr go to `logFd`; its fd 3 is the status channel.
+ */
+export function spawnServer(request: ServerRequest, logFd: number): ChildProcess {
+  const text = JSON.stringify(request);
+  if (Buffer.byteLength(text) > MAX_REQUEST_BYTES) {
+    throw new Error(`the device spec takes ${Buffer.byteLength(text)} bytes as JSON, more than ${MAX_REQUEST_BYTES}`);
+  }
+  const child = spawn(process.execPath, [SERVER_MAIN], {
+    detached: true,
+    stdio: ['pipe', logFd, logFd, 'pipe'],
+  });
+  // A server that dies before reading its request breaks the pipe: its exit is what gets reported.
+  child.stdin!.on('error', () => undefined);
+  child.stdin!.end(text);
+  return child;
+}
+
+/**
  * Starts a detached device server (own session, stdio to a log file, no
  * pipe left shared once it is up) and resolves when the device is LIVE.
  * If the server fails or hangs, it is killed and any device it added is
@@ -72,12 +93,12 @@ export async function startServer(spec: DeviceSpec, opts: LaunchOptions = {}): P
     ? serverLogPath(stateDir, opts.recoverDevId!)
     : path.join(logDir, `.starting-${process.pid}-${Date.now()}.log`);
   const logFd = fs.openSync(pendingLog, 'a', 0o640);
-  const request: ServerRequest = { spec, recoverDevId: opts.recoverDevId };
-  const child = spawn(process.execPath, [SERVER_MAIN, JSON.stringify(request)], {
-    detached: true,
-    stdio: ['ignore', logFd, logFd, 'pipe'],
-  });
-  fs.closeSync(logFd);
+  let child: ChildProcess;
+  try {
+    child = spawnServer({ spec, recoverDevId: opts.recoverDevId }, logFd);
+  } finally {
+    fs.closeSync(logFd);
+  }
   const status = child.stdio[3] as Readable;
 
   let addedId: number | undefined;
@@ -117,6 +138,7 @@ export async function startServer(spec: DeviceSpec, opts: LaunchOptions = {}): P
     const logPath = serverLogPath(stateDir, outcome.info.id);
     if (!recovering) fs.renameSync(pendingLog, logPath);
     status.destroy();
+    child.stdin?.destroy();
     child.removeAllListeners('exit');
     child.unref();
     writeRecord(stateDir, {
