@@ -8,6 +8,7 @@ import { ControlCommands, DeviceInfo, UblkControl } from '../kernel/control';
 import { DeviceSpec } from '../spec/device-spec';
 import { DeviceOwner, removeRecord, writeRecord } from './device-records';
 import { isAlive, waitForExit, withTimeout } from './processes';
+import { readTail } from './server-log';
 import { deserializeError, deserializeInfo, MAX_REQUEST_BYTES, ServerMessage, ServerRequest } from './protocol';
 
 /** Default state directory: per-device records and server logs. */
@@ -45,14 +46,6 @@ const SERVER_MAIN = path.join(__dirname, 'server-main.js');
 /** Where the server of device `id` logs. */
 export function serverLogPath(stateDir: string, id: number): string {
   return path.join(stateDir, 'logs', `ublkb${id}.log`);
-}
-
-function tail(file: string, lines = 20): string {
-  try {
-    return fs.readFileSync(file, 'utf8').trimEnd().split('\n').slice(-lines).join('\n');
-  } catch {
-    return '';
-  }
 }
 
 /**
@@ -125,7 +118,7 @@ export async function startServer(spec: DeviceSpec, opts: LaunchOptions = {}): P
     });
     child.on('error', (err) => finish({ error: err }));
     child.on('exit', (code, signal) => {
-      const log = tail(pendingLog);
+      const log = readTail(pendingLog);
       finish({
         error: new Error(
           `device server exited (${signal ?? `status ${code}`}) before the device was live${log ? `:\n${log}` : ''}`,

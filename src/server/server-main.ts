@@ -17,6 +17,7 @@ import {
   specForLog,
   STATUS_FD,
 } from './protocol';
+import { keepLogBounded } from './server-log';
 
 function log(message: string): void {
   process.stderr.write(`${new Date().toISOString()} [server ${process.pid}] ${message}\n`);
@@ -56,6 +57,8 @@ async function readRequest(): Promise<ServerRequest> {
 }
 
 async function main(): Promise<void> {
+  // stdout and stderr share the launcher's log file: bounding fd 2 bounds both.
+  keepLogBounded(2);
   const request = await readRequest();
   const spec = request.spec;
   let device: UblkDevice;
