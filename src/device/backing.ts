@@ -4,6 +4,7 @@ import * as path from 'node:path';
 import { SpecError } from '../errors';
 import { native } from '../kernel/native';
 import { DeviceSpec } from '../spec/device-spec';
+import { loopFileTrustProblem, PathWalk, walkPath } from './trusted-path';
 
 /** An open backing store handed to the queue threads. */
 export interface Backing {
@@ -42,6 +43,12 @@ export interface BackingOptions {
   recoverDevId?: number;
   /** The memory target's directory; tests point it elsewhere. Default MEMORY_DIR. */
   memoryDir?: string;
+  /**
+   * Refuse a loop file reached through a symbolic link that others could
+   * re-point (one in a directory writable by others), or a hard link in such
+   * a directory: what a root server does for a manifest (--insecure-permissions turns it off).
+   */
+  checkPermissions?: boolean;
 }
 
 /**
@@ -59,7 +66,7 @@ export function openBacking(spec: DeviceSpec, opts: BackingOptions = {}): Backin
   }
   if (spec.target.type === 'loop') {
     const target = opts.recoverDevId === undefined ? spec.target : { ...spec.target, create: false };
-    return openLoop(spec, target);
+    return openLoop(spec, target, opts.checkPermissions ?? false);
   }
   return undefined;
 }
@@ -208,10 +215,11 @@ function reopenMemory(spec: DeviceSpec, devId: number, dir: string): Backing {
 
 type LoopTarget = Extract<DeviceSpec['target'], { type: 'loop' }>;
 
-function openLoop(spec: DeviceSpec, target: LoopTarget): Backing {
+function openLoop(spec: DeviceSpec, target: LoopTarget, checkPermissions: boolean): Backing {
   const file = target.file;
   let created = false;
   if (target.create && !fs.existsSync(file)) {
+    // O_CREAT|O_EXCL never follows a link at the last component: a file of our own, or an error.
     const fd = openOrExplain(file, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
     try {
       fs.ftruncateSync(fd, spec.sizeBytes);
@@ -224,7 +232,8 @@ function openLoop(spec: DeviceSpec, target: LoopTarget): Backing {
     if (created) fs.rmSync(file, { force: true });
   };
   try {
-    const { fd, directIo } = openWithDirectIoPolicy(spec, target);
+    const open = checkedOpener(file, checkPermissions);
+    const { fd, directIo } = openWithDirectIoPolicy(spec, target, open);
     if (!native().flock(fd, true, true)) {
       fs.closeSync(fd);
       throw new SpecError(
@@ -248,15 +257,69 @@ function openLoop(spec: DeviceSpec, target: LoopTarget): Backing {
   }
 }
 
-function openOrExplain(file: string, flags: number, mode?: number): number {
+/**
+ * How a loop file is opened by root: the path is walked once, link by
+ * link (trusted-path.ts); a link others could re-point is refused when
+ * permissions are checked; the file the walk ended at is opened by its
+ * resolved path with O_NOFOLLOW, and the descriptor is checked to be that
+ * very file (device and inode) — so a link or file swapped in after the
+ * walk is never served — and a regular file or block device. Exported for
+ * the tests, which swap files between the walk and the open.
+ */
+export function checkedOpener(file: string, checkPermissions: boolean): (flags: number) => number {
+  let walk: PathWalk;
+  try {
+    walk = walkPath(file);
+  } catch (err) {
+    throw explainOpenError(file, err);
+  }
+  const problem = checkPermissions ? loopFileTrustProblem(walk) : undefined;
+  if (problem) {
+    throw new SpecError(
+      'target.file',
+      `refusing ${file}: ${problem}; fix the ownership or permissions, or pass --insecure-permissions`,
+    );
+  }
+  return (flags) => {
+    let fd: number;
+    try {
+      fd = fs.openSync(walk.resolved, flags | fs.constants.O_NOFOLLOW);
+    } catch (err) {
+      // The walk ended at a file, not a link: a link there now was put there since.
+      if ((err as NodeJS.ErrnoException).code === 'ELOOP')
+        throw new SpecError('target.file', `refusing ${file}: it was replaced while it was being opened`);
+      throw explainOpenError(file, err);
+    }
+    const st = fs.fstatSync(fd);
+    const problem =
+      st.dev !== walk.stat.dev || st.ino !== walk.stat.ino
+        ? 'it was replaced while it was being opened'
+        : !st.isFile() && !st.isBlockDevice()
+          ? 'it is not a regular file or block device'
+          : undefined;
+    if (problem) {
+      fs.closeSync(fd);
+      throw new SpecError('target.file', `refusing ${file}: ${problem}`);
+    }
+    return fd;
+  };
+}
+
+function explainOpenError(file: string, err: unknown): unknown {
+  const code = (err as NodeJS.ErrnoException).code;
+  if (code === 'EACCES' || code === 'EPERM' || code === 'EROFS')
+    return new SpecError('target.file', `${file}: permission denied (${code})`);
+  if (code === 'ENOENT') return new SpecError('target.file', `${file} does not exist`);
+  if (code === 'ELOOP') return new SpecError('target.file', `${file}: too many symbolic links`);
+  return err;
+}
+
+/** Opens `file` (named `shown` in errors), turning the usual failures into a SpecError naming it. */
+function openOrExplain(file: string, flags: number, mode?: number, shown = file): number {
   try {
     return fs.openSync(file, flags, mode);
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'EACCES' || code === 'EPERM' || code === 'EROFS')
-      throw new SpecError('target.file', `${file}: permission denied (${code})`);
-    if (code === 'ENOENT') throw new SpecError('target.file', `${file} does not exist`);
-    throw err;
+    throw explainOpenError(shown, err);
   }
 }
 
@@ -266,12 +329,16 @@ function directIoAlignment(fd: number): number | undefined {
   return native().dioAlignment(fd)?.offset || undefined;
 }
 
-function openWithDirectIoPolicy(spec: DeviceSpec, target: LoopTarget): { fd: number; directIo: boolean } {
+function openWithDirectIoPolicy(
+  spec: DeviceSpec,
+  target: LoopTarget,
+  open: (flags: number) => number,
+): { fd: number; directIo: boolean } {
   const access = spec.readOnly ? fs.constants.O_RDONLY : fs.constants.O_RDWR;
-  if (target.directIo === false) return { fd: openOrExplain(target.file, access), directIo: false };
+  if (target.directIo === false) return { fd: open(access), directIo: false };
   let fd: number;
   try {
-    fd = openOrExplain(target.file, access | fs.constants.O_DIRECT);
+    fd = open(access | fs.constants.O_DIRECT);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;
     if (target.directIo === true) {
@@ -280,7 +347,7 @@ function openWithDirectIoPolicy(spec: DeviceSpec, target: LoopTarget): { fd: num
         `${target.file} is on a file system without O_DIRECT support: use directIo auto or false`,
       );
     }
-    return { fd: openOrExplain(target.file, access), directIo: false };
+    return { fd: open(access), directIo: false };
   }
   const alignment = directIoAlignment(fd);
   if (alignment !== undefined && alignment > spec.logicalBlockSize) {
@@ -291,7 +358,7 @@ function openWithDirectIoPolicy(spec: DeviceSpec, target: LoopTarget): { fd: num
         `${target.file} needs ${alignment}-byte aligned direct IO, larger than the logical block size ${spec.logicalBlockSize}`,
       );
     }
-    return { fd: openOrExplain(target.file, access), directIo: false };
+    return { fd: open(access), directIo: false };
   }
   return { fd, directIo: true };
 }

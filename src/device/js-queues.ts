@@ -12,6 +12,7 @@ import { DeviceSpec } from '../spec/device-spec';
 import type { QueueWorkerData, QueueWorkerMessage } from './js-queue-worker';
 import { loadTargetModule, SetupContext } from './js-target';
 import { LogLimiter } from './log-limiter';
+import { moduleTrustProblem } from './trusted-path';
 import { QueueExit, QueueLifecycle, queueError, RunningQueues, usesLegacyOpcodes } from './queues';
 
 const QUEUE_WORKER = path.join(__dirname, 'js-queue-worker.js');
@@ -20,9 +21,20 @@ const QUEUE_WORKER = path.join(__dirname, 'js-queue-worker.js');
  * Loads a JS target's module in this thread before the device exists, so
  * a module that fails to load or exports no target is refused with nothing
  * to undo; runs its setup() once and returns what the queues will share.
+ * With `checkPermissions`, a module that others could change is refused first.
  */
-export async function prepareJsTarget(spec: DeviceSpec): Promise<unknown> {
+export async function prepareJsTarget(spec: DeviceSpec, opts: { checkPermissions?: boolean } = {}): Promise<unknown> {
   if (spec.target.type !== 'js') return undefined;
+  if (opts.checkPermissions) {
+    // Before any of its code runs: a module others can change is code they run as root.
+    const problem = moduleTrustProblem(spec.target.module);
+    if (problem) {
+      throw new SpecError(
+        'target.module',
+        `refusing ${spec.target.module}: ${problem}; fix the ownership or permissions, or pass --insecure-permissions`,
+      );
+    }
+  }
   let module;
   try {
     module = loadTargetModule(spec.target.module);

@@ -38,6 +38,12 @@ export interface LaunchOptions {
   lastError?: string;
   /** Used to delete the device of a server that failed half-way; omitted, one is opened when needed. */
   control?: ControlCommands;
+  /**
+   * Whether the server refuses files others could change (a js module, a
+   * link to a loop file); default: when running as root. Recovery checks
+   * again: a record's spec is trusted no more than the manifest it came from.
+   */
+  checkPermissions?: boolean;
 }
 
 /** The server's entry point; e2e tests find servers by this file name in their command line. */
@@ -88,7 +94,8 @@ export async function startServer(spec: DeviceSpec, opts: LaunchOptions = {}): P
   const logFd = fs.openSync(pendingLog, 'a', 0o640);
   let child: ChildProcess;
   try {
-    child = spawnServer({ spec, recoverDevId: opts.recoverDevId }, logFd);
+    const checkPermissions = opts.checkPermissions ?? process.geteuid?.() === 0;
+    child = spawnServer({ spec, recoverDevId: opts.recoverDevId, checkPermissions }, logFd);
   } finally {
     fs.closeSync(logFd);
   }

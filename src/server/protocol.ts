@@ -25,6 +25,8 @@ export const MAX_REQUEST_BYTES = 16 * 1024 * 1024;
 export interface ServerRequest {
   spec: DeviceSpec;
   recoverDevId?: number;
+  /** Refuse files others could change (a js module, a link to a loop file): see DeviceOptions.checkPermissions. */
+  checkPermissions?: boolean;
 }
 
 /** An error as it crosses the status channel: its type and every field that type carries. */

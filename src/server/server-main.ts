@@ -65,10 +65,11 @@ async function main(): Promise<void> {
   try {
     if (request.recoverDevId !== undefined) {
       log(`recovering device ${request.recoverDevId} (${spec.target.type}): ${specForLog(spec)}`);
-      device = await UblkDevice.recover(request.recoverDevId, spec);
+      device = await UblkDevice.recover(request.recoverDevId, spec, { checkPermissions: request.checkPermissions });
     } else {
       log(`starting ${spec.target.type} device: ${specForLog(spec)}`);
       device = await UblkDevice.create(spec, {
+        checkPermissions: request.checkPermissions,
         onProgress: (p) => {
           log(`added device ${p.info.id}`);
           send({ event: 'added', devId: p.info.id });
