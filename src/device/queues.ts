@@ -118,8 +118,9 @@ async function startNativeQueues(
   spec: DeviceSpec,
   backing: Backing | undefined,
 ): Promise<RunningQueues & { ready: Promise<void> }> {
+  // A failure here is a failure to start, not a queue left unpinned without a word.
   const affinities = await Promise.all(
-    Array.from({ length: info.queues }, (_, qid) => control.getQueueAffinity(info.id, qid).catch(() => [])),
+    Array.from({ length: info.queues }, (_, qid) => control.getQueueAffinity(info.id, qid)),
   );
   const lifecycle = new QueueLifecycle(info.id, info.queues);
   const onEvent = (e: NativeQueueEvent): void => {
