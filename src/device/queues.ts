@@ -125,7 +125,12 @@ async function startNativeQueues(
   const lifecycle = new QueueLifecycle(info.id, info.queues);
   const onEvent = (e: NativeQueueEvent): void => {
     if (e.kind === 'ready') lifecycle.queueReady();
-    else lifecycle.queueExited({ qid: e.qid, ios: e.ios, error: e.error });
+    else if (e.kind === 'unpinned') {
+      const cpus = affinities[e.qid]?.join(',') ?? '';
+      process.stderr.write(
+        `${new Date().toISOString()} dev ${info.id} queue ${e.qid}: cannot pin its thread to CPUs ${cpus} (${e.error?.code}); it serves unpinned\n`,
+      );
+    } else lifecycle.queueExited({ qid: e.qid, ios: e.ios, error: e.error });
   };
   const group = new (native().QueueGroup)(
     {

@@ -3,9 +3,10 @@
  * io_uring's problem on this host, not the command's; a kernel without
  * GET_FEATURES (6.1–6.4 answer ENODEV) has no optional features; an error
  * carries the name of the command that gave it; a queue's CPU affinity that
- * cannot be read fails the start instead of being dropped.
+ * cannot be read fails the start, and one that cannot be applied is said.
  */
 import { strict as assert } from 'node:assert';
+import * as os from 'node:os';
 import { EnvironmentError, ERRNO, UblkError } from '../../src/errors';
 import { ControlCommands, DeviceInfo, explainRingSetupFailure, UblkControl } from '../../src/kernel/control';
 import { native, NativeControlDevice } from '../../src/kernel/native';
@@ -91,5 +92,35 @@ describe('control errors', () => {
     } as unknown as DeviceInfo;
     const spec = normalizeDeviceSpec({ target: 'null', size: '1MiB', queues: 1 }, { maxQueues: 1 });
     await assert.rejects(startQueues(control, info, spec, undefined, undefined), (err: unknown) => err === refused);
+  });
+
+  it('says when a queue thread cannot be pinned to the CPUs the kernel gave it', async () => {
+    // A CPU this host does not have: pthread_setaffinity_np refuses an empty set (EINVAL).
+    const missingCpu = Math.min(os.cpus().length + 7, 1000);
+    const control = { getQueueAffinity: () => Promise.resolve([missingCpu]) } as unknown as ControlCommands;
+    // /dev/null stands for the char device: the queue is pinned first, then fails to map its descriptors.
+    const info = {
+      id: 9,
+      queues: 1,
+      depth: 4,
+      maxIoSize: 4096,
+      charPath: '/dev/null',
+      flags: 0n,
+    } as unknown as DeviceInfo;
+    const spec = normalizeDeviceSpec({ target: 'null', size: '1MiB', queues: 1 }, { maxQueues: 1 });
+    const written: string[] = [];
+    const write = process.stderr.write;
+    process.stderr.write = ((chunk: string) => written.push(String(chunk)) > 0) as typeof process.stderr.write;
+    try {
+      await assert.rejects(startQueues(control, info, spec, undefined, undefined));
+    } finally {
+      process.stderr.write = write;
+    }
+    assert.ok(
+      written.some((l) =>
+        l.includes(`dev 9 queue 0: cannot pin its thread to CPUs ${missingCpu} (EINVAL); it serves unpinned`),
+      ),
+      written.join(''),
+    );
   });
 });
