@@ -8,11 +8,14 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
+/** The sticky bit (S_ISVTX): in such a directory only an entry's owner may rename or remove it. */
+const STICKY = 0o1000;
+
 /** Symbolic links followed on one path before giving up, as the kernel does (ELOOP). */
 const MAX_LINKS = 40;
 
 function modeOctal(mode: number): string {
-  return (mode & 0o777).toString(8).padStart(4, '0');
+  return (mode & 0o7777).toString(8).padStart(4, '0');
 }
 
 /** Why others (not root, not this process's user) could change what `st` describes; undefined when they cannot. */
@@ -23,15 +26,30 @@ export function ownershipProblem(st: fs.Stats): string | undefined {
   return undefined;
 }
 
+/**
+ * Why others could replace `entry` in directory `dir`: the directory is
+ * theirs, or they may write it — unless it is sticky (like /tmp) and the
+ * entry is root's (or ours), which only its owner may rename or remove.
+ */
+function entryProblem(dir: string, dirStat: fs.Stats, entry: fs.Stats): string | undefined {
+  const problem = ownershipProblem(dirStat);
+  if (!problem) return undefined;
+  const writableOnly = problem.startsWith('writable');
+  if (writableOnly && dirStat.mode & STICKY && !ownershipProblem(entry)?.startsWith('owned')) {
+    return undefined;
+  }
+  return `${dir} is ${problem}`;
+}
+
 /** One walk of a path, component by component, without trusting any link on the way. */
 export interface PathWalk {
   /** The path with every link resolved: what an open of it with O_NOFOLLOW reaches. */
   resolved: string;
   /** lstat of the file at the end. */
   stat: fs.Stats;
-  /** The first symbolic link that lies in a directory others can write: it could be pointed anywhere. */
+  /** The first symbolic link that others could re-point (it lies in a directory they may change). */
   linkProblem?: string;
-  /** The first directory on the way that others could change (rename, replace, add to). */
+  /** The first directory on the way in which others could replace what the walk went through. */
   directoryProblem?: string;
   /** The file itself could be changed by others. */
   fileProblem?: string;
@@ -46,7 +64,7 @@ export function walkPath(p: string): PathWalk {
   const rest = path.resolve(p).split('/').filter(Boolean).reverse();
   let dir = '/';
   let dirStat = fs.statSync(dir);
-  let directoryProblem = describe(dir, dirStat);
+  let directoryProblem: string | undefined;
   let linkProblem: string | undefined;
   let links = 0;
   let last: { file: string; stat: fs.Stats } = { file: dir, stat: dirStat };
@@ -61,13 +79,12 @@ export function walkPath(p: string): PathWalk {
     }
     const file = path.join(dir, name);
     const st = fs.lstatSync(file);
+    const problem = entryProblem(dir, dirStat, st);
     if (st.isSymbolicLink()) {
-      if (++links > MAX_LINKS)
+      if (++links > MAX_LINKS) {
         throw Object.assign(new Error(`ELOOP: too many symbolic links, ${p}`), { code: 'ELOOP' });
-      const dirProblem = ownershipProblem(dirStat);
-      if (dirProblem && !linkProblem) {
-        linkProblem = `${file} is a symbolic link in ${dir}, which is ${dirProblem}`;
       }
+      if (problem) linkProblem ??= `${file} is a symbolic link others could re-point: ${problem}`;
       const target = fs.readlinkSync(file);
       rest.push(...target.split('/').filter(Boolean).reverse());
       if (target.startsWith('/')) {
@@ -76,26 +93,22 @@ export function walkPath(p: string): PathWalk {
       }
       continue;
     }
+    directoryProblem ??= problem;
     last = { file, stat: st };
     if (rest.length > 0) {
       if (!st.isDirectory()) throw Object.assign(new Error(`ENOTDIR: not a directory, ${p}`), { code: 'ENOTDIR' });
-      directoryProblem ??= describe(file, st);
       dir = file;
       dirStat = st;
     }
   }
+  const fileProblem = ownershipProblem(last.stat);
   return {
     resolved: last.file,
     stat: last.stat,
     linkProblem,
     directoryProblem,
-    fileProblem: describe(last.file, last.stat),
+    fileProblem: fileProblem && `${last.file} is ${fileProblem}`,
   };
-}
-
-function describe(file: string, st: fs.Stats): string | undefined {
-  const problem = ownershipProblem(st);
-  return problem && `${file} is ${problem}`;
 }
 
 /**

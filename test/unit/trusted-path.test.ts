@@ -112,7 +112,7 @@ exports.setup = () => 'shared';\n`;
           asNobody(`ln -s ${real} ${link}`);
           return link;
         },
-        /user-dir\/target\.js is a symbolic link in .*user-dir, which is owned by uid 65534/,
+        /user-dir\/target\.js is a symbolic link others could re-point: .*user-dir is owned by uid 65534/,
       ],
     ];
     for (const [what, plant, why] of cases) {
@@ -122,6 +122,27 @@ exports.setup = () => 'shared';\n`;
         assert.ok(!fs.existsSync(marker), 'the module ran');
       });
     }
+
+    it('loads a module from a root-owned directory inside a sticky one (a checkout under /tmp), not through a link another user put there', async () => {
+      const shared = path.join(base, 'shared');
+      fs.mkdirSync(shared);
+      fs.chmodSync(shared, 0o1777);
+      fs.mkdirSync(path.join(shared, 'clone'), { mode: 0o755 });
+      const module = path.join(shared, 'clone', 'target.js');
+      fs.writeFileSync(module, moduleText(), { mode: 0o644 });
+      assert.equal(await prepareJsTarget(jsSpec(module), { checkPermissions: true }), 'shared');
+      fs.rmSync(marker);
+      const link = path.join(shared, 'evil.js');
+      asNobody(`ln -s ${module} ${link}`);
+      await assert.rejects(
+        prepareJsTarget(jsSpec(link), { checkPermissions: true }),
+        refusal(
+          'target.module',
+          /evil\.js is a symbolic link others could re-point: .*shared is writable by group\/others \(mode 1777\)/,
+        ),
+      );
+      assert.ok(!fs.existsSync(marker), 'the module ran');
+    });
 
     it("refuses it in the reconciler's pre-flight too, which loads the module in a process of its own", async () => {
       const module = path.join(base, 'user-dir', 'target.js');
@@ -175,7 +196,10 @@ exports.setup = () => 'shared';\n`;
       for (const recoverDevId of [undefined, 4]) {
         assert.throws(
           () => openBacking(spec, { checkPermissions: true, recoverDevId }),
-          refusal('target.file', /disk\.img is a symbolic link in .*user-dir, which is owned by uid 65534/),
+          refusal(
+            'target.file',
+            /disk\.img is a symbolic link others could re-point: .*user-dir is owned by uid 65534/,
+          ),
         );
       }
       assert.equal(fs.readFileSync(victim, 'utf8'), victimText);
@@ -204,7 +228,7 @@ exports.setup = () => 'shared';\n`;
       asNobody(`ln -s ${path.join(base, 'root-dir')} ${link}`);
       const walk = walkPath(path.join(link, 'victim'));
       assert.equal(walk.resolved, victim);
-      assert.match(walk.linkProblem!, /hop is a symbolic link in .*user-dir, which is owned by uid 65534/);
+      assert.match(walk.linkProblem!, /hop is a symbolic link others could re-point: .*user-dir is owned by uid 65534/);
     });
   });
 });
