@@ -32,8 +32,19 @@ export function memoryPath(devId: number, dir = MEMORY_DIR): string {
   return path.join(dir, `dev${devId}.mem`);
 }
 
-/** Removes a memory device's bytes: called when the device itself is deleted. */
+/**
+ * Removes a memory device's bytes: called when the device itself is
+ * deleted. Only from a memory directory that is ours: one planted (or a
+ * link) holds nothing of ours, and root must not unlink names in it.
+ */
 export function discardMemory(devId: number, dir = MEMORY_DIR): void {
+  let st: fs.Stats;
+  try {
+    st = fs.lstatSync(dir);
+  } catch {
+    return;
+  }
+  if (!st.isDirectory() || st.uid !== euid() || (st.mode & 0o777) !== 0o700) return;
   fs.rmSync(memoryPath(devId, dir), { force: true });
 }
 

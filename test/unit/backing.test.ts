@@ -10,7 +10,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { SpecError } from '../../src/errors';
-import { memoryPath, openBacking } from '../../src/device/backing';
+import { discardMemory, memoryPath, openBacking } from '../../src/device/backing';
 import { normalizeDeviceSpec } from '../../src/spec/device-spec';
 
 const NOBODY = 65534;
@@ -72,6 +72,24 @@ describe('memory backing store', function () {
       asNobody('ln', '-s', victim, memoryDir);
       assert.throws(() => openBacking(spec, { memoryDir }), refusal(/memory directory .* is a symbolic link/));
       assert.deepEqual(fs.readdirSync(victim), []);
+    } finally {
+      fs.rmSync(victim, { recursive: true });
+    }
+  });
+
+  it("removes a deleted device's memory from its own directory, never through a planted link", () => {
+    const backing = openBacking(spec, { memoryDir })!;
+    backing.bindToDevice(5);
+    backing.close();
+    discardMemory(5, memoryDir);
+    assert.ok(!fs.existsSync(memoryPath(5, memoryDir)));
+    fs.rmdirSync(memoryDir);
+    const victim = fs.mkdtempSync(path.join(os.tmpdir(), 'ublk-ts-victim-'));
+    try {
+      fs.writeFileSync(path.join(victim, 'dev5.mem'), 'not ours');
+      asNobody('ln', '-s', victim, memoryDir);
+      discardMemory(5, memoryDir);
+      assert.equal(fs.readFileSync(path.join(victim, 'dev5.mem'), 'utf8'), 'not ours');
     } finally {
       fs.rmSync(victim, { recursive: true });
     }
