@@ -133,6 +133,23 @@ describe('JavaScript targets (real ublk driver)', function () {
     assert.match(log, /read at 8192000: result NaN is not an integer; failing it with EIO/);
   });
 
+  it("a target's options stay out of the server's command line and its log", () => {
+    const secret = 'hunter2-e2e-secret';
+    const dev = add(path.join(EXAMPLES, 'null-js.js'), [
+      '--size',
+      '16MiB',
+      '--options',
+      JSON.stringify({ password: secret }),
+    ]);
+    const pid = listDevices().find((d) => d.id === dev.id)!.serverPid;
+    const cmdline = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+    assert.match(cmdline, /server-main\.js/);
+    assert.ok(!cmdline.includes(secret), cmdline);
+    const log = fs.readFileSync(dev.logPath, 'utf8');
+    assert.match(log, /"options":"<1 not logged: password>"/);
+    assert.ok(!log.includes(secret), log);
+  });
+
   it('a handler that fails every request logs the first few failures and sums up the rest', () => {
     const dev = add(path.join(TARGETS, 'flaky.js'), ['--size', '64MiB', '--options', '{"failEvery":1}']);
     const jobs = fio([
