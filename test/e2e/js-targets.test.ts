@@ -175,7 +175,9 @@ describe('JavaScript targets (real ublk driver)', function () {
       ...log.matchAll(/suppressed (\d+) similar messages? in [\d.]+ s, the first: .* failed: refusing block/g),
     ];
     assert.ok(suppressed.length > 0, log.slice(-2000));
-    assert.equal(written + suppressed.reduce((n, m) => n + Number(m[1]), 0), failed, 'every failure is counted');
+    // The kernel's partition scan and udev's probes read the device too: at least fio's failures are counted.
+    const counted = written + suppressed.reduce((n, m) => n + Number(m[1]), 0);
+    assert.ok(counted >= failed && counted < failed + 200, `${counted} failures counted, fio saw ${failed}`);
     assert.ok(written < failed / 4, `${written} of ${failed} failures written one by one`);
   });
 
