@@ -21,6 +21,12 @@ export type CreateProgress = { stage: 'added'; info: DeviceInfo };
 export interface DeviceOptions {
   /** An open control device (or a stand-in); omitted, the device opens its own and closes it when removed. */
   control?: ControlCommands;
+  /**
+   * Refuse a js module, or a link on the way to a loop file, that users
+   * other than root (or this process's user) could change: what a server
+   * run as root on behalf of a manifest does. Default false.
+   */
+  checkPermissions?: boolean;
 }
 
 const RECOVERY_BUSY_RETRIES = 200;
@@ -81,8 +87,8 @@ export class UblkDevice {
   ): Promise<UblkDevice> {
     return UblkDevice.bringUp(spec, opts, async (control, held) => {
       checkRecoverySupported(spec.recovery, control.features);
-      const shared = await prepareJsTarget(spec);
-      held.backing = openBacking(spec);
+      const shared = await prepareJsTarget(spec, opts);
+      held.backing = openBacking(spec, { checkPermissions: opts.checkPermissions });
       const info = await control.addDevice({
         id: spec.id,
         queues: spec.queues,
@@ -122,8 +128,9 @@ export class UblkDevice {
           `device is ${before.state}, not QUIESCED or FAIL_IO`,
         );
       }
-      const shared = await prepareJsTarget(spec);
-      held.backing = openBacking(spec, { recoverDevId: devId });
+      // Checked again, not taken on trust from the record: files may have changed since the device was made.
+      const shared = await prepareJsTarget(spec, opts);
+      held.backing = openBacking(spec, { recoverDevId: devId, checkPermissions: opts.checkPermissions });
       await retryWhileBusy(() => control.startUserRecovery(devId));
       const info = await control.getDeviceInfo(devId);
       held.queues = await startQueues(control, info, spec, held.backing, shared);

@@ -11,6 +11,8 @@ import { DeviceInfo } from '../kernel/control';
 import { DeviceSpec } from '../spec/device-spec';
 import type { QueueWorkerData, QueueWorkerMessage } from './js-queue-worker';
 import { loadTargetModule, SetupContext } from './js-target';
+import { LogLimiter } from './log-limiter';
+import { moduleTrustProblem } from './trusted-path';
 import { QueueExit, QueueLifecycle, queueError, RunningQueues, usesLegacyOpcodes } from './queues';
 
 const QUEUE_WORKER = path.join(__dirname, 'js-queue-worker.js');
@@ -19,9 +21,20 @@ const QUEUE_WORKER = path.join(__dirname, 'js-queue-worker.js');
  * Loads a JS target's module in this thread before the device exists, so
  * a module that fails to load or exports no target is refused with nothing
  * to undo; runs its setup() once and returns what the queues will share.
+ * With `checkPermissions`, a module that others could change is refused first.
  */
-export async function prepareJsTarget(spec: DeviceSpec): Promise<unknown> {
+export async function prepareJsTarget(spec: DeviceSpec, opts: { checkPermissions?: boolean } = {}): Promise<unknown> {
   if (spec.target.type !== 'js') return undefined;
+  if (opts.checkPermissions) {
+    // Before any of its code runs: a module others can change is code they run as root.
+    const problem = moduleTrustProblem(spec.target.module);
+    if (problem) {
+      throw new SpecError(
+        'target.module',
+        `refusing ${spec.target.module}: ${problem}; fix the ownership or permissions, or pass --insecure-permissions`,
+      );
+    }
+  }
   let module;
   try {
     module = loadTargetModule(spec.target.module);
@@ -49,7 +62,11 @@ export function startJsQueues(
   const workers: Worker[] = [];
   // One opener per device: the workers share this descriptor, closed when they are all done.
   const charFd = fs.openSync(info.charPath, fs.constants.O_RDWR);
-  const lifecycle = new QueueLifecycle(info.id, info.queues, () => fs.closeSync(charFd));
+  const log = rateLimitedLog();
+  const lifecycle = new QueueLifecycle(info.id, info.queues, () => {
+    log.close();
+    fs.closeSync(charFd);
+  });
   for (let qid = 0; qid < info.queues; qid++) {
     const data: QueueWorkerData = {
       devId: info.id,
@@ -75,7 +92,7 @@ export function startJsQueues(
     let exit: QueueExit | undefined;
     worker.on('message', (m: QueueWorkerMessage) => {
       if (m.kind === 'ready') lifecycle.queueReady();
-      if (m.kind === 'log') process.stderr.write(`${new Date().toISOString()} ${m.line}\n`);
+      if (m.kind === 'log') log.write(m.line);
       if (m.kind === 'exit') exit = { qid, ios: m.ios, error: m.error ? queueError(qid, info.id, m.error) : undefined };
     });
     worker.on('error', (err) => {
@@ -89,5 +106,41 @@ export function startJsQueues(
     stop: () => workers.forEach((w) => w.postMessage('stop')),
     ready: lifecycle.ready,
     exited: lifecycle.exited,
+  };
+}
+
+/**
+ * The workers' log lines (one per failed request) written to stderr at a
+ * bounded rate (log-limiter.ts): what is left out is summed up when its
+ * interval ends, by a timer that never keeps the process alive.
+ */
+function rateLimitedLog(): { write(line: string): void; close(): void } {
+  const limiter = new LogLimiter();
+  let timer: NodeJS.Timeout | undefined;
+  const emit = (lines: string[]): void => {
+    for (const line of lines) process.stderr.write(`${new Date().toISOString()} ${line}\n`);
+  };
+  const flushLater = (): void => {
+    const until = limiter.suppressedUntil;
+    if (timer || until === undefined) return;
+    timer = setTimeout(
+      () => {
+        timer = undefined;
+        emit(limiter.flush());
+      },
+      Math.max(0, until - Date.now()),
+    );
+    timer.unref();
+  };
+  return {
+    write: (line) => {
+      emit(limiter.admit(line));
+      flushLater();
+    },
+    close: () => {
+      if (timer) clearTimeout(timer);
+      timer = undefined;
+      emit(limiter.flush());
+    },
   };
 }

@@ -118,13 +118,19 @@ async function startNativeQueues(
   spec: DeviceSpec,
   backing: Backing | undefined,
 ): Promise<RunningQueues & { ready: Promise<void> }> {
+  // A failure here is a failure to start, not a queue left unpinned without a word.
   const affinities = await Promise.all(
-    Array.from({ length: info.queues }, (_, qid) => control.getQueueAffinity(info.id, qid).catch(() => [])),
+    Array.from({ length: info.queues }, (_, qid) => control.getQueueAffinity(info.id, qid)),
   );
   const lifecycle = new QueueLifecycle(info.id, info.queues);
   const onEvent = (e: NativeQueueEvent): void => {
     if (e.kind === 'ready') lifecycle.queueReady();
-    else lifecycle.queueExited({ qid: e.qid, ios: e.ios, error: e.error });
+    else if (e.kind === 'unpinned') {
+      const cpus = affinities[e.qid]?.join(',') ?? '';
+      process.stderr.write(
+        `${new Date().toISOString()} dev ${info.id} queue ${e.qid}: cannot pin its thread to CPUs ${cpus} (${e.error?.code}); it serves unpinned\n`,
+      );
+    } else lifecycle.queueExited({ qid: e.qid, ios: e.ios, error: e.error });
   };
   const group = new (native().QueueGroup)(
     {

@@ -133,6 +133,54 @@ describe('JavaScript targets (real ublk driver)', function () {
     assert.match(log, /read at 8192000: result NaN is not an integer; failing it with EIO/);
   });
 
+  it("a target's options stay out of the server's command line and its log", () => {
+    const secret = 'hunter2-e2e-secret';
+    const dev = add(path.join(EXAMPLES, 'null-js.js'), [
+      '--size',
+      '16MiB',
+      '--options',
+      JSON.stringify({ password: secret }),
+    ]);
+    const pid = listDevices().find((d) => d.id === dev.id)!.serverPid;
+    const cmdline = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+    assert.match(cmdline, /server-main\.js/);
+    assert.ok(!cmdline.includes(secret), cmdline);
+    const log = fs.readFileSync(dev.logPath, 'utf8');
+    assert.match(log, /"options":"<1 not logged: password>"/);
+    assert.ok(!log.includes(secret), log);
+  });
+
+  it('a handler that fails every request logs the first few failures and sums up the rest', () => {
+    const dev = add(path.join(TARGETS, 'flaky.js'), ['--size', '64MiB', '--options', '{"failEvery":1}']);
+    const jobs = fio([
+      '--name=failing',
+      `--filename=${dev.blockPath}`,
+      '--ioengine=io_uring',
+      '--direct=1',
+      '--rw=read',
+      '--bs=4k',
+      '--iodepth=4',
+      '--size=8000k',
+      '--continue_on_error=io',
+    ]) as Array<{ total_err?: number }>;
+    const failed = jobs[0]!.total_err!;
+    assert.ok(failed >= 1000, `${failed} requests failed`);
+    // Removing the device ends the queues, which writes the summary of what the last interval left out.
+    const del = ublkctl(['del', String(dev.id)], stateDir);
+    assert.equal(del.status, 0, del.stderr);
+    devices.forget(dev.id);
+    const log = fs.readFileSync(dev.logPath, 'utf8');
+    const written = log.split('\n').filter((l) => / failed: refusing block \d+$/.test(l)).length;
+    const suppressed = [
+      ...log.matchAll(/suppressed (\d+) similar messages? in [\d.]+ s, the first: .* failed: refusing block/g),
+    ];
+    assert.ok(suppressed.length > 0, log.slice(-2000));
+    // The kernel's partition scan and udev's probes read the device too: at least fio's failures are counted.
+    const counted = written + suppressed.reduce((n, m) => n + Number(m[1]), 0);
+    assert.ok(counted >= failed && counted < failed + 200, `${counted} failures counted, fio saw ${failed}`);
+    assert.ok(written < failed / 4, `${written} of ${failed} failures written one by one`);
+  });
+
   for (const [what, module, message] of [
     ['a module that cannot be loaded', '/nonexistent/target.js', /target\.module: .*does not exist/],
     [
