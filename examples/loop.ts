@@ -13,6 +13,9 @@ import { runExample } from './run-example';
 
 const fdatasync = promisify(fs.fdatasync);
 
+// volatileCache is left at its default (true): writes land in the file's page cache, and the
+// kernel's flushes and FUA writes reach handleIo, which makes them durable with fdatasync.
+
 export function createTarget(ctx: TargetContext): UblkTarget {
   const fd = fs.openSync(String(ctx.options.file), 'r+');
   return {

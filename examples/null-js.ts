@@ -8,6 +8,9 @@
 import type { TargetContext, UblkIo, UblkTarget } from '../src';
 import { runExample } from './run-example';
 
+/** Nothing is cached: a write is as durable as it will ever be once it completes. */
+export const volatileCache = false;
+
 export function createTarget(_ctx: TargetContext): UblkTarget {
   return { handleIo: (io: UblkIo) => (io.op === 'read' || io.op === 'write' ? io.length : 0) };
 }

@@ -81,7 +81,7 @@ export class UblkDevice {
   ): Promise<UblkDevice> {
     return UblkDevice.bringUp(spec, opts, async (control, held) => {
       checkRecoverySupported(spec.recovery, control.features);
-      const shared = await prepareJsTarget(spec);
+      const js = await prepareJsTarget(spec);
       held.backing = openBacking(spec);
       const info = await control.addDevice({
         id: spec.id,
@@ -93,8 +93,8 @@ export class UblkDevice {
       held.addedId = info.id;
       held.backing?.bindToDevice(info.id);
       opts.onProgress?.({ stage: 'added', info });
-      await control.setParams(info.id, deviceParams(spec, info.maxIoSize));
-      held.queues = await startQueues(control, info, spec, held.backing, shared);
+      await control.setParams(info.id, deviceParams(spec, info.maxIoSize, js?.traits));
+      held.queues = await startQueues(control, info, spec, held.backing, js);
       await control.startDevice(info.id, process.pid);
       return info.id;
     });
@@ -122,11 +122,11 @@ export class UblkDevice {
           `device is ${before.state}, not QUIESCED or FAIL_IO`,
         );
       }
-      const shared = await prepareJsTarget(spec);
+      const js = await prepareJsTarget(spec);
       held.backing = openBacking(spec, { recoverDevId: devId });
       await retryWhileBusy(() => control.startUserRecovery(devId));
       const info = await control.getDeviceInfo(devId);
-      held.queues = await startQueues(control, info, spec, held.backing, shared);
+      held.queues = await startQueues(control, info, spec, held.backing, js);
       await control.endUserRecovery(devId, process.pid);
       return devId;
     });

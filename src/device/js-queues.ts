@@ -10,17 +10,25 @@ import { SpecError } from '../errors';
 import { DeviceInfo } from '../kernel/control';
 import { DeviceSpec } from '../spec/device-spec';
 import type { QueueWorkerData, QueueWorkerMessage } from './js-queue-worker';
-import { loadTargetModule, SetupContext } from './js-target';
+import { loadTargetModule, SetupContext, TargetTraits, targetTraits } from './js-target';
 import { QueueExit, QueueLifecycle, queueError, RunningQueues, usesLegacyOpcodes } from './queues';
 
 const QUEUE_WORKER = path.join(__dirname, 'js-queue-worker.js');
 
+/** A JS target's module, loaded and set up: what it declares and what its queues share. */
+export interface PreparedJsTarget {
+  traits: TargetTraits;
+  /** What setup() returned (undefined without one). */
+  shared: unknown;
+}
+
 /**
  * Loads a JS target's module in this thread before the device exists, so
  * a module that fails to load or exports no target is refused with nothing
- * to undo; runs its setup() once and returns what the queues will share.
+ * to undo; runs its setup() once and returns what the queues will share,
+ * with what the module declares.
  */
-export async function prepareJsTarget(spec: DeviceSpec): Promise<unknown> {
+export async function prepareJsTarget(spec: DeviceSpec): Promise<PreparedJsTarget | undefined> {
   if (spec.target.type !== 'js') return undefined;
   let module;
   try {
@@ -28,7 +36,8 @@ export async function prepareJsTarget(spec: DeviceSpec): Promise<unknown> {
   } catch (err) {
     throw new SpecError('target.module', (err as Error).message);
   }
-  if (!module.setup) return undefined;
+  const traits = targetTraits(module);
+  if (!module.setup) return { traits, shared: undefined };
   const ctx: SetupContext = {
     devId: -1,
     queues: spec.queues,
@@ -37,14 +46,14 @@ export async function prepareJsTarget(spec: DeviceSpec): Promise<unknown> {
     logicalBlockSize: spec.logicalBlockSize,
     options: spec.target.options,
   };
-  return module.setup(ctx);
+  return { traits, shared: await module.setup(ctx) };
 }
 
 /** One worker_thread per queue for a JS target; each serves its queue on its own event loop. */
 export function startJsQueues(
   info: DeviceInfo,
   spec: DeviceSpec & { target: { type: 'js' } },
-  shared: unknown,
+  js: PreparedJsTarget,
 ): RunningQueues & { ready: Promise<void> } {
   const workers: Worker[] = [];
   // One opener per device: the workers share this descriptor, closed when they are all done.
@@ -67,7 +76,7 @@ export function startJsQueues(
         sizeBytes: spec.sizeBytes,
         logicalBlockSize: spec.logicalBlockSize,
         options: spec.target.options,
-        shared,
+        shared: js.shared,
       },
     };
     const worker = new Worker(QUEUE_WORKER, { workerData: data });

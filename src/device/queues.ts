@@ -13,7 +13,7 @@ import { UBLK_F_CMD_IOCTL_ENCODE } from '../kernel/uapi';
 import { ERRNO, UblkError } from '../errors';
 import { DeviceSpec } from '../spec/device-spec';
 import { Backing } from './backing';
-import { startJsQueues } from './js-queues';
+import { PreparedJsTarget, startJsQueues } from './js-queues';
 
 /** How a queue thread ended. */
 export interface QueueExit {
@@ -154,12 +154,12 @@ export async function startQueues(
   info: DeviceInfo,
   spec: DeviceSpec,
   backing: Backing | undefined,
-  shared: unknown,
+  js: PreparedJsTarget | undefined,
 ): Promise<RunningQueues> {
   await waitForNode(info.charPath, NODE_WAIT_MS);
   const queues =
     spec.target.type === 'js'
-      ? startJsQueues(info, spec as DeviceSpec & { target: { type: 'js' } }, shared)
+      ? startJsQueues(info, spec as DeviceSpec & { target: { type: 'js' } }, js!)
       : await startNativeQueues(control, info, spec, backing);
   try {
     await queues.ready;

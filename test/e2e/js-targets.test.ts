@@ -133,6 +133,69 @@ describe('JavaScript targets (real ublk driver)', function () {
     assert.match(log, /read at 8192000: result NaN is not an integer; failing it with EIO/);
   });
 
+  /** How many requests of each kind (`write`, `write fua`, `flush`, ...) op-log.js recorded. */
+  function loggedOps(log: string): Map<string, number> {
+    const counts = new Map<string, number>();
+    for (const line of fs.readFileSync(log, 'utf8').split('\n').filter(Boolean)) {
+      counts.set(line, (counts.get(line) ?? 0) + 1);
+    }
+    return counts;
+  }
+
+  function writeCache(id: number): string {
+    return fs.readFileSync(`/sys/block/ublkb${id}/queue/write_cache`, 'utf8').trim();
+  }
+
+  it('fsync sends a JS target flushes and O_DSYNC writes arrive as FUA (write back); a target declaring volatileCache: false is write through', () => {
+    const scratch = fs.mkdtempSync('/tmp/ublk-ts-oplog-');
+    try {
+      const devs = {
+        back: add(path.join(TARGETS, 'op-log.js'), [
+          '--size',
+          '16MiB',
+          '--options',
+          JSON.stringify({ log: `${scratch}/back.log` }),
+        ]),
+        through: add(path.join(TARGETS, 'op-log-write-through.js'), [
+          '--size',
+          '16MiB',
+          '--options',
+          JSON.stringify({ log: `${scratch}/through.log` }),
+        ]),
+      };
+      assert.equal(writeCache(devs.back.id), 'write back');
+      assert.equal(writeCache(devs.through.id), 'write through');
+      for (const [name, dev] of Object.entries(devs)) {
+        const log = `${scratch}/${name}.log`;
+        fs.writeFileSync(log, '');
+        run('dd', [
+          'if=/dev/zero',
+          `of=${dev.blockPath}`,
+          'bs=4k',
+          'count=4',
+          'oflag=direct',
+          'conv=fsync',
+          'status=none',
+        ]);
+        const afterFsync = loggedOps(log);
+        fs.writeFileSync(log, '');
+        run('dd', ['if=/dev/zero', `of=${dev.blockPath}`, 'bs=4k', 'count=4', 'oflag=direct,dsync', 'status=none']);
+        const afterDsync = loggedOps(log);
+        if (name === 'back') {
+          assert.ok((afterFsync.get('flush') ?? 0) >= 1, `fsync reached the handler as a flush: ${[...afterFsync]}`);
+          assert.ok((afterDsync.get('write fua') ?? 0) >= 1, `O_DSYNC writes arrived with FUA: ${[...afterDsync]}`);
+        } else {
+          assert.equal(afterFsync.get('flush'), undefined, 'a write-through device gets no flush');
+          assert.equal(afterDsync.get('write fua'), undefined, 'nor FUA writes');
+          assert.ok((afterDsync.get('write') ?? 0) >= 4, 'the writes themselves arrive');
+        }
+      }
+    } finally {
+      devices.cleanup();
+      fs.rmSync(scratch, { recursive: true, force: true });
+    }
+  });
+
   for (const [what, module, message] of [
     ['a module that cannot be loaded', '/nonexistent/target.js', /target\.module: .*does not exist/],
     [
