@@ -12,6 +12,8 @@ import { decodeIoDescriptor } from '../kernel/uapi';
 export interface QueueWorkerData extends NativeJsQueueOptions {
   modulePath: string;
   context: TargetContext;
+  /** The device is read-only: writes, discards and write-zeroes fail with EROFS before the handler sees them. */
+  readOnly: boolean;
 }
 
 /** Messages a queue worker posts to the server's main thread. */
@@ -19,6 +21,10 @@ export type QueueWorkerMessage =
   { kind: 'ready' } | { kind: 'exit'; ios: number; error?: string } | { kind: 'log'; line: string };
 
 const EIO = ERRNO.EIO;
+const EROFS = ERRNO.EROFS;
+
+/** Requests that change the device's contents: refused on a read-only device. */
+const WRITING_OPS: ReadonlySet<IoOp> = new Set<IoOp>(['write', 'discard', 'write-zeroes']);
 
 function post(message: QueueWorkerMessage): void {
   parentPort!.postMessage(message);
@@ -42,6 +48,7 @@ async function main(): Promise<void> {
   let flushQueued = false;
   const targetWaiters = new Map<number, (res: number) => void>();
   let nextToken = 1;
+  let refusedWrites = 0;
 
   let queue: NativeJsQueue;
   const flush = (): void => {
@@ -92,6 +99,16 @@ async function main(): Promise<void> {
   function dispatch(tag: number): void {
     ios++;
     const { op, flags, fua, offset, length } = decodeIoDescriptor(descriptors, tag);
+    if (data.readOnly && WRITING_OPS.has(op)) {
+      // The kernel's read-only flag does not stop every path (a bio submitted
+      // from inside the kernel is only warned about), so the handler never
+      // sees a request that would change a read-only device.
+      if (refusedWrites++ === 0) {
+        post({ kind: 'log', line: `${where} tag ${tag}: ${op} at ${offset} on a read-only device: failed with EROFS` });
+      }
+      finish(tag, -EROFS);
+      return;
+    }
     let done = false;
     const complete = (value: unknown): void => {
       if (done) return;
@@ -154,6 +171,9 @@ async function main(): Promise<void> {
       post({ kind: 'log', line: `${where}: close failed: ${(err as Error).message}` });
     }
     queue.close();
+    if (refusedWrites > 1) {
+      post({ kind: 'log', line: `${where}: ${refusedWrites} writes refused on a read-only device` });
+    }
     post({ kind: 'exit', ios, error });
     parentPort!.close();
   }

@@ -68,6 +68,7 @@ export function startJsQueues(
       maxIoSize: info.maxIoSize,
       legacyOpcodes: usesLegacyOpcodes(info),
       modulePath: spec.target.module,
+      readOnly: spec.readOnly,
       context: {
         devId: info.id,
         queueId: qid,

@@ -1,6 +1,7 @@
 import { strict as assert } from 'node:assert';
 import { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import {
   ChildTracker,
@@ -17,6 +18,7 @@ import {
   ublkctlJson,
   waitFor,
 } from './helpers';
+import { findTool, vmCacheDir } from '../vm';
 
 const EXAMPLES = path.join(ROOT, 'dist', 'examples');
 const TARGETS = path.join(ROOT, 'dist', 'test', 'fixtures', 'targets');
@@ -191,6 +193,65 @@ describe('JavaScript targets (real ublk driver)', function () {
         }
       }
     } finally {
+      devices.cleanup();
+      fs.rmSync(scratch, { recursive: true, force: true });
+    }
+  });
+
+  /**
+   * Why device-mapper cannot be used here, or undefined once it can: dm_mod is loaded, from the
+   * VM kernel's module cache if the guest did not load it at boot.
+   */
+  function deviceMapperUnavailable(): string | undefined {
+    if (fs.existsSync('/sys/module/dm_mod')) return undefined;
+    const ko = path.join(vmCacheDir(), 'kernels', os.release(), 'modules', 'dm_mod.ko');
+    if (!fs.existsSync(ko)) return `device-mapper is not loaded and ${ko} does not exist`;
+    const insmod = findTool('insmod');
+    const busybox = findTool('busybox');
+    if (!insmod && !busybox) return `device-mapper is not loaded and neither insmod nor busybox is here to load ${ko}`;
+    const loaded = insmod ? run(insmod, [ko], { allowFail: true }) : run(busybox!, ['insmod', ko], { allowFail: true });
+    return loaded.status === 0 ? undefined : `insmod ${ko} failed: ${loaded.stderr.trim()}`;
+  }
+
+  it('a read-only JS device: writes fail, from user space (the kernel refuses) and from inside the kernel (device-mapper), and the handler sees none', function () {
+    const scratch = fs.mkdtempSync('/tmp/ublk-ts-oplog-');
+    const log = `${scratch}/ro.log`;
+    const mapped = `ublk-ts-ro-${process.pid}`;
+    try {
+      const dev = add(path.join(TARGETS, 'op-log.js'), [
+        '--size',
+        '16MiB',
+        '--read-only',
+        '--options',
+        JSON.stringify({ log }),
+      ]);
+      assert.equal(run('blockdev', ['--getro', dev.blockPath]).stdout.trim(), '1');
+      fs.writeFileSync(log, '');
+      const direct = run('dd', ['if=/dev/zero', `of=${dev.blockPath}`, 'bs=4k', 'count=1', 'oflag=direct'], {
+        allowFail: true,
+      });
+      assert.notEqual(direct.status, 0, 'a write from user space is refused by the kernel');
+      const zeroOut = run('blkdiscard', ['-z', '-o', '0', '-l', '4096', dev.blockPath], { allowFail: true });
+      assert.notEqual(zeroOut.status, 0, 'so is BLKZEROOUT');
+      const unavailable = deviceMapperUnavailable();
+      if (unavailable) {
+        console.log(`      skipped the device-mapper half: ${unavailable}`);
+      } else {
+        // A bio submitted from inside the kernel to a read-only disk is only warned about
+        // ("Trying to write to read-only block-device"): it reaches the server.
+        const sectors = (16 * 1024 * 1024) / 512;
+        run('dmsetup', ['--noudevsync', 'create', mapped, '--table', `0 ${sectors} linear ${dev.blockPath} 0`]);
+        run('dmsetup', ['mknodes', mapped], { allowFail: true });
+        const through = run('dd', ['if=/dev/zero', `of=/dev/mapper/${mapped}`, 'bs=4k', 'count=4', 'oflag=direct'], {
+          allowFail: true,
+        });
+        assert.notEqual(through.status, 0, `a write through device-mapper fails: ${through.stderr}`);
+        assert.match(fs.readFileSync(dev.logPath, 'utf8'), /write at 0 on a read-only device: failed with EROFS/);
+      }
+      const seen = [...loggedOps(log).keys()].filter((op) => op !== 'read' && op !== 'flush');
+      assert.deepEqual(seen, [], 'the handler saw no write, discard or write-zeroes');
+    } finally {
+      run('dmsetup', ['--noudevsync', 'remove', mapped], { allowFail: true });
       devices.cleanup();
       fs.rmSync(scratch, { recursive: true, force: true });
     }
