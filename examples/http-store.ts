@@ -81,6 +81,8 @@ function checkStatus(res: Response, what: string): void {
   throw new Error(`HTTP ${res.status}`);
 }
 
+/** The data is in the store: a new server after a crash serves the same disk. */
+export const recoverable = true;
 /** A write completes only once the store has acknowledged every block in it: no cache to flush. */
 export const volatileCache = false;
 

@@ -6,9 +6,9 @@
 import { ERRNO, UblkError } from '../errors';
 import { ControlCommands, DeviceInfo, UblkControl } from '../kernel/control';
 import { DeviceSpec } from '../spec/device-spec';
-import { checkRecoverySupported, isRecoverable, recoveryFlags } from '../spec/recovery-mode';
+import { checkRecoverySupported, isRecoverable, RecoveryMode, recoveryFlags } from '../spec/recovery-mode';
 import { Backing, discardMemory, openBacking } from './backing';
-import { prepareJsTarget } from './js-queues';
+import { PreparedJsTarget, prepareJsTarget } from './js-queues';
 import { deviceParams } from './params';
 import { QueueExit, RunningQueues, startQueues } from './queues';
 
@@ -32,6 +32,18 @@ interface Held {
   /** Set once ADD_DEV succeeded: a create that fails later deletes it again. */
   addedId?: number;
   queues?: RunningQueues;
+  /** The recovery mode the device was created with (create only). */
+  recovery?: RecoveryMode;
+}
+
+/**
+ * The recovery mode a device made from `spec` gets: the spec's, except
+ * that a JS target whose module does not declare itself recoverable gets
+ * none — its data lives only in its server, so the device must die with
+ * the server instead of being taken over by one that serves a blank disk.
+ */
+export function effectiveRecovery(spec: DeviceSpec, js: PreparedJsTarget | undefined): RecoveryMode {
+  return spec.target.type === 'js' && !js?.traits.recoverable ? 'none' : spec.recovery;
 }
 
 /**
@@ -49,6 +61,13 @@ export class UblkDevice {
   readonly exited: Promise<QueueExit[]>;
   /** The loop target's file or the memory target's tmpfs file, when there is one. */
   readonly backing: Backing | undefined;
+  /**
+   * What the kernel does with IO when this device's server dies: the
+   * spec's recovery mode, or `none` for a JS target that does not declare
+   * itself recoverable (see effectiveRecovery). Undefined for a device
+   * this process recovered rather than created.
+   */
+  readonly recovery: RecoveryMode | undefined;
   private readonly control: ControlCommands;
   private readonly ownsControl: boolean;
 
@@ -58,6 +77,7 @@ export class UblkDevice {
     this.control = control;
     this.ownsControl = ownsControl;
     this.backing = held.backing;
+    this.recovery = held.recovery;
     this.exited = closeOnExit(held.queues!.exited, held.backing, spec, info.id);
   }
 
@@ -82,13 +102,14 @@ export class UblkDevice {
     return UblkDevice.bringUp(spec, opts, async (control, held) => {
       checkRecoverySupported(spec.recovery, control.features);
       const js = await prepareJsTarget(spec);
+      held.recovery = effectiveRecovery(spec, js);
       held.backing = openBacking(spec);
       const info = await control.addDevice({
         id: spec.id,
         queues: spec.queues,
         depth: spec.depth,
         maxIoSize: spec.maxIoSize,
-        flags: recoveryFlags(spec.recovery),
+        flags: recoveryFlags(held.recovery),
       });
       held.addedId = info.id;
       held.backing?.bindToDevice(info.id);
@@ -102,8 +123,9 @@ export class UblkDevice {
 
   /**
    * Takes over a device whose server died (QUIESCED, or FAIL_IO):
-   * START_USER_RECOVERY (retried while the kernel still sees the old
-   * server), a fresh thread per queue fetching every tag, then
+   * the JS module loaded (and refused unless it declares itself
+   * recoverable), START_USER_RECOVERY (retried while the kernel still
+   * sees the old server), a fresh thread per queue fetching every tag, then
    * END_USER_RECOVERY with this process as the server → LIVE. IO the
    * kernel held meanwhile is served; with reissue, so is IO in flight at
    * the crash. A failed attempt leaves the device as it was.
@@ -122,7 +144,7 @@ export class UblkDevice {
           `device is ${before.state}, not QUIESCED or FAIL_IO`,
         );
       }
-      const js = await prepareJsTarget(spec);
+      const js = await prepareJsTarget(spec, { recovering: true });
       held.backing = openBacking(spec, { recoverDevId: devId });
       await retryWhileBusy(() => control.startUserRecovery(devId));
       const info = await control.getDeviceInfo(devId);

@@ -25,10 +25,14 @@ export interface PreparedJsTarget {
 /**
  * Loads a JS target's module in this thread before the device exists, so
  * a module that fails to load or exports no target is refused with nothing
- * to undo; runs its setup() once and returns what the queues will share,
- * with what the module declares.
+ * to undo; with `recovering`, refuses a module that does not declare
+ * itself recoverable before its setup() runs; runs its setup() once and
+ * returns what the queues will share, with what the module declares.
  */
-export async function prepareJsTarget(spec: DeviceSpec): Promise<PreparedJsTarget | undefined> {
+export async function prepareJsTarget(
+  spec: DeviceSpec,
+  opts: { recovering?: boolean } = {},
+): Promise<PreparedJsTarget | undefined> {
   if (spec.target.type !== 'js') return undefined;
   let module;
   try {
@@ -37,6 +41,13 @@ export async function prepareJsTarget(spec: DeviceSpec): Promise<PreparedJsTarge
     throw new SpecError('target.module', (err as Error).message);
   }
   const traits = targetTraits(module);
+  if (opts.recovering && !traits.recoverable) {
+    throw new SpecError(
+      'target.module',
+      `${spec.target.module} does not export recoverable: true, so its data lived only in the server that died; ` +
+        'a new server would serve a different (blank) disk. Delete the device and create it again: its data is lost',
+    );
+  }
   if (!module.setup) return { traits, shared: undefined };
   const ctx: SetupContext = {
     devId: -1,

@@ -77,19 +77,30 @@ export interface TargetModule {
    * through"), and the block layer drops flushes before they reach it.
    */
   volatileCache?: boolean;
+  /**
+   * Whether a new server may take the device over after its server died
+   * (default false): true declares that the target's data outlives its
+   * server (a file, a remote store), so a server that runs setup() and
+   * createTarget() again serves the same disk. Without it the device is
+   * created without user recovery: it dies with its server, and the
+   * reconciler re-creates it reporting the data as lost, rather than
+   * bringing it back blank under whoever had it open.
+   */
+  recoverable?: boolean;
 }
 
 /** What a target module declares about itself, with the defaults filled in. */
 export interface TargetTraits {
   volatileCache: boolean;
+  recoverable: boolean;
 }
 
 /** The module's declarations (see TargetModule), defaults filled in. */
 export function targetTraits(module: TargetModule): TargetTraits {
-  return { volatileCache: module.volatileCache ?? true };
+  return { volatileCache: module.volatileCache ?? true, recoverable: module.recoverable ?? false };
 }
 
-const DECLARATIONS = ['volatileCache'] as const;
+const DECLARATIONS = ['volatileCache', 'recoverable'] as const;
 
 /** Loads a target module, accepting CommonJS exports or a default export; throws a message saying what is missing. */
 export function loadTargetModule(modulePath: string): TargetModule {

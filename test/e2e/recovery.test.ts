@@ -15,6 +15,7 @@ import {
   run,
   startFio,
   stopProcess,
+  ublkctlJson,
   waitFor,
   waitForWrites,
 } from './helpers';
@@ -375,5 +376,46 @@ describe('crash recovery with real kill -9 (real ublk driver)', function () {
     } finally {
       run('umount', [mnt], { allowFail: true });
     }
+  });
+  /** The device's UBLK_F_* flag names, as `ublkctl list --json` shows them. */
+  function flagNames(id: number): string[] {
+    return ublkctlJson<Array<{ id: number; flagNames: string[] }>>(['list']).find((d) => d.id === id)!.flagNames;
+  }
+
+  it('js ramdisk (its data only in the server): kill -9 ends the device instead of recovering it blank; the reconciler re-creates it and reports the loss', async () => {
+    const ramdisk = path.join(ROOT, 'dist', 'examples', 'ramdisk.js');
+    write('rd.yaml', manifest('rd', `target:\n  type: js\n  module: ${ramdisk}\nsize: 16MiB`));
+    await startWatcher();
+    const first = await deviceLive('rd');
+    assert.ok(!flagNames(first.id).includes('USER_RECOVERY'), 'created without user recovery');
+    run('dd', ['if=/dev/urandom', `of=/dev/ublkb${first.id}`, 'bs=1M', 'count=4', 'oflag=direct', 'status=none']);
+    process.kill(first.serverPid, 'SIGKILL');
+    await waitFor(
+      () => /recreate rd dev \d+.*data-plane state was lost/.test(watcherLog),
+      60_000,
+      () => `the re-creation reported as a loss; the watcher said:\n${watcherLog}`,
+    );
+    assert.ok(!/recover\s+rd/.test(watcherLog), `never recovered:\n${watcherLog}`);
+    const log = fs.readFileSync(path.join(stateDir, 'logs', `ublkb${first.id}.log`), 'utf8');
+    assert.match(log, /has recovery none, not reissue: its module does not export recoverable: true/);
+  });
+
+  it('a js target declaring recoverable (the loop.js example) is recovered after kill -9 with its data intact', async () => {
+    const file = path.join(scratch, 'js-loop.img');
+    run('truncate', ['-s', '16M', file]);
+    const loopJs = path.join(ROOT, 'dist', 'examples', 'loop.js');
+    write(
+      'jl.yaml',
+      manifest('jl', `target:\n  type: js\n  module: ${loopJs}\n  options: {file: ${file}}\nsize: 16MiB`),
+    );
+    await startWatcher();
+    const { id, serverPid } = await deviceLive('jl');
+    assert.ok(flagNames(id).includes('USER_RECOVERY'));
+    run('dd', ['if=/dev/urandom', `of=${scratch}/payload`, 'bs=1M', 'count=4', 'status=none']);
+    run('dd', [`if=${scratch}/payload`, `of=/dev/ublkb${id}`, 'bs=1M', 'oflag=direct', 'status=none']);
+    await serverStable(id);
+    process.kill(serverPid, 'SIGKILL');
+    await recoveredFrom(id, serverPid);
+    assert.equal(sha256(`/dev/ublkb${id}`, 4 * MiB), sha256(`${scratch}/payload`, 4 * MiB), 'same data after recovery');
   });
 });

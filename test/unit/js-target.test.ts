@@ -1,11 +1,13 @@
 /**
- * What a JS target module declares about itself (volatileCache) and
- * what the kernel is then told: the device parameters.
+ * What a JS target module declares about itself (volatileCache,
+ * recoverable) and what the kernel is then told: the parameters and the
+ * recovery mode of its device.
  */
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { effectiveRecovery } from '../../src/device/device';
 import { loadTargetModule, targetTraits } from '../../src/device/js-target';
 import { deviceParams } from '../../src/device/params';
 import { normalizeDeviceSpec } from '../../src/spec/device-spec';
@@ -25,7 +27,7 @@ describe('JS target declarations', () => {
     return file;
   }
 
-  it('default: a volatile cache (flushes reach the target)', () => {
+  it('defaults: a volatile cache (flushes reach the target) and not recoverable', () => {
     assert.deepEqual(targetTraits(loadTargetModule(moduleWith('plain', ''))), {
       volatileCache: true,
       recoverable: false,
@@ -33,22 +35,22 @@ describe('JS target declarations', () => {
   });
 
   it('reads both declarations from the module', () => {
-    const m = loadTargetModule(moduleWith('declared', 'exports.volatileCache = false;'));
-    assert.deepEqual(targetTraits(m), { volatileCache: false });
+    const m = loadTargetModule(moduleWith('declared', 'exports.volatileCache = false; exports.recoverable = true;'));
+    assert.deepEqual(targetTraits(m), { volatileCache: false, recoverable: true });
   });
 
   it('refuses a declaration that is not a boolean, naming the module and the export', () => {
-    const file = moduleWith('bad', 'exports.volatileCache = "yes";');
+    const file = moduleWith('bad', 'exports.recoverable = "yes";');
     assert.throws(() => loadTargetModule(file), {
-      message: `${file}: export volatileCache must be true or false, got "yes"`,
+      message: `${file}: export recoverable must be true or false, got "yes"`,
     });
   });
 
   it('device parameters: write back for a JS target by default and for loop; write through when declared, for memory and null', () => {
     const js = normalizeDeviceSpec({ target: { type: 'js', module: moduleWith('p1', '') }, size: '1MiB' }, limits);
     const cached = (params: ReturnType<typeof deviceParams>) => [params.volatileCache ?? false, params.fua ?? false];
-    assert.deepEqual(cached(deviceParams(js, 4096, { volatileCache: true })), [true, true]);
-    assert.deepEqual(cached(deviceParams(js, 4096, { volatileCache: false })), [false, false]);
+    assert.deepEqual(cached(deviceParams(js, 4096, { volatileCache: true, recoverable: false })), [true, true]);
+    assert.deepEqual(cached(deviceParams(js, 4096, { volatileCache: false, recoverable: false })), [false, false]);
     const loop = normalizeDeviceSpec(
       { target: { type: 'loop', file: path.join(dir, 'backing.img'), create: true }, size: '1MiB' },
       limits,
@@ -60,5 +62,20 @@ describe('JS target declarations', () => {
         false,
       ]);
     }
+  });
+
+  it('recovery: a JS target gets none unless it declares itself recoverable; other targets keep the spec', () => {
+    const js = normalizeDeviceSpec({ target: { type: 'js', module: moduleWith('p2', '') }, size: '1MiB' }, limits);
+    assert.equal(js.recovery, 'reissue');
+    assert.equal(
+      effectiveRecovery(js, { traits: { volatileCache: true, recoverable: false }, shared: undefined }),
+      'none',
+    );
+    assert.equal(
+      effectiveRecovery(js, { traits: { volatileCache: true, recoverable: true }, shared: undefined }),
+      'reissue',
+    );
+    const memory = normalizeDeviceSpec({ target: 'memory', size: '1MiB' }, limits);
+    assert.equal(effectiveRecovery(memory, undefined), 'reissue');
   });
 });
