@@ -10,7 +10,7 @@ import { checkRecoverySupported, isRecoverable, RecoveryMode, recoveryFlags } fr
 import { Backing, discardMemory, openBacking } from './backing';
 import { PreparedJsTarget, prepareJsTarget } from './js-queues';
 import { deviceParams } from './params';
-import { QueueExit, RunningQueues, startQueues } from './queues';
+import { PreparedQueues, prepareQueues, QueueExit, RunningQueues, startQueues } from './queues';
 
 export type { QueueExit } from './queues';
 
@@ -31,6 +31,8 @@ interface Held {
   backing?: Backing;
   /** Set once ADD_DEV succeeded: a create that fails later deletes it again. */
   addedId?: number;
+  /** Queues prepared but not started (a recovery before START_USER_RECOVERY). */
+  prepared?: PreparedQueues;
   queues?: RunningQueues;
   /** The recovery mode the device was created with (create only). */
   recovery?: RecoveryMode;
@@ -123,12 +125,21 @@ export class UblkDevice {
 
   /**
    * Takes over a device whose server died (QUIESCED, or FAIL_IO):
-   * the JS module loaded (and refused unless it declares itself
-   * recoverable), START_USER_RECOVERY (retried while the kernel still
-   * sees the old server), a fresh thread per queue fetching every tag, then
+   * everything that can fail without the kernel — the JS module loaded
+   * (and refused unless it declares itself recoverable), its setup() and
+   * every queue's createTarget(), the backing store opened — comes first;
+   * then START_USER_RECOVERY (retried while the kernel still sees the old
+   * server), a fresh thread per queue fetching every tag, and
    * END_USER_RECOVERY with this process as the server → LIVE. IO the
    * kernel held meanwhile is served; with reissue, so is IO in flight at
-   * the crash. A failed attempt leaves the device as it was.
+   * the crash.
+   *
+   * A failed attempt can be retried. Before START_USER_RECOVERY nothing
+   * changed. After it, the kernel (before 6.15) has reset every queue and
+   * refuses a second START_USER_RECOVERY with EINVAL until a queue is
+   * ready again; that refusal, on a recoverable QUIESCED device, means an
+   * earlier attempt got that far and died, and this attempt goes on to
+   * fetch the queues the kernel is waiting for (see startUserRecovery).
    */
   static async recover(devId: number, spec: DeviceSpec, opts: DeviceOptions = {}): Promise<UblkDevice> {
     return UblkDevice.bringUp(spec, opts, async (control, held) => {
@@ -146,9 +157,23 @@ export class UblkDevice {
       }
       const js = await prepareJsTarget(spec, { recovering: true });
       held.backing = openBacking(spec, { recoverDevId: devId });
-      await retryWhileBusy(() => control.startUserRecovery(devId));
-      const info = await control.getDeviceInfo(devId);
-      held.queues = await startQueues(control, info, spec, held.backing, js);
+      held.prepared = await prepareQueues(control, before, spec, held.backing, js);
+      const how = await startUserRecovery(control, devId);
+      try {
+        held.queues = await held.prepared.start();
+      } catch (err) {
+        if (how === 'resumed' && err instanceof UblkError) {
+          // The kernel keeps the memory of the first process to map a queue after START_USER_RECOVERY.
+          throw new UblkError(
+            err.op,
+            err.devId,
+            err.errno,
+            `${err.detail ?? err.code}; an earlier recovery of this device died after START_USER_RECOVERY, and if it ` +
+              'had mapped its queues, this kernel lets no other server map them until the device is deleted',
+          );
+        }
+        throw err;
+      }
       await control.endUserRecovery(devId, process.pid);
       return devId;
     });
@@ -176,6 +201,8 @@ export class UblkDevice {
       if (held.queues) {
         held.queues.stop();
         await held.queues.exited;
+      } else {
+        await held.prepared?.abandon();
       }
       if (held.addedId !== undefined) await control.deleteDevice(held.addedId).catch(() => undefined);
       if (ownsControl) control.close();
@@ -199,11 +226,26 @@ export class UblkDevice {
   }
 }
 
-async function retryWhileBusy(command: () => Promise<void>): Promise<void> {
+/**
+ * START_USER_RECOVERY, retried while it answers EBUSY: the kernel still
+ * sees the dead server (its /dev/ublkcN not yet released, or the device
+ * not yet quiesced).
+ *
+ * EINVAL on a device that has user recovery and is QUIESCED (recover
+ * checked both) is the kernel saying no queue is ready: before Linux 6.15
+ * START_USER_RECOVERY requires a ready queue, and an earlier
+ * START_USER_RECOVERY whose server died before any queue fetched all its
+ * tags left none. That earlier call already did what this one would —
+ * every queue reset and waiting for FETCH_REQs — so recovery goes on from
+ * there ('resumed') rather than leaving the device stuck.
+ */
+async function startUserRecovery(control: ControlCommands, devId: number): Promise<'started' | 'resumed'> {
   for (let attempt = 1; ; attempt++) {
     try {
-      return await command();
+      await control.startUserRecovery(devId);
+      return 'started';
     } catch (err) {
+      if (err instanceof UblkError && err.code === 'EINVAL') return 'resumed';
       if (!(err instanceof UblkError && err.code === 'EBUSY') || attempt >= RECOVERY_BUSY_RETRIES) throw err;
       await new Promise((r) => setTimeout(r, RECOVERY_BUSY_DELAY_MS));
     }

@@ -9,7 +9,7 @@ import { Worker } from 'node:worker_threads';
 import { SpecError } from '../errors';
 import { DeviceInfo } from '../kernel/control';
 import { DeviceSpec } from '../spec/device-spec';
-import type { QueueWorkerData, QueueWorkerMessage } from './js-queue-worker';
+import type { QueueWorkerCommand, QueueWorkerData, QueueWorkerMessage } from './js-queue-worker';
 import { loadTargetModule, SetupContext, TargetTraits, targetTraits } from './js-target';
 import { QueueExit, QueueLifecycle, queueError, RunningQueues, usesLegacyOpcodes } from './queues';
 
@@ -60,21 +60,50 @@ export async function prepareJsTarget(
   return { traits, shared: await module.setup(ctx) };
 }
 
-/** One worker_thread per queue for a JS target; each serves its queue on its own event loop. */
-export function startJsQueues(
+/**
+ * A JS target's queue workers, each with its target made but nothing
+ * asked of the kernel yet. `open` then opens /dev/ublkcN and has every
+ * queue map its descriptors and fetch its tags.
+ */
+export interface PreparedJsQueues {
+  /** Resolves once every worker has made its target; rejects when one failed (the others are then stopped). */
+  readonly prepared: Promise<void>;
+  open(): RunningQueues & { ready: Promise<void> };
+  stop(): void;
+  readonly exited: Promise<QueueExit[]>;
+}
+
+/**
+ * One worker_thread per queue for a JS target; each loads the module and
+ * makes its target (createTarget), then waits for `open` to serve its
+ * queue on its own event loop.
+ */
+export function prepareJsQueues(
   info: DeviceInfo,
   spec: DeviceSpec & { target: { type: 'js' } },
   js: PreparedJsTarget,
-): RunningQueues & { ready: Promise<void> } {
+): PreparedJsQueues {
   const workers: Worker[] = [];
   // One opener per device: the workers share this descriptor, closed when they are all done.
-  const charFd = fs.openSync(info.charPath, fs.constants.O_RDWR);
-  const lifecycle = new QueueLifecycle(info.id, info.queues, () => fs.closeSync(charFd));
+  let charFd: number | undefined;
+  const lifecycle = new QueueLifecycle(info.id, info.queues, () => {
+    if (charFd !== undefined) fs.closeSync(charFd);
+  });
+  let preparedCount = 0;
+  let resolvePrepared!: () => void;
+  let rejectPrepared!: (e: Error) => void;
+  const prepared = new Promise<void>((res, rej) => {
+    resolvePrepared = res;
+    rejectPrepared = rej;
+  });
+  prepared.catch(() => undefined);
+  lifecycle.ready.catch((err: Error) => rejectPrepared(err));
+  const send = (command: QueueWorkerCommand): void => workers.forEach((w) => w.postMessage(command));
+
   for (let qid = 0; qid < info.queues; qid++) {
     const data: QueueWorkerData = {
       devId: info.id,
       qid,
-      charFd,
       depth: info.depth,
       maxIoSize: info.maxIoSize,
       legacyOpcodes: usesLegacyOpcodes(info),
@@ -95,6 +124,7 @@ export function startJsQueues(
     workers.push(worker);
     let exit: QueueExit | undefined;
     worker.on('message', (m: QueueWorkerMessage) => {
+      if (m.kind === 'prepared' && ++preparedCount === info.queues) resolvePrepared();
       if (m.kind === 'ready') lifecycle.queueReady();
       if (m.kind === 'log') process.stderr.write(`${new Date().toISOString()} ${m.line}\n`);
       if (m.kind === 'exit') exit = { qid, ios: m.ios, error: m.error ? queueError(qid, info.id, m.error) : undefined };
@@ -106,9 +136,15 @@ export function startJsQueues(
       lifecycle.queueExited(exit ?? { qid, ios: 0, error: queueError(qid, info.id, 'worker ended without a word') });
     });
   }
+  const stop = (): void => send({ kind: 'stop' });
   return {
-    stop: () => workers.forEach((w) => w.postMessage('stop')),
-    ready: lifecycle.ready,
+    prepared,
+    open: () => {
+      charFd = fs.openSync(info.charPath, fs.constants.O_RDWR);
+      send({ kind: 'open', charFd });
+      return { stop, ready: lifecycle.ready, exited: lifecycle.exited };
+    },
+    stop,
     exited: lifecycle.exited,
   };
 }
