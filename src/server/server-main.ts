@@ -84,6 +84,12 @@ async function main(): Promise<void> {
     return;
   }
   log(`device ${device.id} is LIVE at ${device.blockPath}${device.backing ? ` on ${device.backing.description}` : ''}`);
+  if (device.recovery !== undefined && device.recovery !== spec.recovery) {
+    log(
+      `device ${device.id} has recovery ${device.recovery}, not ${spec.recovery}: its module does not export ` +
+        'recoverable: true, so it dies with this server and is re-created with its data reported lost',
+    );
+  }
   send({ event: 'live', info: serializeInfo(device.info) });
   closeStatus();
 

@@ -70,7 +70,7 @@ exports.setup = () => 'shared';\n`;
     it("loads a module that only root can change, with every directory above it root's", async () => {
       const module = path.join(base, 'root-dir', 'target.js');
       fs.writeFileSync(module, moduleText(), { mode: 0o644 });
-      assert.equal(await prepareJsTarget(jsSpec(module), { checkPermissions: true }), 'shared');
+      assert.equal((await prepareJsTarget(jsSpec(module), { checkPermissions: true }))?.shared, 'shared');
       assert.ok(fs.existsSync(marker));
     });
 
@@ -130,7 +130,7 @@ exports.setup = () => 'shared';\n`;
       fs.mkdirSync(path.join(shared, 'clone'), { mode: 0o755 });
       const module = path.join(shared, 'clone', 'target.js');
       fs.writeFileSync(module, moduleText(), { mode: 0o644 });
-      assert.equal(await prepareJsTarget(jsSpec(module), { checkPermissions: true }), 'shared');
+      assert.equal((await prepareJsTarget(jsSpec(module), { checkPermissions: true }))?.shared, 'shared');
       fs.rmSync(marker);
       const link = path.join(shared, 'evil.js');
       asNobody(`ln -s ${module} ${link}`);
@@ -163,7 +163,7 @@ exports.setup = () => 'shared';\n`;
     it('loads it all the same with the permission check turned off (--insecure-permissions)', async () => {
       const module = path.join(base, 'user-dir', 'target.js');
       asNobody(`cat > ${module} <<'EOF'\n${moduleText()}EOF`);
-      assert.equal(await prepareJsTarget(jsSpec(module), { checkPermissions: false }), 'shared');
+      assert.equal((await prepareJsTarget(jsSpec(module), { checkPermissions: false }))?.shared, 'shared');
     });
   });
 
