@@ -4,9 +4,14 @@
  * boot themselves are exercised by every VM run.
  */
 import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import {
   compareReleases,
+  ensureKernel,
   initScript,
+  type KernelManifest,
   KERNEL_LEGS,
   kernelLeg,
   kernelLegNames,
@@ -307,5 +312,71 @@ describe('kernel matrix: .modinfo', () => {
     const noModinfo = moduleFile([]);
     noModinfo.write('.xxxxxxx', 64 + 11, 'latin1');
     assert.throws(() => moduleDependencies(noModinfo), /no \.modinfo section/);
+  });
+});
+
+describe('kernel matrix: cache', () => {
+  let cacheDir: string;
+  let savedCacheDir: string | undefined;
+
+  /** Writes a cached kernel as fetchKernel leaves it: vmlinuz, modules/, manifest.json. */
+  function cacheKernel(leg: string, version: string, manifest: Partial<KernelManifest> = {}): string {
+    const dir = path.join(cacheDir, 'kernels', leg, version);
+    fs.mkdirSync(path.join(dir, 'modules'), { recursive: true });
+    fs.writeFileSync(path.join(dir, 'vmlinuz'), 'bzImage');
+    const wanted = Object.values(legModules(kernelLeg(leg))).flat();
+    const full: KernelManifest = {
+      leg,
+      version,
+      packages: [],
+      modules: Object.fromEntries(wanted.map((m) => [m, 'module'])),
+      bootModules: ['9p'],
+      guestModules: ['ublk_drv'],
+      shipped: ['9p', 'ublk_drv'],
+      ...manifest,
+    };
+    for (const m of full.shipped) fs.writeFileSync(path.join(dir, 'modules', `${m}.ko`), '');
+    fs.writeFileSync(path.join(dir, 'manifest.json'), JSON.stringify(full));
+    return dir;
+  }
+
+  beforeEach(() => {
+    savedCacheDir = process.env.UBLK_TS_CACHE_DIR;
+    cacheDir = fs.mkdtempSync(path.join(os.tmpdir(), 'ublk-ts-kernel-cache-'));
+    process.env.UBLK_TS_CACHE_DIR = cacheDir;
+  });
+
+  afterEach(() => {
+    if (savedCacheDir === undefined) delete process.env.UBLK_TS_CACHE_DIR;
+    else process.env.UBLK_TS_CACHE_DIR = savedCacheDir;
+    fs.rmSync(cacheDir, { recursive: true, force: true });
+  });
+
+  it('each leg takes the newest complete kernel from its own folder', async () => {
+    cacheKernel('6.12', '6.12.95+deb13-amd64');
+    const newest = cacheKernel('6.12', '6.12.117+deb13-amd64');
+    cacheKernel('7.3', '7.3.4+deb13-amd64');
+    const k612 = await ensureKernel('6.12');
+    assert.equal(k612.version, '6.12.117+deb13-amd64');
+    assert.equal(k612.vmlinuz, path.join(newest, 'vmlinuz'));
+    assert.deepEqual([k612.bootModules, k612.guestModules], [['9p'], ['ublk_drv']]);
+    const k73 = await ensureKernel('7.3');
+    assert.equal(k73.leg, '7.3');
+    assert.equal(k73.version, '7.3.4+deb13-amd64');
+  });
+
+  it('passes over a cached kernel unpacked for a shorter module list, or with a module file gone', async () => {
+    cacheKernel('7.3', '7.3.4+deb13-amd64');
+    const shorter = cacheKernel('7.3', '7.3.9+deb13-amd64');
+    const manifest = JSON.parse(fs.readFileSync(path.join(shorter, 'manifest.json'), 'utf8')) as KernelManifest;
+    delete manifest.modules.ext4;
+    fs.writeFileSync(path.join(shorter, 'manifest.json'), JSON.stringify(manifest));
+    const gone = cacheKernel('7.3', '7.3.8+deb13-amd64');
+    fs.rmSync(path.join(gone, 'modules', 'ublk_drv.ko'));
+    assert.equal((await ensureKernel('7.3')).version, '7.3.4+deb13-amd64');
+  });
+
+  it('rejects an unknown leg before touching the cache or the network', async () => {
+    await assert.rejects(ensureKernel('5.10'), /unknown kernel "5\.10"/);
   });
 });
