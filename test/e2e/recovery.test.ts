@@ -265,31 +265,57 @@ describe('crash recovery with real kill -9 (real ublk driver)', function () {
     assert.notEqual(device(id)!.serverPid, serverPid);
   });
 
-  it('fail-io on this kernel: a clear error naming the missing feature, and nothing created', function () {
+  it('fail-io: with the kernel feature, IO fails fast while no server runs and works after recovery; without it, a clear error and nothing created', () => {
     write('fio.yaml', manifest('failio', 'target:\n  type: null\nsize: 16MiB\nrecovery: fail-io'));
     const before = listDevices().map((d) => d.id);
+    const features = spawnSync(process.execPath, [path.join(ROOT, 'dist', 'src', 'cli', 'ublkctl.js'), 'features'], {
+      encoding: 'utf8',
+    }).stdout;
     const r = spawnSync(process.execPath, [RECONCILE, '--dir', dir, '--state-dir', stateDir, '--once', '--json'], {
       encoding: 'utf8',
     });
     const result = JSON.parse(r.stdout) as {
       exitCode: number;
-      devices: Array<{ name: string; outcome: string; error?: string }>;
+      devices: Array<{ name: string; outcome: string; devId?: number; error?: string }>;
     };
-    assert.equal(r.status, 1);
     const d = result.devices.find((x) => x.name === 'failio')!;
-    assert.equal(d.outcome, 'failed');
-    const features = spawnSync(process.execPath, [path.join(ROOT, 'dist', 'src', 'cli', 'ublkctl.js'), 'features'], {
-      encoding: 'utf8',
-    }).stdout;
-    if (/USER_RECOVERY_FAIL_IO/.test(features)) this.skip();
-    assert.match(
-      d.error ?? '',
-      /fail-io needs the kernel feature UBLK_F_USER_RECOVERY_FAIL_IO \(Linux 6\.13 or newer\); this kernel supports: reissue, fail-inflight, none/,
+    if (!/USER_RECOVERY_FAIL_IO/.test(features)) {
+      assert.equal(r.status, 1);
+      assert.equal(d.outcome, 'failed');
+      assert.match(
+        d.error ?? '',
+        /fail-io needs the kernel feature UBLK_F_USER_RECOVERY_FAIL_IO \(Linux 6\.13 or newer\); this kernel supports: reissue, fail-inflight, none/,
+      );
+      assert.deepEqual(
+        listDevices().map((x) => x.id),
+        before,
+      );
+      return;
+    }
+    assert.equal(r.status, 0, r.stdout + r.stderr);
+    const id = d.devId!;
+    const { serverPid } = device(id)!;
+    process.kill(serverPid, 'SIGKILL');
+    const readBlock = () =>
+      spawnSync('dd', [`if=/dev/ublkb${id}`, 'of=/dev/null', 'bs=4k', 'count=1', 'iflag=direct'], {
+        encoding: 'utf8',
+        timeout: 60_000,
+      });
+    // The kernel notices the dead server when its /dev/ublkcN is released; until then IO may still be queued.
+    let failed = readBlock();
+    for (let tries = 0; failed.status === 0 && tries < 600; tries++) failed = readBlock();
+    assert.notEqual(failed.status, 0, 'IO fails while no server runs');
+    assert.match(failed.stderr, /Input\/output error/, 'with EIO, at once rather than waiting');
+    assert.equal(device(id)?.state, 'FAIL_IO');
+    const rec = spawnSync(
+      process.execPath,
+      [path.join(ROOT, 'dist', 'src', 'cli', 'ublkctl.js'), 'recover', String(id), '--state-dir', stateDir],
+      { encoding: 'utf8' },
     );
-    assert.deepEqual(
-      listDevices().map((x) => x.id),
-      before,
-    );
+    assert.equal(rec.status, 0, rec.stderr);
+    assert.equal(readBlock().status, 0, 'IO works after recovery');
+    assert.equal(device(id)?.state, 'LIVE');
+    assert.notEqual(device(id)!.serverPid, serverPid);
   });
 
   it('recovery none: the device dies with its server; the reconciler re-creates it, reports the loss, and the loop file keeps its data', async () => {
