@@ -142,7 +142,7 @@ void QueueRunner::OnCompletion(uint64_t userData, int res) {
   if (userData & kTargetIoBit) {
     int result = 0;
     ZeroStage next = ZeroStage::ZeroRange;
-    if (LoopTargetComplete(mappings_.Descriptor(tag), mappings_.Buffer(tag), res, StageOf(userData), &next, &result)) {
+    if (LoopTargetComplete(mappings_.Descriptor(tag), res, StageOf(userData), &next, &result)) {
       SubmitLoopIo(tag, next);
     } else {
       Commit(tag, result);

@@ -42,9 +42,10 @@ bool LoopTargetSupports(const ublk::io_desc &iod);
 // LoopTargetSupports; any other op gets a NOP.
 void LoopTargetPrep(io_uring_sqe *sqe, int fd, const ublk::io_desc &iod, uint8_t *buffer, ZeroStage stage);
 
-// Turns the backing file's CQE result into the request's result. Returns
-// true with *next set when the request needs another stage.
-bool LoopTargetComplete(const ublk::io_desc &iod, uint8_t *buffer, int res, ZeroStage stage, ZeroStage *next,
-                        int *result);
+// Turns the backing file's CQE result into the request's result: a short
+// count stays short (the kernel resends the rest), and a read or write that
+// moved nothing is -EIO. Returns true with *next set when the request needs
+// another stage.
+bool LoopTargetComplete(const ublk::io_desc &iod, int res, ZeroStage stage, ZeroStage *next, int *result);
 
 } // namespace ublkts

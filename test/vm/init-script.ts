@@ -1,8 +1,18 @@
 /** Modules /init loads before it can reach the host's files: the 9p stack, then overlayfs. */
 export const BOOT_MODULES = ['netfs', '9pnet', '9pnet_virtio', '9p', 'overlay'] as const;
 
-/** Modules /init loads for the tests: ublk, loop, and ext4 with its dependencies in order. */
-export const GUEST_MODULES = ['ublk_drv', 'loop', 'crc16', 'mbcache', 'jbd2', 'crc32c_generic', 'ext4'] as const;
+/** Modules /init loads for the tests: ublk, loop, ext4 with its dependencies in order, device-mapper. */
+export const GUEST_MODULES = [
+  'ublk_drv',
+  'loop',
+  'crc16',
+  'mbcache',
+  'jbd2',
+  'crc32c_generic',
+  'ext4',
+  'dm_mod',
+  'dm_flakey',
+] as const;
 
 /** Printed by /init once the guest root is ready; a boot that never prints it is retried once. */
 export const BOOTED_MARKER = 'UBLK-TS-VM-BOOTED';

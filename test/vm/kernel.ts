@@ -37,7 +37,8 @@ export interface KernelManifest {
 
 /**
  * Modules the guest needs: ublk itself, null_blk (+configfs) and loop as kernel references,
- * the 9p stack and overlay to boot on the host's files, and ext4 with its dependencies.
+ * the 9p stack and overlay to boot on the host's files, ext4 with its dependencies, and
+ * device-mapper (its built-in linear and error targets, and flakey) to inject real IO errors.
  */
 export const KERNEL_MODULES = [
   'ublk_drv',
@@ -54,6 +55,8 @@ export const KERNEL_MODULES = [
   'jbd2',
   'crc32c_generic',
   'ext4',
+  'dm_mod',
+  'dm_flakey',
 ] as const;
 
 const BASE_SUITE = 'bookworm';

@@ -1,0 +1,116 @@
+import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { DeviceTracker, isAlive, makeStateDir, requireUblk, run, ublkctl, ublkctlJson } from './helpers';
+
+interface AddedDevice {
+  id: number;
+  blockPath: string;
+  serverPid: number;
+  logPath: string;
+}
+
+const MiB = 1024 * 1024;
+const SECTOR = 512;
+
+/** Loop devices and device-mapper tables a test set up, torn down in reverse order whatever happened. */
+class FaultDevices {
+  private readonly undo: Array<() => void> = [];
+
+  /** A loop device over a new file of `bytes` random bytes. */
+  loopOverRandomFile(dir: string, name: string, bytes: number): { loop: string; file: string } {
+    const file = path.join(dir, name);
+    run('dd', ['if=/dev/urandom', `of=${file}`, 'bs=1M', `count=${bytes / MiB}`, 'status=none']);
+    const loop = run('losetup', ['--find', '--show', file]).stdout.trim();
+    this.undo.push(() => {
+      run('losetup', ['-d', loop], { allowFail: true });
+      fs.rmSync(file, { force: true });
+    });
+    return { loop, file };
+  }
+
+  /** A device-mapper device with `table` (sectors), without udev: its devtmpfs node /dev/dm-N. */
+  mapper(name: string, table: string): string {
+    run('dmsetup', ['create', name, '--noudevsync', '--table', table]);
+    this.undo.push(() => run('dmsetup', ['remove', '--noudevsync', name], { allowFail: true }));
+    const node = `/dev/${run('dmsetup', ['info', '-c', '--noheadings', '-o', 'blkdevname', name]).stdout.trim()}`;
+    assert.ok(fs.existsSync(node), `${node} exists for ${name}`);
+    return node;
+  }
+
+  cleanup(): void {
+    for (const step of this.undo.reverse()) step();
+    this.undo.length = 0;
+  }
+}
+
+/** Reads `bytes` at `offset` of `device` with O_DIRECT; returns dd's status and message. */
+function directRead(device: string, offset: number, bytes: number): { status: number | null; stderr: string } {
+  const r = run(
+    'dd',
+    [`if=${device}`, 'of=/dev/null', `bs=${bytes}`, 'count=1', `skip=${offset}`, 'iflag=direct,skip_bytes'],
+    { allowFail: true },
+  );
+  return { status: r.status, stderr: r.stderr };
+}
+
+function sha256Range(device: string, offset: number, bytes: number): string {
+  return run('bash', [
+    '-c',
+    `dd if=${device} bs=64k skip=${offset} count=${bytes / 65536} iflag=direct,skip_bytes,count_bytes status=none | sha256sum`,
+  ]).stdout.split(' ')[0]!;
+}
+
+describe('data-plane integrity (real ublk driver, faults from device-mapper)', function () {
+  requireUblk(this);
+  const devices = new DeviceTracker();
+  const faults = new FaultDevices();
+  const stateDir = makeStateDir();
+  const scratch = fs.mkdtempSync('/tmp/ublk-ts-integrity-');
+  afterEach(() => {
+    devices.cleanup();
+    faults.cleanup();
+  });
+
+  function add(args: string[]): AddedDevice {
+    const dev = ublkctlJson<AddedDevice>(['add', ...args], stateDir);
+    devices.add(dev.id);
+    return dev;
+  }
+
+  it('loop: a read that meets EIO after partial progress fails with EIO, never returns zeroes; the server stays up', () => {
+    const { loop } = faults.loopOverRandomFile(scratch, 'eio.img', 16 * MiB);
+    // 8 MiB..9 MiB of the mapper device answers every IO with EIO.
+    const bad = { start: 8 * MiB, end: 9 * MiB };
+    const table = [
+      `0 ${bad.start / SECTOR} linear ${loop} 0`,
+      `${bad.start / SECTOR} ${(bad.end - bad.start) / SECTOR} error`,
+      `${bad.end / SECTOR} ${(16 * MiB - bad.end) / SECTOR} linear ${loop} ${bad.end / SECTOR}`,
+    ].join('\n');
+    const mapper = faults.mapper(`ublk-ts-eio-${process.pid}`, table);
+    // Buffered: the page cache reads up to the first bad page and io_uring returns that short count.
+    const dev = add(['-t', 'loop', '--file', mapper, '--direct-io', 'off', '--queues', '1']);
+
+    const straddling = directRead(dev.blockPath, bad.start - 32 * 1024, 64 * 1024);
+    assert.notEqual(straddling.status, 0, 'a read straddling the bad range fails (it returned data instead)');
+    assert.match(straddling.stderr, /Input\/output error/);
+    const inside = directRead(dev.blockPath, bad.start + 64 * 1024, 64 * 1024);
+    assert.notEqual(inside.status, 0, 'a read inside the bad range fails');
+    assert.match(inside.stderr, /Input\/output error/);
+
+    assert.equal(
+      sha256Range(dev.blockPath, 0, bad.start - 64 * 1024),
+      sha256Range(loop, 0, bad.start - 64 * 1024),
+      'the good range before reads the backing bytes',
+    );
+    assert.equal(
+      sha256Range(dev.blockPath, bad.end, 16 * MiB - bad.end),
+      sha256Range(loop, bad.end, 16 * MiB - bad.end),
+      'the good range after reads the backing bytes',
+    );
+    assert.ok(isAlive(dev.serverPid), 'the server still runs');
+    const r = ublkctl(['del', String(dev.id)], stateDir);
+    assert.equal(r.status, 0, r.stderr);
+    devices.forget(dev.id);
+  });
+});
