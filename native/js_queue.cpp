@@ -4,7 +4,11 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <sched.h>
+
 #include <cerrno>
+#include <cstdint>
+#include <string>
 
 #include "errors.h"
 #include "queue_io.h"
@@ -44,6 +48,7 @@ JsQueue::JsQueue(const Napi::CallbackInfo &info) : Napi::ObjectWrap<JsQueue>(inf
     MakeUblkError(env, op, id, err).ThrowAsJavaScriptException();
   };
 
+  owned_.assign(depth_, false);
   mappings_ = QueueMappings(charFd_, qid_, depth_, maxIoSize_);
   if (mappings_.Errno() != 0) {
     fail(mappings_.FailedOp(), mappings_.Errno());
@@ -93,23 +98,50 @@ JsQueue::JsQueue(const Napi::CallbackInfo &info) : Napi::ObjectWrap<JsQueue>(inf
 
 JsQueue::~JsQueue() { Release(); }
 
-io_uring_sqe *JsQueue::Sqe() {
-  io_uring_sqe *sqe = io_uring_get_sqe(&ring_);
-  if (sqe == nullptr) {
-    io_uring_submit(&ring_);
-    sqe = io_uring_get_sqe(&ring_);
+// An SQE, submitting what is queued until one is free: the ring has room
+// for every tag's command and targetCapacity_ target operations, so one
+// frees up once the kernel has taken the earlier ones. Null (with a
+// UblkError thrown) only when the ring cannot submit at all.
+io_uring_sqe *JsQueue::Sqe(const Napi::Env &env, const char *op) {
+  for (;;) {
+    io_uring_sqe *sqe = io_uring_get_sqe(&ring_);
+    if (sqe != nullptr) return sqe;
+    int ret = io_uring_submit(&ring_);
+    if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) {
+      MakeUblkError(env, op, static_cast<int>(devId_), -ret).ThrowAsJavaScriptException();
+      return nullptr;
+    }
+    if (ret <= 0) sched_yield();
   }
-  return sqe;
+}
+
+// A FETCH_REQ the driver refuses fails while it is submitted; one it
+// accepts completes only with a request (see QueueRunner::FirstFetchError).
+int JsQueue::FirstFetchError() {
+  unsigned head;
+  io_uring_cqe *cqe;
+  io_uring_for_each_cqe(&ring_, head, cqe) {
+    if (!(cqe->user_data & kTargetIoBit) && cqe->res < 0) return cqe->res;
+  }
+  return 0;
 }
 
 Napi::Value JsQueue::FetchAll(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (!ringReady_ || liveTags_ != 0 || ended_) {
+    Napi::Error::New(env, "fetchAll: the queue is closed or already fetched").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
   for (unsigned tag = 0; tag < depth_; tag++) {
-    PrepIoCmd(Sqe(), charFd_, fetchOp_, qid_, tag, 0, mappings_.Buffer(tag));
+    io_uring_sqe *sqe = Sqe(env, "FETCH_REQ");
+    if (sqe == nullptr) return env.Undefined();
+    PrepIoCmd(sqe, charFd_, fetchOp_, qid_, tag, 0, mappings_.Buffer(tag));
   }
   int ret = io_uring_submit(&ring_);
+  if (ret >= 0) ret = FirstFetchError();
   if (ret < 0) {
-    MakeUblkError(info.Env(), "FETCH_REQ", static_cast<int>(devId_), -ret).ThrowAsJavaScriptException();
-    return info.Env().Undefined();
+    MakeUblkError(env, "FETCH_REQ", static_cast<int>(devId_), -ret).ThrowAsJavaScriptException();
+    return env.Undefined();
   }
   liveTags_ = depth_;
   Ref(); // the poll handle refers to this object until the queue ends
@@ -118,32 +150,117 @@ Napi::Value JsQueue::FetchAll(const Napi::CallbackInfo &info) {
   return info.Env().Undefined();
 }
 
-// commit(tags: Uint32Array, results: Int32Array, count)
+namespace {
+
+bool IsTypedArrayOf(const Napi::Value &v, napi_typedarray_type type) {
+  return v.IsTypedArray() && v.As<Napi::TypedArray>().TypedArrayType() == type;
+}
+
+bool IsUint32(const Napi::Value &v) {
+  if (!v.IsNumber()) return false;
+  const double d = v.As<Napi::Number>().DoubleValue();
+  return d >= 0 && d <= 4294967295.0 && d == static_cast<double>(static_cast<uint64_t>(d));
+}
+
+bool IsNonNegativeSafeInteger(const Napi::Value &v) {
+  if (!v.IsNumber()) return false;
+  const double d = v.As<Napi::Number>().DoubleValue();
+  return d >= 0 && d <= 9007199254740991.0 && d == static_cast<double>(static_cast<uint64_t>(d));
+}
+
+Napi::Value ThrowRange(const Napi::Env &env, const std::string &message) {
+  Napi::RangeError::New(env, message).ThrowAsJavaScriptException();
+  return env.Undefined();
+}
+
+} // namespace
+
+// commit(tags: Uint32Array, results: Int32Array, count): answers the
+// requests of tags[0..count). Every tag must be one whose request JS holds
+// (arrived and not yet committed); nothing is committed unless all are.
 Napi::Value JsQueue::Commit(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (!IsTypedArrayOf(info[0], napi_uint32_array) || !IsTypedArrayOf(info[1], napi_int32_array) || !IsUint32(info[2])) {
+    Napi::TypeError::New(env, "commit(tags: Uint32Array, results: Int32Array, count: integer >= 0)")
+        .ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
   Napi::Uint32Array tags = info[0].As<Napi::Uint32Array>();
   Napi::Int32Array results = info[1].As<Napi::Int32Array>();
-  uint32_t count = info[2].As<Napi::Number>().Uint32Value();
-  for (uint32_t i = 0; i < count && !ended_; i++) {
-    PrepIoCmd(Sqe(), charFd_, commitOp_, qid_, tags[i], results[i], mappings_.Buffer(tags[i]));
+  const uint32_t count = info[2].As<Napi::Number>().Uint32Value();
+  if (count > tags.ElementLength() || count > results.ElementLength()) {
+    return ThrowRange(env, "commit: count " + std::to_string(count) + " exceeds tags (" +
+                               std::to_string(tags.ElementLength()) + ") or results (" +
+                               std::to_string(results.ElementLength()) + ")");
   }
-  if (!ended_) io_uring_submit(&ring_);
-  return info.Env().Undefined();
+  if (ended_) return env.Undefined();
+  for (uint32_t i = 0; i < count; i++) {
+    if (tags[i] >= depth_) {
+      return ThrowRange(env, "commit: tags[" + std::to_string(i) + "] = " + std::to_string(tags[i]) +
+                                 " is not a tag of this queue (depth " + std::to_string(depth_) + ")");
+    }
+  }
+  for (uint32_t i = 0; i < count; i++) {
+    const uint32_t tag = tags[i];
+    if (!owned_[tag]) {
+      for (uint32_t k = 0; k < i; k++) owned_[tags[k]] = true; // nothing committed: all still held
+      return ThrowRange(env, "commit: tag " + std::to_string(tag) + " (tags[" + std::to_string(i) +
+                                 "]) has no request to answer (not arrived, or committed twice)");
+    }
+    owned_[tag] = false; // also catches the same tag twice in this batch
+  }
+  for (uint32_t i = 0; i < count; i++) {
+    io_uring_sqe *sqe = Sqe(env, "COMMIT_AND_FETCH_REQ");
+    if (sqe == nullptr) return env.Undefined();
+    PrepIoCmd(sqe, charFd_, commitOp_, qid_, tags[i], results[i], mappings_.Buffer(tags[i]));
+  }
+  int ret = io_uring_submit(&ring_);
+  if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) {
+    MakeUblkError(env, "COMMIT_AND_FETCH_REQ", static_cast<int>(devId_), -ret).ThrowAsJavaScriptException();
+  }
+  return env.Undefined();
 }
 
 // submitTargetIo(write: boolean, tag, fd, length, fileOffset, token): the
 // completion comes back through onEvents as a (token, result) pair.
+// Requests tag's buffer to be read from or written to fd at fileOffset.
+// In flight at most targetCapacity_ at a time (the result arrays' room);
+// beyond that it throws EBUSY.
 Napi::Value JsQueue::SubmitTargetIo(const Napi::CallbackInfo &info) {
-  bool write = info[0].ToBoolean().Value();
+  Napi::Env env = info.Env();
+  if (!info[0].IsBoolean() || !IsUint32(info[1]) || !IsUint32(info[2]) || !IsUint32(info[3]) ||
+      !IsNonNegativeSafeInteger(info[4]) || !IsUint32(info[5])) {
+    Napi::TypeError::New(env, "submitTargetIo(write: boolean, tag, fd, length, fileOffset, token): "
+                              "integers >= 0 (fileOffset a safe integer)")
+        .ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  bool write = info[0].As<Napi::Boolean>().Value();
   uint32_t tag = info[1].As<Napi::Number>().Uint32Value();
-  int fd = info[2].As<Napi::Number>().Int32Value();
+  int fd = static_cast<int>(info[2].As<Napi::Number>().Uint32Value());
   uint32_t length = info[3].As<Napi::Number>().Uint32Value();
   uint64_t offset = static_cast<uint64_t>(info[4].As<Napi::Number>().Int64Value());
   uint32_t token = info[5].As<Napi::Number>().Uint32Value();
-  if (ended_ || tag >= depth_ || length > maxIoSize_) {
-    MakeUblkError(info.Env(), "submitTargetIo", static_cast<int>(devId_), EINVAL).ThrowAsJavaScriptException();
-    return info.Env().Undefined();
+  if (tag >= depth_) {
+    return ThrowRange(env, "submitTargetIo: tag " + std::to_string(tag) + " is not a tag of this queue (depth " +
+                               std::to_string(depth_) + ")");
   }
-  io_uring_sqe *sqe = Sqe();
+  if (length > maxIoSize_) {
+    return ThrowRange(env, "submitTargetIo: length " + std::to_string(length) + " exceeds the tag's buffer (" +
+                               std::to_string(maxIoSize_) + " bytes)");
+  }
+  if (fd > INT32_MAX || token > INT32_MAX) return ThrowRange(env, "submitTargetIo: fd and token must be below 2^31");
+  if (ended_ || !ringReady_) {
+    MakeUblkError(env, "submitTargetIo", static_cast<int>(devId_), ESHUTDOWN).ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  if (targetInflight_ >= targetCapacity_) {
+    MakeUblkError(env, "submitTargetIo", static_cast<int>(devId_), EBUSY).ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  io_uring_sqe *sqe = Sqe(env, "submitTargetIo");
+  if (sqe == nullptr) return env.Undefined();
+  targetInflight_++;
   uint8_t *buffer = mappings_.Buffer(tag);
   if (write) {
     io_uring_prep_write(sqe, fd, buffer, length, offset);
@@ -179,8 +296,11 @@ void JsQueue::Drain() {
         targetDone_[targets * 2] = static_cast<int32_t>(data & 0xffffffffu);
         targetDone_[targets * 2 + 1] = cqe->res;
         targets++;
+        if (targetInflight_ > 0) targetInflight_--;
       } else if (cqe->res == ublk::IO_RES_OK) {
-        arrivals_[arrived++] = static_cast<uint32_t>(data & 0xffff);
+        const uint32_t tag = static_cast<uint32_t>(data & 0xffff);
+        owned_[tag] = true;
+        arrivals_[arrived++] = tag;
       } else if (liveTags_ > 0) {
         liveTags_--; // ABORT after STOP_DEV, or a failed command: the tag is done
       }

@@ -34,7 +34,8 @@ private:
   void Drain();
   void Release();
   void DropRef();
-  io_uring_sqe *Sqe();
+  io_uring_sqe *Sqe(const Napi::Env &env, const char *op);
+  int FirstFetchError();
 
   uint32_t devId_ = 0;
   uint16_t qid_ = 0;
@@ -49,6 +50,10 @@ private:
   bool ringReady_ = false;
   uv_poll_t *poll_ = nullptr;
   unsigned liveTags_ = 0;
+  // Tags whose request JS holds: only those may be committed, once each.
+  std::vector<bool> owned_;
+  // Target operations submitted and not yet completed; at most targetCapacity_.
+  uint32_t targetInflight_ = 0;
   bool ended_ = false;
   bool refHeld_ = false;
   // Filled by Drain() for JS: tags of new requests; (token, result) pairs of target IO.

@@ -76,17 +76,21 @@ void QueueRunner::Serve() {
   if (stopFd_ < 0) return Report("exit", "eventfd", EMFILE);
   mappings_ = QueueMappings(charFd_, config_.qid, config_.depth, config_.maxIoSize);
   if (mappings_.Errno() != 0) return Report("exit", mappings_.FailedOp(), mappings_.Errno());
-  int ret = SetupRing(&ring_, RoundUp(config_.depth + 2, 2), config_.ringFlags);
+  const unsigned entries = RoundUp(config_.depth + 2, 2);
+  int ret = SetupRing(&ring_, entries, config_.ringFlags);
   if (ret < 0) {
     mappings_.Reset();
     return Report("exit", "io_uring_setup", -ret);
   }
   commitOp_ = ublk::io_opcode(ublk::IO_COMMIT_AND_FETCH_REQ, config_.legacyOpcodes);
+  served_.assign(config_.depth, false);
+  batch_.reserve(ring_.cq.ring_entries);
 
   ret = FetchAll();
   if (ret < 0) {
-    failedOp_ = "FETCH_REQ";
-    failure_ = -ret;
+    Fail("FETCH_REQ", -ret);
+  } else if ((ret = FirstFetchError()) != 0) {
+    Fail("FETCH_REQ", -ret);
   } else {
     Report("ready", "", 0);
     liveTags_ = config_.depth;
@@ -109,7 +113,20 @@ int QueueRunner::FetchAll() {
   }
   const unsigned fetchOp = ublk::io_opcode(ublk::IO_FETCH_REQ, config_.legacyOpcodes);
   for (unsigned tag = 0; tag < config_.depth; tag++) PrepIoCommand(fetchOp, tag, 0);
+  if (failure_ != 0) return -failure_;
   return io_uring_submit(&ring_);
+}
+
+// A FETCH_REQ the driver refuses (wrong state, tag already fetched) fails
+// while it is submitted; one it accepts completes only with a request. So
+// the completions already posted tell whether every tag is with the kernel.
+int QueueRunner::FirstFetchError() {
+  unsigned head;
+  io_uring_cqe *cqe;
+  io_uring_for_each_cqe(&ring_, head, cqe) {
+    if (cqe->user_data != kStopToken && cqe->res < 0) return cqe->res;
+  }
+  return 0;
 }
 
 // Until every tag has ended (ABORT after STOP_DEV, or an error), a stop is
@@ -118,18 +135,15 @@ void QueueRunner::ServeUntilDone() {
   while (liveTags_ > 0 && !stopping_) {
     int ret = io_uring_submit_and_wait(&ring_, 1);
     if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) {
-      failedOp_ = "io_uring_enter";
-      failure_ = -ret;
+      Fail("io_uring_enter", -ret);
       return;
     }
+    batch_.clear();
     unsigned head;
-    unsigned seen = 0;
     io_uring_cqe *cqe;
-    io_uring_for_each_cqe(&ring_, head, cqe) {
-      seen++;
-      OnCompletion(cqe->user_data, cqe->res);
-    }
-    io_uring_cq_advance(&ring_, seen);
+    io_uring_for_each_cqe(&ring_, head, cqe) batch_.emplace_back(cqe->user_data, cqe->res);
+    io_uring_cq_advance(&ring_, static_cast<unsigned>(batch_.size()));
+    for (const auto &[userData, res] : batch_) OnCompletion(userData, res);
   }
 }
 
@@ -151,16 +165,21 @@ void QueueRunner::OnCompletion(uint64_t userData, int res) {
   }
   if (res == ublk::IO_RES_OK) {
     ios_++;
+    served_[tag] = true;
     ServeRequest(tag);
     return;
   }
   // ABORT (-ENODEV) is the normal end after STOP_DEV; anything else is
   // a protocol error for this tag, which then stays with the kernel.
   liveTags_--;
-  if (res != -ENODEV && failure_ == 0) {
-    failedOp_ = "COMMIT_AND_FETCH_REQ";
-    failure_ = -res;
-  }
+  if (res != -ENODEV) Fail(served_[tag] ? "COMMIT_AND_FETCH_REQ" : "FETCH_REQ", -res);
+}
+
+// Records the first failure (for the exit event).
+void QueueRunner::Fail(const char *op, int err) {
+  if (failure_ != 0) return;
+  failedOp_ = op;
+  failure_ = err;
 }
 
 void QueueRunner::ServeRequest(unsigned tag) {
@@ -179,28 +198,35 @@ void QueueRunner::SubmitLoopIo(unsigned tag, ZeroStage stage) {
   const ublk::io_desc &iod = mappings_.Descriptor(tag);
   if (!LoopTargetSupports(iod)) return Commit(tag, -EOPNOTSUPP);
   io_uring_sqe *sqe = GetSqe();
-  if (sqe == nullptr) return;
+  if (sqe == nullptr) return; // the ring failed: GetSqe ended the queue
   LoopTargetPrep(sqe, config_.backingFd, iod, mappings_.Buffer(tag), stage);
   sqe->user_data = kTargetIoBit | StageBits(stage) | tag;
 }
 
 void QueueRunner::Commit(unsigned tag, int result) { PrepIoCommand(commitOp_, tag, result); }
 
-// The ring has a slot for every tag plus the stop poll, so a slot is
-// always free once the previous batch is submitted.
 void QueueRunner::PrepIoCommand(unsigned opcode, unsigned tag, int result) {
   io_uring_sqe *sqe = GetSqe();
-  if (sqe == nullptr) return;
+  if (sqe == nullptr) return; // the ring failed: GetSqe ended the queue
   PrepIoCmd(sqe, charFd_, opcode, config_.qid, tag, result, mappings_.Buffer(tag));
 }
 
+// The ring has a slot for every tag plus the stop poll, so once the
+// previous SQEs are submitted a slot is free. A command that found no slot
+// would never reach the kernel: its request would hang, and STOP_DEV with
+// it. So submit until there is one; a ring that cannot submit ends the queue.
 io_uring_sqe *QueueRunner::GetSqe() {
-  io_uring_sqe *sqe = io_uring_get_sqe(&ring_);
-  if (sqe == nullptr) {
-    io_uring_submit(&ring_);
-    sqe = io_uring_get_sqe(&ring_);
+  for (;;) {
+    io_uring_sqe *sqe = io_uring_get_sqe(&ring_);
+    if (sqe != nullptr) return sqe;
+    int ret = io_uring_submit(&ring_);
+    if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) {
+      Fail("io_uring_enter", -ret);
+      stopping_ = true;
+      return nullptr;
+    }
+    if (ret <= 0) sched_yield();
   }
-  return sqe;
 }
 
 Napi::Function QueueGroup::Define(Napi::Env env) {

@@ -59,7 +59,9 @@ private:
   void Commit(unsigned tag, int result);
   void PrepIoCommand(unsigned opcode, unsigned tag, int result);
   io_uring_sqe *GetSqe();
+  int FirstFetchError();
   void Report(const char *kind, const std::string &op, int err);
+  void Fail(const char *op, int err);
 
   QueueConfig config_;
   int charFd_;
@@ -73,6 +75,10 @@ private:
   unsigned commitOp_ = 0;
   unsigned liveTags_ = 0;
   bool stopping_ = false;
+  // Which tags have had a request: a failed command is FETCH_REQ before, COMMIT_AND_FETCH_REQ after.
+  std::vector<bool> served_;
+  // One batch of completions, copied out so the CQ has room while they are answered.
+  std::vector<std::pair<uint64_t, int>> batch_;
   // For the exit event: the first failed tag, unless the ring itself fails later.
   std::string failedOp_;
   int failure_ = 0;
