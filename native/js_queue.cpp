@@ -49,9 +49,9 @@ JsQueue::JsQueue(const Napi::CallbackInfo &info) : Napi::ObjectWrap<JsQueue>(inf
   };
 
   owned_.assign(depth_, false);
-  mappings_ = QueueMappings(charFd_, qid_, depth_, maxIoSize_);
-  if (mappings_.Errno() != 0) {
-    fail(mappings_.FailedOp(), mappings_.Errno());
+  mappings_ = std::make_shared<QueueMappings>(charFd_, qid_, depth_, maxIoSize_);
+  if (mappings_->Errno() != 0) {
+    fail(mappings_->FailedOp(), mappings_->Errno());
     return;
   }
 
@@ -81,11 +81,19 @@ JsQueue::JsQueue(const Napi::CallbackInfo &info) : Napi::ObjectWrap<JsQueue>(inf
   arrivalsRef_ = Napi::Persistent(arrivals);
   targetRef_ = Napi::Persistent(target);
 
-  // Zero-copy views: the kernel's descriptor array (read-only) and the IO buffers.
+  // The IO buffers without a copy. Writing to the kernel's descriptor
+  // array (mapped read-only) would crash the process, so JS gets a copy.
   Napi::Object self = info.This().As<Napi::Object>();
-  self.Set("descriptors",
-           Napi::ArrayBuffer::New(env, const_cast<void *>(mappings_.Descriptors()), mappings_.DescriptorBytes()));
-  self.Set("buffers", Napi::ArrayBuffer::New(env, mappings_.Buffers(), mappings_.BufferBytes()));
+  Napi::ArrayBuffer descriptors = Napi::ArrayBuffer::New(env, depth_ * sizeof(ublk::io_desc));
+  descriptorCopies_ = static_cast<ublk::io_desc *>(descriptors.Data());
+  descriptorsRef_ = Napi::Persistent(descriptors);
+  self.Set("descriptors", descriptors);
+  using Share = std::shared_ptr<QueueMappings>;
+  Napi::ArrayBuffer buffers = Napi::ArrayBuffer::New(
+      env, mappings_->Buffers(), mappings_->BufferBytes(), [](Napi::Env, void *, Share *share) { delete share; },
+      new Share(mappings_));
+  buffersRef_ = Napi::Persistent(buffers);
+  self.Set("buffers", buffers);
   self.Set("arrivals", Napi::Uint32Array::New(env, depth_, arrivals, 0));
   self.Set("targetCompletions", Napi::Int32Array::New(env, targetCapacity_ * 2, target, 0));
 
@@ -135,7 +143,7 @@ Napi::Value JsQueue::FetchAll(const Napi::CallbackInfo &info) {
   for (unsigned tag = 0; tag < depth_; tag++) {
     io_uring_sqe *sqe = Sqe(env, "FETCH_REQ");
     if (sqe == nullptr) return env.Undefined();
-    PrepIoCmd(sqe, charFd_, fetchOp_, qid_, tag, 0, mappings_.Buffer(tag));
+    PrepIoCmd(sqe, charFd_, fetchOp_, qid_, tag, 0, mappings_->Buffer(tag));
   }
   int ret = io_uring_submit(&ring_);
   if (ret >= 0) ret = FirstFetchError();
@@ -212,7 +220,7 @@ Napi::Value JsQueue::Commit(const Napi::CallbackInfo &info) {
   for (uint32_t i = 0; i < count; i++) {
     io_uring_sqe *sqe = Sqe(env, "COMMIT_AND_FETCH_REQ");
     if (sqe == nullptr) return env.Undefined();
-    PrepIoCmd(sqe, charFd_, commitOp_, qid_, tags[i], results[i], mappings_.Buffer(tags[i]));
+    PrepIoCmd(sqe, charFd_, commitOp_, qid_, tags[i], results[i], mappings_->Buffer(tags[i]));
   }
   int ret = io_uring_submit(&ring_);
   if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) {
@@ -261,7 +269,7 @@ Napi::Value JsQueue::SubmitTargetIo(const Napi::CallbackInfo &info) {
   io_uring_sqe *sqe = Sqe(env, "submitTargetIo");
   if (sqe == nullptr) return env.Undefined();
   targetInflight_++;
-  uint8_t *buffer = mappings_.Buffer(tag);
+  uint8_t *buffer = mappings_->Buffer(tag);
   if (write) {
     io_uring_prep_write(sqe, fd, buffer, length, offset);
   } else {
@@ -300,6 +308,7 @@ void JsQueue::Drain() {
       } else if (cqe->res == ublk::IO_RES_OK) {
         const uint32_t tag = static_cast<uint32_t>(data & 0xffff);
         owned_[tag] = true;
+        descriptorCopies_[tag] = mappings_->Descriptor(tag);
         arrivals_[arrived++] = tag;
       } else if (liveTags_ > 0) {
         liveTags_--; // ABORT after STOP_DEV, or a failed command: the tag is done
@@ -328,7 +337,17 @@ Napi::Value JsQueue::Close(const Napi::CallbackInfo &info) {
   ended_ = true;
   DropRef();
   Release();
+  DetachBuffers(info.Env());
   return info.Env().Undefined();
+}
+
+// Every view of the IO buffers (a Buffer a target kept) reads as empty
+// from now on, and the buffers are unmapped once the ArrayBuffer lets go.
+void JsQueue::DetachBuffers(Napi::Env env) {
+  if (buffersRef_.IsEmpty()) return;
+  napi_value buffers = buffersRef_.Value();
+  napi_detach_arraybuffer(env, buffers);
+  buffersRef_.Reset();
 }
 
 void JsQueue::DropRef() {
@@ -349,8 +368,8 @@ void JsQueue::Release() {
   }
   if (eventFd_ >= 0) close(eventFd_);
   eventFd_ = -1;
-  // The ArrayBuffers over these mappings must not be touched after close().
-  mappings_.Reset();
+  // The buffers' ArrayBuffer holds its own share until it is detached or collected.
+  mappings_.reset();
 }
 
 } // namespace ublkts

@@ -1,7 +1,7 @@
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { DeviceTracker, isAlive, makeStateDir, requireUblk, run, ublkctl, ublkctlJson } from './helpers';
+import { DeviceTracker, isAlive, makeStateDir, requireUblk, ROOT, run, ublkctl, ublkctlJson, waitFor } from './helpers';
 
 interface AddedDevice {
   id: number;
@@ -10,6 +10,7 @@ interface AddedDevice {
   logPath: string;
 }
 
+const TARGETS = path.join(ROOT, 'dist', 'test', 'fixtures', 'targets');
 const MiB = 1024 * 1024;
 const SECTOR = 512;
 
@@ -112,5 +113,23 @@ describe('data-plane integrity (real ublk driver, faults from device-mapper)', f
     const r = ublkctl(['del', String(dev.id)], stateDir);
     assert.equal(r.status, 0, r.stderr);
     devices.forget(dev.id);
+  });
+
+  it('js: a target that keeps io.buffer and touches it after the device is deleted does not crash the server', async () => {
+    const logStart = run('dmesg', []).stdout.length;
+    const dev = add(['-t', 'js', '--module', path.join(TARGETS, 'keeps-buffer.js'), '--size', '16MiB']);
+    run('dd', [`if=${dev.blockPath}`, 'of=/dev/null', 'bs=64k', 'count=64', 'iflag=direct', 'status=none']);
+    run('dd', ['if=/dev/zero', `of=${dev.blockPath}`, 'bs=64k', 'count=64', 'oflag=direct', 'status=none']);
+    const r = ublkctl(['del', String(dev.id)], stateDir);
+    assert.equal(r.status, 0, r.stderr);
+    devices.forget(dev.id);
+    await waitFor(() => !isAlive(dev.serverPid), 120_000, `server ${dev.serverPid} to exit`);
+    const log = fs.readFileSync(dev.logPath, 'utf8');
+    const segfaults = run('dmesg', [])
+      .stdout.slice(logStart)
+      .split('\n')
+      .filter((l) => /segfault|general protection/.test(l));
+    assert.deepEqual(segfaults, [], 'no process crashed');
+    assert.match(log, /exiting with status 0/, `the server ended cleanly:\n${log}`);
   });
 });

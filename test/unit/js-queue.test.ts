@@ -4,7 +4,7 @@
  * no io_uring command), so no ublk driver is needed.
  */
 import { strict as assert } from 'node:assert';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import { native, NativeJsQueue, NativeQueueEvent } from '../../src/kernel/native';
 import { UblkError } from '../../src/errors';
@@ -99,6 +99,46 @@ describe('native JsQueue (over /dev/zero)', () => {
       fs.closeSync(fifo);
       fs.rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+/**
+ * What a JS target can do with the memory it is handed, run in a child
+ * process so that a crash is seen as the child's signal, not mocha's.
+ */
+const TOUCH_AFTER_CLOSE = `
+const fs = require('node:fs');
+const { native } = require(${JSON.stringify(require.resolve('../../src/kernel/native'))});
+const charFd = fs.openSync('/dev/zero', 'r+');
+const q = new (native().JsQueue)({ devId: 7, qid: 0, charFd, depth: ${DEPTH}, maxIoSize: ${MAX_IO}, legacyOpcodes: false }, () => {});
+const kept = Buffer.from(q.buffers, 0, ${MAX_IO});
+kept.fill(1);
+new Uint8Array(q.descriptors).fill(0xff);
+q.close();
+// Let the ArrayBuffer go too, so nothing but the detach protects the view.
+global.gc?.();
+setTimeout(() => {
+  for (let i = 0; i < ${MAX_IO}; i += 4096) kept[i] = 3;
+  let fill = 'no error';
+  try {
+    kept.fill(2);
+  } catch (err) {
+    fill = err.message;
+  }
+  console.log(JSON.stringify({ keptLength: kept.length, buffersLength: q.buffers.byteLength, fill }));
+}, 20);
+`;
+
+describe('native JsQueue memory handed to JS', () => {
+  it('a Buffer kept past close() is detached (empty; a write is ignored or throws), and the descriptor array is writable', () => {
+    const r = spawnSync(process.execPath, ['--expose-gc', '-e', TOUCH_AFTER_CLOSE], { encoding: 'utf8' });
+    assert.equal(r.signal, null, `the process died of ${r.signal}: ${r.stderr}`);
+    assert.equal(r.status, 0, r.stderr);
+    assert.deepEqual(JSON.parse(r.stdout), {
+      keptLength: 0,
+      buffersLength: 0,
+      fill: 'Cannot perform %TypedArray%.prototype.fill on a detached ArrayBuffer',
+    });
   });
 });
 
