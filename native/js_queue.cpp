@@ -362,12 +362,18 @@ void JsQueue::Release() {
     uv_close(reinterpret_cast<uv_handle_t *>(poll_), [](uv_handle_t *h) { delete reinterpret_cast<uv_poll_t *>(h); });
     poll_ = nullptr;
   }
+  bool drained = true;
   if (ringReady_) {
+    // readFile/writeFile operations still in flight use the buffers until
+    // they complete (see AwaitTargetIo); their results no longer matter.
+    drained = AwaitTargetIo(&ring_, &targetInflight_, kTargetDrainMs);
     io_uring_queue_exit(&ring_);
     ringReady_ = false;
   }
   if (eventFd_ >= 0) close(eventFd_);
   eventFd_ = -1;
+  // Leaking the buffers beats unmapping them under the kernel.
+  if (!drained && mappings_) mappings_->Abandon();
   // The buffers' ArrayBuffer holds its own share until it is detached or collected.
   mappings_.reset();
 }

@@ -97,10 +97,17 @@ void QueueRunner::Serve() {
     ServeUntilDone();
   }
 
-  // Exiting the ring cancels any command still owned by the kernel; only
-  // then may the buffers those commands point at go away.
+  // A stop can come while loop reads and writes are in flight; they use the
+  // buffers until they complete. Exiting the ring cancels any command still
+  // owned by the kernel; only then may the buffers those point at go away.
+  const bool drained = AwaitTargetIo(&ring_, &targetInflight_, kTargetDrainMs);
   io_uring_queue_exit(&ring_);
-  mappings_.Reset();
+  if (drained) {
+    mappings_.Reset();
+  } else {
+    mappings_.Abandon();
+    Fail("drain target IO", ETIMEDOUT);
+  }
   Report("exit", failedOp_, failure_);
 }
 
@@ -154,6 +161,7 @@ void QueueRunner::OnCompletion(uint64_t userData, int res) {
   }
   const unsigned tag = static_cast<unsigned>(userData & 0xffff);
   if (userData & kTargetIoBit) {
+    targetInflight_--;
     int result = 0;
     ZeroStage next = ZeroStage::ZeroRange;
     if (LoopTargetComplete(mappings_.Descriptor(tag), res, StageOf(userData), &next, &result)) {
@@ -201,6 +209,7 @@ void QueueRunner::SubmitLoopIo(unsigned tag, ZeroStage stage) {
   if (sqe == nullptr) return; // the ring failed: GetSqe ended the queue
   LoopTargetPrep(sqe, config_.backingFd, iod, mappings_.Buffer(tag), stage);
   sqe->user_data = kTargetIoBit | StageBits(stage) | tag;
+  targetInflight_++;
 }
 
 void QueueRunner::Commit(unsigned tag, int result) { PrepIoCommand(commitOp_, tag, result); }

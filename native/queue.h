@@ -74,6 +74,7 @@ private:
   io_uring ring_{};
   unsigned commitOp_ = 0;
   unsigned liveTags_ = 0;
+  uint32_t targetInflight_ = 0; // loop target operations submitted, not completed
   bool stopping_ = false;
   // Which tags have had a request: a failed command is FETCH_REQ before, COMMIT_AND_FETCH_REQ after.
   std::vector<bool> served_;
