@@ -192,12 +192,18 @@ void QueueRunner::Fail(const char *op, int err) {
 
 void QueueRunner::ServeRequest(unsigned tag) {
   const ublk::io_desc &iod = mappings_.Descriptor(tag);
+  // The kernel only warns about a write bio to a read-only disk (a stacked
+  // driver or page-cache writeback can send one): the target refuses it.
+  if (config_.readOnly && ChangesData(iod)) return Commit(tag, -EROFS);
   switch (config_.target) {
   case TargetKind::Null:
     return Commit(tag, NullTargetResult(iod));
   case TargetKind::Memory:
     return Commit(tag, MemoryTargetIo(config_.backingFd, config_.sizeBytes, iod, mappings_.Buffer(tag)));
   case TargetKind::Loop:
+    if (config_.backingIsBlockDevice && IoOp(iod) == ublk::IO_OP_DISCARD) {
+      return Commit(tag, BlockDeviceDiscard(config_.backingFd, iod));
+    }
     return SubmitLoopIo(tag, ZeroStage::ZeroRange);
   }
 }
@@ -271,6 +277,8 @@ QueueGroup::QueueGroup(const Napi::CallbackInfo &info) : Napi::ObjectWrap<QueueG
     Napi::Value backing = o.Get("backingFd");
     c.backingFd = backing.IsNumber() ? backing.As<Napi::Number>().Int32Value() : -1;
     c.sizeBytes = static_cast<uint64_t>(o.Get("sizeBytes").As<Napi::Number>().Int64Value());
+    c.backingIsBlockDevice = o.Get("backingIsBlockDevice").ToBoolean().Value();
+    c.readOnly = o.Get("readOnly").ToBoolean().Value();
     Napi::Array cpus = q.Get("cpus").As<Napi::Array>();
     for (uint32_t k = 0; k < cpus.Length(); k++) c.cpus.push_back(cpus.Get(k).As<Napi::Number>().Int32Value());
     runners_.push_back(std::make_unique<QueueRunner>(std::move(c), charFd_, this));

@@ -24,7 +24,9 @@ struct QueueConfig {
   unsigned ringFlags = 0;
   std::vector<int> cpus;
   TargetKind target = TargetKind::Null;
-  int backingFd = -1;     // loop: the backing file; memory: its /dev/shm file
+  int backingFd = -1; // loop: the backing file; memory: its /dev/shm file
+  bool backingIsBlockDevice = false;
+  bool readOnly = false;  // refuse writes, discards and write-zeroes
   uint64_t sizeBytes = 0; // device size, for bounds checks
 };
 

@@ -2,6 +2,8 @@
 
 #include <fcntl.h>
 #include <linux/falloc.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -80,6 +82,11 @@ bool LoopTargetSupports(const ublk::io_desc &iod) {
   default:
     return false;
   }
+}
+
+int BlockDeviceDiscard(int fd, const ublk::io_desc &iod) {
+  uint64_t range[2] = {IoOffset(iod), IoBytes(iod)};
+  return ioctl(fd, BLKDISCARD, range) == 0 ? 0 : -errno;
 }
 
 void LoopTargetPrep(io_uring_sqe *sqe, int fd, const ublk::io_desc &iod, uint8_t *buffer, ZeroStage stage) {

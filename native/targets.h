@@ -25,6 +25,12 @@ inline unsigned IoFlags(const ublk::io_desc &iod) { return iod.op_flags >> 8 << 
 inline uint64_t IoOffset(const ublk::io_desc &iod) { return iod.start_sector << 9; }
 inline uint32_t IoBytes(const ublk::io_desc &iod) { return iod.nr_sectors << 9; }
 
+// Whether a request changes the device's bytes (refused on a read-only device).
+inline bool ChangesData(const ublk::io_desc &iod) {
+  const unsigned op = IoOp(iod);
+  return op == ublk::IO_OP_WRITE || op == ublk::IO_OP_DISCARD || op == ublk::IO_OP_WRITE_ZEROES;
+}
+
 // The null target completes every request at once: reads return whatever
 // the tag's buffer holds, writes are dropped.
 int NullTargetResult(const ublk::io_desc &iod);
@@ -36,6 +42,11 @@ int MemoryTargetIo(int fd, uint64_t sizeBytes, const ublk::io_desc &iod, uint8_t
 
 // True for the requests the loop target turns into a backing-file operation.
 bool LoopTargetSupports(const ublk::io_desc &iod);
+
+// DISCARD on a block device backing the loop target: BLKDISCARD, done on
+// the queue thread. (A hole punch there is a zero-out that fails with
+// EOPNOTSUPP where the device cannot write zeroes, and it is not a discard.)
+int BlockDeviceDiscard(int fd, const ublk::io_desc &iod);
 
 // The loop target: prepares the backing-file operation for a request on the
 // queue's own ring (for WRITE_ZEROES, the one of `stage`). Only for requests

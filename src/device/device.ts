@@ -93,7 +93,7 @@ export class UblkDevice {
       held.addedId = info.id;
       held.backing?.bindToDevice(info.id);
       opts.onProgress?.({ stage: 'added', info });
-      await control.setParams(info.id, deviceParams(spec, info.maxIoSize));
+      await control.setParams(info.id, deviceParams(spec, info.maxIoSize, held.backing));
       held.queues = await startQueues(control, info, spec, held.backing, shared);
       await control.startDevice(info.id, process.pid);
       return info.id;

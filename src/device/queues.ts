@@ -136,6 +136,8 @@ async function startNativeQueues(
       ringFlags: queueRingFlags(),
       target: spec.target.type as 'null' | 'loop' | 'memory',
       backingFd: backing?.fd,
+      backingIsBlockDevice: backing?.blockDevice ?? false,
+      readOnly: spec.readOnly,
       sizeBytes: spec.sizeBytes,
       queues: Array.from({ length: info.queues }, (_, qid) => ({ qid, cpus: affinities[qid] ?? [] })),
     },

@@ -80,6 +80,10 @@ export interface NativeQueueGroupOptions {
   target: 'null' | 'loop' | 'memory';
   /** loop: the backing file; memory: the file in /dev/shm holding the data. */
   backingFd?: number;
+  /** The loop target's backing is a block device: discards become BLKDISCARD. */
+  backingIsBlockDevice: boolean;
+  /** Writes, discards and write-zeroes fail with EROFS. */
+  readOnly: boolean;
   sizeBytes: number;
   queues: Array<{ qid: number; cpus: number[] }>;
 }

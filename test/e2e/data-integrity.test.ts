@@ -39,6 +39,37 @@ class FaultDevices {
     return node;
   }
 
+  /**
+   * A memory-backed null_blk disk that supports discard but not write-zeroes
+   * (a hole punch on it fails), made through configfs.
+   */
+  nullBlkWithDiscard(name: string, sizeMiB: number): string {
+    const modules = process.env.UBLK_TS_MODULES_DIR ?? '';
+    for (const m of ['configfs', 'null_blk']) {
+      if (!fs.existsSync(`/sys/module/${m}`)) {
+        run('insmod', [path.join(modules, `${m}.ko`), ...(m === 'null_blk' ? ['nr_devices=0'] : [])]);
+      }
+    }
+    if (!fs.existsSync('/sys/kernel/config/nullb')) run('mount', ['-t', 'configfs', 'configfs', '/sys/kernel/config']);
+    const dir = `/sys/kernel/config/nullb/${name}`;
+    fs.mkdirSync(dir);
+    this.undo.push(() => {
+      fs.writeFileSync(path.join(dir, 'power'), '0');
+      fs.rmdirSync(dir);
+    });
+    for (const [attr, value] of [
+      ['size', String(sizeMiB)],
+      ['memory_backed', '1'],
+      ['discard', '1'],
+      ['power', '1'],
+    ]) {
+      fs.writeFileSync(path.join(dir, attr!), value!);
+    }
+    const node = `/dev/nullb${fs.readFileSync(path.join(dir, 'index'), 'utf8').trim()}`;
+    assert.ok(fs.existsSync(node), `${node} exists`);
+    return node;
+  }
+
   cleanup(): void {
     for (const step of this.undo.reverse()) step();
     this.undo.length = 0;
@@ -113,6 +144,44 @@ describe('data-plane integrity (real ublk driver, faults from device-mapper)', f
     const r = ublkctl(['del', String(dev.id)], stateDir);
     assert.equal(r.status, 0, r.stderr);
     devices.forget(dev.id);
+  });
+
+  it('loop on a block device: discard is BLKDISCARD (works where the device cannot write zeroes)', () => {
+    const nullb = faults.nullBlkWithDiscard(`ublk-ts-${process.pid}`, 64);
+    const queue = `/sys/block/${path.basename(nullb)}/queue`;
+    assert.ok(Number(fs.readFileSync(`${queue}/discard_max_bytes`, 'utf8')) > 0, 'the backing device discards');
+    assert.equal(Number(fs.readFileSync(`${queue}/write_zeroes_max_bytes`, 'utf8')), 0, 'and cannot write zeroes');
+    run('dd', ['if=/dev/urandom', `of=${nullb}`, 'bs=1M', 'count=64', 'oflag=direct', 'status=none']);
+    const dev = add(['-t', 'loop', '--file', nullb, '--direct-io', 'on']);
+    const discard = run('blkdiscard', ['--offset', String(16 * MiB), '--length', String(16 * MiB), dev.blockPath], {
+      allowFail: true,
+    });
+    assert.equal(discard.status, 0, `blkdiscard on the ublk device: ${discard.stderr}`);
+    const zeroes = run(
+      'bash',
+      ['-c', `cmp -n ${16 * MiB} <(dd if=${nullb} bs=1M skip=16 count=16 iflag=direct status=none) /dev/zero`],
+      { allowFail: true },
+    );
+    assert.equal(zeroes.status, 0, `the discarded range of the backing device reads as zeroes: ${zeroes.stdout}`);
+  });
+
+  it('memory, read-only: a write that reaches the server anyway (through device-mapper) fails, the data stays', () => {
+    const dev = add(['-t', 'memory', '--size', '16MiB', '--read-only']);
+    // device-mapper opens the disk for writing and sends write bios; the
+    // block layer only warns that the disk is read-only.
+    const mapper = faults.mapper(`ublk-ts-ro-${process.pid}`, `0 ${(16 * MiB) / SECTOR} linear ${dev.blockPath} 0`);
+    const write = run('dd', ['if=/dev/urandom', `of=${mapper}`, 'bs=64k', 'count=1', 'oflag=direct'], {
+      allowFail: true,
+    });
+    assert.notEqual(write.status, 0, 'the write fails');
+    const zeroes = run(
+      'bash',
+      ['-c', `cmp -n 65536 <(dd if=${dev.blockPath} bs=64k count=1 iflag=direct status=none) /dev/zero`],
+      { allowFail: true },
+    );
+    assert.equal(zeroes.status, 0, `the device still reads zeroes: ${zeroes.stdout}`);
+    const discard = run('blkdiscard', ['--length', '65536', mapper], { allowFail: true });
+    assert.notEqual(discard.status, 0, 'a discard fails too');
   });
 
   it('js: a target that keeps io.buffer and touches it after the device is deleted does not crash the server', async () => {

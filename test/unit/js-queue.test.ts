@@ -156,6 +156,8 @@ describe('native QueueGroup (over /dev/zero)', () => {
           ringFlags: 0,
           target: 'null',
           sizeBytes: 1 << 20,
+          backingIsBlockDevice: false,
+          readOnly: false,
           queues: [{ qid: 0, cpus: [] }],
         },
         (e) => {
