@@ -1,6 +1,7 @@
 #include "js_queue.h"
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -11,6 +12,7 @@
 #include <string>
 
 #include "errors.h"
+#include "process.h"
 #include "queue_io.h"
 #include "targets.h"
 #include "ublk_uapi.h"
@@ -42,6 +44,11 @@ JsQueue::JsQueue(const Napi::CallbackInfo &info) : Napi::ObjectWrap<JsQueue>(inf
   // The char device admits one opener per device, so all queues share the
   // server's descriptor; this object never closes it.
   charFd_ = o.Get("charFd").As<Napi::Number>().Int32Value();
+  // This constructor runs on the thread that serves the queue (its worker):
+  // named like a native queue thread, and an IO flusher like one.
+  const std::string name = "ublk" + std::to_string(devId_) + "q" + std::to_string(qid_);
+  pthread_setname_np(pthread_self(), name.substr(0, 15).c_str());
+  BecomeIoFlusher();
   int id = static_cast<int>(devId_);
   auto fail = [&](const std::string &op, int err) {
     Release();
@@ -53,6 +60,12 @@ JsQueue::JsQueue(const Napi::CallbackInfo &info) : Napi::ObjectWrap<JsQueue>(inf
   if (mappings_->Errno() != 0) {
     fail(mappings_->FailedOp(), mappings_->Errno());
     return;
+  }
+  if (o.Get("lockMemory").ToBoolean().Value()) {
+    if (int err = mappings_->LockBuffers(); err != 0) {
+      fail("mlock io buffers", err);
+      return;
+    }
   }
 
   // Room for every tag's command plus as many target operations again.

@@ -12,6 +12,7 @@
 #include <cstring>
 
 #include "errors.h"
+#include "process.h"
 #include "queue_io.h"
 
 namespace ublkts {
@@ -63,6 +64,7 @@ void QueueRunner::Report(const char *kind, const std::string &op, int err) {
 void QueueRunner::Run() {
   std::string name = "ublk" + std::to_string(config_.devId) + "q" + std::to_string(config_.qid);
   pthread_setname_np(pthread_self(), name.substr(0, 15).c_str());
+  BecomeIoFlusher();
   if (!config_.cpus.empty()) {
     cpu_set_t set;
     CPU_ZERO(&set);
@@ -76,6 +78,12 @@ void QueueRunner::Serve() {
   if (stopFd_ < 0) return Report("exit", "eventfd", EMFILE);
   mappings_ = QueueMappings(charFd_, config_.qid, config_.depth, config_.maxIoSize);
   if (mappings_.Errno() != 0) return Report("exit", mappings_.FailedOp(), mappings_.Errno());
+  if (config_.lockMemory) {
+    if (int err = mappings_.LockBuffers(); err != 0) {
+      mappings_.Reset();
+      return Report("exit", "mlock io buffers", err);
+    }
+  }
   const unsigned entries = RoundUp(config_.depth + 2, 2);
   int ret = SetupRing(&ring_, entries, config_.ringFlags);
   if (ret < 0) {
@@ -279,6 +287,7 @@ QueueGroup::QueueGroup(const Napi::CallbackInfo &info) : Napi::ObjectWrap<QueueG
     c.sizeBytes = static_cast<uint64_t>(o.Get("sizeBytes").As<Napi::Number>().Int64Value());
     c.backingIsBlockDevice = o.Get("backingIsBlockDevice").ToBoolean().Value();
     c.readOnly = o.Get("readOnly").ToBoolean().Value();
+    c.lockMemory = o.Get("lockMemory").ToBoolean().Value();
     Napi::Array cpus = q.Get("cpus").As<Napi::Array>();
     for (uint32_t k = 0; k < cpus.Length(); k++) c.cpus.push_back(cpus.Get(k).As<Napi::Number>().Int32Value());
     runners_.push_back(std::make_unique<QueueRunner>(std::move(c), charFd_, this));

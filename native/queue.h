@@ -26,8 +26,9 @@ struct QueueConfig {
   TargetKind target = TargetKind::Null;
   int backingFd = -1; // loop: the backing file; memory: its /dev/shm file
   bool backingIsBlockDevice = false;
-  bool readOnly = false;  // refuse writes, discards and write-zeroes
-  uint64_t sizeBytes = 0; // device size, for bounds checks
+  bool readOnly = false;   // refuse writes, discards and write-zeroes
+  bool lockMemory = false; // mlock the IO buffers
+  uint64_t sizeBytes = 0;  // device size, for bounds checks
 };
 
 struct QueueEvent {

@@ -152,6 +152,9 @@ public:
     bufferBytes_ = 0;
   }
 
+  // Keeps the IO buffers in memory (populating them): errno, or 0.
+  int LockBuffers() { return mlock(buffers_, bufferBytes_) == 0 ? 0 : errno; }
+
   // Forgets both without unmapping: for when the kernel may still write
   // into the buffers (AwaitTargetIo gave up); leaking beats corrupting.
   void Abandon() {

@@ -58,6 +58,7 @@ export function startJsQueues(
       depth: info.depth,
       maxIoSize: info.maxIoSize,
       legacyOpcodes: usesLegacyOpcodes(info),
+      lockMemory: spec.lockMemory === true,
       modulePath: spec.target.module,
       context: {
         devId: info.id,

@@ -138,6 +138,7 @@ async function startNativeQueues(
       backingFd: backing?.fd,
       backingIsBlockDevice: backing?.blockDevice ?? false,
       readOnly: spec.readOnly,
+      lockMemory: spec.lockMemory === true,
       sizeBytes: spec.sizeBytes,
       queues: Array.from({ length: info.queues }, (_, qid) => ({ qid, cpus: affinities[qid] ?? [] })),
     },

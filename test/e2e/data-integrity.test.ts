@@ -86,6 +86,26 @@ function directRead(device: string, offset: number, bytes: number): { status: nu
   return { status: r.status, stderr: r.stderr };
 }
 
+/** PF_MEMALLOC_NOIO | PF_LOCAL_THROTTLE: what PR_SET_IO_FLUSHER sets in a task's flags. */
+const PR_IO_FLUSHER = 0x00080000 | 0x00100000;
+
+/** The threads of `pid` named `name`, with their task flags (/proc/PID/task/TID/stat field 9). */
+function threadsNamed(pid: number, name: string): Array<{ tid: number; flags: number }> {
+  const found: Array<{ tid: number; flags: number }> = [];
+  for (const tid of fs.readdirSync(`/proc/${pid}/task`)) {
+    const stat = fs.readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+    const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    if (comm === name) found.push({ tid: Number(tid), flags: Number(fields[6]) });
+  }
+  return found;
+}
+
+function lockedKiB(pid: number): number {
+  const m = /^VmLck:\s+(\d+) kB/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return Number(m![1]);
+}
+
 function sha256Range(device: string, offset: number, bytes: number): string {
   return run('bash', [
     '-c',
@@ -182,6 +202,32 @@ describe('data-plane integrity (real ublk driver, faults from device-mapper)', f
     assert.equal(zeroes.status, 0, `the device still reads zeroes: ${zeroes.stdout}`);
     const discard = run('blkdiscard', ['--length', '65536', mapper], { allowFail: true });
     assert.notEqual(discard.status, 0, 'a discard fails too');
+  });
+
+  it("queue threads (native and JS) are IO flushers; lockMemory locks the server's memory", () => {
+    const plain = add(['-t', 'memory', '--size', '16MiB', '--queues', '2']);
+    const locked = add(['-t', 'memory', '--size', '16MiB', '--lock-memory']);
+    const js = add(['-t', 'js', '--module', path.join(ROOT, 'dist', 'examples', 'null-js.js'), '--size', '16MiB']);
+    for (const [dev, queues] of [
+      [plain, 2],
+      [locked, 1],
+      [js, 1],
+    ] as const) {
+      for (let qid = 0; qid < queues; qid++) {
+        const threads = threadsNamed(dev.serverPid, `ublk${dev.id}q${qid}`);
+        assert.equal(threads.length, 1, `server ${dev.serverPid} has one thread ublk${dev.id}q${qid}`);
+        assert.equal(
+          threads[0]!.flags & PR_IO_FLUSHER,
+          PR_IO_FLUSHER,
+          `ublk${dev.id}q${qid} is an IO flusher (flags 0x${threads[0]!.flags.toString(16)})`,
+        );
+      }
+    }
+    assert.equal(lockedKiB(plain.serverPid), 0, 'without lockMemory nothing is locked');
+    assert.ok(
+      lockedKiB(locked.serverPid) > 16 * 1024,
+      `lockMemory locks the server: ${lockedKiB(locked.serverPid)} kB`,
+    );
   });
 
   it('js: a target that keeps io.buffer and touches it after the device is deleted does not crash the server', async () => {

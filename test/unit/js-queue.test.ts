@@ -129,6 +129,24 @@ setTimeout(() => {
 }, 20);
 `;
 
+describe('native JsQueue with lockMemory', () => {
+  it('locks its IO buffers in memory', () => {
+    const locked = (): number => Number(/^VmLck:\s+(\d+) kB/m.exec(fs.readFileSync('/proc/self/status', 'utf8'))![1]);
+    const charFd = fs.openSync('/dev/zero', 'r+');
+    const before = locked();
+    const q = new (native().JsQueue)(
+      { devId: 7, qid: 0, charFd, depth: DEPTH, maxIoSize: MAX_IO, legacyOpcodes: false, lockMemory: true },
+      () => undefined,
+    );
+    try {
+      assert.ok(locked() - before >= (DEPTH * MAX_IO) / 1024, `VmLck grew from ${before} to ${locked()} kB`);
+    } finally {
+      q.close();
+      fs.closeSync(charFd);
+    }
+  });
+});
+
 describe('native JsQueue memory handed to JS', () => {
   it('a Buffer kept past close() is detached (empty; a write is ignored or throws), and the descriptor array is writable', () => {
     const r = spawnSync(process.execPath, ['--expose-gc', '-e', TOUCH_AFTER_CLOSE], { encoding: 'utf8' });
@@ -158,6 +176,7 @@ describe('native QueueGroup (over /dev/zero)', () => {
           sizeBytes: 1 << 20,
           backingIsBlockDevice: false,
           readOnly: false,
+          lockMemory: false,
           queues: [{ qid: 0, cpus: [] }],
         },
         (e) => {
