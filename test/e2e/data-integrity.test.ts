@@ -14,9 +14,18 @@ const TARGETS = path.join(ROOT, 'dist', 'test', 'fixtures', 'targets');
 const MiB = 1024 * 1024;
 const SECTOR = 512;
 
-/** Loop devices and device-mapper tables a test set up, torn down in reverse order whatever happened. */
+/**
+ * Loop devices, device-mapper tables and ublk devices a test set up, torn
+ * down in reverse order whatever happened: a mapper over a ublk device goes
+ * before it, one under a ublk device after it.
+ */
 class FaultDevices {
   private readonly undo: Array<() => void> = [];
+
+  /** Runs `step` at cleanup, before whatever was set up earlier. */
+  later(step: () => void): void {
+    this.undo.push(step);
+  }
 
   /** A loop device over a new file of `bytes` random bytes. */
   loopOverRandomFile(dir: string, name: string, bytes: number): { loop: string; file: string } {
@@ -44,10 +53,11 @@ class FaultDevices {
    * (a hole punch on it fails), made through configfs.
    */
   nullBlkWithDiscard(name: string, sizeMiB: number): string {
+    // The guest's modules sit flat in this folder; busybox's insmod reads them (the host may have no kmod).
     const modules = process.env.UBLK_TS_MODULES_DIR ?? '';
     for (const m of ['configfs', 'null_blk']) {
       if (!fs.existsSync(`/sys/module/${m}`)) {
-        run('insmod', [path.join(modules, `${m}.ko`), ...(m === 'null_blk' ? ['nr_devices=0'] : [])]);
+        run('busybox', ['insmod', path.join(modules, `${m}.ko`), ...(m === 'null_blk' ? ['nr_devices=0'] : [])]);
       }
     }
     if (!fs.existsSync('/sys/kernel/config/nullb')) run('mount', ['-t', 'configfs', 'configfs', '/sys/kernel/config']);
@@ -65,8 +75,10 @@ class FaultDevices {
     ]) {
       fs.writeFileSync(path.join(dir, attr!), value!);
     }
-    const node = `/dev/nullb${fs.readFileSync(path.join(dir, 'index'), 'utf8').trim()}`;
-    assert.ok(fs.existsSync(node), `${node} exists`);
+    // Newer kernels name the disk after its configfs directory, older ones nullb<index>.
+    const candidates = [`/dev/${name}`, `/dev/nullb${fs.readFileSync(path.join(dir, 'index'), 'utf8').trim()}`];
+    const node = candidates.find((c) => fs.existsSync(c));
+    assert.ok(node, `one of ${candidates.join(', ')} exists`);
     return node;
   }
 
@@ -120,13 +132,17 @@ describe('data-plane integrity (real ublk driver, faults from device-mapper)', f
   const stateDir = makeStateDir();
   const scratch = fs.mkdtempSync('/tmp/ublk-ts-integrity-');
   afterEach(() => {
-    devices.cleanup();
     faults.cleanup();
+    devices.cleanup();
   });
 
   function add(args: string[]): AddedDevice {
     const dev = ublkctlJson<AddedDevice>(['add', ...args], stateDir);
     devices.add(dev.id);
+    faults.later(() => {
+      if (fs.existsSync(`/sys/class/ublk-char/ublkc${dev.id}`)) ublkctl(['del', String(dev.id)], stateDir);
+      devices.forget(dev.id);
+    });
     return dev;
   }
 
