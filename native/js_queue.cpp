@@ -28,7 +28,7 @@ Napi::Function JsQueue::Define(Napi::Env env) {
                      });
 }
 
-// new JsQueue({devId, qid, charFd, depth, maxIoSize, legacyOpcodes}, onEvents)
+// new JsQueue({devId, qid, charFd, depth, maxIoSize, legacyOpcodes, lockMemory}, onEvents)
 // onEvents(arrivals, targetCompletions, ended) is called once per batch.
 JsQueue::JsQueue(const Napi::CallbackInfo &info) : Napi::ObjectWrap<JsQueue>(info) {
   Napi::Env env = info.Env();

@@ -182,6 +182,20 @@ describe('data-plane integrity (real ublk driver, faults from device-mapper)', f
     devices.forget(dev.id);
   });
 
+  it('loop: reading past the end of a backing file that shrank fails with EIO, not zeroes', () => {
+    const file = path.join(scratch, 'shrinks.img');
+    const dev = add(['-t', 'loop', '--file', file, '--size', '16MiB', '--create']);
+    run('dd', ['if=/dev/urandom', `of=${dev.blockPath}`, 'bs=1M', 'count=16', 'oflag=direct', 'status=none']);
+    fs.truncateSync(file, 8 * MiB);
+    const beyond = directRead(dev.blockPath, 12 * MiB, 64 * 1024);
+    assert.notEqual(beyond.status, 0, 'a read past the new end fails (it returned zeroes instead)');
+    assert.match(beyond.stderr, /Input\/output error/);
+    const straddling = directRead(dev.blockPath, 8 * MiB - 32 * 1024, 64 * 1024);
+    assert.notEqual(straddling.status, 0, 'a read across the new end fails');
+    assert.equal(directRead(dev.blockPath, 0, 64 * 1024).status, 0, 'a read before it still works');
+    assert.ok(isAlive(dev.serverPid), 'the server still runs');
+  });
+
   it('loop on a block device: discard is BLKDISCARD (works where the device cannot write zeroes)', () => {
     const nullb = faults.nullBlkWithDiscard(`ublk-ts-${process.pid}`, 64);
     const queue = `/sys/block/${path.basename(nullb)}/queue`;
