@@ -81,6 +81,11 @@ function checkStatus(res: Response, what: string): void {
   throw new Error(`HTTP ${res.status}`);
 }
 
+/** The data is in the store: a new server after a crash serves the same disk. */
+export const recoverable = true;
+/** A write completes only once the store has acknowledged every block in it: no cache to flush. */
+export const volatileCache = false;
+
 export function createTarget(ctx: TargetContext): UblkTarget {
   const base = String(ctx.options.url).replace(/\/$/, '');
   const url = (block: number): string => `${base}/${block}`;

@@ -13,6 +13,11 @@ import { runExample } from './run-example';
 
 const fdatasync = promisify(fs.fdatasync);
 
+/** The data is in the backing file: a new server after a crash serves the same disk. */
+export const recoverable = true;
+// volatileCache is left at its default (true): writes land in the file's page cache, and the
+// kernel's flushes and FUA writes reach handleIo, which makes them durable with fdatasync.
+
 export function createTarget(ctx: TargetContext): UblkTarget {
   const fd = fs.openSync(String(ctx.options.file), 'r+');
   return {

@@ -8,6 +8,11 @@
 import type { TargetContext, UblkIo, UblkTarget } from '../src';
 import { runExample } from './run-example';
 
+/** It stores nothing, so a new server after a crash serves the same (empty) device. */
+export const recoverable = true;
+/** Nothing is cached: a write is as durable as it will ever be once it completes. */
+export const volatileCache = false;
+
 export function createTarget(_ctx: TargetContext): UblkTarget {
   return { handleIo: (io: UblkIo) => (io.op === 'read' || io.op === 'write' ? io.length : 0) };
 }

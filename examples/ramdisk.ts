@@ -9,6 +9,10 @@
 import type { SetupContext, TargetContext, UblkIo, UblkTarget } from '../src';
 import { runExample } from './run-example';
 
+// No `recoverable` export: the disk lives only in this server's memory, so if the server dies the
+// device dies with it (and the reconciler re-creates it, reporting the data as lost) instead of
+// coming back blank. Flushes reach handleIo (volatileCache defaults to true) and cost nothing here.
+
 export function setup(ctx: SetupContext): SharedArrayBuffer {
   return new SharedArrayBuffer(ctx.sizeBytes);
 }

@@ -18,11 +18,18 @@ namespace {
 
 constexpr __u16 kNoQueue = 0xffff;
 
+// The op a failure to set up the command's own ring is reported under: it
+// says nothing about the command, everything about io_uring on this host
+// (disabled by sysctl, blocked by seccomp, too old for SQE128).
+constexpr const char *kRingSetupOp = "IO_URING_SETUP";
+
 // Sends one control command on a private ring; returns the CQE result
-// (>= 0 on success, -errno on failure).
-int RunControlCommand(int fd, unsigned opcode, const ublk::ctrl_cmd &header) {
+// (>= 0 on success, -errno on failure). `ringFailed` tells a failure to set
+// up the ring apart from the command's own.
+int RunControlCommand(int fd, unsigned opcode, const ublk::ctrl_cmd &header, bool *ringFailed) {
   io_uring ring;
   int ret = io_uring_queue_init(2, &ring, IORING_SETUP_SQE128);
+  *ringFailed = ret < 0;
   if (ret < 0) return ret;
   io_uring_sqe *sqe = io_uring_get_sqe(&ring);
   if (sqe == nullptr) {
@@ -68,8 +75,10 @@ public:
   Napi::Promise Promise() { return deferred_.Promise(); }
 
   // GET_DEV_INFO2 falls back to GET_DEV_INFO on kernels (< 6.3) or setups
-  // (no /dev/ublkcN node) where it cannot answer.
-  void SetFallback(unsigned opcode, std::vector<uint8_t> payload, size_t skip) {
+  // (no /dev/ublkcN node) where it cannot answer. An error is reported
+  // under the name of the command that gave it.
+  void SetFallback(std::string op, unsigned opcode, std::vector<uint8_t> payload, size_t skip) {
+    fallbackOp_ = std::move(op);
     fallbackOpcode_ = opcode;
     fallbackPayload_ = std::move(payload);
     fallbackSkip_ = skip;
@@ -82,9 +91,10 @@ protected:
       return;
     }
     result_ = Send(opcode_, payload_);
-    if (result_ < 0 && fallbackOpcode_ != 0 && result_ != -ENODEV) {
+    if (result_ < 0 && fallbackOpcode_ != 0 && result_ != -ENODEV && !ringFailed_) {
       header_.dev_path_len = 0;
       payload_ = std::move(fallbackPayload_);
+      op_ = fallbackOp_;
       result_ = Send(fallbackOpcode_, payload_);
     } else if (result_ >= 0 && fallbackOpcode_ != 0) {
       payload_.erase(payload_.begin(), payload_.begin() + fallbackSkip_);
@@ -94,7 +104,7 @@ protected:
   void OnOK() override {
     Napi::Env env = Env();
     if (result_ < 0) {
-      deferred_.Reject(MakeUblkError(env, op_, DevIdForError(), -result_).Value());
+      deferred_.Reject(MakeUblkError(env, ringFailed_ ? kRingSetupOp : op_, DevIdForError(), -result_).Value());
       return;
     }
     deferred_.Resolve(build_ ? build_(env, payload_, result_) : env.Undefined());
@@ -106,7 +116,7 @@ private:
   int Send(unsigned opcode, std::vector<uint8_t> &payload) {
     header_.addr = payload.empty() ? 0 : reinterpret_cast<__u64>(payload.data());
     header_.len = static_cast<__u16>(payload.size());
-    return RunControlCommand(fd_, opcode, header_);
+    return RunControlCommand(fd_, opcode, header_, &ringFailed_);
   }
 
   int DevIdForError() const { return header_.dev_id == 0xffffffffu ? -1 : static_cast<int>(header_.dev_id); }
@@ -118,10 +128,12 @@ private:
   ublk::ctrl_cmd header_;
   std::vector<uint8_t> payload_;
   ResultBuilder build_;
+  std::string fallbackOp_;
   unsigned fallbackOpcode_ = 0;
   std::vector<uint8_t> fallbackPayload_;
   size_t fallbackSkip_ = 0;
   int result_ = 0;
+  bool ringFailed_ = false;
 };
 
 ublk::ctrl_cmd Header(uint32_t devId) {
@@ -397,7 +409,7 @@ Napi::Value ControlDevice::GetDevInfo(const Napi::CallbackInfo &info) {
   } else {
     w = new CommandWorker(info.Env(), fd_, "GET_DEV_INFO2", ublk::ctrl_opcode_read(ublk::CMD_GET_DEV_INFO2, false), h,
                           std::move(withPath), build);
-    w->SetFallback(ublk::ctrl_opcode_read(ublk::CMD_GET_DEV_INFO, false),
+    w->SetFallback("GET_DEV_INFO", ublk::ctrl_opcode_read(ublk::CMD_GET_DEV_INFO, false),
                    std::vector<uint8_t>(sizeof(ublk::ctrl_dev_info)), path.size() + 1);
   }
   w->Queue();

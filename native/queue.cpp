@@ -69,7 +69,9 @@ void QueueRunner::Run() {
     cpu_set_t set;
     CPU_ZERO(&set);
     for (int cpu : config_.cpus) CPU_SET(cpu, &set);
-    pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+    // The queue still works unpinned, only slower: said, not fatal.
+    int err = pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+    if (err != 0) Report("unpinned", "pthread_setaffinity_np", err);
   }
   Serve();
 }

@@ -43,6 +43,11 @@ const commandHints: Record<string, Record<string, string>> = {
   START_DEV: { EEXIST: 'device already started', EINVAL: 'device parameters missing or invalid' },
   SET_PARAMS: { EACCES: 'device already started', EINVAL: 'the kernel rejected the parameters' },
   GET_FEATURES: { EOPNOTSUPP: 'kernel older than 6.5' },
+  IO_URING_SETUP: {
+    EPERM: `io_uring is disabled for this process (see /proc/sys/kernel/io_uring_disabled)`,
+    ENOSYS: 'this kernel has no io_uring',
+    ENOMEM: 'out of memory for the ring, or the locked-memory limit is too low',
+  },
   START_USER_RECOVERY: { EBUSY: 'device not quiesced yet', EINVAL: 'device not recoverable' },
 };
 

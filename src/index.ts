@@ -18,7 +18,7 @@ export { featureNames, deviceStateName } from './kernel/uapi';
 export type { DeviceState, IoOp } from './kernel/uapi';
 export { UblkDevice } from './device/device';
 export type { QueueExit, CreateProgress, DeviceOptions } from './device/device';
-export type { UblkIo, UblkTarget, TargetContext, SetupContext, TargetModule } from './device/js-target';
+export type { UblkIo, UblkTarget, TargetContext, SetupContext, TargetModule, TargetTraits } from './device/js-target';
 export { normalizeDeviceSpec, maxQueues, DEFAULTS, TARGET_TYPES, RECOVERY_MODES } from './spec/device-spec';
 export type {
   DeviceSpec,

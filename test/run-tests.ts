@@ -1,32 +1,22 @@
 /**
- * `npm test`: the unit suite on the host, then the end-to-end suite against
- * a real ublk kernel — on the host when /dev/ublk-control is usable,
- * otherwise inside the qemu VM. Prints a closing
- * "N passed, N failed, N skipped" line; an end-to-end suite that could not
- * run is counted as skipped with its reason, and fails the run on CI.
+ * `npm test [-- --kernel LEG]...`: the unit suite on the host, then the end-to-end suite
+ * against a real ublk kernel — on the host when /dev/ublk-control is usable, otherwise in a
+ * qemu VM on each leg of the kernel matrix in turn (KERNEL_LEGS: 6.12, then 7.3; `--kernel`
+ * picks some). Prints a summary line per leg and a closing "N passed, N failed, N skipped"
+ * line; a leg that could not run is counted as skipped with its reason, and fails the run on CI.
  */
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
+import { parseArgs } from 'node:util';
 import { ublkUnavailableReason } from './e2e/helpers';
 import { E2E_PATTERN, mochaArgs, mochaShellCommand, ROOT, UNIT_PATTERN } from './mocha-command';
-import { runInVm, VmUnavailable } from './vm';
+import { countsFrom, type LegResult, summarize } from './test-summary';
+import { kernelLeg, kernelLegNames, runInVm, VmUnavailable } from './vm';
 
+const USAGE = `usage: npm test [-- --kernel ${kernelLegNames().join('|')}]...`;
+/** Per leg: a guest still running after this is killed and the leg counts as failed. */
 const E2E_TIMEOUT_MS = Number(process.env.UBLK_TS_E2E_TIMEOUT_MS ?? 30 * 60_000);
-
-interface Counts {
-  passed: number;
-  failed: number;
-  skipped: number;
-}
-
-/** Reads mocha's closing "N passing / N failing / N pending" lines. */
-function countsFrom(output: string): Counts {
-  const grab = (word: string): number => {
-    const matches = [...output.matchAll(new RegExp(`^\\s*(\\d+) ${word}`, 'gm'))];
-    return matches.length ? Number(matches[matches.length - 1]![1]) : 0;
-  };
-  return { passed: grab('passing'), failed: grab('failing'), skipped: grab('pending') };
-}
 
 function runMochaOnHost(pattern: string): Promise<{ code: number; output: string }> {
   return new Promise((resolve) => {
@@ -42,66 +32,77 @@ function runMochaOnHost(pattern: string): Promise<{ code: number; output: string
   });
 }
 
-async function runE2e(): Promise<{ code: number; counts: Counts; skippedReason?: string }> {
-  const pattern = E2E_PATTERN;
-  const hostReason = ublkUnavailableReason();
-  if (hostReason === undefined) {
-    console.log('\n== end-to-end tests on this host (/dev/ublk-control is usable) ==');
-    const r = await runMochaOnHost(pattern);
-    return { code: r.code, counts: countsFrom(r.output) };
-  }
-  console.log(`\n== end-to-end tests in a qemu VM (${hostReason} on this host) ==`);
+async function runE2eOnHost(): Promise<LegResult> {
+  const label = `this host (Linux ${os.release()})`;
+  console.log(`\n== end-to-end tests on ${label}: /dev/ublk-control is usable ==`);
+  const started = Date.now();
+  const r = await runMochaOnHost(E2E_PATTERN);
+  return { label, code: r.code, counts: countsFrom(r.output), wallMs: Date.now() - started };
+}
+
+async function runE2eInVm(leg: string, hostReason: string): Promise<LegResult> {
+  let label = `Linux ${leg} in a qemu VM`;
+  console.log(`\n== end-to-end tests on ${label} (${hostReason} on this host) ==`);
+  const started = Date.now();
   try {
     const r = await runInVm({
-      command: mochaShellCommand({ pattern }),
+      command: mochaShellCommand({ pattern: E2E_PATTERN }),
       cwd: ROOT,
+      kernel: leg,
       timeoutMs: E2E_TIMEOUT_MS,
       onOutput: (chunk) => process.stdout.write(chunk),
-      log: (s) => console.log(`[vm] ${s}`),
+      log: (s) => console.log(`[vm ${leg}] ${s}`),
     });
     fs.rmSync(r.resultsDir, { recursive: true, force: true });
-    const counts = countsFrom(r.output);
+    label = `Linux ${leg} (${r.kernel.version}) in a qemu VM`;
+    const result: LegResult = { label, code: r.exitCode, counts: countsFrom(r.output), wallMs: Date.now() - started };
     if (r.timedOut) {
-      console.log(`[vm] the guest did not finish within ${E2E_TIMEOUT_MS} ms: counted as a failure`);
-      counts.failed += 1;
-    } else if (r.exitCode !== 0 && counts.failed === 0) {
-      console.log(`[vm] the guest command exited ${r.exitCode} without a mocha failure: counted as a failure`);
-      counts.failed += 1;
+      result.harnessFailure = `the guest did not finish within ${E2E_TIMEOUT_MS / 60_000} min`;
+    } else if (r.exitCode !== 0 && result.counts.failed === 0) {
+      result.harnessFailure = `the guest command exited ${r.exitCode} without a mocha failure`;
     }
-    return { code: r.exitCode, counts };
+    if (result.harnessFailure !== undefined) result.counts.failed += 1;
+    return result;
   } catch (err) {
+    const wallMs = Date.now() - started;
     if (err instanceof VmUnavailable) {
-      return { code: 0, counts: { passed: 0, failed: 0, skipped: 1 }, skippedReason: err.message };
+      return { label, code: 0, counts: { passed: 0, failed: 0, skipped: 1 }, skippedReason: err.reason, wallMs };
     }
-    throw err;
+    // A harness error on one leg (a module the leg lists is gone, say) must not hide the other legs.
+    const harnessFailure = `harness error: ${err instanceof Error ? err.message : String(err)}`;
+    console.error(err instanceof Error ? (err.stack ?? err.message) : String(err));
+    return { label, code: 1, counts: { passed: 0, failed: 1, skipped: 0 }, harnessFailure, wallMs };
   }
 }
 
+function parseLegs(argv: string[]): string[] {
+  const { values } = parseArgs({ args: argv, options: { kernel: { type: 'string', multiple: true } } });
+  const legs = values.kernel ?? kernelLegNames();
+  for (const leg of legs) kernelLeg(leg);
+  return legs;
+}
+
 async function main(): Promise<number> {
+  let legs: string[];
+  try {
+    legs = parseLegs(process.argv.slice(2));
+  } catch (err) {
+    console.error(`npm test: ${(err as Error).message}\n${USAGE}`);
+    return 2;
+  }
   console.log('== unit tests ==');
   const unit = await runMochaOnHost(UNIT_PATTERN);
   const unitCounts = countsFrom(unit.output);
-  const e2e = await runE2e();
 
-  const total: Counts = {
-    passed: unitCounts.passed + e2e.counts.passed,
-    failed: unitCounts.failed + e2e.counts.failed + (unit.code !== 0 && unitCounts.failed === 0 ? 1 : 0),
-    skipped: unitCounts.skipped + e2e.counts.skipped,
-  };
+  const hostReason = ublkUnavailableReason();
+  const e2e: LegResult[] = [];
+  if (hostReason === undefined) e2e.push(await runE2eOnHost());
+  else for (const leg of legs) e2e.push(await runE2eInVm(leg, hostReason));
+
+  const summary = summarize({ counts: unitCounts, code: unit.code }, e2e, Boolean(process.env.CI));
   console.log('\n== summary ==');
-  console.log(`unit: ${unitCounts.passed} passed, ${unitCounts.failed} failed, ${unitCounts.skipped} skipped`);
-  if (e2e.skippedReason) {
-    console.log(`end-to-end: SKIPPED: ${e2e.skippedReason}`);
-  } else {
-    console.log(`end-to-end: ${e2e.counts.passed} passed, ${e2e.counts.failed} failed, ${e2e.counts.skipped} skipped`);
-  }
-  let failed = total.failed > 0 || unit.code !== 0 || e2e.code !== 0;
-  if (e2e.skippedReason && process.env.CI) {
-    console.log('end-to-end suite could not run on CI, where it must: failing the run');
-    failed = true;
-  }
-  console.log(`${total.passed} passed, ${total.failed} failed, ${total.skipped} skipped`);
-  return failed ? 1 : 0;
+  for (const line of summary.lines) console.log(line);
+  return summary.failed ? 1 : 0;
 }
 
 main().then(

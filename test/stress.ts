@@ -1,6 +1,7 @@
 /**
- * `npm run test:stress -- [--runs N] [--grep PATTERN] [--no-load]`: runs the
- * end-to-end suite N times in a row (default 10) inside one VM boot while a
+ * `npm run test:stress -- [--runs N] [--grep PATTERN] [--no-load] [--kernel LEG]`: runs the
+ * end-to-end suite N times in a row (default 10) inside one VM boot (on the
+ * kernel matrix's default leg, 6.12, unless `--kernel` names another) while a
  * bounded CPU hog keeps every host core busy, then prints pass/fail counts per
  * test. A suite that passes only on a quiet machine fails here. The hog is
  * plain busy loops in child processes that stop by themselves at the run's
@@ -13,15 +14,16 @@ import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import type { TestRecord } from './e2e/test-record';
 import { E2E_PATTERN, mochaShellCommand, ROOT, shellQuote } from './mocha-command';
-import { runInVm, VmUnavailable } from './vm';
+import { DEFAULT_KERNEL_LEG, kernelLeg, kernelLegNames, runInVm, VmUnavailable } from './vm';
 
-const USAGE = 'usage: npm run test:stress -- [--runs N] [--grep PATTERN] [--no-load] [--timeout-min M]';
+const USAGE = `usage: npm run test:stress -- [--runs N] [--grep PATTERN] [--no-load] [--timeout-min M] [--kernel ${kernelLegNames().join('|')}]`;
 
 interface StressOptions {
   runs: number;
   grep?: string;
   load: boolean;
   timeoutMs: number;
+  kernel: string;
 }
 
 function parseCli(argv: string[]): StressOptions {
@@ -32,6 +34,7 @@ function parseCli(argv: string[]): StressOptions {
       grep: { type: 'string' },
       'no-load': { type: 'boolean', default: false },
       'timeout-min': { type: 'string' },
+      kernel: { type: 'string', default: DEFAULT_KERNEL_LEG },
     },
   });
   const runs = Number(values.runs);
@@ -40,7 +43,8 @@ function parseCli(argv: string[]): StressOptions {
   // About 12 minutes a run under load on a 2-core host; a hung run is cut off by mocha's per-test timeout first.
   const timeoutMin = values['timeout-min'] === undefined ? 15 * runs + 5 : Number(values['timeout-min']);
   if (!(timeoutMin > 0)) throw new Error(`--timeout-min wants a positive number, got ${values['timeout-min']}`);
-  return { runs, grep: values.grep, load: !values['no-load'], timeoutMs: timeoutMin * 60_000 };
+  kernelLeg(values.kernel);
+  return { runs, grep: values.grep, load: !values['no-load'], timeoutMs: timeoutMin * 60_000, kernel: values.kernel };
 }
 
 /** One busy loop per core, each ending by itself at the deadline even if this process dies. */
@@ -109,22 +113,25 @@ async function main(): Promise<number> {
   const started = Date.now();
   const hogs = opts.load ? startCpuHog(started + opts.timeoutMs) : [];
   console.log(
-    `test:stress: ${opts.runs} run(s) of the end-to-end suite in one VM boot` +
+    `test:stress: ${opts.runs} run(s) of the end-to-end suite in one VM boot on Linux ${opts.kernel}` +
       (opts.load ? `, with ${hogs.length} busy loop(s) keeping the host's cores busy` : ', no load'),
   );
   let exitCode: number;
   let timedOut: boolean;
   let results: ReturnType<typeof tally>;
+  let kernelVersion: string;
   try {
     const r = await runInVm({
       command: guestCommand(opts),
       cwd: ROOT,
+      kernel: opts.kernel,
       timeoutMs: opts.timeoutMs,
       onOutput: (chunk) => process.stdout.write(chunk),
       log: (s) => console.log(`[vm] ${s}`),
     });
     exitCode = r.exitCode;
     timedOut = r.timedOut;
+    kernelVersion = r.kernel.version;
     results = tally(r.resultsDir, opts.runs);
     fs.rmSync(r.resultsDir, { recursive: true, force: true });
   } catch (err) {
@@ -140,7 +147,7 @@ async function main(): Promise<number> {
 
   const wallMin = ((Date.now() - started) / 60_000).toFixed(1);
   console.log(
-    `\n== stress summary: ${opts.runs} run(s), ${wallMin} min wall time${opts.load ? ', host cores busy' : ''} ==`,
+    `\n== stress summary: Linux ${kernelVersion}, ${opts.runs} run(s), ${wallMin} min wall time${opts.load ? ', host cores busy' : ''} ==`,
   );
   let passed = 0;
   let failed = 0;

@@ -31,7 +31,8 @@ const USAGE = `usage: ublk-reconcile [--dir DIR] [--state-dir DIR] [--once] [--p
   --once                 one pass, then exit
   --plan                 print the actions a pass would take (with their pre-flight checks); change nothing
   --json                 JSON on stdout: the result (one line per pass when watching), or {"error"}
-  --insecure-permissions accept manifests writable by group/others or not owned by root
+  --insecure-permissions accept manifests, js modules and links to loop files that users
+                         other than root could change (not owned by root, or writable by group/others)
   --resync-interval S    seconds between full passes when watching, ${RESYNC_MIN_S} to ${RESYNC_MAX_S} (default 30)
   --validate             check the manifests (schema, semantics, duplicates, backing files, js modules)
                          with no kernel and no root; exit 0 valid, 1 invalid
@@ -132,8 +133,9 @@ async function main(argv: string[]): Promise<number> {
     throw new Fatal(`manifest directory ${values.dir} does not exist or is not a directory`);
   }
 
+  const checkPermissions = process.getuid?.() === 0 && !values['insecure-permissions'];
   if (values.validate) {
-    const result = await validateManifests(values.dir, { offline: values.offline });
+    const result = await validateManifests(values.dir, { offline: values.offline, checkPermissions });
     printValidation(result);
     return result.exitCode;
   }
@@ -141,7 +143,7 @@ async function main(argv: string[]): Promise<number> {
   const opts = {
     dir: values.dir,
     stateDir: values['state-dir'],
-    checkPermissions: process.getuid?.() === 0 && !values['insecure-permissions'],
+    checkPermissions,
     log: json ? undefined : (line: string) => console.error(timestamp(line)),
   };
   checkStateDir(opts.stateDir);

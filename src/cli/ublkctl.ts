@@ -20,14 +20,16 @@ const USAGE = `usage:
   ublkctl add -t js --module /abs/target.js [--options JSON] --size SIZE [options]
       options: [--id N] [--queues Q] [--depth D] [--max-io-size SIZE]
                [--logical-block-size B] [--read-only] [--lock-memory]
-               [--recovery reissue|fail-inflight|fail-io|none] [--json]
+               [--recovery reissue|fail-inflight|fail-io|none] [--insecure-permissions] [--json]
   ublkctl del ID|--all [--json]
-  ublkctl recover ID [--json]
+  ublkctl recover ID [--insecure-permissions] [--json]
   ublkctl list [--json]
   ublkctl features [--json]
 
 SIZE is bytes or a number with KiB, MiB, GiB, TiB (e.g. 1GiB).
-Options for every command: --state-dir DIR (default ${DEFAULT_STATE_DIR}).`;
+Options for every command: --state-dir DIR (default ${DEFAULT_STATE_DIR}).
+As root, add and recover refuse a js module, or a link on the way to a loop file, that
+users other than root could change; --insecure-permissions accepts them.`;
 
 class UsageError extends Error {}
 
@@ -50,6 +52,11 @@ function directIoFlag(value: string | undefined): DirectIoMode | undefined {
   if (value === 'on' || value === 'true') return true;
   if (value === 'off' || value === 'false') return false;
   return value as DirectIoMode | undefined;
+}
+
+/** Root refuses a js module, or a link to a loop file, that others could change, unless told otherwise. */
+function checkPermissions(insecure: boolean | undefined): boolean {
+  return process.geteuid?.() === 0 && !insecure;
 }
 
 async function withControl<T>(fn: (control: UblkControl) => Promise<T>): Promise<T> {
@@ -82,6 +89,7 @@ async function cmdAdd(args: string[]): Promise<void> {
       recovery: { type: 'string' },
       json: { type: 'boolean' },
       'state-dir': { type: 'string' },
+      'insecure-permissions': { type: 'boolean' },
     },
   });
   if (values.type === undefined) throw new UsageError('add: -t/--type is required (null, memory, loop or js)');
@@ -116,7 +124,10 @@ async function cmdAdd(args: string[]): Promise<void> {
   const spec = normalizeDeviceSpec(input);
   // Open the control device first so a host without ublk fails before a server is spawned.
   await withControl(async () => undefined);
-  const server = await startServer(spec, { stateDir: values['state-dir'] });
+  const server = await startServer(spec, {
+    stateDir: values['state-dir'],
+    checkPermissions: checkPermissions(values['insecure-permissions']),
+  });
   if (values.json) {
     console.log(toJson({ ...server.info, sizeBytes: spec.sizeBytes, logPath: server.logPath }));
   } else {
@@ -153,7 +164,11 @@ async function cmdRecover(args: string[]): Promise<void> {
   const { values, positionals } = parseArgs({
     args,
     allowPositionals: true,
-    options: { json: { type: 'boolean' }, 'state-dir': { type: 'string' } },
+    options: {
+      json: { type: 'boolean' },
+      'state-dir': { type: 'string' },
+      'insecure-permissions': { type: 'boolean' },
+    },
   });
   if (positionals.length !== 1) throw new UsageError('recover: give one device ID');
   const id = parseId(positionals[0]!);
@@ -170,6 +185,7 @@ async function cmdRecover(args: string[]): Promise<void> {
   const server = await startServer(record.spec, {
     stateDir,
     recoverDevId: id,
+    checkPermissions: checkPermissions(values['insecure-permissions']),
     owner: record.owner,
     manifest: record.manifest,
     manifestFile: record.manifestFile,

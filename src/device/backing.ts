@@ -1,8 +1,10 @@
+import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { SpecError } from '../errors';
 import { native } from '../kernel/native';
 import { DeviceSpec } from '../spec/device-spec';
+import { loopFileTrustProblem, PathWalk, walkPath } from './trusted-path';
 
 /** An open backing store handed to the queue threads. */
 export interface Backing {
@@ -30,13 +32,38 @@ export interface Backing {
 export const MEMORY_DIR = '/dev/shm/ublk-ts';
 
 /** Where device `devId`'s memory target keeps its bytes. */
-export function memoryPath(devId: number): string {
-  return path.join(MEMORY_DIR, `dev${devId}.mem`);
+export function memoryPath(devId: number, dir = MEMORY_DIR): string {
+  return path.join(dir, `dev${devId}.mem`);
 }
 
-/** Removes a memory device's bytes: called when the device itself is deleted. */
-export function discardMemory(devId: number): void {
-  fs.rmSync(memoryPath(devId), { force: true });
+/**
+ * Removes a memory device's bytes: called when the device itself is
+ * deleted. Only from a memory directory that is ours: one planted (or a
+ * link) holds nothing of ours, and root must not unlink names in it.
+ */
+export function discardMemory(devId: number, dir = MEMORY_DIR): void {
+  let st: fs.Stats;
+  try {
+    st = fs.lstatSync(dir);
+  } catch {
+    return;
+  }
+  if (!st.isDirectory() || st.uid !== euid() || (st.mode & 0o777) !== 0o700) return;
+  fs.rmSync(memoryPath(devId, dir), { force: true });
+}
+
+/** Where openBacking may look besides the spec. */
+export interface BackingOptions {
+  /** Take over device `recoverDevId`'s store instead of making a new one. */
+  recoverDevId?: number;
+  /** The memory target's directory; tests point it elsewhere. Default MEMORY_DIR. */
+  memoryDir?: string;
+  /**
+   * Refuse a loop file reached through a symbolic link that others could
+   * re-point (one in a directory writable by others), or a hard link in such
+   * a directory: what a root server does for a manifest (--insecure-permissions turns it off).
+   */
+  checkPermissions?: boolean;
 }
 
 /**
@@ -46,21 +73,91 @@ export function discardMemory(devId: number): void {
  * works, locked exclusively against other ublk-ts devices;
  * memory — a sparse tmpfs file of the device size (pages appear only when written).
  */
-export function openBacking(spec: DeviceSpec, opts: { recoverDevId?: number } = {}): Backing | undefined {
+export function openBacking(spec: DeviceSpec, opts: BackingOptions = {}): Backing | undefined {
   if (spec.target.type === 'memory') {
-    return opts.recoverDevId === undefined ? createMemory(spec) : reopenMemory(spec, opts.recoverDevId);
+    const dir = opts.memoryDir ?? MEMORY_DIR;
+    ownMemoryDir(dir);
+    return opts.recoverDevId === undefined ? createMemory(spec, dir) : reopenMemory(spec, opts.recoverDevId, dir);
   }
   if (spec.target.type === 'loop') {
     const target = opts.recoverDevId === undefined ? spec.target : { ...spec.target, create: false };
-    return openLoop(spec, target);
+    return openLoop(spec, target, opts.checkPermissions ?? false);
   }
   return undefined;
 }
 
-function createMemory(spec: DeviceSpec): Backing {
-  fs.mkdirSync(MEMORY_DIR, { recursive: true, mode: 0o700 });
-  let file = path.join(MEMORY_DIR, `.starting-${process.pid}-${Date.now()}.mem`);
-  const fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o600);
+function euid(): number {
+  return process.geteuid?.() ?? 0;
+}
+
+/**
+ * Makes sure the memory directory is this user's own: /dev/shm is writable
+ * by everyone, so a directory (or a link) of that name may have been put
+ * there by anyone. It must be a real directory, owned by us, mode 0700;
+ * anything else is refused, never used or repaired. The check is made on
+ * the opened directory, not on the name, so nothing can be swapped in
+ * between; the sticky bit of /dev/shm keeps others from renaming it after.
+ */
+function ownMemoryDir(dir: string): void {
+  try {
+    fs.mkdirSync(dir, { mode: 0o700 });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') {
+      throw new SpecError(
+        'target',
+        `cannot create the memory directory ${dir}: ${(err as NodeJS.ErrnoException).code}`,
+      );
+    }
+  }
+  let fd: number;
+  try {
+    fd = fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY | fs.constants.O_NOFOLLOW);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    // O_DIRECTORY|O_NOFOLLOW on a link fails ENOTDIR like a file would: lstat tells them apart for the message.
+    const isLink = code === 'ELOOP' || (code === 'ENOTDIR' && isSymbolicLink(dir));
+    const what = isLink
+      ? 'is a symbolic link'
+      : code === 'ENOTDIR'
+        ? 'is not a directory'
+        : `cannot be opened (${code})`;
+    throw new SpecError('target', `refusing the memory directory ${dir}: it ${what}; remove it and try again`);
+  }
+  try {
+    const st = fs.fstatSync(fd);
+    if (st.uid !== euid()) {
+      throw new SpecError(
+        'target',
+        `refusing the memory directory ${dir}: it is owned by uid ${st.uid}, not ${euid()}; someone else made it — remove it and try again`,
+      );
+    }
+    if ((st.mode & 0o777) !== 0o700) {
+      throw new SpecError(
+        'target',
+        `refusing the memory directory ${dir}: its mode is ${(st.mode & 0o777).toString(8).padStart(4, '0')}, not 0700; fix with chmod 0700`,
+      );
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+function isSymbolicLink(p: string): boolean {
+  try {
+    return fs.lstatSync(p).isSymbolicLink();
+  } catch {
+    return false;
+  }
+}
+
+function createMemory(spec: DeviceSpec, dir: string): Backing {
+  let file = path.join(dir, `.starting-${process.pid}-${crypto.randomBytes(6).toString('hex')}.mem`);
+  // O_EXCL|O_NOFOLLOW: a new file of our own, never one (or a link) that was waiting under this name.
+  const fd = fs.openSync(
+    file,
+    fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW,
+    0o600,
+  );
   try {
     fs.ftruncateSync(fd, spec.sizeBytes);
   } catch (err) {
@@ -77,7 +174,7 @@ function createMemory(spec: DeviceSpec): Backing {
       return `memory (${file})`;
     },
     bindToDevice: (devId) => {
-      const bound = memoryPath(devId);
+      const bound = memoryPath(devId, dir);
       fs.renameSync(file, bound);
       file = bound;
     },
@@ -88,23 +185,41 @@ function createMemory(spec: DeviceSpec): Backing {
   };
 }
 
-function reopenMemory(spec: DeviceSpec, devId: number): Backing {
-  const file = memoryPath(devId);
+/**
+ * Re-opens a crashed server's memory file: without following a link, and
+ * only if it is a plain file of ours that no other name points at (a hard
+ * link would let a second name see or outlive the data).
+ */
+function reopenMemory(spec: DeviceSpec, devId: number, dir: string): Backing {
+  const file = memoryPath(devId, dir);
   let fd: number;
   try {
-    fd = fs.openSync(file, fs.constants.O_RDWR);
+    fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_NOFOLLOW);
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') {
       throw new SpecError(
         'target',
         `the memory of device ${devId} is gone (${file} does not exist): it cannot be recovered`,
       );
     }
+    if (code === 'ELOOP')
+      throw new SpecError('target', `refusing ${file}: it is a symbolic link, not device ${devId}'s memory`);
+    if (code === 'EISDIR') throw new SpecError('target', `refusing ${file}: it is not a regular file`);
     throw err;
   }
-  if (fs.fstatSync(fd).size !== spec.sizeBytes) {
-    fs.closeSync(fd);
-    throw new SpecError('size', `${file} holds ${fs.statSync(file).size} bytes, not the device's ${spec.sizeBytes}`);
+  const st = fs.fstatSync(fd);
+  const problem = !st.isFile()
+    ? 'it is not a regular file'
+    : st.uid !== euid()
+      ? `it is owned by uid ${st.uid}, not ${euid()}`
+      : st.nlink !== 1
+        ? `it has ${st.nlink} links, not 1`
+        : undefined;
+  if (problem || st.size !== spec.sizeBytes) fs.closeSync(fd);
+  if (problem) throw new SpecError('target', `refusing ${file}: ${problem}`);
+  if (st.size !== spec.sizeBytes) {
+    throw new SpecError('size', `${file} holds ${st.size} bytes, not the device's ${spec.sizeBytes}`);
   }
   return {
     fd,
@@ -119,10 +234,11 @@ function reopenMemory(spec: DeviceSpec, devId: number): Backing {
 
 type LoopTarget = Extract<DeviceSpec['target'], { type: 'loop' }>;
 
-function openLoop(spec: DeviceSpec, target: LoopTarget): Backing {
+function openLoop(spec: DeviceSpec, target: LoopTarget, checkPermissions: boolean): Backing {
   const file = target.file;
   let created = false;
   if (target.create && !fs.existsSync(file)) {
+    // O_CREAT|O_EXCL never follows a link at the last component: a file of our own, or an error.
     const fd = openOrExplain(file, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
     created = true;
     try {
@@ -142,7 +258,8 @@ function openLoop(spec: DeviceSpec, target: LoopTarget): Backing {
     if (created) fs.rmSync(file, { force: true });
   };
   try {
-    const { fd, directIo } = openWithDirectIoPolicy(spec, target);
+    const open = checkedOpener(file, checkPermissions);
+    const { fd, directIo } = openWithDirectIoPolicy(spec, target, open);
     if (!native().flock(fd, true, true)) {
       fs.closeSync(fd);
       throw new SpecError(
@@ -197,15 +314,69 @@ function blockDeviceDiscards(fd: number): boolean {
   return false;
 }
 
-function openOrExplain(file: string, flags: number, mode?: number): number {
+/**
+ * How a loop file is opened by root: the path is walked once, link by
+ * link (trusted-path.ts); a link others could re-point is refused when
+ * permissions are checked; the file the walk ended at is opened by its
+ * resolved path with O_NOFOLLOW, and the descriptor is checked to be that
+ * very file (device and inode) — so a link or file swapped in after the
+ * walk is never served — and a regular file or block device. Exported for
+ * the tests, which swap files between the walk and the open.
+ */
+export function checkedOpener(file: string, checkPermissions: boolean): (flags: number) => number {
+  let walk: PathWalk;
+  try {
+    walk = walkPath(file);
+  } catch (err) {
+    throw explainOpenError(file, err);
+  }
+  const problem = checkPermissions ? loopFileTrustProblem(walk) : undefined;
+  if (problem) {
+    throw new SpecError(
+      'target.file',
+      `refusing ${file}: ${problem}; fix the ownership or permissions, or pass --insecure-permissions`,
+    );
+  }
+  return (flags) => {
+    let fd: number;
+    try {
+      fd = fs.openSync(walk.resolved, flags | fs.constants.O_NOFOLLOW);
+    } catch (err) {
+      // The walk ended at a file, not a link: a link there now was put there since.
+      if ((err as NodeJS.ErrnoException).code === 'ELOOP')
+        throw new SpecError('target.file', `refusing ${file}: it was replaced while it was being opened`);
+      throw explainOpenError(file, err);
+    }
+    const st = fs.fstatSync(fd);
+    const problem =
+      st.dev !== walk.stat.dev || st.ino !== walk.stat.ino
+        ? 'it was replaced while it was being opened'
+        : !st.isFile() && !st.isBlockDevice()
+          ? 'it is not a regular file or block device'
+          : undefined;
+    if (problem) {
+      fs.closeSync(fd);
+      throw new SpecError('target.file', `refusing ${file}: ${problem}`);
+    }
+    return fd;
+  };
+}
+
+function explainOpenError(file: string, err: unknown): unknown {
+  const code = (err as NodeJS.ErrnoException).code;
+  if (code === 'EACCES' || code === 'EPERM' || code === 'EROFS')
+    return new SpecError('target.file', `${file}: permission denied (${code})`);
+  if (code === 'ENOENT') return new SpecError('target.file', `${file} does not exist`);
+  if (code === 'ELOOP') return new SpecError('target.file', `${file}: too many symbolic links`);
+  return err;
+}
+
+/** Opens `file` (named `shown` in errors), turning the usual failures into a SpecError naming it. */
+function openOrExplain(file: string, flags: number, mode?: number, shown = file): number {
   try {
     return fs.openSync(file, flags, mode);
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'EACCES' || code === 'EPERM' || code === 'EROFS')
-      throw new SpecError('target.file', `${file}: permission denied (${code})`);
-    if (code === 'ENOENT') throw new SpecError('target.file', `${file} does not exist`);
-    throw err;
+    throw explainOpenError(shown, err);
   }
 }
 
@@ -215,12 +386,16 @@ function directIoAlignment(fd: number): number | undefined {
   return native().dioAlignment(fd)?.offset || undefined;
 }
 
-function openWithDirectIoPolicy(spec: DeviceSpec, target: LoopTarget): { fd: number; directIo: boolean } {
+function openWithDirectIoPolicy(
+  spec: DeviceSpec,
+  target: LoopTarget,
+  open: (flags: number) => number,
+): { fd: number; directIo: boolean } {
   const access = spec.readOnly ? fs.constants.O_RDONLY : fs.constants.O_RDWR;
-  if (target.directIo === false) return { fd: openOrExplain(target.file, access), directIo: false };
+  if (target.directIo === false) return { fd: open(access), directIo: false };
   let fd: number;
   try {
-    fd = openOrExplain(target.file, access | fs.constants.O_DIRECT);
+    fd = open(access | fs.constants.O_DIRECT);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;
     if (target.directIo === true) {
@@ -229,7 +404,7 @@ function openWithDirectIoPolicy(spec: DeviceSpec, target: LoopTarget): { fd: num
         `${target.file} is on a file system without O_DIRECT support: use directIo auto or false`,
       );
     }
-    return { fd: openOrExplain(target.file, access), directIo: false };
+    return { fd: open(access), directIo: false };
   }
   const alignment = directIoAlignment(fd);
   if (alignment !== undefined && alignment > spec.logicalBlockSize) {
@@ -240,7 +415,7 @@ function openWithDirectIoPolicy(spec: DeviceSpec, target: LoopTarget): { fd: num
         `${target.file} needs ${alignment}-byte aligned direct IO, larger than the logical block size ${spec.logicalBlockSize}`,
       );
     }
-    return { fd: openOrExplain(target.file, access), directIo: false };
+    return { fd: open(access), directIo: false };
   }
   return { fd, directIo: true };
 }

@@ -6,11 +6,11 @@
 import { ERRNO, UblkError } from '../errors';
 import { ControlCommands, DeviceInfo, UblkControl } from '../kernel/control';
 import { DeviceSpec } from '../spec/device-spec';
-import { checkRecoverySupported, isRecoverable, recoveryFlags } from '../spec/recovery-mode';
+import { checkRecoverySupported, isRecoverable, RecoveryMode, recoveryFlags } from '../spec/recovery-mode';
 import { Backing, discardMemory, openBacking } from './backing';
-import { prepareJsTarget } from './js-queues';
+import { PreparedJsTarget, prepareJsTarget } from './js-queues';
 import { deviceParams } from './params';
-import { QueueExit, RunningQueues, startQueues } from './queues';
+import { PreparedQueues, prepareQueues, QueueExit, RunningQueues, startQueues } from './queues';
 
 export type { QueueExit } from './queues';
 
@@ -21,6 +21,12 @@ export type CreateProgress = { stage: 'added'; info: DeviceInfo };
 export interface DeviceOptions {
   /** An open control device (or a stand-in); omitted, the device opens its own and closes it when removed. */
   control?: ControlCommands;
+  /**
+   * Refuse a js module, or a link on the way to a loop file, that users
+   * other than root (or this process's user) could change: what a server
+   * run as root on behalf of a manifest does. Default false.
+   */
+  checkPermissions?: boolean;
 }
 
 const RECOVERY_BUSY_RETRIES = 200;
@@ -31,7 +37,21 @@ interface Held {
   backing?: Backing;
   /** Set once ADD_DEV succeeded: a create that fails later deletes it again. */
   addedId?: number;
+  /** Queues prepared but not started (a recovery before START_USER_RECOVERY). */
+  prepared?: PreparedQueues;
   queues?: RunningQueues;
+  /** The recovery mode the device was created with (create only). */
+  recovery?: RecoveryMode;
+}
+
+/**
+ * The recovery mode a device made from `spec` gets: the spec's, except
+ * that a JS target whose module does not declare itself recoverable gets
+ * none — its data lives only in its server, so the device must die with
+ * the server instead of being taken over by one that serves a blank disk.
+ */
+export function effectiveRecovery(spec: DeviceSpec, js: PreparedJsTarget | undefined): RecoveryMode {
+  return spec.target.type === 'js' && !js?.traits.recoverable ? 'none' : spec.recovery;
 }
 
 /**
@@ -49,6 +69,13 @@ export class UblkDevice {
   readonly exited: Promise<QueueExit[]>;
   /** The loop target's file or the memory target's tmpfs file, when there is one. */
   readonly backing: Backing | undefined;
+  /**
+   * What the kernel does with IO when this device's server dies: the
+   * spec's recovery mode, or `none` for a JS target that does not declare
+   * itself recoverable (see effectiveRecovery). Undefined for a device
+   * this process recovered rather than created.
+   */
+  readonly recovery: RecoveryMode | undefined;
   private readonly control: ControlCommands;
   private readonly ownsControl: boolean;
 
@@ -58,6 +85,7 @@ export class UblkDevice {
     this.control = control;
     this.ownsControl = ownsControl;
     this.backing = held.backing;
+    this.recovery = held.recovery;
     this.exited = closeOnExit(held.queues!.exited, held.backing, spec, info.id);
   }
 
@@ -81,20 +109,21 @@ export class UblkDevice {
   ): Promise<UblkDevice> {
     return UblkDevice.bringUp(spec, opts, async (control, held) => {
       checkRecoverySupported(spec.recovery, control.features);
-      const shared = await prepareJsTarget(spec);
-      held.backing = openBacking(spec);
+      const js = await prepareJsTarget(spec, { checkPermissions: opts.checkPermissions });
+      held.recovery = effectiveRecovery(spec, js);
+      held.backing = openBacking(spec, { checkPermissions: opts.checkPermissions });
       const info = await control.addDevice({
         id: spec.id,
         queues: spec.queues,
         depth: spec.depth,
         maxIoSize: spec.maxIoSize,
-        flags: recoveryFlags(spec.recovery),
+        flags: recoveryFlags(held.recovery),
       });
       held.addedId = info.id;
       held.backing?.bindToDevice(info.id);
       opts.onProgress?.({ stage: 'added', info });
-      await control.setParams(info.id, deviceParams(spec, info.maxIoSize, held.backing));
-      held.queues = await startQueues(control, info, spec, held.backing, shared);
+      await control.setParams(info.id, deviceParams(spec, info.maxIoSize, js?.traits, held.backing));
+      held.queues = await startQueues(control, info, spec, held.backing, js);
       await control.startDevice(info.id, process.pid);
       return info.id;
     });
@@ -102,11 +131,21 @@ export class UblkDevice {
 
   /**
    * Takes over a device whose server died (QUIESCED, or FAIL_IO):
-   * START_USER_RECOVERY (retried while the kernel still sees the old
-   * server), a fresh thread per queue fetching every tag, then
+   * everything that can fail without the kernel — the JS module loaded
+   * (and refused unless it declares itself recoverable), its setup() and
+   * every queue's createTarget(), the backing store opened — comes first;
+   * then START_USER_RECOVERY (retried while the kernel still sees the old
+   * server), a fresh thread per queue fetching every tag, and
    * END_USER_RECOVERY with this process as the server → LIVE. IO the
    * kernel held meanwhile is served; with reissue, so is IO in flight at
-   * the crash. A failed attempt leaves the device as it was.
+   * the crash.
+   *
+   * A failed attempt can be retried. Before START_USER_RECOVERY nothing
+   * changed. After it, the kernel (before 6.15) has reset every queue and
+   * refuses a second START_USER_RECOVERY with EINVAL until a queue is
+   * ready again; that refusal, on a recoverable QUIESCED device, means an
+   * earlier attempt got that far and died, and this attempt goes on to
+   * fetch the queues the kernel is waiting for (see startUserRecovery).
    */
   static async recover(devId: number, spec: DeviceSpec, opts: DeviceOptions = {}): Promise<UblkDevice> {
     return UblkDevice.bringUp(spec, opts, async (control, held) => {
@@ -122,11 +161,26 @@ export class UblkDevice {
           `device is ${before.state}, not QUIESCED or FAIL_IO`,
         );
       }
-      const shared = await prepareJsTarget(spec);
-      held.backing = openBacking(spec, { recoverDevId: devId });
-      await retryWhileBusy(() => control.startUserRecovery(devId));
-      const info = await control.getDeviceInfo(devId);
-      held.queues = await startQueues(control, info, spec, held.backing, shared);
+      // Checked again, not taken on trust from the record: files may have changed since the device was made.
+      const js = await prepareJsTarget(spec, { recovering: true, checkPermissions: opts.checkPermissions });
+      held.backing = openBacking(spec, { recoverDevId: devId, checkPermissions: opts.checkPermissions });
+      held.prepared = await prepareQueues(control, before, spec, held.backing, js);
+      const how = await startUserRecovery(control, devId);
+      try {
+        held.queues = await held.prepared.start();
+      } catch (err) {
+        if (how === 'resumed' && err instanceof UblkError) {
+          // The kernel keeps the memory of the first process to map a queue after START_USER_RECOVERY.
+          throw new UblkError(
+            err.op,
+            err.devId,
+            err.errno,
+            `${err.detail ?? err.code}; an earlier recovery of this device died after START_USER_RECOVERY, and if it ` +
+              'had mapped its queues, this kernel lets no other server map them until the device is deleted',
+          );
+        }
+        throw err;
+      }
       await control.endUserRecovery(devId, process.pid);
       return devId;
     });
@@ -154,6 +208,8 @@ export class UblkDevice {
       if (held.queues) {
         held.queues.stop();
         await held.queues.exited;
+      } else {
+        await held.prepared?.abandon();
       }
       if (held.addedId !== undefined) await control.deleteDevice(held.addedId).catch(() => undefined);
       if (ownsControl) control.close();
@@ -177,11 +233,26 @@ export class UblkDevice {
   }
 }
 
-async function retryWhileBusy(command: () => Promise<void>): Promise<void> {
+/**
+ * START_USER_RECOVERY, retried while it answers EBUSY: the kernel still
+ * sees the dead server (its /dev/ublkcN not yet released, or the device
+ * not yet quiesced).
+ *
+ * EINVAL on a device that has user recovery and is QUIESCED (recover
+ * checked both) is the kernel saying no queue is ready: before Linux 6.15
+ * START_USER_RECOVERY requires a ready queue, and an earlier
+ * START_USER_RECOVERY whose server died before any queue fetched all its
+ * tags left none. That earlier call already did what this one would —
+ * every queue reset and waiting for FETCH_REQs — so recovery goes on from
+ * there ('resumed') rather than leaving the device stuck.
+ */
+async function startUserRecovery(control: ControlCommands, devId: number): Promise<'started' | 'resumed'> {
   for (let attempt = 1; ; attempt++) {
     try {
-      return await command();
+      await control.startUserRecovery(devId);
+      return 'started';
     } catch (err) {
+      if (err instanceof UblkError && err.code === 'EINVAL') return 'resumed';
       if (!(err instanceof UblkError && err.code === 'EBUSY') || attempt >= RECOVERY_BUSY_RETRIES) throw err;
       await new Promise((r) => setTimeout(r, RECOVERY_BUSY_DELAY_MS));
     }

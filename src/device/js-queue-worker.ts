@@ -9,16 +9,35 @@ import { IoOp, loadTargetModule, TargetContext, UblkIo, UblkTarget } from './js-
 import { native, NativeJsQueue, NativeJsQueueOptions } from '../kernel/native';
 import { decodeIoDescriptor } from '../kernel/uapi';
 
-export interface QueueWorkerData extends NativeJsQueueOptions {
+export interface QueueWorkerData extends Omit<NativeJsQueueOptions, 'charFd'> {
   modulePath: string;
   context: TargetContext;
+  /** The device is read-only: writes, discards and write-zeroes fail with EROFS before the handler sees them. */
+  readOnly: boolean;
 }
 
-/** Messages a queue worker posts to the server's main thread. */
+/**
+ * Messages a queue worker posts to the server's main thread: `prepared`
+ * once its target exists (nothing touched the kernel yet), `ready` once
+ * every tag is fetched, `exit` as its last word.
+ */
 export type QueueWorkerMessage =
-  { kind: 'ready' } | { kind: 'exit'; ios: number; error?: string } | { kind: 'log'; line: string };
+  | { kind: 'prepared' }
+  | { kind: 'ready' }
+  | { kind: 'exit'; ios: number; error?: string }
+  | { kind: 'log'; line: string };
+
+/**
+ * Messages the main thread posts to a queue worker: `open` maps the queue
+ * and fetches its tags on /dev/ublkcN (`charFd`); `stop` ends the worker.
+ */
+export type QueueWorkerCommand = { kind: 'open'; charFd: number } | { kind: 'stop' };
 
 const EIO = ERRNO.EIO;
+const EROFS = ERRNO.EROFS;
+
+/** Requests that change the device's contents: refused on a read-only device. */
+const WRITING_OPS: ReadonlySet<IoOp> = new Set<IoOp>(['write', 'discard', 'write-zeroes']);
 
 function post(message: QueueWorkerMessage): void {
   parentPort!.postMessage(message);
@@ -33,6 +52,9 @@ async function main(): Promise<void> {
   const data = workerData as QueueWorkerData;
   const where = `dev ${data.devId} queue ${data.qid}`;
   const module = loadTargetModule(data.modulePath);
+  // The target is made before the queue touches the kernel: a createTarget
+  // that throws then fails a recovery before START_USER_RECOVERY, leaving
+  // the device as it was (see UblkDevice.recover).
   const target: UblkTarget = await module.createTarget(data.context);
 
   const commitTags = new Uint32Array(data.depth);
@@ -43,11 +65,14 @@ async function main(): Promise<void> {
   const targetWaiters = new Map<number, (res: number) => void>();
   let nextToken = 1;
 
-  let queue: NativeJsQueue;
+  let queue: NativeJsQueue | undefined;
+  let descriptors: DataView;
+  let tagBuffers: Buffer[] = [];
+  let refusedWrites = 0;
   const flush = (): void => {
     flushQueued = false;
     if (pending === 0) return;
-    queue.commit(commitTags, commitResults, pending);
+    queue!.commit(commitTags, commitResults, pending);
     pending = 0;
   };
   const finish = (tag: number, result: number): void => {
@@ -72,26 +97,42 @@ async function main(): Promise<void> {
 
   const onEvents = (arrived: number, targets: number, ended: boolean): void => {
     for (let i = 0; i < targets; i++) {
-      const token = queue.targetCompletions[i * 2]!;
-      const res = queue.targetCompletions[i * 2 + 1]!;
+      const token = queue!.targetCompletions[i * 2]!;
+      const res = queue!.targetCompletions[i * 2 + 1]!;
       const waiter = targetWaiters.get(token);
       targetWaiters.delete(token);
       waiter?.(res);
     }
-    for (let i = 0; i < arrived; i++) dispatch(queue.arrivals[i]!);
+    for (let i = 0; i < arrived; i++) dispatch(queue!.arrivals[i]!);
     flush();
     if (ended) void shutdown();
   };
 
-  queue = new (native().JsQueue)(data, onEvents);
-  const descriptors = new DataView(queue.descriptors);
-  const tagBuffers = Array.from({ length: data.depth }, (_, tag) =>
-    Buffer.from(queue.buffers, tag * data.maxIoSize, data.maxIoSize),
-  );
+  /** Maps the queue on /dev/ublkcN, fetches every tag and says so: the step after the target exists. */
+  function open(charFd: number): void {
+    const opened = new (native().JsQueue)({ ...data, charFd }, onEvents);
+    queue = opened;
+    descriptors = new DataView(opened.descriptors);
+    tagBuffers = Array.from({ length: data.depth }, (_, tag) =>
+      Buffer.from(opened.buffers, tag * data.maxIoSize, data.maxIoSize),
+    );
+    opened.fetchAll();
+    post({ kind: 'ready' });
+  }
 
   function dispatch(tag: number): void {
     ios++;
     const { op, flags, fua, offset, length } = decodeIoDescriptor(descriptors, tag);
+    if (data.readOnly && WRITING_OPS.has(op)) {
+      // The kernel's read-only flag does not stop every path (a bio submitted
+      // from inside the kernel is only warned about), so the handler never
+      // sees a request that would change a read-only device.
+      if (refusedWrites++ === 0) {
+        post({ kind: 'log', line: `${where} tag ${tag}: ${op} at ${offset} on a read-only device: failed with EROFS` });
+      }
+      finish(tag, -EROFS);
+      return;
+    }
     let done = false;
     const complete = (value: unknown): void => {
       if (done) return;
@@ -118,7 +159,7 @@ async function main(): Promise<void> {
         const token = nextToken;
         nextToken = nextToken >= 0x7fffffff ? 1 : nextToken + 1;
         targetWaiters.set(token, resolve);
-        queue.submitTargetIo(write, tag, fd, length, position, token);
+        queue!.submitTargetIo(write, tag, fd, length, position, token);
       });
     const io: UblkIo = {
       tag,
@@ -153,16 +194,26 @@ async function main(): Promise<void> {
     } catch (err) {
       post({ kind: 'log', line: `${where}: close failed: ${(err as Error).message}` });
     }
-    queue.close();
+    queue?.close();
+    if (refusedWrites > 1) {
+      post({ kind: 'log', line: `${where}: ${refusedWrites} writes refused on a read-only device` });
+    }
     post({ kind: 'exit', ios, error });
     parentPort!.close();
   }
 
-  parentPort!.on('message', (m: string) => {
-    if (m === 'stop') void shutdown('stopped before the device started');
+  parentPort!.on('message', (m: QueueWorkerCommand) => {
+    if (m.kind === 'stop') {
+      void shutdown('stopped before the device started');
+    } else if (m.kind === 'open' && queue === undefined && !stopping) {
+      try {
+        open(m.charFd);
+      } catch (err) {
+        void shutdown((err as Error).message);
+      }
+    }
   });
-  queue.fetchAll();
-  post({ kind: 'ready' });
+  post({ kind: 'prepared' });
 }
 
 void main().catch((err: Error) => {

@@ -7,6 +7,7 @@
  */
 
 import type { IoOp } from '../kernel/uapi';
+import { shown } from '../spec/show-value';
 
 export type { IoOp };
 
@@ -68,7 +69,38 @@ export interface UblkTarget {
 export interface TargetModule {
   createTarget(ctx: TargetContext): UblkTarget | Promise<UblkTarget>;
   setup?(ctx: SetupContext): unknown;
+  /**
+   * Whether a write may sit in a cache that only a flush makes durable
+   * (default true). The kernel then sends flush requests and FUA writes
+   * to the target (`/sys/block/ublkbN/queue/write_cache` reads "write
+   * back"); false declares every completed write durable ("write
+   * through"), and the block layer drops flushes before they reach it.
+   */
+  volatileCache?: boolean;
+  /**
+   * Whether a new server may take the device over after its server died
+   * (default false): true declares that the target's data outlives its
+   * server (a file, a remote store), so a server that runs setup() and
+   * createTarget() again serves the same disk. Without it the device is
+   * created without user recovery: it dies with its server, and the
+   * reconciler re-creates it reporting the data as lost, rather than
+   * bringing it back blank under whoever had it open.
+   */
+  recoverable?: boolean;
 }
+
+/** What a target module declares about itself, with the defaults filled in. */
+export interface TargetTraits {
+  volatileCache: boolean;
+  recoverable: boolean;
+}
+
+/** The module's declarations (see TargetModule), defaults filled in. */
+export function targetTraits(module: TargetModule): TargetTraits {
+  return { volatileCache: module.volatileCache ?? true, recoverable: module.recoverable ?? false };
+}
+
+const DECLARATIONS = ['volatileCache', 'recoverable'] as const;
 
 /** Loads a target module, accepting CommonJS exports or a default export; throws a message saying what is missing. */
 export function loadTargetModule(modulePath: string): TargetModule {
@@ -81,7 +113,16 @@ export function loadTargetModule(modulePath: string): TargetModule {
   }
   const candidates = [loaded, (loaded as { default?: unknown })?.default];
   for (const c of candidates) {
-    if (c && typeof (c as TargetModule).createTarget === 'function') return c as TargetModule;
+    if (c && typeof (c as TargetModule).createTarget === 'function') {
+      const module = c as TargetModule;
+      for (const name of DECLARATIONS) {
+        const value = module[name];
+        if (value !== undefined && typeof value !== 'boolean') {
+          throw new Error(`${modulePath}: export ${name} must be true or false, got ${shown(value)}`);
+        }
+      }
+      return module;
+    }
   }
   throw new Error(`${modulePath} does not export a target: expected a createTarget(ctx) function`);
 }

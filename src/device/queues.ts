@@ -13,7 +13,7 @@ import { UBLK_F_CMD_IOCTL_ENCODE } from '../kernel/uapi';
 import { ERRNO, UblkError } from '../errors';
 import { DeviceSpec } from '../spec/device-spec';
 import { Backing } from './backing';
-import { startJsQueues } from './js-queues';
+import { PreparedJsTarget, prepareJsQueues } from './js-queues';
 
 /** How a queue thread ended. */
 export interface QueueExit {
@@ -118,13 +118,19 @@ async function startNativeQueues(
   spec: DeviceSpec,
   backing: Backing | undefined,
 ): Promise<RunningQueues & { ready: Promise<void> }> {
+  // A failure here is a failure to start, not a queue left unpinned without a word.
   const affinities = await Promise.all(
-    Array.from({ length: info.queues }, (_, qid) => control.getQueueAffinity(info.id, qid).catch(() => [])),
+    Array.from({ length: info.queues }, (_, qid) => control.getQueueAffinity(info.id, qid)),
   );
   const lifecycle = new QueueLifecycle(info.id, info.queues);
   const onEvent = (e: NativeQueueEvent): void => {
     if (e.kind === 'ready') lifecycle.queueReady();
-    else lifecycle.queueExited({ qid: e.qid, ios: e.ios, error: e.error });
+    else if (e.kind === 'unpinned') {
+      const cpus = affinities[e.qid]?.join(',') ?? '';
+      process.stderr.write(
+        `${new Date().toISOString()} dev ${info.id} queue ${e.qid}: cannot pin its thread to CPUs ${cpus} (${e.error?.code}); it serves unpinned\n`,
+      );
+    } else lifecycle.queueExited({ qid: e.qid, ios: e.ios, error: e.error });
   };
   const group = new (native().QueueGroup)(
     {
@@ -148,6 +154,69 @@ async function startNativeQueues(
 }
 
 /**
+ * A device's queues made ready to start without touching the kernel: a
+ * JS target's workers have loaded its module and made their targets.
+ * `start` opens /dev/ublkcN, maps and fetches every tag of every queue;
+ * `abandon` ends what `prepareQueues` started when `start` never runs.
+ */
+export interface PreparedQueues {
+  start(): Promise<RunningQueues>;
+  abandon(): Promise<void>;
+}
+
+/**
+ * Prepares the device's queues (see PreparedQueues). A JS target's
+ * createTarget runs here, so a recovery that fails in it fails before
+ * START_USER_RECOVERY. If a queue fails, the others are stopped and
+ * awaited before the error is thrown.
+ */
+export async function prepareQueues(
+  control: ControlCommands,
+  info: DeviceInfo,
+  spec: DeviceSpec,
+  backing: Backing | undefined,
+  js: PreparedJsTarget | undefined,
+): Promise<PreparedQueues> {
+  const untilReady = async (queues: RunningQueues & { ready: Promise<void> }): Promise<RunningQueues> => {
+    try {
+      await queues.ready;
+    } catch (err) {
+      queues.stop();
+      await queues.exited;
+      throw err;
+    }
+    return { stop: queues.stop, exited: queues.exited };
+  };
+  if (spec.target.type !== 'js') {
+    return {
+      start: async () => {
+        await waitForNode(info.charPath, NODE_WAIT_MS);
+        return untilReady(await startNativeQueues(control, info, spec, backing));
+      },
+      abandon: async () => undefined,
+    };
+  }
+  const workers = prepareJsQueues(info, spec as DeviceSpec & { target: { type: 'js' } }, js!);
+  const abandon = async (): Promise<void> => {
+    workers.stop();
+    await workers.exited;
+  };
+  try {
+    await workers.prepared;
+  } catch (err) {
+    await abandon();
+    throw err;
+  }
+  return {
+    start: async () => {
+      await waitForNode(info.charPath, NODE_WAIT_MS);
+      return untilReady(workers.open());
+    },
+    abandon,
+  };
+}
+
+/**
  * Starts the device's queues and resolves once every tag of every queue is
  * fetched. If a queue fails first, the others are stopped and awaited
  * before the error is thrown, so nothing is left running.
@@ -157,19 +226,13 @@ export async function startQueues(
   info: DeviceInfo,
   spec: DeviceSpec,
   backing: Backing | undefined,
-  shared: unknown,
+  js: PreparedJsTarget | undefined,
 ): Promise<RunningQueues> {
-  await waitForNode(info.charPath, NODE_WAIT_MS);
-  const queues =
-    spec.target.type === 'js'
-      ? startJsQueues(info, spec as DeviceSpec & { target: { type: 'js' } }, shared)
-      : await startNativeQueues(control, info, spec, backing);
+  const prepared = await prepareQueues(control, info, spec, backing, js);
   try {
-    await queues.ready;
+    return await prepared.start();
   } catch (err) {
-    queues.stop();
-    await queues.exited;
+    await prepared.abandon();
     throw err;
   }
-  return { stop: queues.stop, exited: queues.exited };
 }

@@ -179,6 +179,62 @@ function explainOpenFailure(err: UblkError, path: string): Error {
   return err;
 }
 
+/** Where the kernel says who may use io_uring (Linux 6.6+): 0 everyone, 1 root and kernel.io_uring_group, 2 no one. */
+export const IO_URING_DISABLED_PATH = '/proc/sys/kernel/io_uring_disabled';
+
+function readIoUringDisabled(): string | undefined {
+  try {
+    return fs.readFileSync(IO_URING_DISABLED_PATH, 'utf8').trim();
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Says why the io_uring a control command is sent on could not be set up,
+ * in terms a user can act on: the failure is io_uring's on this host, not
+ * the command's. `setting` reads kernel.io_uring_disabled (tests pass their own).
+ */
+export function explainRingSetupFailure(
+  err: UblkError,
+  setting: () => string | undefined = readIoUringDisabled,
+): EnvironmentError {
+  const base = `cannot set up an io_uring (${err.code}), which every ublk command is sent on`;
+  if (err.code === 'EPERM') {
+    const value = setting();
+    if (value === '2') {
+      return new EnvironmentError(
+        `${base}: io_uring is disabled on this host (${IO_URING_DISABLED_PATH} is 2); set kernel.io_uring_disabled to 0`,
+      );
+    }
+    if (value === '1') {
+      return new EnvironmentError(
+        `${base}: io_uring is limited to root and kernel.io_uring_group here (${IO_URING_DISABLED_PATH} is 1), and this process is neither`,
+      );
+    }
+    return new EnvironmentError(`${base}: it was refused, likely by a seccomp filter (a container runtime's profile)`);
+  }
+  if (err.code === 'ENOSYS')
+    return new EnvironmentError(`${base}: this kernel has no io_uring, or a seccomp filter hides it`);
+  if (err.code === 'EINVAL')
+    return new EnvironmentError(`${base}: this kernel's io_uring lacks 128-byte SQEs (Linux 5.19+)`);
+  if (err.code === 'ENOMEM') {
+    return new EnvironmentError(
+      `${base}: out of memory, or the locked-memory limit (ulimit -l) is too low for the ring`,
+    );
+  }
+  return new EnvironmentError(`${base}`);
+}
+
+/**
+ * Why GET_FEATURES failed where that only means the kernel has no such
+ * command (it came in 6.5), so every optional feature is absent and the
+ * pre-6.4 command numbers are used: ENODEV is what 6.1–6.4 answer, as they
+ * look up a device by dev_id (−1 here) before they look at the opcode; the
+ * rest are how an unknown command fails elsewhere (libublk-rs treats them alike).
+ */
+const NO_GET_FEATURES = ['ENODEV', 'EOPNOTSUPP', 'EINVAL', 'ENOTTY', 'ENOTSUP', 'UNKNOWN_524'];
+
 /**
  * A handle on /dev/ublk-control: the kernel's ublk control commands
  * (features, add, parameters, start, stop, delete, recovery, info).
@@ -205,16 +261,25 @@ export class UblkControl {
     } catch (err) {
       throw err instanceof UblkError ? explainOpenFailure(err, path) : err;
     }
+    return UblkControl.probe(dev);
+  }
+
+  /**
+   * Probes an open control device: its features (GET_FEATURES) and which
+   * command numbers it understands. Tests hand in a stand-in device.
+   */
+  static async probe(dev: NativeControlDevice): Promise<UblkControl> {
     let features = 0n;
     let legacy = false;
     try {
       features = await dev.getFeatures();
     } catch (err) {
+      const ringFailed = err instanceof UblkError && err.op === 'IO_URING_SETUP';
       // Kernels before 6.5 have no GET_FEATURES: treat that as "no optional
       // features" and use the command numbers every kernel understands.
-      if (!(err instanceof UblkError) || !['EOPNOTSUPP', 'EINVAL', 'ENOTTY', 'ENOTSUP'].includes(err.code)) {
+      if (!(err instanceof UblkError) || ringFailed || !NO_GET_FEATURES.includes(err.code)) {
         dev.close();
-        throw err;
+        throw ringFailed ? explainRingSetupFailure(err) : err;
       }
       legacy = true;
     }

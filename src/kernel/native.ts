@@ -93,7 +93,8 @@ export interface NativeQueueGroupOptions {
 /** What a queue thread reports: 'ready' once every tag is fetched, 'exit' when it ends. */
 export interface NativeQueueEvent {
   qid: number;
-  kind: 'ready' | 'exit';
+  /** unpinned: the queue's thread could not be pinned to its CPUs (error says why); it serves on. */
+  kind: 'ready' | 'exit' | 'unpinned';
   ios: number;
   error?: UblkError;
 }

@@ -32,6 +32,8 @@ export interface ApplyContext {
   now: number;
   /** When a dead server's death was noticed, where the caller watched for it. */
   deathNoticedAt?: (pid: number) => number | undefined;
+  /** Refuse js modules and loop-file links others could change, in the pre-flight and in the server (recoveries too). */
+  checkPermissions?: boolean;
 }
 
 /** When the record's server went LIVE (records from before `startedAt` was kept: their last write). */
@@ -85,17 +87,21 @@ function restartHistory(
  * has now (earlier actions of the pass may have freed ids); `replacing` is
  * the device a re-create removes, whose id the new spec may take over.
  */
-async function preflightNow(kernel: Kernel, manifest: LoadedManifest, replacing?: number): Promise<DeviceSpec> {
-  const ids = new Set((await kernel.listDevices()).map((d) => d.id));
-  return preflight(manifest, { idTaken: (id) => id !== replacing && ids.has(id) });
+async function preflightNow(ctx: ApplyContext, manifest: LoadedManifest, replacing?: number): Promise<DeviceSpec> {
+  const ids = new Set((await ctx.kernel.listDevices()).map((d) => d.id));
+  return preflight(manifest, {
+    idTaken: (id) => id !== replacing && ids.has(id),
+    checkPermissions: ctx.checkPermissions,
+  });
 }
 
 async function createFrom(
-  kernel: Kernel,
+  ctx: ApplyContext,
   manifest: LoadedManifest,
   spec: DeviceSpec,
 ): Promise<{ devId: number; blockPath: string }> {
-  const server = await kernel.startServer(spec, {
+  const server = await ctx.kernel.startServer(spec, {
+    checkPermissions: ctx.checkPermissions ?? false,
     owner: 'reconciler',
     manifest: manifest.name,
     manifestFile: manifest.file,
@@ -134,28 +140,30 @@ export async function apply(
   try {
     switch (action.kind) {
       case 'create': {
-        const spec = await preflightNow(kernel, manifest!);
-        const made = await createFrom(kernel, manifest!, spec);
+        const spec = await preflightNow(ctx, manifest!);
+        const made = await createFrom(ctx, manifest!, spec);
         return { ...base, devId: made.devId, blockPath: made.blockPath };
       }
       case 'recreate': {
         // Everything about the new spec is checked before the old device is stopped.
         let spec: DeviceSpec;
         try {
-          spec = await preflightNow(kernel, manifest!, action.devId);
+          spec = await preflightNow(ctx, manifest!, action.devId);
         } catch (err) {
           if (err instanceof PreflightError) err.message += ' (the device was left as it is)';
           throw err;
         }
         await kernel.removeDevice(action.devId!);
-        const made = await createFrom(kernel, manifest!, spec);
+        const made = await createFrom(ctx, manifest!, spec);
         return { ...base, devId: made.devId, blockPath: made.blockPath };
       }
       case 'recover': {
         const history = restartHistory(action.name, record!, ctx);
         counted = history.failures > 0;
+        // The record's spec is checked by the server as a manifest's would be: its files may have changed.
         const server = await kernel.startServer(record!.spec, {
           recoverDevId: action.devId,
+          checkPermissions: ctx.checkPermissions ?? false,
           owner: 'reconciler',
           manifest: record!.manifest,
           manifestFile: manifest?.file ?? record!.manifestFile,

@@ -12,6 +12,7 @@ import { SpecError } from '../errors';
 import type { LoadedManifest } from '../manifest';
 import { DeviceSpec, normalizeDeviceSpec } from '../spec/device-spec';
 import { clip } from '../spec/show-value';
+import { loopFileTrustProblem, moduleTrustProblem, walkPath } from '../device/trusted-path';
 
 /** What the pre-flight knows of the host besides files. */
 export interface PreflightOptions {
@@ -19,6 +20,12 @@ export interface PreflightOptions {
   idTaken?: (id: number) => boolean;
   /** How long a js module may take to load (default 10 s). */
   moduleTimeoutMs?: number;
+  /**
+   * Refuse a js module, or a link to a loop file, that others could change
+   * (see trusted-path.ts) — before the module is loaded even in its
+   * throwaway process, which runs as root too.
+   */
+  checkPermissions?: boolean;
 }
 
 /** The throwaway process that loads a js target module (this file is dist/src/reconciler/preflight.js). */
@@ -56,6 +63,24 @@ function checkLoopFile(manifest: LoadedManifest, spec: DeviceSpec): void {
   }
 }
 
+/** Nothing on the way to the js module or the loop file could be changed by others. */
+function checkTrust(manifest: LoadedManifest, spec: DeviceSpec): void {
+  const fix = 'fix the ownership or permissions, or pass --insecure-permissions';
+  if (spec.target.type === 'js') {
+    const problem = moduleTrustProblem(spec.target.module);
+    if (problem) throw located(manifest, 'target.module', `refusing ${clip(spec.target.module)}: ${problem}; ${fix}`);
+  }
+  if (spec.target.type === 'loop' && fs.existsSync(spec.target.file)) {
+    let problem: string | undefined;
+    try {
+      problem = loopFileTrustProblem(walkPath(spec.target.file));
+    } catch {
+      return; // the open below reports a path that cannot be walked
+    }
+    if (problem) throw located(manifest, 'target.file', `refusing ${clip(spec.target.file)}: ${problem}; ${fix}`);
+  }
+}
+
 /** The js module loads, in a process of its own, and exports createTarget. */
 async function checkModule(manifest: LoadedManifest, spec: DeviceSpec, timeoutMs: number): Promise<void> {
   if (spec.target.type !== 'js') return;
@@ -90,6 +115,7 @@ export async function preflight(manifest: LoadedManifest, opts: PreflightOptions
     if (err instanceof SpecError) throw located(manifest, err.field, err.detail);
     throw err;
   }
+  if (opts.checkPermissions) checkTrust(manifest, spec);
   checkLoopFile(manifest, spec);
   await checkModule(manifest, spec, opts.moduleTimeoutMs ?? 10_000);
   if (spec.id !== undefined && opts.idTaken?.(spec.id)) {

@@ -96,12 +96,13 @@ async function plannedWithPreflight(
   action: Action,
   manifest: LoadedManifest | undefined,
   idTaken: (id: number) => boolean,
+  checkPermissions: boolean | undefined,
 ): Promise<DeviceOutcome> {
   if (!isChange(action)) return plannedOutcome(action, 'unchanged');
   const planned = plannedOutcome(action, 'planned');
   if ((action.kind !== 'create' && action.kind !== 'recreate') || !manifest) return planned;
   try {
-    await preflight(manifest, { idTaken: (id) => id !== action.devId && idTaken(id) });
+    await preflight(manifest, { idTaken: (id) => id !== action.devId && idTaken(id), checkPermissions });
     return planned;
   } catch (err) {
     const left = action.kind === 'recreate' ? ' (the device would be left as it is)' : '';
@@ -151,9 +152,9 @@ export async function reconcileOnce(kernel: Kernel, opts: ReconcileOptions): Pro
   const devices: DeviceOutcome[] = [];
   for (const action of [...actions].sort((a, b) => rank(a) - rank(b))) {
     const outcome = opts.planOnly
-      ? await plannedWithPreflight(action, byName.get(action.name), takenAfterDeletes)
+      ? await plannedWithPreflight(action, byName.get(action.name), takenAfterDeletes, opts.checkPermissions)
       : await apply(
-          { kernel, backoff, now, deathNoticedAt: opts.deathNoticedAt },
+          { kernel, backoff, now, deathNoticedAt: opts.deathNoticedAt, checkPermissions: opts.checkPermissions },
           action,
           byName.get(action.name),
           records.find((r) => r.devId === action.devId),

@@ -24,6 +24,8 @@ export interface ValidateOptions {
    * against the kernel's limit, not this host's CPUs).
    */
   offline?: boolean;
+  /** Refuse modules and loop-file links others could change before a module is loaded to check it (it runs as us). */
+  checkPermissions?: boolean;
 }
 
 /** Validates every manifest in `dir`; throws only when `dir` is missing or not a directory. */
@@ -34,7 +36,7 @@ export async function validateManifests(dir: string, opts: ValidateOptions = {})
   for (const m of loaded.manifests) {
     if (!opts.offline) {
       try {
-        await preflight(m);
+        await preflight(m, { checkPermissions: opts.checkPermissions });
       } catch (err) {
         errors.push((err as Error).message);
         continue;

@@ -7,6 +7,7 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { DeviceSpec } from '../spec/device-spec';
+import { isAlive, isSameProcessAlive, processStartTime } from './processes';
 
 /** Who made a device: the reconciler owns it (and may delete it); ublkctl records only help `recover`. */
 export type DeviceOwner = 'reconciler' | 'ublkctl';
@@ -49,6 +50,42 @@ export function recordPath(stateDir: string, devId: number): string {
   return path.join(recordsDir(stateDir), `ublkb${devId}.json`);
 }
 
+let ownStartTime: string | undefined;
+
+/**
+ * The name of a temporary record: it carries the writer's pid and start
+ * time, so a reader can tell a crashed writer's leftover from a file
+ * another process is writing right now.
+ */
+function temporaryName(target: string): string {
+  ownStartTime ??= processStartTime(process.pid) ?? '0';
+  const unique = crypto.randomBytes(4).toString('hex');
+  return `.${path.basename(target)}.${process.pid}-${ownStartTime}.${unique}.tmp`;
+}
+
+/** Temporaries of writers that did not record their start time: `.ublkb5.json.PID.HEX.tmp`. */
+const LEGACY_TEMPORARY = /^\.ublkb\d+\.json\.(\d+)\.[0-9a-f]+\.tmp$/;
+const TEMPORARY = /^\.ublkb\d+\.json\.(\d+)-(\d+)\.[0-9a-f]+\.tmp$/;
+/** How old a legacy temporary of a gone writer must be before it is removed. */
+const LEGACY_TEMPORARY_AGE_MS = 10 * 60_000;
+
+/**
+ * Whether a temporary record was left by a writer that is gone: its pid
+ * runs no more, or runs a later process. Anything else may be a record
+ * being written this instant, whose rename must find it.
+ */
+function isStaleTemporary(dir: string, name: string): boolean {
+  const current = TEMPORARY.exec(name);
+  if (current) return !isSameProcessAlive(Number(current[1]), current[2]!);
+  const legacy = LEGACY_TEMPORARY.exec(name);
+  if (!legacy || isAlive(Number(legacy[1]))) return false;
+  try {
+    return Date.now() - fs.lstatSync(path.join(dir, name)).mtimeMs > LEGACY_TEMPORARY_AGE_MS;
+  } catch {
+    return false;
+  }
+}
+
 /**
  * Writes a record so that it is, at any instant, either the old or the new
  * version: write a temporary file, fsync it, rename it over the record,
@@ -58,8 +95,8 @@ export function writeRecord(stateDir: string, record: DeviceRecord): void {
   const dir = recordsDir(stateDir);
   fs.mkdirSync(dir, { recursive: true, mode: 0o750 });
   const target = recordPath(stateDir, record.devId);
-  const temp = path.join(dir, `.${path.basename(target)}.${process.pid}.${crypto.randomBytes(4).toString('hex')}.tmp`);
-  const fd = fs.openSync(temp, 'w', 0o640);
+  const temp = path.join(dir, temporaryName(target));
+  const fd = fs.openSync(temp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o640);
   try {
     fs.writeSync(fd, `${JSON.stringify({ ...record, updatedAt: new Date().toISOString() }, null, 2)}\n`);
     fs.fsyncSync(fd);
@@ -117,7 +154,10 @@ function readText(file: string): string {
   }
 }
 
-/** Every record in the state directory. Leftover temporary files of a crashed writer are removed. */
+/**
+ * Every record in the state directory. Temporary files whose writer is
+ * gone are removed; those of a writer still running are left to it.
+ */
 export function listRecords(stateDir: string): DeviceRecord[] {
   const dir = recordsDir(stateDir);
   let names: string[];
@@ -132,7 +172,7 @@ export function listRecords(stateDir: string): DeviceRecord[] {
   for (const name of names) {
     const file = path.join(dir, name);
     if (name.endsWith('.tmp')) {
-      fs.rmSync(file, { force: true });
+      if (isStaleTemporary(dir, name)) fs.rmSync(file, { force: true });
       continue;
     }
     if (!/^ublkb\d+\.json$/.test(name)) continue;

@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process';
+import { ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Readable } from 'node:stream';
@@ -8,7 +8,8 @@ import { ControlCommands, DeviceInfo, UblkControl } from '../kernel/control';
 import { DeviceSpec } from '../spec/device-spec';
 import { DeviceOwner, removeRecord, writeRecord } from './device-records';
 import { isAlive, waitForExit, withTimeout } from './processes';
-import { deserializeError, deserializeInfo, ServerMessage, ServerRequest } from './protocol';
+import { readTail } from './server-log';
+import { deserializeError, deserializeInfo, MAX_REQUEST_BYTES, ServerMessage, ServerRequest } from './protocol';
 
 /** Default state directory: per-device records and server logs. */
 export const DEFAULT_STATE_DIR = '/run/ublk-ts';
@@ -37,6 +38,12 @@ export interface LaunchOptions {
   lastError?: string;
   /** Used to delete the device of a server that failed half-way; omitted, one is opened when needed. */
   control?: ControlCommands;
+  /**
+   * Whether the server refuses files others could change (a js module, a
+   * link to a loop file); default: when running as root. Recovery checks
+   * again: a record's spec is trusted no more than the manifest it came from.
+   */
+  checkPermissions?: boolean;
 }
 
 /** The server's entry point; e2e tests find servers by this file name in their command line. */
@@ -47,12 +54,25 @@ export function serverLogPath(stateDir: string, id: number): string {
   return path.join(stateDir, 'logs', `ublkb${id}.log`);
 }
 
-function tail(file: string, lines = 20): string {
-  try {
-    return fs.readFileSync(file, 'utf8').trimEnd().split('\n').slice(-lines).join('\n');
-  } catch {
-    return '';
+/**
+ * Spawns a device server and hands it `request` on its stdin, not in its
+ * argv: the spec may carry secrets (a js target's options), which a command
+ * line shows to every user, and argv caps one argument at 128 KiB.
+ * The server's stdout and stderr go to `logFd`; its fd 3 is the status channel.
+ */
+export function spawnServer(request: ServerRequest, logFd: number): ChildProcess {
+  const text = JSON.stringify(request);
+  if (Buffer.byteLength(text) > MAX_REQUEST_BYTES) {
+    throw new Error(`the device spec takes ${Buffer.byteLength(text)} bytes as JSON, more than ${MAX_REQUEST_BYTES}`);
   }
+  const child = spawn(process.execPath, [SERVER_MAIN], {
+    detached: true,
+    stdio: ['pipe', logFd, logFd, 'pipe'],
+  });
+  // A server that dies before reading its request breaks the pipe: its exit is what gets reported.
+  child.stdin!.on('error', () => undefined);
+  child.stdin!.end(text);
+  return child;
 }
 
 /**
@@ -72,12 +92,13 @@ export async function startServer(spec: DeviceSpec, opts: LaunchOptions = {}): P
     ? serverLogPath(stateDir, opts.recoverDevId!)
     : path.join(logDir, `.starting-${process.pid}-${Date.now()}.log`);
   const logFd = fs.openSync(pendingLog, 'a', 0o640);
-  const request: ServerRequest = { spec, recoverDevId: opts.recoverDevId };
-  const child = spawn(process.execPath, [SERVER_MAIN, JSON.stringify(request)], {
-    detached: true,
-    stdio: ['ignore', logFd, logFd, 'pipe'],
-  });
-  fs.closeSync(logFd);
+  let child: ChildProcess;
+  try {
+    const checkPermissions = opts.checkPermissions ?? process.geteuid?.() === 0;
+    child = spawnServer({ spec, recoverDevId: opts.recoverDevId, checkPermissions }, logFd);
+  } finally {
+    fs.closeSync(logFd);
+  }
   const status = child.stdio[3] as Readable;
 
   let addedId: number | undefined;
@@ -104,7 +125,7 @@ export async function startServer(spec: DeviceSpec, opts: LaunchOptions = {}): P
     });
     child.on('error', (err) => finish({ error: err }));
     child.on('exit', (code, signal) => {
-      const log = tail(pendingLog);
+      const log = readTail(pendingLog);
       finish({
         error: new Error(
           `device server exited (${signal ?? `status ${code}`}) before the device was live${log ? `:\n${log}` : ''}`,
@@ -117,6 +138,7 @@ export async function startServer(spec: DeviceSpec, opts: LaunchOptions = {}): P
     const logPath = serverLogPath(stateDir, outcome.info.id);
     if (!recovering) fs.renameSync(pendingLog, logPath);
     status.destroy();
+    child.stdin?.destroy();
     child.removeAllListeners('exit');
     child.unref();
     writeRecord(stateDir, {

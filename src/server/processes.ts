@@ -19,6 +19,27 @@ export function isAlive(pid: number): boolean {
   }
 }
 
+/**
+ * When process `pid` started, in clock ticks since boot (field 22 of
+ * /proc/PID/stat), or undefined when there is no such process. A pid and
+ * its start time name one process for good: a reused pid starts later.
+ */
+export function processStartTime(pid: number): string | undefined {
+  let stat: string;
+  try {
+    stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return undefined;
+  }
+  // Fields after the command name (which may hold spaces and parentheses) start at field 3.
+  return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[22 - 3];
+}
+
+/** Whether the process that was `pid` when it started at `startTime` still runs. */
+export function isSameProcessAlive(pid: number, startTime: string): boolean {
+  return isAlive(pid) && processStartTime(pid) === startTime;
+}
+
 /** Polls until `pid` is gone; false on timeout. */
 export async function waitForExit(pid: number, timeoutMs: number): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;

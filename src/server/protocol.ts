@@ -10,10 +10,23 @@ import { DeviceSpec } from '../spec/device-spec';
 /** The server's end of the status channel (the launcher's fourth stdio entry). */
 export const STATUS_FD = 3;
 
-/** What the launcher asks a server for: a new device, or taking over a QUIESCED one. */
+/**
+ * The most bytes a request may take on the server's stdin. A spec is small;
+ * the cap only bounds what a server reads before it knows what it got.
+ */
+export const MAX_REQUEST_BYTES = 16 * 1024 * 1024;
+
+/**
+ * What the launcher asks a server for: a new device, or taking over a
+ * QUIESCED one. It travels as one JSON text on the server's stdin, never in
+ * its argv: a js target's options may hold credentials, and a command line
+ * is readable by every user (/proc/PID/cmdline) and limited to 128 KiB.
+ */
 export interface ServerRequest {
   spec: DeviceSpec;
   recoverDevId?: number;
+  /** Refuse files others could change (a js module, a link to a loop file): see DeviceOptions.checkPermissions. */
+  checkPermissions?: boolean;
 }
 
 /** An error as it crosses the status channel: its type and every field that type carries. */
@@ -31,6 +44,19 @@ export type ServerMessage =
   | { event: 'added'; devId: number }
   | { event: 'live'; info: Omit<DeviceInfo, 'flags'> & { flags: string } }
   | { event: 'error'; error: SerializedError };
+
+/**
+ * A spec as a log line: a js target's options are left out (they may hold
+ * credentials, and logs are readable by more than root); their keys are named.
+ */
+export function specForLog(spec: DeviceSpec): string {
+  if (spec.target.type !== 'js') return JSON.stringify(spec);
+  const keys = Object.keys(spec.target.options);
+  return JSON.stringify({
+    ...spec,
+    target: { ...spec.target, options: `<${keys.length} not logged: ${keys.join(', ')}>` },
+  });
+}
 
 /** The error a server sends when it cannot bring its device up. */
 export function serializeError(err: unknown): SerializedError {

@@ -1,7 +1,8 @@
 /**
  * A device server process: serves exactly one ublk device until it is
- * stopped. Started detached by the launcher with the device spec as its
- * argument; stdout/stderr are its log file, fd 3 its status channel.
+ * stopped. Started detached by the launcher, which writes the request (the
+ * device spec) to its stdin; stdout/stderr are its log file, fd 3 its
+ * status channel.
  * SIGTERM or SIGINT stop and delete the device; STOP_DEV from elsewhere
  * (ublkctl del) ends it too. Exit status 0 means every queue ended cleanly.
  */
@@ -9,7 +10,16 @@ import * as fs from 'node:fs';
 import { UblkDevice } from '../device/device';
 import { formatSize } from '../spec/sizes';
 import { lockCode } from './lock-memory';
-import { serializeError, serializeInfo, ServerMessage, ServerRequest, STATUS_FD } from './protocol';
+import {
+  MAX_REQUEST_BYTES,
+  serializeError,
+  serializeInfo,
+  ServerMessage,
+  ServerRequest,
+  specForLog,
+  STATUS_FD,
+} from './protocol';
+import { keepLogBounded } from './server-log';
 
 function log(message: string): void {
   process.stderr.write(`${new Date().toISOString()} [server ${process.pid}] ${message}\n`);
@@ -35,8 +45,23 @@ function closeStatus(): void {
   }
 }
 
+/** The launcher's request, read whole from stdin (up to its end). */
+async function readRequest(): Promise<ServerRequest> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of process.stdin) {
+    size += (chunk as Buffer).length;
+    if (size > MAX_REQUEST_BYTES) throw new Error(`the request on stdin is larger than ${MAX_REQUEST_BYTES} bytes`);
+    chunks.push(chunk as Buffer);
+  }
+  if (size === 0) throw new Error('no request on stdin: a device server is started by the launcher');
+  return JSON.parse(Buffer.concat(chunks).toString('utf8')) as ServerRequest;
+}
+
 async function main(): Promise<void> {
-  const request = JSON.parse(process.argv[2] ?? '') as ServerRequest;
+  // stdout and stderr share the launcher's log file: bounding fd 2 bounds both.
+  keepLogBounded(2);
+  const request = await readRequest();
   const spec = request.spec;
   let device: UblkDevice;
   try {
@@ -45,11 +70,12 @@ async function main(): Promise<void> {
       log(`locked ${formatSize(lockCode())} of program code in memory`);
     }
     if (request.recoverDevId !== undefined) {
-      log(`recovering device ${request.recoverDevId} (${spec.target.type}): ${JSON.stringify(spec)}`);
-      device = await UblkDevice.recover(request.recoverDevId, spec);
+      log(`recovering device ${request.recoverDevId} (${spec.target.type}): ${specForLog(spec)}`);
+      device = await UblkDevice.recover(request.recoverDevId, spec, { checkPermissions: request.checkPermissions });
     } else {
-      log(`starting ${spec.target.type} device: ${JSON.stringify(spec)}`);
+      log(`starting ${spec.target.type} device: ${specForLog(spec)}`);
       device = await UblkDevice.create(spec, {
+        checkPermissions: request.checkPermissions,
         onProgress: (p) => {
           log(`added device ${p.info.id}`);
           send({ event: 'added', devId: p.info.id });
@@ -64,6 +90,12 @@ async function main(): Promise<void> {
     return;
   }
   log(`device ${device.id} is LIVE at ${device.blockPath}${device.backing ? ` on ${device.backing.description}` : ''}`);
+  if (device.recovery !== undefined && device.recovery !== spec.recovery) {
+    log(
+      `device ${device.id} has recovery ${device.recovery}, not ${spec.recovery}: its module does not export ` +
+        'recoverable: true, so it dies with this server and is re-created with its data reported lost',
+    );
+  }
   send({ event: 'live', info: serializeInfo(device.info) });
   closeStatus();
 

@@ -1,6 +1,7 @@
 import { strict as assert } from 'node:assert';
 import { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import {
   ChildTracker,
@@ -17,6 +18,7 @@ import {
   ublkctlJson,
   waitFor,
 } from './helpers';
+import { findTool, vmCacheDir } from '../vm';
 
 const EXAMPLES = path.join(ROOT, 'dist', 'examples');
 const TARGETS = path.join(ROOT, 'dist', 'test', 'fixtures', 'targets');
@@ -131,6 +133,176 @@ describe('JavaScript targets (real ublk driver)', function () {
     const log = fs.readFileSync(dev.logPath, 'utf8');
     assert.match(log, new RegExp(`dev ${dev.id} queue 0 tag \\d+: read at ${99 * 4096} failed: refusing block 99`));
     assert.match(log, /read at 8192000: result NaN is not an integer; failing it with EIO/);
+  });
+
+  it("a target's options stay out of the server's command line and its log", () => {
+    const secret = 'hunter2-e2e-secret';
+    const dev = add(path.join(EXAMPLES, 'null-js.js'), [
+      '--size',
+      '16MiB',
+      '--options',
+      JSON.stringify({ password: secret }),
+    ]);
+    const pid = listDevices().find((d) => d.id === dev.id)!.serverPid;
+    const cmdline = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+    assert.match(cmdline, /server-main\.js/);
+    assert.ok(!cmdline.includes(secret), cmdline);
+    const log = fs.readFileSync(dev.logPath, 'utf8');
+    assert.match(log, /"options":"<1 not logged: password>"/);
+    assert.ok(!log.includes(secret), log);
+  });
+
+  it('a handler that fails every request logs the first few failures and sums up the rest', () => {
+    const dev = add(path.join(TARGETS, 'flaky.js'), ['--size', '64MiB', '--options', '{"failEvery":1}']);
+    const jobs = fio([
+      '--name=failing',
+      `--filename=${dev.blockPath}`,
+      '--ioengine=io_uring',
+      '--direct=1',
+      '--rw=read',
+      '--bs=4k',
+      '--iodepth=4',
+      '--size=8000k',
+      '--continue_on_error=io',
+    ]) as Array<{ total_err?: number }>;
+    const failed = jobs[0]!.total_err!;
+    assert.ok(failed >= 1000, `${failed} requests failed`);
+    // Removing the device ends the queues, which writes the summary of what the last interval left out.
+    const del = ublkctl(['del', String(dev.id)], stateDir);
+    assert.equal(del.status, 0, del.stderr);
+    devices.forget(dev.id);
+    const log = fs.readFileSync(dev.logPath, 'utf8');
+    const written = log.split('\n').filter((l) => / failed: refusing block \d+$/.test(l)).length;
+    const suppressed = [
+      ...log.matchAll(/suppressed (\d+) similar messages? in [\d.]+ s, the first: .* failed: refusing block/g),
+    ];
+    assert.ok(suppressed.length > 0, log.slice(-2000));
+    // The kernel's partition scan and udev's probes read the device too: at least fio's failures are counted.
+    const counted = written + suppressed.reduce((n, m) => n + Number(m[1]), 0);
+    assert.ok(counted >= failed && counted < failed + 200, `${counted} failures counted, fio saw ${failed}`);
+    assert.ok(written < failed / 4, `${written} of ${failed} failures written one by one`);
+  });
+
+  /** How many requests of each kind (`write`, `write fua`, `flush`, ...) op-log.js recorded. */
+  function loggedOps(log: string): Map<string, number> {
+    const counts = new Map<string, number>();
+    for (const line of fs.readFileSync(log, 'utf8').split('\n').filter(Boolean)) {
+      counts.set(line, (counts.get(line) ?? 0) + 1);
+    }
+    return counts;
+  }
+
+  function writeCache(id: number): string {
+    return fs.readFileSync(`/sys/block/ublkb${id}/queue/write_cache`, 'utf8').trim();
+  }
+
+  it('fsync sends a JS target flushes and O_DSYNC writes arrive as FUA (write back); a target declaring volatileCache: false is write through', () => {
+    const scratch = fs.mkdtempSync('/tmp/ublk-ts-oplog-');
+    try {
+      const devs = {
+        back: add(path.join(TARGETS, 'op-log.js'), [
+          '--size',
+          '16MiB',
+          '--options',
+          JSON.stringify({ log: `${scratch}/back.log` }),
+        ]),
+        through: add(path.join(TARGETS, 'op-log-write-through.js'), [
+          '--size',
+          '16MiB',
+          '--options',
+          JSON.stringify({ log: `${scratch}/through.log` }),
+        ]),
+      };
+      assert.equal(writeCache(devs.back.id), 'write back');
+      assert.equal(writeCache(devs.through.id), 'write through');
+      for (const [name, dev] of Object.entries(devs)) {
+        const log = `${scratch}/${name}.log`;
+        fs.writeFileSync(log, '');
+        run('dd', [
+          'if=/dev/zero',
+          `of=${dev.blockPath}`,
+          'bs=4k',
+          'count=4',
+          'oflag=direct',
+          'conv=fsync',
+          'status=none',
+        ]);
+        const afterFsync = loggedOps(log);
+        fs.writeFileSync(log, '');
+        run('dd', ['if=/dev/zero', `of=${dev.blockPath}`, 'bs=4k', 'count=4', 'oflag=direct,dsync', 'status=none']);
+        const afterDsync = loggedOps(log);
+        if (name === 'back') {
+          assert.ok((afterFsync.get('flush') ?? 0) >= 1, `fsync reached the handler as a flush: ${[...afterFsync]}`);
+          assert.ok((afterDsync.get('write fua') ?? 0) >= 1, `O_DSYNC writes arrived with FUA: ${[...afterDsync]}`);
+        } else {
+          assert.equal(afterFsync.get('flush'), undefined, 'a write-through device gets no flush');
+          assert.equal(afterDsync.get('write fua'), undefined, 'nor FUA writes');
+          assert.ok((afterDsync.get('write') ?? 0) >= 4, 'the writes themselves arrive');
+        }
+      }
+    } finally {
+      devices.cleanup();
+      fs.rmSync(scratch, { recursive: true, force: true });
+    }
+  });
+
+  /**
+   * Why device-mapper cannot be used here, or undefined once it can: dm_mod is loaded, from the
+   * VM kernel's module cache if the guest did not load it at boot.
+   */
+  function deviceMapperUnavailable(): string | undefined {
+    if (fs.existsSync('/sys/module/dm_mod')) return undefined;
+    const ko = path.join(vmCacheDir(), 'kernels', os.release(), 'modules', 'dm_mod.ko');
+    if (!fs.existsSync(ko)) return `device-mapper is not loaded and ${ko} does not exist`;
+    const insmod = findTool('insmod');
+    const busybox = findTool('busybox');
+    if (!insmod && !busybox) return `device-mapper is not loaded and neither insmod nor busybox is here to load ${ko}`;
+    const loaded = insmod ? run(insmod, [ko], { allowFail: true }) : run(busybox!, ['insmod', ko], { allowFail: true });
+    return loaded.status === 0 ? undefined : `insmod ${ko} failed: ${loaded.stderr.trim()}`;
+  }
+
+  it('a read-only JS device: writes fail, from user space (the kernel refuses) and from inside the kernel (device-mapper), and the handler sees none', function () {
+    const scratch = fs.mkdtempSync('/tmp/ublk-ts-oplog-');
+    const log = `${scratch}/ro.log`;
+    const mapped = `ublk-ts-ro-${process.pid}`;
+    try {
+      const dev = add(path.join(TARGETS, 'op-log.js'), [
+        '--size',
+        '16MiB',
+        '--read-only',
+        '--options',
+        JSON.stringify({ log }),
+      ]);
+      assert.equal(run('blockdev', ['--getro', dev.blockPath]).stdout.trim(), '1');
+      fs.writeFileSync(log, '');
+      const direct = run('dd', ['if=/dev/zero', `of=${dev.blockPath}`, 'bs=4k', 'count=1', 'oflag=direct'], {
+        allowFail: true,
+      });
+      assert.notEqual(direct.status, 0, 'a write from user space is refused by the kernel');
+      const zeroOut = run('blkdiscard', ['-z', '-o', '0', '-l', '4096', dev.blockPath], { allowFail: true });
+      assert.notEqual(zeroOut.status, 0, 'so is BLKZEROOUT');
+      const unavailable = deviceMapperUnavailable();
+      if (unavailable) {
+        console.log(`      skipped the device-mapper half: ${unavailable}`);
+      } else {
+        // A bio submitted from inside the kernel to a read-only disk is only warned about
+        // ("Trying to write to read-only block-device"): it reaches the server.
+        const sectors = (16 * 1024 * 1024) / 512;
+        run('dmsetup', ['--noudevsync', 'create', mapped, '--table', `0 ${sectors} linear ${dev.blockPath} 0`]);
+        run('dmsetup', ['mknodes', mapped], { allowFail: true });
+        const through = run('dd', ['if=/dev/zero', `of=/dev/mapper/${mapped}`, 'bs=4k', 'count=4', 'oflag=direct'], {
+          allowFail: true,
+        });
+        assert.notEqual(through.status, 0, `a write through device-mapper fails: ${through.stderr}`);
+        assert.match(fs.readFileSync(dev.logPath, 'utf8'), /write at 0 on a read-only device: failed with EROFS/);
+      }
+      const seen = [...loggedOps(log).keys()].filter((op) => op !== 'read' && op !== 'flush');
+      assert.deepEqual(seen, [], 'the handler saw no write, discard or write-zeroes');
+    } finally {
+      run('dmsetup', ['--noudevsync', 'remove', mapped], { allowFail: true });
+      devices.cleanup();
+      fs.rmSync(scratch, { recursive: true, force: true });
+    }
   });
 
   for (const [what, module, message] of [

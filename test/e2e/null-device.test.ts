@@ -179,6 +179,22 @@ describe('library-made devices (real ublk driver)', function () {
     assert.ok(!listDevices().some((d) => d.id === device.id), 'deleted');
   });
 
+  it('with io_uring disabled by sysctl, says so instead of blaming the first ublk command', function () {
+    const setting = '/proc/sys/kernel/io_uring_disabled';
+    if (!fs.existsSync(setting)) this.skip(); // Linux 6.6+
+    const before = fs.readFileSync(setting, 'utf8').trim();
+    fs.writeFileSync(setting, '2');
+    let r;
+    try {
+      r = ublkctl(['features']);
+    } finally {
+      fs.writeFileSync(setting, before);
+    }
+    assert.notEqual(r.status, 0);
+    assert.match(r.stderr, /cannot set up an io_uring \(EPERM\).*io_uring is disabled on this host/);
+    assert.doesNotMatch(r.stderr, /GET_FEATURES/);
+  });
+
   it('reports kernel refusals as UblkError with command, device and errno name', async () => {
     const control = await UblkControl.open();
     try {

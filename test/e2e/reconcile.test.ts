@@ -221,4 +221,32 @@ describe('ublk-reconcile (real ublk driver)', function () {
     assert.match(looseDir.manifestErrors.join('\n'), /writable by group\/others/);
     fs.chmodSync(dir, 0o755);
   });
+
+  it('refuses a js module another user could change before any of its code runs as root, unless --insecure-permissions', () => {
+    // A user's directory beside the manifests; the module in it is root's, but the user may swap it.
+    const userDir = path.join(stateDir, 'user-dir');
+    fs.mkdirSync(userDir, { mode: 0o755 });
+    fs.chownSync(userDir, 65534, 65534);
+    const marker = path.join(stateDir, 'module-ran');
+    const module = path.join(userDir, 'target.js');
+    fs.writeFileSync(
+      module,
+      `require('fs').writeFileSync(${JSON.stringify(marker)}, 'ran');\n` +
+        `exports.createTarget = () => ({ handleIo: (io) => (io.op === 'read' ? (io.buffer.fill(0), io.length) : io.length) });\n`,
+      { mode: 0o644 },
+    );
+    write('user-module.yaml', manifest('user-module', `target:\n  type: js\n  module: ${module}\nsize: 16MiB`));
+    const refused = once();
+    assert.equal(refused.exitCode, 1);
+    const device = outcome(refused, 'user-module');
+    assert.equal(device.outcome, 'failed');
+    assert.match(
+      device.error ?? '',
+      /spec\.target\.module: refusing .*user-dir is owned by uid 65534; .*--insecure-permissions/,
+    );
+    assert.ok(!fs.existsSync(marker), 'the module ran as root');
+    const insecure = reconcile(['--once', '--json', '--insecure-permissions']);
+    assert.equal(insecure.status, 0, insecure.stdout + insecure.stderr);
+    assert.ok(fs.existsSync(marker));
+  });
 });

@@ -3,6 +3,7 @@ import { ChildProcess, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
+  DeviceTracker,
   inFlight,
   ioCounts,
   isAlive,
@@ -15,6 +16,8 @@ import {
   run,
   startFio,
   stopProcess,
+  ublkctl,
+  ublkctlJson,
   waitFor,
   waitForWrites,
 } from './helpers';
@@ -71,6 +74,8 @@ describe('crash recovery with real kill -9 (real ublk driver)', function () {
   let watcherLog = '';
   /** Every fio and dd a test starts, killed in afterEach whatever happened. */
   let started: Array<{ kill(): void }> = [];
+  /** Devices a test made with ublkctl (the reconciler's pass in afterEach removes only its own). */
+  const devices = new DeviceTracker();
 
   function track<T extends { kill(): void }>(p: T): T {
     started.push(p);
@@ -87,6 +92,7 @@ describe('crash recovery with real kill -9 (real ublk driver)', function () {
   afterEach(async () => {
     for (const p of started) p.kill();
     started = [];
+    devices.cleanup();
     await stopWatcher('SIGTERM');
     for (const f of fs.readdirSync(dir)) fs.rmSync(path.join(dir, f));
     spawnSync(process.execPath, [RECONCILE, '--dir', dir, '--state-dir', stateDir, '--once'], {
@@ -259,31 +265,57 @@ describe('crash recovery with real kill -9 (real ublk driver)', function () {
     assert.notEqual(device(id)!.serverPid, serverPid);
   });
 
-  it('fail-io on this kernel: a clear error naming the missing feature, and nothing created', function () {
+  it('fail-io: with the kernel feature, IO fails fast while no server runs and works after recovery; without it, a clear error and nothing created', () => {
     write('fio.yaml', manifest('failio', 'target:\n  type: null\nsize: 16MiB\nrecovery: fail-io'));
     const before = listDevices().map((d) => d.id);
+    const features = spawnSync(process.execPath, [path.join(ROOT, 'dist', 'src', 'cli', 'ublkctl.js'), 'features'], {
+      encoding: 'utf8',
+    }).stdout;
     const r = spawnSync(process.execPath, [RECONCILE, '--dir', dir, '--state-dir', stateDir, '--once', '--json'], {
       encoding: 'utf8',
     });
     const result = JSON.parse(r.stdout) as {
       exitCode: number;
-      devices: Array<{ name: string; outcome: string; error?: string }>;
+      devices: Array<{ name: string; outcome: string; devId?: number; error?: string }>;
     };
-    assert.equal(r.status, 1);
     const d = result.devices.find((x) => x.name === 'failio')!;
-    assert.equal(d.outcome, 'failed');
-    const features = spawnSync(process.execPath, [path.join(ROOT, 'dist', 'src', 'cli', 'ublkctl.js'), 'features'], {
-      encoding: 'utf8',
-    }).stdout;
-    if (/USER_RECOVERY_FAIL_IO/.test(features)) this.skip();
-    assert.match(
-      d.error ?? '',
-      /fail-io needs the kernel feature UBLK_F_USER_RECOVERY_FAIL_IO \(Linux 6\.13 or newer\); this kernel supports: reissue, fail-inflight, none/,
+    if (!/USER_RECOVERY_FAIL_IO/.test(features)) {
+      assert.equal(r.status, 1);
+      assert.equal(d.outcome, 'failed');
+      assert.match(
+        d.error ?? '',
+        /fail-io needs the kernel feature UBLK_F_USER_RECOVERY_FAIL_IO \(Linux 6\.13 or newer\); this kernel supports: reissue, fail-inflight, none/,
+      );
+      assert.deepEqual(
+        listDevices().map((x) => x.id),
+        before,
+      );
+      return;
+    }
+    assert.equal(r.status, 0, r.stdout + r.stderr);
+    const id = d.devId!;
+    const { serverPid } = device(id)!;
+    process.kill(serverPid, 'SIGKILL');
+    const readBlock = () =>
+      spawnSync('dd', [`if=/dev/ublkb${id}`, 'of=/dev/null', 'bs=4k', 'count=1', 'iflag=direct'], {
+        encoding: 'utf8',
+        timeout: 60_000,
+      });
+    // The kernel notices the dead server when its /dev/ublkcN is released; until then IO may still be queued.
+    let failed = readBlock();
+    for (let tries = 0; failed.status === 0 && tries < 600; tries++) failed = readBlock();
+    assert.notEqual(failed.status, 0, 'IO fails while no server runs');
+    assert.match(failed.stderr, /Input\/output error/, 'with EIO, at once rather than waiting');
+    assert.equal(device(id)?.state, 'FAIL_IO');
+    const rec = spawnSync(
+      process.execPath,
+      [path.join(ROOT, 'dist', 'src', 'cli', 'ublkctl.js'), 'recover', String(id), '--state-dir', stateDir],
+      { encoding: 'utf8' },
     );
-    assert.deepEqual(
-      listDevices().map((x) => x.id),
-      before,
-    );
+    assert.equal(rec.status, 0, rec.stderr);
+    assert.equal(readBlock().status, 0, 'IO works after recovery');
+    assert.equal(device(id)?.state, 'LIVE');
+    assert.notEqual(device(id)!.serverPid, serverPid);
   });
 
   it('recovery none: the device dies with its server; the reconciler re-creates it, reports the loss, and the loop file keeps its data', async () => {
@@ -375,5 +407,130 @@ describe('crash recovery with real kill -9 (real ublk driver)', function () {
     } finally {
       run('umount', [mnt], { allowFail: true });
     }
+  });
+  /** A direct read of one 4 KiB block of the device, as a child the test can watch. */
+  function readBlock(id: number, block: number) {
+    const child = track(
+      spawn('dd', [`if=/dev/ublkb${id}`, 'of=/dev/null', 'bs=4k', 'count=1', `skip=${block}`, 'iflag=direct']),
+    );
+    let err = '';
+    child.stderr!.on('data', (c: Buffer) => (err += c.toString()));
+    return {
+      child,
+      done: new Promise<{ code: number | null; err: string }>((r) => child.on('exit', (code) => r({ code, err }))),
+    };
+  }
+
+  /** The device's UBLK_F_* flag names, as `ublkctl list --json` shows them. */
+  function flagNames(id: number): string[] {
+    return ublkctlJson<Array<{ id: number; flagNames: string[] }>>(['list']).find((d) => d.id === id)!.flagNames;
+  }
+
+  /** Adds a device with ublkctl, tracked for removal; returns its id and server pid. */
+  function addWithUblkctl(args: string[]): { id: number; serverPid: number } {
+    const dev = ublkctlJson<{ id: number }>(['add', ...args], stateDir);
+    devices.add(dev.id);
+    return { id: dev.id, serverPid: device(dev.id)!.serverPid };
+  }
+
+  async function killAndWaitQuiesced(id: number, pid: number): Promise<void> {
+    process.kill(pid, 'SIGKILL');
+    await waitFor(() => device(id)?.state === 'QUIESCED', 60_000, `dev ${id} QUIESCED`);
+  }
+
+  it('js ramdisk (its data only in the server): kill -9 ends the device instead of recovering it blank; the reconciler re-creates it and reports the loss', async () => {
+    const ramdisk = path.join(ROOT, 'dist', 'examples', 'ramdisk.js');
+    write('rd.yaml', manifest('rd', `target:\n  type: js\n  module: ${ramdisk}\nsize: 16MiB`));
+    await startWatcher();
+    const first = await deviceLive('rd');
+    assert.ok(!flagNames(first.id).includes('USER_RECOVERY'), 'created without user recovery');
+    run('dd', ['if=/dev/urandom', `of=/dev/ublkb${first.id}`, 'bs=1M', 'count=4', 'oflag=direct', 'status=none']);
+    process.kill(first.serverPid, 'SIGKILL');
+    await waitFor(
+      () => /recreate rd dev \d+.*data-plane state was lost/.test(watcherLog),
+      60_000,
+      () => `the re-creation reported as a loss; the watcher said:\n${watcherLog}`,
+    );
+    assert.ok(!/recover\s+rd/.test(watcherLog), `never recovered:\n${watcherLog}`);
+    const log = fs.readFileSync(path.join(stateDir, 'logs', `ublkb${first.id}.log`), 'utf8');
+    assert.match(log, /has recovery none, not reissue: its module does not export recoverable: true/);
+  });
+
+  it('a js target declaring recoverable (the loop.js example) is recovered after kill -9 with its data intact', async () => {
+    const file = path.join(scratch, 'js-loop.img');
+    run('truncate', ['-s', '16M', file]);
+    const loopJs = path.join(ROOT, 'dist', 'examples', 'loop.js');
+    write(
+      'jl.yaml',
+      manifest('jl', `target:\n  type: js\n  module: ${loopJs}\n  options: {file: ${file}}\nsize: 16MiB`),
+    );
+    await startWatcher();
+    const { id, serverPid } = await deviceLive('jl');
+    assert.ok(flagNames(id).includes('USER_RECOVERY'));
+    run('dd', ['if=/dev/urandom', `of=${scratch}/payload`, 'bs=1M', 'count=4', 'status=none']);
+    run('dd', [`if=${scratch}/payload`, `of=/dev/ublkb${id}`, 'bs=1M', 'oflag=direct', 'status=none']);
+    await serverStable(id);
+    process.kill(serverPid, 'SIGKILL');
+    await recoveredFrom(id, serverPid);
+    assert.equal(sha256(`/dev/ublkb${id}`, 4 * MiB), sha256(`${scratch}/payload`, 4 * MiB), 'same data after recovery');
+  });
+
+  it('a recovery whose createTarget throws leaves the device recoverable: the next attempt brings it LIVE and the waiting IO completes', async () => {
+    const failsOnce = path.join(ROOT, 'dist', 'test', 'fixtures', 'targets', 'fails-once.js');
+    const marker = path.join(scratch, 'fail-next-start');
+    const { id, serverPid } = addWithUblkctl([
+      '-t',
+      'js',
+      '--module',
+      failsOnce,
+      '--size',
+      '16MiB',
+      '--options',
+      JSON.stringify({ failMarker: marker }),
+    ]);
+    await killAndWaitQuiesced(id, serverPid);
+    const waiting = readBlock(id, 3);
+    await waitFor(() => processState(waiting.child.pid!) === 'D', 60_000, 'a read to wait in the kernel');
+    fs.writeFileSync(marker, '');
+    const failed = ublkctl(['recover', String(id), '--state-dir', stateDir]);
+    assert.equal(failed.status, 1, failed.stderr);
+    assert.match(failed.stderr, /planted failure/);
+    assert.ok(!fs.existsSync(marker), 'the failing attempt ran createTarget');
+    assert.equal(device(id)!.state, 'QUIESCED', 'the failed attempt left the device waiting for a server');
+    const retried = ublkctl(['recover', String(id), '--state-dir', stateDir]);
+    assert.equal(retried.status, 0, retried.stderr);
+    assert.equal((await waiting.done).code, 0, 'the read that waited through both attempts succeeds');
+    assert.equal(device(id)!.state, 'LIVE');
+    assert.equal((await readBlock(id, 100).done).code, 0, 'new IO is served');
+  });
+
+  it('a recovery that died right after START_USER_RECOVERY (before any queue was ready) does not wedge the device: the next one brings it LIVE', async () => {
+    const { id, serverPid } = addWithUblkctl(['-t', 'null', '--size', '16MiB']);
+    await killAndWaitQuiesced(id, serverPid);
+    // What a recovering server that died just after START_USER_RECOVERY leaves behind.
+    const started = spawnSync(
+      process.execPath,
+      [
+        '-e',
+        `const { UblkControl } = require(${JSON.stringify(path.join(ROOT, 'dist', 'src'))});
+         (async () => {
+           const control = await UblkControl.open();
+           for (let i = 0; ; i++) {
+             try { await control.startUserRecovery(${id}); break; }
+             catch (e) { if (e.code !== 'EBUSY' || i > 600) throw e; await new Promise((r) => setTimeout(r, 100)); }
+           }
+           control.close();
+         })().catch((e) => { console.error(e.message); process.exit(1); });`,
+      ],
+      { encoding: 'utf8' },
+    );
+    assert.equal(started.status, 0, started.stderr);
+    assert.equal(device(id)!.state, 'QUIESCED');
+    const waiting = readBlock(id, 5);
+    const recovered = ublkctl(['recover', String(id), '--state-dir', stateDir]);
+    assert.equal(recovered.status, 0, recovered.stderr);
+    assert.equal(device(id)!.state, 'LIVE');
+    assert.equal((await waiting.done).code, 0, 'IO that waited is served');
+    assert.equal((await readBlock(id, 9).done).code, 0, 'new IO is served');
   });
 });

@@ -1,47 +1,138 @@
+/**
+ * What a root server opens for a memory device, against files a local
+ * user plants: /dev/shm is writable by everyone, so the directory and the
+ * files in it are checked, and planted ones are refused and left untouched.
+ * Runs as root on the host (the plants are made as nobody with setpriv).
+ */
 import { strict as assert } from 'node:assert';
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { openBacking } from '../../src/device/backing';
+import { SpecError } from '../../src/errors';
+import { discardMemory, memoryPath, openBacking } from '../../src/device/backing';
 import { normalizeDeviceSpec } from '../../src/spec/device-spec';
 
-/** The fs module itself (not the import's read-only view of it), to watch its fsyncSync. */
-// eslint-disable-next-line @typescript-eslint/no-require-imports
-const nodeFs = require('node:fs') as { fsyncSync: typeof fs.fsyncSync };
+const NOBODY = 65534;
 
-describe('loop backing file', () => {
-  let dir: string;
-  const realFsync = nodeFs.fsyncSync;
+/** Runs a command as nobody, as a local user without privileges would. */
+function asNobody(...argv: string[]): void {
+  const r = spawnSync('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', ...argv], { encoding: 'utf8' });
+  assert.equal(r.status, 0, `${argv.join(' ')} as nobody: ${r.stderr}`);
+}
+
+function refusal(pattern: RegExp): (err: unknown) => boolean {
+  return (err) => {
+    assert.ok(err instanceof SpecError, `expected a SpecError, got ${String(err)}`);
+    assert.match(err.message, pattern);
+    return true;
+  };
+}
+
+describe('memory backing store', function () {
+  const spec = normalizeDeviceSpec({ target: 'memory', size: '1MiB' }, { maxQueues: 1 });
+  let shm: string;
+  let memoryDir: string;
+
+  before(function () {
+    if (process.geteuid?.() !== 0) this.skip(); // the plants need another user than the server's
+  });
+
   beforeEach(() => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ublk-ts-backing-'));
-  });
-  afterEach(() => {
-    nodeFs.fsyncSync = realFsync;
-    fs.rmSync(dir, { recursive: true, force: true });
+    // A stand-in for /dev/shm: world-writable and sticky.
+    shm = fs.mkdtempSync(path.join(os.tmpdir(), 'ublk-ts-shm-'));
+    fs.chmodSync(shm, 0o1777);
+    memoryDir = path.join(shm, 'ublk-ts');
   });
 
-  it('create: true makes the file durable: the file and then its directory are fsynced', () => {
-    const synced: Array<{ ino: number; directory: boolean; size: number }> = [];
-    nodeFs.fsyncSync = (fd: number) => {
-      const st = fs.fstatSync(fd);
-      synced.push({ ino: st.ino, directory: st.isDirectory(), size: st.size });
-      realFsync(fd);
-    };
-    const file = path.join(dir, 'new.img');
-    const spec = normalizeDeviceSpec({ target: { type: 'loop', file, create: true, directIo: false }, size: '1MiB' });
-    const backing = openBacking(spec)!;
+  afterEach(() => fs.rmSync(shm, { recursive: true, force: true }));
+
+  it('creates its directory 0700 and a file of the device size, and reopens it for recovery', () => {
+    const backing = openBacking(spec, { memoryDir })!;
+    backing.bindToDevice(7);
+    const st = fs.statSync(memoryDir);
+    assert.equal(st.mode & 0o777, 0o700);
+    assert.equal(fs.statSync(memoryPath(7, memoryDir)).size, spec.sizeBytes);
+    backing.close();
+    const again = openBacking(spec, { memoryDir, recoverDevId: 7 })!;
+    assert.equal(fs.fstatSync(again.fd).size, spec.sizeBytes);
+    again.close();
+  });
+
+  it('refuses a directory another user made in its place, and leaves it alone', () => {
+    asNobody('mkdir', '-m', '0777', memoryDir);
+    assert.throws(() => openBacking(spec, { memoryDir }), refusal(/owned by uid 65534, not 0/));
+    assert.deepEqual(fs.readdirSync(memoryDir), []);
+    assert.equal(fs.statSync(memoryDir).uid, NOBODY);
+  });
+
+  it('refuses a symbolic link another user put in its place, and writes nothing where it points', () => {
+    const victim = fs.mkdtempSync(path.join(os.tmpdir(), 'ublk-ts-victim-'));
     try {
-      const fileIno = fs.statSync(file).ino;
-      const dirIno = fs.statSync(dir).ino;
-      const fileSync = synced.findIndex((s) => s.ino === fileIno);
-      const dirSync = synced.findIndex((s) => s.ino === dirIno && s.directory);
-      assert.ok(fileSync >= 0, 'the new file was fsynced');
-      assert.equal(synced[fileSync]!.size, 1024 * 1024, 'after it got its size');
-      assert.ok(dirSync > fileSync, `the parent directory was fsynced after the file: ${JSON.stringify(synced)}`);
-      assert.equal(backing.blockDevice, false);
-      assert.equal(backing.discards, true);
+      asNobody('ln', '-s', victim, memoryDir);
+      assert.throws(() => openBacking(spec, { memoryDir }), refusal(/memory directory .* is a symbolic link/));
+      assert.deepEqual(fs.readdirSync(victim), []);
     } finally {
-      backing.close();
+      fs.rmSync(victim, { recursive: true });
     }
+  });
+
+  it("removes a deleted device's memory from its own directory, never through a planted link", () => {
+    const backing = openBacking(spec, { memoryDir })!;
+    backing.bindToDevice(5);
+    backing.close();
+    discardMemory(5, memoryDir);
+    assert.ok(!fs.existsSync(memoryPath(5, memoryDir)));
+    fs.rmdirSync(memoryDir);
+    const victim = fs.mkdtempSync(path.join(os.tmpdir(), 'ublk-ts-victim-'));
+    try {
+      fs.writeFileSync(path.join(victim, 'dev5.mem'), 'not ours');
+      asNobody('ln', '-s', victim, memoryDir);
+      discardMemory(5, memoryDir);
+      assert.equal(fs.readFileSync(path.join(victim, 'dev5.mem'), 'utf8'), 'not ours');
+    } finally {
+      fs.rmSync(victim, { recursive: true });
+    }
+  });
+
+  it('refuses its own directory once others may write it', () => {
+    fs.mkdirSync(memoryDir, { mode: 0o700 });
+    fs.chmodSync(memoryDir, 0o733);
+    assert.throws(() => openBacking(spec, { memoryDir }), refusal(/mode is 0733, not 0700/));
+  });
+
+  describe('recovery', () => {
+    let victim: string;
+    const victimText = 'not a memory device\n';
+    beforeEach(() => {
+      fs.mkdirSync(memoryDir, { mode: 0o700 });
+      victim = path.join(shm, 'victim');
+      fs.writeFileSync(victim, victimText);
+    });
+
+    it('refuses a symbolic link in place of the memory file, and leaves its target untouched', () => {
+      fs.truncateSync(victim, spec.sizeBytes);
+      fs.symlinkSync(victim, memoryPath(3, memoryDir));
+      assert.throws(() => openBacking(spec, { memoryDir, recoverDevId: 3 }), refusal(/is a symbolic link/));
+      assert.equal(fs.statSync(victim).size, spec.sizeBytes);
+    });
+
+    it('refuses a memory file with a second name (a hard link)', () => {
+      fs.truncateSync(victim, spec.sizeBytes);
+      fs.linkSync(victim, memoryPath(3, memoryDir));
+      assert.throws(() => openBacking(spec, { memoryDir, recoverDevId: 3 }), refusal(/has 2 links, not 1/));
+    });
+
+    it('refuses a memory file owned by someone else', () => {
+      fs.writeFileSync(memoryPath(3, memoryDir), '');
+      fs.truncateSync(memoryPath(3, memoryDir), spec.sizeBytes);
+      fs.chownSync(memoryPath(3, memoryDir), NOBODY, NOBODY);
+      assert.throws(() => openBacking(spec, { memoryDir, recoverDevId: 3 }), refusal(/owned by uid 65534, not 0/));
+    });
+
+    it('refuses something that is not a regular file', () => {
+      fs.mkdirSync(memoryPath(3, memoryDir));
+      assert.throws(() => openBacking(spec, { memoryDir, recoverDevId: 3 }), refusal(/not a regular file|EISDIR/));
+    });
   });
 });

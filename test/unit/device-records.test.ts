@@ -10,6 +10,7 @@ import {
   removeRecord,
   writeRecord,
 } from '../../src/server/device-records';
+import { processStartTime } from '../../src/server/processes';
 import { normalizeDeviceSpec } from '../../src/spec/device-spec';
 
 const WRITER = path.resolve(__dirname, '..', 'fixtures', 'record-writer.js');
@@ -70,5 +71,59 @@ describe('state records', () => {
       );
     }
     assert.ok(readRecord(dir, 5), 'at least one write completed');
+  });
+
+  it('never removes the temporary of a writer that is still writing', async function () {
+    this.timeout(120_000);
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ublk-ts-race-'));
+    const child = spawn(process.execPath, [WRITER, dir], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    try {
+      await new Promise<void>((resolve) => child.stdout.once('data', () => resolve()));
+      // Reads that saw the writer's temporary: each would have deleted it under the old listRecords.
+      let sawTemporary = 0;
+      const devices = path.join(dir, 'devices');
+      while (sawTemporary < 50 && child.exitCode === null) {
+        if (fs.existsSync(devices) && fs.readdirSync(devices).some((n) => n.endsWith('.tmp'))) sawTemporary++;
+        listRecords(dir);
+        await new Promise((r) => setImmediate(r));
+      }
+      assert.equal(child.exitCode, null, `the writer failed while records were listed:\n${stderr}`);
+      assert.equal(sawTemporary, 50);
+    } finally {
+      child.kill('SIGKILL');
+      await exited;
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('removes only temporaries whose writer is provably gone', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ublk-ts-stale-'));
+    const devices = path.join(dir, 'devices');
+    fs.mkdirSync(devices);
+    const start = processStartTime(process.pid)!;
+    const oneHourAgo = new Date(Date.now() - 3600_000);
+    const plant = (name: string, old = false): void => {
+      fs.writeFileSync(path.join(devices, name), '{');
+      if (old) fs.utimesSync(path.join(devices, name), oneHourAgo, oneHourAgo);
+    };
+    const deadPid = 2 ** 22 + 1; // above pid_max's ceiling: never a live process
+    plant(`.ublkb1.json.${process.pid}-${start}.0a0b0c0d.tmp`); // this process: alive
+    plant(`.ublkb2.json.${deadPid}-${start}.0a0b0c0d.tmp`); // writer gone
+    plant(`.ublkb3.json.${process.pid}-${Number(start) + 1}.0a0b0c0d.tmp`); // pid reused by a later process
+    plant(`.ublkb4.json.${deadPid}.0a0b0c0d.tmp`, true); // legacy name, writer gone, old
+    plant(`.ublkb5.json.${deadPid}.0a0b0c0d.tmp`); // legacy name, writer gone, but recent
+    plant(`.ublkb6.json.${process.pid}.0a0b0c0d.tmp`, true); // legacy name, writer alive
+    plant('something-else.tmp', true); // not ours: left alone
+    assert.deepEqual(listRecords(dir), []);
+    assert.deepEqual(fs.readdirSync(devices).sort(), [
+      `.ublkb1.json.${process.pid}-${start}.0a0b0c0d.tmp`,
+      `.ublkb5.json.${deadPid}.0a0b0c0d.tmp`,
+      `.ublkb6.json.${process.pid}.0a0b0c0d.tmp`,
+      'something-else.tmp',
+    ]);
+    fs.rmSync(dir, { recursive: true });
   });
 });

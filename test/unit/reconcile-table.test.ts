@@ -618,4 +618,26 @@ describe('reconcile passes: failures, backoff and requeue', () => {
     assert.deepEqual(result.devices.map((d) => d.outcome).sort(), ['failed', 'ok']);
     assert.equal(result.exitCode, 1);
   });
+
+  it('has every server it starts, recoveries too, check what the spec names as strictly as the manifests', async function () {
+    if (process.getuid?.() !== 0) this.skip(); // the manifests themselves pass the check only when root's
+    const checks: Array<[string, boolean | undefined]> = [];
+    const start = s.kernel.startServer.bind(s.kernel);
+    s.kernel.startServer = (spec, opts) => {
+      checks.push([opts.recoverDevId === undefined ? 'create' : 'recover', opts.checkPermissions]);
+      return start(spec, opts);
+    };
+    const pass = (): Promise<PassResult> =>
+      reconcileOnce(s.kernel, { dir: s.dir, now: () => s.now, backoff: s.backoff, checkPermissions: true });
+    s.write('a');
+    await pass();
+    s.now += 60_000;
+    s.kernel.killServer(s.recordOf('a')!.devId);
+    assert.equal((await pass()).devices[0]!.action, 'recover');
+    // The recovery starts from the record's spec: its files are checked again, not taken on trust.
+    assert.deepEqual(checks, [
+      ['create', true],
+      ['recover', true],
+    ]);
+  });
 });

@@ -1,14 +1,17 @@
 /**
  * `node dist/test/vm/cli.js [options] -- <shell command>`: runs the command in the ublk test VM
  * from the current directory and exits with its status (3 when the VM cannot be had).
+ * `--kernel 7.3` boots that leg of the kernel matrix instead of the default (KERNEL_LEGS).
  */
 import { rmSync } from 'node:fs';
 import { parseArgs } from 'node:util';
+import { DEFAULT_KERNEL_LEG, kernelLeg, kernelLegNames } from './kernel-legs';
 import { runInVm } from './qemu';
 import { VmUnavailable } from './vm-unavailable';
 
 const USAGE =
-  'usage: node dist/test/vm/cli.js [--icount] [--timeout SECONDS] [--env NAME=VALUE]... [--keep-results] -- <shell command>';
+  `usage: node dist/test/vm/cli.js [--kernel ${kernelLegNames().join('|')}] [--icount] [--timeout SECONDS]` +
+  ` [--env NAME=VALUE]... [--keep-results] -- <shell command>\n(--kernel defaults to ${DEFAULT_KERNEL_LEG})`;
 const DEFAULT_TIMEOUT_S = 600;
 /** Exit status when the VM cannot be had on this machine (the reason is printed). */
 const EXIT_VM_UNAVAILABLE = 3;
@@ -17,6 +20,7 @@ const EXIT_HARNESS = 2;
 
 interface CliOptions {
   command: string;
+  kernel: string;
   icount: boolean;
   timeoutS: number;
   env: Record<string, string>;
@@ -29,6 +33,7 @@ function parseCli(argv: string[]): CliOptions | string {
     parsed = parseArgs({
       args: argv,
       options: {
+        kernel: { type: 'string', default: DEFAULT_KERNEL_LEG },
         icount: { type: 'boolean' },
         timeout: { type: 'string' },
         env: { type: 'string', multiple: true },
@@ -43,6 +48,11 @@ function parseCli(argv: string[]): CliOptions | string {
   const timeoutS = values.timeout === undefined ? DEFAULT_TIMEOUT_S : Number(values.timeout);
   if (!(timeoutS > 0)) return `--timeout wants a positive number of seconds, got ${values.timeout}`;
   if (positionals.length === 0) return 'no command given';
+  try {
+    kernelLeg(values.kernel);
+  } catch (err) {
+    return `--kernel: ${(err as Error).message}`;
+  }
   const env: Record<string, string> = {};
   for (const pair of values.env ?? []) {
     const eq = pair.indexOf('=');
@@ -51,6 +61,7 @@ function parseCli(argv: string[]): CliOptions | string {
   }
   return {
     command: positionals.join(' '),
+    kernel: values.kernel,
     icount: values.icount ?? false,
     timeoutS,
     env,
@@ -70,6 +81,7 @@ async function main(argv: string[]): Promise<number> {
   try {
     const result = await runInVm({
       command: options.command,
+      kernel: options.kernel,
       cwd: process.cwd(),
       timeoutMs: options.timeoutS * 1000,
       icount: options.icount,

@@ -1,19 +1,3 @@
-/** Modules /init loads before it can reach the host's files: the 9p stack, then overlayfs. */
-export const BOOT_MODULES = ['netfs', '9pnet', '9pnet_virtio', '9p', 'overlay'] as const;
-
-/** Modules /init loads for the tests: ublk, loop, ext4 with its dependencies in order, device-mapper. */
-export const GUEST_MODULES = [
-  'ublk_drv',
-  'loop',
-  'crc16',
-  'mbcache',
-  'jbd2',
-  'crc32c_generic',
-  'ext4',
-  'dm_mod',
-  'dm_flakey',
-] as const;
-
 /** Printed by /init once the guest root is ready; a boot that never prints it is retried once. */
 export const BOOTED_MARKER = 'UBLK-TS-VM-BOOTED';
 
@@ -36,9 +20,11 @@ export const GUEST_FILES = {
  * The initramfs `/init` (busybox sh). It turns the host's root, shared read-only over 9p,
  * into a writable guest root (overlayfs on tmpfs), mounts the results share at the host's
  * own path, loads the test modules, runs the command in a chroot and reports its exit
- * status through the results share before powering off.
+ * status through the results share before powering off. `bootModules` and `guestModules` are
+ * the kernel's modules in load order (see kernel-modules.ts); a module built into the kernel
+ * is not among them, and one whose file is absent is skipped.
  */
-export function initScript(): string {
+export function initScript(bootModules: readonly string[], guestModules: readonly string[]): string {
   return `#!/bin/sh
 export PATH=/sbin:/bin:/usr/sbin:/usr/bin
 R=/newroot
@@ -72,7 +58,7 @@ restore() {
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-load ${BOOT_MODULES.join(' ')}
+load ${bootModules.join(' ')}
 
 mkdir -p /host /results /rw "$R"
 mount9p hostroot /host cache=loose,ro || give_up "cannot mount the host root share"
@@ -108,7 +94,7 @@ ln -sfn /proc/self/fd/0 "$R/dev/stdin"
 ln -sfn /proc/self/fd/1 "$R/dev/stdout"
 ln -sfn /proc/self/fd/2 "$R/dev/stderr"
 
-load ${GUEST_MODULES.join(' ')}
+load ${guestModules.join(' ')}
 hostname ublk-ts-vm
 ip link set lo up
 

@@ -4,7 +4,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, s
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { type CpioEntry, newcArchive } from './cpio';
-import { BOOT_MODULES, GUEST_MODULES, initScript } from './init-script';
+import { initScript } from './init-script';
 import { type KernelImage, vmCacheDir } from './kernel';
 import { requireTool } from './tools';
 import { VmUnavailable } from './vm-unavailable';
@@ -21,8 +21,10 @@ const DIRS = ['bin', 'sbin', 'usr', 'usr/bin', 'usr/sbin', 'dev', 'proc', 'sys',
  */
 export async function ensureInitramfs(kernel: KernelImage, log: (s: string) => void = () => {}): Promise<string> {
   const busybox = staticBusybox();
-  const modules = [...BOOT_MODULES, ...GUEST_MODULES].filter((m) => existsSync(join(kernel.modulesDir, `${m}.ko`)));
-  const script = initScript();
+  const modules = [...kernel.bootModules, ...kernel.guestModules].filter((m) =>
+    existsSync(join(kernel.modulesDir, `${m}.ko`)),
+  );
+  const script = initScript(kernel.bootModules, kernel.guestModules);
   const dir = join(vmCacheDir(), 'initramfs');
   const path = join(dir, `${kernel.version}-${contentKey(script, busybox, modules)}.cpio.gz`);
   if (existsSync(path)) return path;

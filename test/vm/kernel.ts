@@ -11,59 +11,58 @@ import {
 } from 'node:fs';
 import { homedir } from 'node:os';
 import { basename, join } from 'node:path';
-import { derivedSourcesFile, readMachineSources } from './apt-sources';
+import { readMachineSources } from './apt-sources';
+import {
+  compareReleases,
+  DEFAULT_KERNEL_LEG,
+  type KernelLeg,
+  kernelLeg,
+  legModules,
+  legSourcesFile,
+  newestRelease,
+} from './kernel-legs';
+import {
+  type ModuleAvailability,
+  moduleDependencies,
+  type ModuleInfo,
+  moduleName,
+  resolveModules,
+} from './kernel-modules';
 import { errorLine, requireTool, runTool } from './tools';
 import { VmUnavailable } from './vm-unavailable';
 
 /** A ublk-capable guest kernel unpacked in the cache: what qemu boots and what the guest insmods. */
 export interface KernelImage {
-  /** The kernel release (`uname -r` in the guest), e.g. `6.12.95+deb12-amd64`. */
+  /** The matrix leg it belongs to, e.g. `7.3`. */
+  leg: string;
+  /** The kernel release (`uname -r` in the guest), e.g. `7.3.4+deb13-amd64`. */
   version: string;
   /** Path of the bzImage handed to qemu's `-kernel`. */
   vmlinuz: string;
   /** Folder of decompressed modules, flat, named `<name>.ko` (busybox insmod cannot read .ko.xz). */
   modulesDir: string;
+  /** Modules /init loads before it mounts the host's files, in dependency order. */
+  bootModules: string[];
+  /** Modules /init loads before the command runs, in dependency order. */
+  guestModules: string[];
 }
-
-/** How each wanted module ships in the kernel package: loadable, compiled in, or absent. */
-export type ModuleAvailability = 'module' | 'builtin' | 'missing';
 
 /** The JSON manifest stored beside each cached kernel. */
 export interface KernelManifest {
+  leg: string;
   version: string;
-  package: string;
+  /** The Debian packages it was unpacked from. */
+  packages: string[];
+  /** How each module the leg names ships (dependencies not included). */
   modules: Record<string, ModuleAvailability>;
+  bootModules: string[];
+  guestModules: string[];
+  /** Every `.ko` in the modules folder. */
+  shipped: string[];
 }
 
-/**
- * Modules the guest needs: ublk itself, null_blk (+configfs) and loop as kernel references,
- * the 9p stack and overlay to boot on the host's files, ext4 with its dependencies, and
- * device-mapper (its built-in linear and error targets, and flakey) to inject real IO errors.
- */
-export const KERNEL_MODULES = [
-  'ublk_drv',
-  'null_blk',
-  'configfs',
-  'loop',
-  'netfs',
-  '9pnet',
-  '9pnet_virtio',
-  '9p',
-  'overlay',
-  'crc16',
-  'mbcache',
-  'jbd2',
-  'crc32c_generic',
-  'ext4',
-  'dm_mod',
-  'dm_flakey',
-] as const;
+export type { ModuleAvailability } from './kernel-modules';
 
-const BASE_SUITE = 'bookworm';
-const SUITE = 'bookworm-backports';
-const PACKAGE_PATTERN = /^linux-image-(6\.12\.\d+)\+deb12-amd64-unsigned$/;
-/** The same pattern as a POSIX regular expression, for apt-cache. */
-const PACKAGE_SEARCH = '^linux-image-6\\.12\\.[0-9]+\\+deb12-amd64-unsigned$';
 const MANIFEST = 'manifest.json';
 
 /**
@@ -75,45 +74,70 @@ export function vmCacheDir(): string {
 }
 
 /**
- * Returns a ublk-capable kernel (Debian bookworm-backports 6.12), downloading and unpacking
- * it into the cache on first use. The host kernel has no ublk, so every end-to-end test
- * boots this one in qemu. Throws VmUnavailable when it cannot be had.
+ * Returns the ublk-capable kernel of a matrix leg (`6.12`, `7.3`; see KERNEL_LEGS),
+ * downloading and unpacking it into `<cache>/kernels/<leg>/<version>` on first use. The host
+ * kernel has no ublk, so every end-to-end test boots one of these in qemu. Throws
+ * VmUnavailable when it cannot be had.
  */
-export async function ensureKernel(log: (s: string) => void = () => {}): Promise<KernelImage> {
-  const root = join(vmCacheDir(), 'kernels');
-  const cached = newestCachedKernel(root);
+export async function ensureKernel(
+  legName: string = DEFAULT_KERNEL_LEG,
+  log: (s: string) => void = () => {},
+): Promise<KernelImage> {
+  const leg = kernelLeg(legName);
+  const root = join(vmCacheDir(), 'kernels', leg.name);
+  const cached = newestCachedKernel(root, leg);
   if (cached !== undefined) return cached;
-  return fetchKernel(root, log);
+  return fetchKernel(root, leg, log);
 }
 
-/** Reads the manifest of a cached kernel, telling which modules are built in or missing. */
+/** Reads the manifest of a cached kernel, telling which modules are built in. */
 export function readKernelManifest(kernel: KernelImage): KernelManifest {
-  return JSON.parse(readFileSync(join(kernel.modulesDir, '..', MANIFEST), 'utf8')) as KernelManifest;
+  return readManifest(join(kernel.modulesDir, '..'));
 }
 
-function newestCachedKernel(root: string): KernelImage | undefined {
+function readManifest(dir: string): KernelManifest {
+  return JSON.parse(readFileSync(join(dir, MANIFEST), 'utf8')) as KernelManifest;
+}
+
+function newestCachedKernel(root: string, leg: KernelLeg): KernelImage | undefined {
   const complete = listDir(root)
     .filter((name) => !name.startsWith('.'))
     .map((name) => join(root, name))
-    .filter(isCompleteKernelDir)
+    .filter((dir) => isCompleteKernelDir(dir, leg))
     .sort((a, b) => compareReleases(basename(b), basename(a)));
   return complete.length === 0 ? undefined : kernelImageAt(complete[0]);
 }
 
-function isCompleteKernelDir(dir: string): boolean {
+/** A cached kernel is usable when it was unpacked for the leg's current module lists, and nothing is gone. */
+function isCompleteKernelDir(dir: string, leg: KernelLeg): boolean {
   try {
-    const manifest = JSON.parse(readFileSync(join(dir, MANIFEST), 'utf8')) as KernelManifest;
-    return existsSync(join(dir, 'vmlinuz')) && KERNEL_MODULES.every((m) => m in manifest.modules);
+    const manifest = readManifest(dir);
+    const wanted = Object.values(legModules(leg)).flat().map(moduleName);
+    return (
+      manifest.leg === leg.name &&
+      existsSync(join(dir, 'vmlinuz')) &&
+      wanted.every((m) => m in manifest.modules) &&
+      [manifest.bootModules, manifest.guestModules].every(Array.isArray) &&
+      manifest.shipped.every((m) => existsSync(join(dir, 'modules', `${m}.ko`)))
+    );
   } catch {
     return false;
   }
 }
 
 function kernelImageAt(dir: string): KernelImage {
-  return { version: basename(dir), vmlinuz: join(dir, 'vmlinuz'), modulesDir: join(dir, 'modules') };
+  const manifest = readManifest(dir);
+  return {
+    leg: manifest.leg,
+    version: basename(dir),
+    vmlinuz: join(dir, 'vmlinuz'),
+    modulesDir: join(dir, 'modules'),
+    bootModules: manifest.bootModules,
+    guestModules: manifest.guestModules,
+  };
 }
 
-async function fetchKernel(root: string, log: (s: string) => void): Promise<KernelImage> {
+async function fetchKernel(root: string, leg: KernelLeg, log: (s: string) => void): Promise<KernelImage> {
   const tools = {
     aptGet: requireTool('apt-get', 'apt'),
     aptCache: requireTool('apt-cache', 'apt'),
@@ -123,40 +147,53 @@ async function fetchKernel(root: string, log: (s: string) => void): Promise<Kern
   mkdirSync(root, { recursive: true });
   const work = mkdtempSync(join(root, '.fetch-'));
   try {
-    const aptOptions = privateAptConfig(work);
-    log(`apt-get update for ${SUITE} (private apt state in ${work})`);
+    const aptOptions = privateAptConfig(work, leg);
+    const suites = leg.suites.map((s) => s.suite).join(', ');
+    log(`apt-get update for ${suites} (private apt state in ${work})`);
     const update = await runTool(tools.aptGet, [...aptOptions, '-q', 'update'], {
-      what: `cannot update apt lists for ${SUITE}`,
+      what: `cannot update apt lists for ${suites}`,
     });
-    const pkg = await newestKernelPackage(tools.aptCache, aptOptions, errorLine(update.stderr));
-    log(`downloading ${pkg} (about 106 MB)`);
+    const { stdout } = await runTool(tools.aptCache, [...aptOptions, 'pkgnames', leg.packagePrefix], {
+      what: 'cannot list kernel packages',
+    });
+    const release = newestRelease(leg, stdout.split('\n'));
+    if (release === undefined) {
+      const problem = errorLine(update.stderr);
+      const why = problem === undefined ? '' : ` (apt-get update: ${problem})`;
+      throw new VmUnavailable(
+        `cannot download the ${leg.name} kernel: no package matching ${leg.packagePattern.source} in ${suites}${why}`,
+      );
+    }
+    const packages = leg.packagesFor(release);
+    log(`downloading ${packages.join(', ')} (about ${leg.downloadMB} MB)`);
     const downloads = mkdirIn(work, 'download');
-    await runTool(tools.aptGet, [...aptOptions, '-q', 'download', pkg], {
-      what: 'cannot download kernel',
+    await runTool(tools.aptGet, [...aptOptions, '-q', 'download', ...packages], {
+      what: `cannot download the ${leg.name} kernel`,
       cwd: downloads,
     });
     const unpacked = mkdirIn(work, 'unpacked');
-    await runTool(tools.dpkgDeb, ['-x', join(downloads, onlyDeb(downloads)), unpacked], {
-      what: 'cannot unpack kernel',
-    });
-    const staged = await stageKernel(unpacked, join(work, 'kernel'), pkg, tools.xz, log);
-    return publish(staged, root);
+    for (const deb of debs(downloads, packages.length)) {
+      await runTool(tools.dpkgDeb, ['-x', join(downloads, deb), unpacked], { what: `cannot unpack ${deb}` });
+    }
+    const staged = join(work, 'kernel');
+    await stageKernel(unpacked, staged, { leg, version: leg.kernelVersion(release), packages }, tools.xz, log);
+    return publish(staged, root, leg);
   } finally {
     rmSync(work, { recursive: true, force: true });
   }
 }
 
 /** apt options that read our own sources file and keep every list and archive under `work`. */
-function privateAptConfig(work: string): string[] {
+function privateAptConfig(work: string, leg: KernelLeg): string[] {
   const architecture = 'amd64';
-  const sources = derivedSourcesFile(readMachineSources(), BASE_SUITE, SUITE, ['main'], architecture);
-  if (sources === undefined) {
-    throw new VmUnavailable(
-      `no apt source for the ${BASE_SUITE} suite in /etc/apt/sources.list(.d): cannot locate a Debian mirror for ${SUITE}`,
-    );
+  let sources: string;
+  try {
+    sources = legSourcesFile(leg, readMachineSources(), architecture);
+  } catch (err) {
+    throw new VmUnavailable((err as Error).message, { cause: err });
   }
   const partsDir = mkdirIn(work, 'sources.list.d');
-  writeFileSync(join(partsDir, `ublk-ts-${SUITE}.sources`), sources);
+  writeFileSync(join(partsDir, `ublk-ts-kernel-${leg.name}.sources`), sources);
   const emptyDir = mkdirIn(work, 'empty');
   mkdirSync(join(work, 'lists', 'partial'), { recursive: true });
   mkdirSync(join(work, 'archives', 'partial'), { recursive: true });
@@ -177,68 +214,105 @@ function privateAptConfig(work: string): string[] {
   return Object.entries(options).flatMap(([key, value]) => ['-o', `${key}=${value}`]);
 }
 
-/** Picks the newest 6.12 kernel package; `updateProblem` is apt-get update's complaint, if any. */
-async function newestKernelPackage(aptCache: string, aptOptions: string[], updateProblem?: string): Promise<string> {
-  const { stdout } = await runTool(aptCache, [...aptOptions, '--names-only', 'search', PACKAGE_SEARCH], {
-    what: 'cannot list kernel packages',
-  });
-  const names = stdout
-    .split('\n')
-    .map((line) => line.split(' - ')[0].trim())
-    .filter((name) => PACKAGE_PATTERN.test(name));
-  if (names.length === 0) {
-    const why = updateProblem === undefined ? '' : ` (apt-get update: ${updateProblem})`;
-    throw new VmUnavailable(`cannot download kernel: no linux-image-6.12.*+deb12-amd64-unsigned in ${SUITE}${why}`);
-  }
-  const release = (name: string) => PACKAGE_PATTERN.exec(name)?.[1] ?? '';
-  return names.sort((a, b) => compareReleases(release(b), release(a)))[0];
+/** What was unpacked, and from where. */
+interface Unpacked {
+  leg: KernelLeg;
+  version: string;
+  packages: string[];
 }
 
-/** Copies vmlinuz and the wanted modules out of the unpacked package into `dest`. */
+/**
+ * Copies the kernel and the leg's modules, with what they depend on, out of the unpacked
+ * packages into `dest`. 6.12 puts the kernel in /boot and modules under lib/modules; 7.x
+ * puts both under usr/lib/modules/VERSION.
+ */
 async function stageKernel(
   unpacked: string,
   dest: string,
-  pkg: string,
+  what: Unpacked,
   xz: string,
   log: (s: string) => void,
-): Promise<string> {
-  const releases = listDir(join(unpacked, 'lib', 'modules'));
-  if (releases.length !== 1)
-    throw new VmUnavailable(`cannot unpack kernel: expected one lib/modules/<release> in ${pkg}`);
-  const version = releases[0];
-  const modulesRoot = join(unpacked, 'lib', 'modules', version);
+): Promise<void> {
+  const { leg, version, packages } = what;
+  const modulesRoot = ['usr/lib/modules', 'lib/modules']
+    .map((dir) => join(unpacked, dir, version))
+    .find((dir) => existsSync(join(dir, 'kernel')));
+  if (modulesRoot === undefined) {
+    throw new VmUnavailable(`cannot unpack kernel: no lib/modules/${version}/kernel in ${packages.join(', ')}`);
+  }
+  const vmlinuz = [join(modulesRoot, 'vmlinuz'), join(unpacked, 'boot', `vmlinuz-${version}`)].find((p) =>
+    existsSync(p),
+  );
+  if (vmlinuz === undefined) {
+    throw new VmUnavailable(`cannot unpack kernel: no vmlinuz for ${version} in ${packages.join(', ')}`);
+  }
   const modulesDir = join(dest, 'modules');
   mkdirSync(modulesDir, { recursive: true });
-  copyFileSync(join(unpacked, 'boot', `vmlinuz-${version}`), join(dest, 'vmlinuz'));
-  const modules = await extractModules(modulesRoot, modulesDir, xz);
-  const manifest: KernelManifest = { version, package: pkg, modules };
+  copyFileSync(vmlinuz, join(dest, 'vmlinuz'));
+
+  const wanted = legModules(leg);
+  const infos = await extractModules(modulesRoot, Object.values(wanted).flat(), modulesDir, xz);
+  let resolved;
+  try {
+    resolved = resolveModules(wanted, (name) => infos.get(name) ?? { kind: 'missing' });
+  } catch (err) {
+    throw new Error(`kernel ${version} (${packages.join(', ')}): ${(err as Error).message}`, { cause: err });
+  }
+  for (const file of readdirSync(modulesDir)) {
+    if (!resolved.ship.includes(file.replace(/\.ko$/, ''))) rmSync(join(modulesDir, file));
+  }
+  const manifest: KernelManifest = {
+    leg: leg.name,
+    version,
+    packages,
+    modules: resolved.availability,
+    bootModules: resolved.bootOrder,
+    guestModules: resolved.guestOrder,
+    shipped: resolved.ship,
+  };
   writeFileSync(join(dest, MANIFEST), `${JSON.stringify(manifest, null, 2)}\n`);
-  logAvailability(modules, log);
-  return dest;
+  const builtin = Object.keys(resolved.availability).filter((m) => resolved.availability[m] === 'builtin');
+  if (builtin.length > 0) log(`kernel ${version}: built in: ${builtin.join(', ')}`);
+  log(`kernel ${version}: /init loads ${[...resolved.bootOrder, ...resolved.guestOrder].join(' ')}`);
 }
 
+/**
+ * Decompresses `names` and every module they depend on into `outDir` as `<name>.ko`, and
+ * says how each of them ships.
+ */
 async function extractModules(
   modulesRoot: string,
+  names: string[],
   outDir: string,
   xz: string,
-): Promise<Record<string, ModuleAvailability>> {
+): Promise<Map<string, ModuleInfo>> {
   const files = indexModuleFiles(join(modulesRoot, 'kernel'));
   const builtin = builtinModuleNames(modulesRoot);
-  const availability: Record<string, ModuleAvailability> = {};
-  for (const name of KERNEL_MODULES) {
+  const infos = new Map<string, ModuleInfo>();
+  const queue = names.map(moduleName);
+  for (let name = queue.shift(); name !== undefined; name = queue.shift()) {
+    if (infos.has(name)) continue;
     const source = files.get(name);
-    const target = join(outDir, `${name}.ko`);
     if (source === undefined) {
-      availability[name] = builtin.has(name) ? 'builtin' : 'missing';
-    } else if (source.endsWith('.xz')) {
+      infos.set(name, { kind: builtin.has(name) ? 'builtin' : 'missing' });
+      continue;
+    }
+    const target = join(outDir, `${name}.ko`);
+    if (source.endsWith('.xz')) {
       await runTool(xz, ['-dc', source], { what: `cannot decompress ${basename(source)}`, stdoutFile: target });
-      availability[name] = 'module';
     } else {
       copyFileSync(source, target);
-      availability[name] = 'module';
     }
+    let depends: string[];
+    try {
+      depends = moduleDependencies(readFileSync(target));
+    } catch (err) {
+      throw new Error(`${source}: ${(err as Error).message}`, { cause: err });
+    }
+    infos.set(name, { kind: 'module', depends });
+    queue.push(...depends);
   }
-  return availability;
+  return infos;
 }
 
 /** Maps module name (dashes as underscores, as the kernel does) to its file under kernel/. */
@@ -247,7 +321,7 @@ function indexModuleFiles(dir: string, index = new Map<string, string>()): Map<s
     const path = join(dir, entry.name);
     if (entry.isDirectory()) indexModuleFiles(path, index);
     const match = /^(.+)\.ko(\.xz)?$/.exec(entry.name);
-    if (entry.isFile() && match !== null) index.set(match[1].replace(/-/g, '_'), path);
+    if (entry.isFile() && match !== null) index.set(moduleName(match[1]), path);
   }
   return index;
 }
@@ -260,47 +334,31 @@ function builtinModuleNames(modulesRoot: string): Set<string> {
     text
       .split('\n')
       .filter(Boolean)
-      .map((line) => basename(line).replace(/\.ko$/, '').replace(/-/g, '_')),
+      .map((line) => moduleName(basename(line).replace(/\.ko$/, ''))),
   );
 }
 
-function logAvailability(modules: Record<string, ModuleAvailability>, log: (s: string) => void): void {
-  for (const kind of ['builtin', 'missing'] as const) {
-    const names = Object.keys(modules).filter((name) => modules[name] === kind);
-    if (names.length > 0)
-      log(`kernel modules ${kind === 'builtin' ? 'built in' : 'not in the package'}: ${names.join(', ')}`);
-  }
-}
-
 /** Moves a staged kernel into place; a concurrent run that finished first wins. */
-function publish(staged: string, root: string): KernelImage {
-  const manifest = JSON.parse(readFileSync(join(staged, MANIFEST), 'utf8')) as KernelManifest;
-  const dest = join(root, manifest.version);
-  if (existsSync(dest) && !isCompleteKernelDir(dest)) rmSync(dest, { recursive: true, force: true });
+function publish(staged: string, root: string, leg: KernelLeg): KernelImage {
+  const dest = join(root, readManifest(staged).version);
+  if (existsSync(dest) && !isCompleteKernelDir(dest, leg)) rmSync(dest, { recursive: true, force: true });
   try {
     renameSync(staged, dest);
   } catch (err) {
-    if (!isCompleteKernelDir(dest)) throw err;
+    if (!isCompleteKernelDir(dest, leg)) throw err;
   }
   return kernelImageAt(dest);
 }
 
-function onlyDeb(dir: string): string {
-  const debs = listDir(dir).filter((name) => name.endsWith('.deb'));
-  if (debs.length !== 1)
-    throw new VmUnavailable(`cannot download kernel: apt-get download left ${debs.length} .deb files`);
-  return debs[0];
-}
-
-/** Orders kernel releases like `6.12.9+deb12-amd64` < `6.12.95+deb12-amd64` by their numbers. */
-function compareReleases(a: string, b: string): number {
-  const numbers = (s: string) => (s.match(/\d+/g) ?? []).map(Number);
-  const [x, y] = [numbers(a), numbers(b)];
-  for (let i = 0; i < Math.max(x.length, y.length); i++) {
-    const d = (x[i] ?? -1) - (y[i] ?? -1);
-    if (d !== 0) return d;
+/** The .deb files apt-get download left, which must be one per package asked for. */
+function debs(dir: string, expected: number): string[] {
+  const found = listDir(dir).filter((name) => name.endsWith('.deb'));
+  if (found.length !== expected) {
+    throw new VmUnavailable(
+      `cannot download kernel: apt-get download left ${found.length} .deb files, not ${expected}`,
+    );
   }
-  return a.localeCompare(b);
+  return found;
 }
 
 function mkdirIn(parent: string, name: string): string {

@@ -6,6 +6,7 @@ import { ConsoleText } from './console-text';
 import { BOOTED_MARKER, EXIT_MARKER, GUEST_FILES } from './init-script';
 import { ensureInitramfs } from './initramfs';
 import { ensureKernel, type KernelImage } from './kernel';
+import { DEFAULT_KERNEL_LEG } from './kernel-legs';
 import { requireTool } from './tools';
 
 /** What to run in the VM and how to boot it. */
@@ -16,6 +17,8 @@ export interface VmRunOptions {
   cwd: string;
   /** Hard wall-clock limit for the whole run, boot retry included; qemu is killed when it passes. */
   timeoutMs: number;
+  /** The kernel matrix leg to boot (`6.12`, `7.3`: KERNEL_LEGS), default DEFAULT_KERNEL_LEG. */
+  kernel?: string;
   /** Deterministic guest time (`-icount shift=0,sleep=off`, one vCPU thread): for benchmarks. */
   icount?: boolean;
   /** Guest memory, default 3072 MiB. */
@@ -24,7 +27,8 @@ export interface VmRunOptions {
   cpus?: number;
   /**
    * Environment for the command, over the defaults (PATH, HOME=/root, TERM=dumb, LANG=C.UTF-8).
-   * UBLK_TS_IN_VM=1, UBLK_TS_MODULES_DIR, UBLK_TS_RESULTS_DIR and SYSTEMD_IGNORE_CHROOT=1 are always set.
+   * UBLK_TS_IN_VM=1, UBLK_TS_KERNEL (the leg), UBLK_TS_MODULES_DIR, UBLK_TS_RESULTS_DIR and
+   * SYSTEMD_IGNORE_CHROOT=1 are always set.
    */
   env?: Record<string, string>;
   /** Receives the guest console as plain text while it runs. */
@@ -47,6 +51,10 @@ export interface VmRunResult {
   timedOut: boolean;
   /** How many times the VM was booted again because it never reached the booted marker. */
   bootRetries: number;
+  /** The kernel that ran: its leg and release (`uname -r`). */
+  kernel: { leg: string; version: string };
+  /** Milliseconds from qemu's start to the booted marker on the last boot; undefined when it never came. */
+  bootMs?: number;
 }
 
 /** Kernel command line: serial console, and a panic ends qemu (with -no-reboot) instead of hanging. */
@@ -80,7 +88,7 @@ export async function runInVm(opts: VmRunOptions): Promise<VmRunResult> {
   opts.signal?.throwIfAborted();
   const log = opts.log ?? (() => {});
   const qemu = requireTool('qemu-system-x86_64', 'qemu-system-x86');
-  const kernel = await ensureKernel(log);
+  const kernel = await ensureKernel(opts.kernel ?? DEFAULT_KERNEL_LEG, log);
   const initrd = await ensureInitramfs(kernel, log);
   opts.signal?.throwIfAborted();
   const resultsDir = mkdtempSync(join(tmpdir(), 'ublk-ts-vm-'));
@@ -91,7 +99,7 @@ export async function runInVm(opts: VmRunOptions): Promise<VmRunResult> {
     deadline: Date.now() + opts.timeoutMs,
     signal: opts.signal,
     onOutput: opts.onOutput,
-    onBooted: (ms) => log(`guest booted in ${ms} ms`),
+    onBooted: (ms) => log(`guest booted on Linux ${kernel.version} in ${ms} ms`),
   };
 
   let output = '';
@@ -103,13 +111,14 @@ export async function runInVm(opts: VmRunOptions): Promise<VmRunResult> {
     rmSync(join(resultsDir, GUEST_FILES.exitCode), { force: true });
     const boot = await bootOnce(plan);
     output += boot.output;
+    const ran = { kernel: { leg: kernel.leg, version: kernel.version }, bootMs: boot.bootMs };
     if (boot.end === 'aborted') {
       rmSync(resultsDir, { recursive: true, force: true });
       throw opts.signal?.reason ?? new Error('VM run aborted');
     }
     if (boot.end === 'timed-out') {
       note(`timed out after ${opts.timeoutMs} ms: qemu killed`);
-      return { exitCode: EXIT_TIMED_OUT, output, resultsDir, timedOut: true, bootRetries: attempt };
+      return { ...ran, exitCode: EXIT_TIMED_OUT, output, resultsDir, timedOut: true, bootRetries: attempt };
     }
     if (boot.bootMs === undefined) {
       note(bootFailure(boot, attempt === 0));
@@ -121,7 +130,7 @@ export async function runInVm(opts: VmRunOptions): Promise<VmRunResult> {
         `the guest wrote no ${GUEST_FILES.exitCode} (kernel panic or crash? see the console): exit code ${EXIT_NO_STATUS}`,
       );
     }
-    return { exitCode: exitCode ?? EXIT_NO_STATUS, output, resultsDir, timedOut: false, bootRetries: attempt };
+    return { ...ran, exitCode: exitCode ?? EXIT_NO_STATUS, output, resultsDir, timedOut: false, bootRetries: attempt };
   }
 }
 
@@ -152,6 +161,7 @@ function guestEnv(opts: VmRunOptions, kernel: KernelImage, resultsDir: string): 
     LANG: 'C.UTF-8',
     ...opts.env,
     UBLK_TS_IN_VM: '1',
+    UBLK_TS_KERNEL: kernel.leg,
     UBLK_TS_MODULES_DIR: kernel.modulesDir,
     UBLK_TS_RESULTS_DIR: resultsDir,
     SYSTEMD_IGNORE_CHROOT: '1',
