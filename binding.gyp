@@ -8,6 +8,7 @@
         "native/errors.cpp",
         "native/files.cpp",
         "native/js_queue.cpp",
+        "native/process.cpp",
         "native/queue.cpp",
         "native/targets.cpp"
       ],

@@ -6,6 +6,7 @@
 #include "errors.h"
 #include "files.h"
 #include "js_queue.h"
+#include "process.h"
 #include "queue.h"
 #include "ublk_uapi.h"
 
@@ -41,6 +42,7 @@ Napi::Object Register(Napi::Env env, Napi::Object exports) {
   exports.Set("JsQueue", JsQueue::Define(env));
   exports.Set("constants", Constants(env));
   DefineFileFunctions(env, exports);
+  DefineProcessFunctions(env, exports);
   return exports;
 }
 

@@ -12,6 +12,7 @@
 #include <cstring>
 
 #include "errors.h"
+#include "process.h"
 #include "queue_io.h"
 
 namespace ublkts {
@@ -63,6 +64,7 @@ void QueueRunner::Report(const char *kind, const std::string &op, int err) {
 void QueueRunner::Run() {
   std::string name = "ublk" + std::to_string(config_.devId) + "q" + std::to_string(config_.qid);
   pthread_setname_np(pthread_self(), name.substr(0, 15).c_str());
+  BecomeIoFlusher();
   if (!config_.cpus.empty()) {
     cpu_set_t set;
     CPU_ZERO(&set);
@@ -78,27 +80,44 @@ void QueueRunner::Serve() {
   if (stopFd_ < 0) return Report("exit", "eventfd", EMFILE);
   mappings_ = QueueMappings(charFd_, config_.qid, config_.depth, config_.maxIoSize);
   if (mappings_.Errno() != 0) return Report("exit", mappings_.FailedOp(), mappings_.Errno());
-  int ret = SetupRing(&ring_, RoundUp(config_.depth + 2, 2), config_.ringFlags);
+  if (config_.lockMemory) {
+    if (int err = mappings_.LockBuffers(); err != 0) {
+      mappings_.Reset();
+      return Report("exit", "mlock io buffers", err);
+    }
+  }
+  const unsigned entries = RoundUp(config_.depth + 2, 2);
+  int ret = SetupRing(&ring_, entries, config_.ringFlags);
   if (ret < 0) {
     mappings_.Reset();
     return Report("exit", "io_uring_setup", -ret);
   }
   commitOp_ = ublk::io_opcode(ublk::IO_COMMIT_AND_FETCH_REQ, config_.legacyOpcodes);
+  served_.assign(config_.depth, false);
+  batch_.reserve(ring_.cq.ring_entries);
 
   ret = FetchAll();
   if (ret < 0) {
-    failedOp_ = "FETCH_REQ";
-    failure_ = -ret;
+    Fail("FETCH_REQ", -ret);
+  } else if ((ret = FirstFetchError()) != 0) {
+    Fail("FETCH_REQ", -ret);
   } else {
     Report("ready", "", 0);
     liveTags_ = config_.depth;
     ServeUntilDone();
   }
 
-  // Exiting the ring cancels any command still owned by the kernel; only
-  // then may the buffers those commands point at go away.
+  // A stop can come while loop reads and writes are in flight; they use the
+  // buffers until they complete. Exiting the ring cancels any command still
+  // owned by the kernel; only then may the buffers those point at go away.
+  const bool drained = AwaitTargetIo(&ring_, &targetInflight_, kTargetDrainMs);
   io_uring_queue_exit(&ring_);
-  mappings_.Reset();
+  if (drained) {
+    mappings_.Reset();
+  } else {
+    mappings_.Abandon();
+    Fail("drain target IO", ETIMEDOUT);
+  }
   Report("exit", failedOp_, failure_);
 }
 
@@ -111,7 +130,20 @@ int QueueRunner::FetchAll() {
   }
   const unsigned fetchOp = ublk::io_opcode(ublk::IO_FETCH_REQ, config_.legacyOpcodes);
   for (unsigned tag = 0; tag < config_.depth; tag++) PrepIoCommand(fetchOp, tag, 0);
+  if (failure_ != 0) return -failure_;
   return io_uring_submit(&ring_);
+}
+
+// A FETCH_REQ the driver refuses (wrong state, tag already fetched) fails
+// while it is submitted; one it accepts completes only with a request. So
+// the completions already posted tell whether every tag is with the kernel.
+int QueueRunner::FirstFetchError() {
+  unsigned head;
+  io_uring_cqe *cqe;
+  io_uring_for_each_cqe(&ring_, head, cqe) {
+    if (cqe->user_data != kStopToken && cqe->res < 0) return cqe->res;
+  }
+  return 0;
 }
 
 // Until every tag has ended (ABORT after STOP_DEV, or an error), a stop is
@@ -120,18 +152,15 @@ void QueueRunner::ServeUntilDone() {
   while (liveTags_ > 0 && !stopping_) {
     int ret = io_uring_submit_and_wait(&ring_, 1);
     if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) {
-      failedOp_ = "io_uring_enter";
-      failure_ = -ret;
+      Fail("io_uring_enter", -ret);
       return;
     }
+    batch_.clear();
     unsigned head;
-    unsigned seen = 0;
     io_uring_cqe *cqe;
-    io_uring_for_each_cqe(&ring_, head, cqe) {
-      seen++;
-      OnCompletion(cqe->user_data, cqe->res);
-    }
-    io_uring_cq_advance(&ring_, seen);
+    io_uring_for_each_cqe(&ring_, head, cqe) batch_.emplace_back(cqe->user_data, cqe->res);
+    io_uring_cq_advance(&ring_, static_cast<unsigned>(batch_.size()));
+    for (const auto &[userData, res] : batch_) OnCompletion(userData, res);
   }
 }
 
@@ -142,9 +171,10 @@ void QueueRunner::OnCompletion(uint64_t userData, int res) {
   }
   const unsigned tag = static_cast<unsigned>(userData & 0xffff);
   if (userData & kTargetIoBit) {
+    targetInflight_--;
     int result = 0;
     ZeroStage next = ZeroStage::ZeroRange;
-    if (LoopTargetComplete(mappings_.Descriptor(tag), mappings_.Buffer(tag), res, StageOf(userData), &next, &result)) {
+    if (LoopTargetComplete(mappings_.Descriptor(tag), res, StageOf(userData), &next, &result)) {
       SubmitLoopIo(tag, next);
     } else {
       Commit(tag, result);
@@ -153,26 +183,37 @@ void QueueRunner::OnCompletion(uint64_t userData, int res) {
   }
   if (res == ublk::IO_RES_OK) {
     ios_++;
+    served_[tag] = true;
     ServeRequest(tag);
     return;
   }
   // ABORT (-ENODEV) is the normal end after STOP_DEV; anything else is
   // a protocol error for this tag, which then stays with the kernel.
   liveTags_--;
-  if (res != -ENODEV && failure_ == 0) {
-    failedOp_ = "COMMIT_AND_FETCH_REQ";
-    failure_ = -res;
-  }
+  if (res != -ENODEV) Fail(served_[tag] ? "COMMIT_AND_FETCH_REQ" : "FETCH_REQ", -res);
+}
+
+// Records the first failure (for the exit event).
+void QueueRunner::Fail(const char *op, int err) {
+  if (failure_ != 0) return;
+  failedOp_ = op;
+  failure_ = err;
 }
 
 void QueueRunner::ServeRequest(unsigned tag) {
   const ublk::io_desc &iod = mappings_.Descriptor(tag);
+  // The kernel only warns about a write bio to a read-only disk (a stacked
+  // driver or page-cache writeback can send one): the target refuses it.
+  if (config_.readOnly && ChangesData(iod)) return Commit(tag, -EROFS);
   switch (config_.target) {
   case TargetKind::Null:
     return Commit(tag, NullTargetResult(iod));
   case TargetKind::Memory:
     return Commit(tag, MemoryTargetIo(config_.backingFd, config_.sizeBytes, iod, mappings_.Buffer(tag)));
   case TargetKind::Loop:
+    if (config_.backingIsBlockDevice && IoOp(iod) == ublk::IO_OP_DISCARD) {
+      return Commit(tag, BlockDeviceDiscard(config_.backingFd, iod));
+    }
     return SubmitLoopIo(tag, ZeroStage::ZeroRange);
   }
 }
@@ -181,28 +222,36 @@ void QueueRunner::SubmitLoopIo(unsigned tag, ZeroStage stage) {
   const ublk::io_desc &iod = mappings_.Descriptor(tag);
   if (!LoopTargetSupports(iod)) return Commit(tag, -EOPNOTSUPP);
   io_uring_sqe *sqe = GetSqe();
-  if (sqe == nullptr) return;
+  if (sqe == nullptr) return; // the ring failed: GetSqe ended the queue
   LoopTargetPrep(sqe, config_.backingFd, iod, mappings_.Buffer(tag), stage);
   sqe->user_data = kTargetIoBit | StageBits(stage) | tag;
+  targetInflight_++;
 }
 
 void QueueRunner::Commit(unsigned tag, int result) { PrepIoCommand(commitOp_, tag, result); }
 
-// The ring has a slot for every tag plus the stop poll, so a slot is
-// always free once the previous batch is submitted.
 void QueueRunner::PrepIoCommand(unsigned opcode, unsigned tag, int result) {
   io_uring_sqe *sqe = GetSqe();
-  if (sqe == nullptr) return;
+  if (sqe == nullptr) return; // the ring failed: GetSqe ended the queue
   PrepIoCmd(sqe, charFd_, opcode, config_.qid, tag, result, mappings_.Buffer(tag));
 }
 
+// The ring has a slot for every tag plus the stop poll, so once the
+// previous SQEs are submitted a slot is free. A command that found no slot
+// would never reach the kernel: its request would hang, and STOP_DEV with
+// it. So submit until there is one; a ring that cannot submit ends the queue.
 io_uring_sqe *QueueRunner::GetSqe() {
-  io_uring_sqe *sqe = io_uring_get_sqe(&ring_);
-  if (sqe == nullptr) {
-    io_uring_submit(&ring_);
-    sqe = io_uring_get_sqe(&ring_);
+  for (;;) {
+    io_uring_sqe *sqe = io_uring_get_sqe(&ring_);
+    if (sqe != nullptr) return sqe;
+    int ret = io_uring_submit(&ring_);
+    if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) {
+      Fail("io_uring_enter", -ret);
+      stopping_ = true;
+      return nullptr;
+    }
+    if (ret <= 0) sched_yield();
   }
-  return sqe;
 }
 
 Napi::Function QueueGroup::Define(Napi::Env env) {
@@ -238,6 +287,9 @@ QueueGroup::QueueGroup(const Napi::CallbackInfo &info) : Napi::ObjectWrap<QueueG
     Napi::Value backing = o.Get("backingFd");
     c.backingFd = backing.IsNumber() ? backing.As<Napi::Number>().Int32Value() : -1;
     c.sizeBytes = static_cast<uint64_t>(o.Get("sizeBytes").As<Napi::Number>().Int64Value());
+    c.backingIsBlockDevice = o.Get("backingIsBlockDevice").ToBoolean().Value();
+    c.readOnly = o.Get("readOnly").ToBoolean().Value();
+    c.lockMemory = o.Get("lockMemory").ToBoolean().Value();
     Napi::Array cpus = q.Get("cpus").As<Napi::Array>();
     for (uint32_t k = 0; k < cpus.Length(); k++) c.cpus.push_back(cpus.Get(k).As<Napi::Number>().Int32Value());
     runners_.push_back(std::make_unique<QueueRunner>(std::move(c), charFd_, this));

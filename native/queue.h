@@ -24,8 +24,11 @@ struct QueueConfig {
   unsigned ringFlags = 0;
   std::vector<int> cpus;
   TargetKind target = TargetKind::Null;
-  int backingFd = -1;     // loop: the backing file; memory: its /dev/shm file
-  uint64_t sizeBytes = 0; // device size, for bounds checks
+  int backingFd = -1; // loop: the backing file; memory: its /dev/shm file
+  bool backingIsBlockDevice = false;
+  bool readOnly = false;   // refuse writes, discards and write-zeroes
+  bool lockMemory = false; // mlock the IO buffers
+  uint64_t sizeBytes = 0;  // device size, for bounds checks
 };
 
 struct QueueEvent {
@@ -59,7 +62,9 @@ private:
   void Commit(unsigned tag, int result);
   void PrepIoCommand(unsigned opcode, unsigned tag, int result);
   io_uring_sqe *GetSqe();
+  int FirstFetchError();
   void Report(const char *kind, const std::string &op, int err);
+  void Fail(const char *op, int err);
 
   QueueConfig config_;
   int charFd_;
@@ -72,7 +77,12 @@ private:
   io_uring ring_{};
   unsigned commitOp_ = 0;
   unsigned liveTags_ = 0;
+  uint32_t targetInflight_ = 0; // loop target operations submitted, not completed
   bool stopping_ = false;
+  // Which tags have had a request: a failed command is FETCH_REQ before, COMMIT_AND_FETCH_REQ after.
+  std::vector<bool> served_;
+  // One batch of completions, copied out so the CQ has room while they are answered.
+  std::vector<std::pair<uint64_t, int>> batch_;
   // For the exit event: the first failed tag, unless the ring itself fails later.
   std::string failedOp_;
   int failure_ = 0;

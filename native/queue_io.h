@@ -6,12 +6,15 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <time.h>
+
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <utility>
 
+#include "targets.h"
 #include "ublk_uapi.h"
 
 namespace ublkts {
@@ -35,6 +38,55 @@ inline void PrepIoCmd(io_uring_sqe *sqe, int charFd, unsigned opcode, uint16_t q
   cmd->tag = static_cast<uint16_t>(tag);
   cmd->result = result;
   cmd->addr = reinterpret_cast<uint64_t>(buffer);
+}
+
+// How long a stopping queue waits for its target IO before giving up on
+// unmapping the buffers.
+constexpr int kTargetDrainMs = 30000;
+// The user data of the cancel request AwaitTargetIo submits.
+constexpr uint64_t kCancelToken = 1ull << 61;
+
+// Waits until the kernel has finished every target operation in flight on
+// `ring` (*inflight of them; their CQEs carry kTargetIoBit), having asked it
+// to cancel what it can. Closing the ring is not enough: a buffered read
+// running in io-wq goes on writing into its buffer after the ring is gone,
+// into memory that may be mapped again for something else by then. Other
+// CQEs are dropped (the queue is ending). False when some are still running
+// after timeoutMs (or the ring fails): the buffers must then stay mapped.
+inline bool AwaitTargetIo(io_uring *ring, uint32_t *inflight, int timeoutMs) {
+  if (*inflight == 0) return true;
+  io_uring_sqe *sqe = io_uring_get_sqe(ring);
+  if (sqe == nullptr) {
+    io_uring_submit(ring);
+    sqe = io_uring_get_sqe(ring);
+  }
+  if (sqe != nullptr) {
+    // Matches queued and pollable operations (and signals running io-wq
+    // ones); the ublk commands are not cancelable this way.
+    io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY);
+    sqe->user_data = kCancelToken;
+  }
+  timespec now{};
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  const int64_t deadline = now.tv_sec * 1000 + now.tv_nsec / 1000000 + timeoutMs;
+  while (*inflight > 0) {
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    const int64_t left = deadline - (now.tv_sec * 1000 + now.tv_nsec / 1000000);
+    if (left <= 0) return false;
+    __kernel_timespec wait{left / 1000, (left % 1000) * 1000000};
+    io_uring_cqe *first = nullptr;
+    int ret = io_uring_submit_and_wait_timeout(ring, &first, 1, &wait, nullptr);
+    if (ret < 0 && ret != -ETIME && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) return false;
+    unsigned head;
+    unsigned seen = 0;
+    io_uring_cqe *cqe;
+    io_uring_for_each_cqe(ring, head, cqe) {
+      seen++;
+      if ((cqe->user_data & kTargetIoBit) && cqe->user_data != kCancelToken && *inflight > 0) --*inflight;
+    }
+    io_uring_cq_advance(ring, seen);
+  }
+  return true;
 }
 
 // The queue's two mappings: its slice of the kernel's descriptor array
@@ -94,6 +146,18 @@ public:
   void Reset() {
     if (buffers_ != nullptr) munmap(buffers_, bufferBytes_);
     if (descs_ != nullptr) munmap(const_cast<ublk::io_desc *>(descs_), descBytes_);
+    descs_ = nullptr;
+    descBytes_ = 0;
+    buffers_ = nullptr;
+    bufferBytes_ = 0;
+  }
+
+  // Keeps the IO buffers in memory (populating them): errno, or 0.
+  int LockBuffers() { return mlock(buffers_, bufferBytes_) == 0 ? 0 : errno; }
+
+  // Forgets both without unmapping: for when the kernel may still write
+  // into the buffers (AwaitTargetIo gave up); leaking beats corrupting.
+  void Abandon() {
     descs_ = nullptr;
     descBytes_ = 0;
     buffers_ = nullptr;

@@ -2,6 +2,8 @@
 
 #include <fcntl.h>
 #include <linux/falloc.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -36,11 +38,9 @@ int FullTransfer(bool write, int fd, uint8_t *buffer, uint32_t bytes, uint64_t o
       if (errno == EINTR) continue;
       return -errno;
     }
-    if (n == 0) {
-      if (write) return -EIO;
-      std::memset(buffer + done, 0, bytes - done);
-      break;
-    }
+    // The file is sized to the device: an end of file inside it means
+    // someone shrank it, and a read there has no data to give.
+    if (n == 0) return -EIO;
     done += static_cast<uint32_t>(n);
   }
   return static_cast<int>(bytes);
@@ -84,6 +84,11 @@ bool LoopTargetSupports(const ublk::io_desc &iod) {
   }
 }
 
+int BlockDeviceDiscard(int fd, const ublk::io_desc &iod) {
+  uint64_t range[2] = {IoOffset(iod), IoBytes(iod)};
+  return ioctl(fd, BLKDISCARD, range) == 0 ? 0 : -errno;
+}
+
 void LoopTargetPrep(io_uring_sqe *sqe, int fd, const ublk::io_desc &iod, uint8_t *buffer, ZeroStage stage) {
   const uint64_t offset = IoOffset(iod);
   const uint32_t bytes = IoBytes(iod);
@@ -113,8 +118,7 @@ void LoopTargetPrep(io_uring_sqe *sqe, int fd, const ublk::io_desc &iod, uint8_t
   }
 }
 
-bool LoopTargetComplete(const ublk::io_desc &iod, uint8_t *buffer, int res, ZeroStage stage, ZeroStage *next,
-                        int *result) {
+bool LoopTargetComplete(const ublk::io_desc &iod, int res, ZeroStage stage, ZeroStage *next, int *result) {
   const unsigned op = IoOp(iod);
   if (op == ublk::IO_OP_WRITE_ZEROES) {
     if (stage == ZeroStage::ZeroRange && (res == -EOPNOTSUPP || res == -EINVAL)) {
@@ -127,10 +131,13 @@ bool LoopTargetComplete(const ublk::io_desc &iod, uint8_t *buffer, int res, Zero
       return true;
     }
   }
-  if (op == ublk::IO_OP_READ && res >= 0 && static_cast<uint32_t>(res) < IoBytes(iod)) {
-    // Past the end of a file that shrank under us: the device reads zeroes.
-    std::memset(buffer + res, 0, IoBytes(iod) - res);
-    *result = static_cast<int>(IoBytes(iod));
+  // A short transfer goes back as it is: the kernel completes that many
+  // bytes and sends the rest again, so an error after partial progress
+  // (io_uring's short count) is met on the retry. Nothing at all
+  // transferred means the file ends there (it shrank): an error, since
+  // the kernel would resend a zero count forever.
+  if ((op == ublk::IO_OP_READ || op == ublk::IO_OP_WRITE) && res == 0 && IoBytes(iod) > 0) {
+    *result = -EIO;
     return false;
   }
   *result = res;

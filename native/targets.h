@@ -25,6 +25,12 @@ inline unsigned IoFlags(const ublk::io_desc &iod) { return iod.op_flags >> 8 << 
 inline uint64_t IoOffset(const ublk::io_desc &iod) { return iod.start_sector << 9; }
 inline uint32_t IoBytes(const ublk::io_desc &iod) { return iod.nr_sectors << 9; }
 
+// Whether a request changes the device's bytes (refused on a read-only device).
+inline bool ChangesData(const ublk::io_desc &iod) {
+  const unsigned op = IoOp(iod);
+  return op == ublk::IO_OP_WRITE || op == ublk::IO_OP_DISCARD || op == ublk::IO_OP_WRITE_ZEROES;
+}
+
 // The null target completes every request at once: reads return whatever
 // the tag's buffer holds, writes are dropped.
 int NullTargetResult(const ublk::io_desc &iod);
@@ -37,14 +43,20 @@ int MemoryTargetIo(int fd, uint64_t sizeBytes, const ublk::io_desc &iod, uint8_t
 // True for the requests the loop target turns into a backing-file operation.
 bool LoopTargetSupports(const ublk::io_desc &iod);
 
+// DISCARD on a block device backing the loop target: BLKDISCARD, done on
+// the queue thread. (A hole punch there is a zero-out that fails with
+// EOPNOTSUPP where the device cannot write zeroes, and it is not a discard.)
+int BlockDeviceDiscard(int fd, const ublk::io_desc &iod);
+
 // The loop target: prepares the backing-file operation for a request on the
 // queue's own ring (for WRITE_ZEROES, the one of `stage`). Only for requests
 // LoopTargetSupports; any other op gets a NOP.
 void LoopTargetPrep(io_uring_sqe *sqe, int fd, const ublk::io_desc &iod, uint8_t *buffer, ZeroStage stage);
 
-// Turns the backing file's CQE result into the request's result. Returns
-// true with *next set when the request needs another stage.
-bool LoopTargetComplete(const ublk::io_desc &iod, uint8_t *buffer, int res, ZeroStage stage, ZeroStage *next,
-                        int *result);
+// Turns the backing file's CQE result into the request's result: a short
+// count stays short (the kernel resends the rest), and a read or write that
+// moved nothing is -EIO. Returns true with *next set when the request needs
+// another stage.
+bool LoopTargetComplete(const ublk::io_desc &iod, int res, ZeroStage stage, ZeroStage *next, int *result);
 
 } // namespace ublkts

@@ -19,7 +19,7 @@ const USAGE = `usage:
   ublkctl add -t loop --file PATH [--size SIZE] [--create] [--direct-io auto|on|off] [options]
   ublkctl add -t js --module /abs/target.js [--options JSON] --size SIZE [options]
       options: [--id N] [--queues Q] [--depth D] [--max-io-size SIZE]
-               [--logical-block-size B] [--read-only]
+               [--logical-block-size B] [--read-only] [--lock-memory]
                [--recovery reissue|fail-inflight|fail-io|none] [--insecure-permissions] [--json]
   ublkctl del ID|--all [--json]
   ublkctl recover ID [--insecure-permissions] [--json]
@@ -80,6 +80,7 @@ async function cmdAdd(args: string[]): Promise<void> {
       'max-io-size': { type: 'string' },
       'logical-block-size': { type: 'string' },
       'read-only': { type: 'boolean' },
+      'lock-memory': { type: 'boolean' },
       file: { type: 'string', short: 'f' },
       create: { type: 'boolean' },
       'direct-io': { type: 'string' },
@@ -117,6 +118,7 @@ async function cmdAdd(args: string[]): Promise<void> {
     maxIoSize: numeric(values['max-io-size']),
     logicalBlockSize: numeric(values['logical-block-size']),
     readOnly: values['read-only'],
+    lockMemory: values['lock-memory'],
     recovery: values.recovery as DeviceSpecInput['recovery'],
   };
   const spec = normalizeDeviceSpec(input);

@@ -11,6 +11,10 @@ export interface Backing {
   fd: number;
   /** Whether the loop target's file was opened with O_DIRECT. */
   directIo: boolean;
+  /** Whether it is a block device (the loop target then discards with BLKDISCARD). */
+  blockDevice: boolean;
+  /** Whether it can give space back on discard: files can; a block device only if it supports discard. */
+  discards: boolean;
   /** What it is, for logs. */
   description: string;
   /** Names the store after the device once the kernel has given it an id. */
@@ -164,6 +168,8 @@ function createMemory(spec: DeviceSpec, dir: string): Backing {
   return {
     fd,
     directIo: false,
+    blockDevice: false,
+    discards: true,
     get description() {
       return `memory (${file})`;
     },
@@ -218,6 +224,8 @@ function reopenMemory(spec: DeviceSpec, devId: number, dir: string): Backing {
   return {
     fd,
     directIo: false,
+    blockDevice: false,
+    discards: true,
     description: `memory (${file})`,
     bindToDevice: () => undefined,
     close: () => fs.closeSync(fd),
@@ -232,12 +240,19 @@ function openLoop(spec: DeviceSpec, target: LoopTarget, checkPermissions: boolea
   if (target.create && !fs.existsSync(file)) {
     // O_CREAT|O_EXCL never follows a link at the last component: a file of our own, or an error.
     const fd = openOrExplain(file, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
+    created = true;
     try {
       fs.ftruncateSync(fd, spec.sizeBytes);
+      fs.fsyncSync(fd);
+    } catch (err) {
+      fs.rmSync(file, { force: true });
+      throw err;
     } finally {
       fs.closeSync(fd);
     }
-    created = true;
+    // The new name must survive a crash too, or the device's data would
+    // land in a file that is gone after it.
+    fsyncDirectory(path.dirname(file));
   }
   const discard = (): void => {
     if (created) fs.rmSync(file, { force: true });
@@ -252,9 +267,12 @@ function openLoop(spec: DeviceSpec, target: LoopTarget, checkPermissions: boolea
         `${file} is already in use by another ublk-ts device (it holds the file's lock)`,
       );
     }
+    const blockDevice = fs.fstatSync(fd).isBlockDevice();
     return {
       fd,
       directIo,
+      blockDevice,
+      discards: !blockDevice || blockDeviceDiscards(fd),
       description: `${file} (${directIo ? 'direct IO' : 'buffered'}${spec.readOnly ? ', read-only' : ''})`,
       bindToDevice: () => undefined,
       close: (opts) => {
@@ -266,6 +284,34 @@ function openLoop(spec: DeviceSpec, target: LoopTarget, checkPermissions: boolea
     discard();
     throw err;
   }
+}
+
+function fsyncDirectory(dir: string): void {
+  const fd = fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+  try {
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/**
+ * Whether the block device open as `fd` supports discard, as its queue
+ * reports in sysfs (a partition's queue is its disk's). Unknown counts as no.
+ */
+function blockDeviceDiscards(fd: number): boolean {
+  const rdev = fs.fstatSync(fd, { bigint: true }).rdev;
+  const major = ((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn);
+  const minor = (rdev & 0xffn) | ((rdev >> 12n) & ~0xffn);
+  const dir = `/sys/dev/block/${major}:${minor}`;
+  for (const queue of [path.join(dir, 'queue'), path.join(dir, '..', 'queue')]) {
+    try {
+      return Number(fs.readFileSync(path.join(queue, 'discard_max_bytes'), 'utf8').trim()) > 0;
+    } catch {
+      continue;
+    }
+  }
+  return false;
 }
 
 /**

@@ -122,7 +122,7 @@ export class UblkDevice {
       held.addedId = info.id;
       held.backing?.bindToDevice(info.id);
       opts.onProgress?.({ stage: 'added', info });
-      await control.setParams(info.id, deviceParams(spec, info.maxIoSize, js?.traits));
+      await control.setParams(info.id, deviceParams(spec, info.maxIoSize, js?.traits, held.backing));
       held.queues = await startQueues(control, info, spec, held.backing, js);
       await control.startDevice(info.id, process.pid);
       return info.id;

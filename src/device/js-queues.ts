@@ -122,6 +122,7 @@ export function prepareJsQueues(
       depth: info.depth,
       maxIoSize: info.maxIoSize,
       legacyOpcodes: usesLegacyOpcodes(info),
+      lockMemory: spec.lockMemory === true,
       modulePath: spec.target.module,
       readOnly: spec.readOnly,
       context: {

@@ -1,6 +1,7 @@
 /** What the kernel is told about a device, per target: the parameters policy. */
 import { DeviceParams } from '../kernel/control';
 import { DeviceSpec } from '../spec/device-spec';
+import type { Backing } from './backing';
 import type { TargetTraits } from './js-target';
 
 /** Discard and write-zeroes requests up to this size are advertised for targets that punch holes. */
@@ -10,7 +11,10 @@ const DISCARD_GRANULARITY = 4096;
 
 /**
  * Geometry, cache and discard support of a device made from `spec`
- * (SET_PARAMS); `js` is what a JS target's module declares about itself.
+ * (SET_PARAMS); `js` is what a JS target's module declares about itself,
+ * `backing` what the loop or memory target stores in. Discard is advertised
+ * where that store can give space back: a block device only when it
+ * supports discard itself (as ublksrv's loop probes it).
  *
  * A volatile write cache (with FUA) is advertised where a completed write
  * may not yet be durable, so the block layer passes flushes and FUA
@@ -21,14 +25,19 @@ const DISCARD_GRANULARITY = 4096;
  * file will ever be (it survives the server, not a reboot), so there is
  * nothing a flush could add. null stores nothing.
  */
-export function deviceParams(spec: DeviceSpec, maxIoSize: number, js?: TargetTraits): DeviceParams {
+export function deviceParams(
+  spec: DeviceSpec,
+  maxIoSize: number,
+  js?: TargetTraits,
+  backing?: Pick<Backing, 'discards'>,
+): DeviceParams {
   const params: DeviceParams = {
     sizeBytes: spec.sizeBytes,
     logicalBlockSize: spec.logicalBlockSize,
     maxIoSize,
     readOnly: spec.readOnly,
   };
-  if (spec.target.type === 'loop' || spec.target.type === 'memory') {
+  if ((spec.target.type === 'loop' || spec.target.type === 'memory') && backing?.discards !== false) {
     // Discards become hole punches; advertise them so blkdiscard and mkfs use them.
     params.discard = {
       granularity: DISCARD_GRANULARITY,

@@ -80,7 +80,13 @@ export interface NativeQueueGroupOptions {
   target: 'null' | 'loop' | 'memory';
   /** loop: the backing file; memory: the file in /dev/shm holding the data. */
   backingFd?: number;
+  /** The loop target's backing is a block device: discards become BLKDISCARD. */
+  backingIsBlockDevice: boolean;
+  /** Writes, discards and write-zeroes fail with EROFS. */
+  readOnly: boolean;
   sizeBytes: number;
+  /** Lock each queue's IO buffers in memory (mlock). */
+  lockMemory: boolean;
   queues: Array<{ qid: number; cpus: number[] }>;
 }
 
@@ -105,6 +111,8 @@ export interface NativeJsQueueOptions {
   depth: number;
   maxIoSize: number;
   legacyOpcodes: boolean;
+  /** Lock the queue's IO buffers in memory (mlock). */
+  lockMemory?: boolean;
 }
 
 /** A queue served from JS on the current thread's event loop (see native/js_queue.h). */
@@ -129,6 +137,8 @@ export interface Binding {
     onEvents: (arrived: number, targetCompletions: number, ended: boolean) => void,
   ) => NativeJsQueue;
   flock(fd: number, exclusive: boolean, nonBlocking: boolean): boolean;
+  /** mlock(start, length); throws UblkError 'mlock'. */
+  lockRange(start: bigint, length: bigint): void;
   dioAlignment(fd: number): { memory: number; offset: number } | null;
   blockDeviceGeometry(fd: number): { sizeBytes: number; logicalBlockSize: number };
   constants: {

@@ -174,7 +174,9 @@ function checkDocument(ctx: DocumentContext, limits: HostLimits): CheckedDocumen
   if (!validate(data)) return { ctx, errors: schemaErrors(ctx, validate.errors ?? []) };
   const semantic = semanticErrors(ctx, data.spec, limits);
   if (semantic.length > 0) return { ctx, errors: semantic };
-  const { allowDataLoss: _consent, ...asWritten } = data.spec;
+  // lockMemory came later: left out unless set, as comparableSpec does, so old hashes still match.
+  const { allowDataLoss: _consent, lockMemory, ...unlocked } = data.spec;
+  const asWritten = lockMemory ? { ...unlocked, lockMemory } : unlocked;
   const manifest: LoadedManifest = {
     name: data.metadata.name,
     file: ctx.file,

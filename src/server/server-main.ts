@@ -8,6 +8,8 @@
  */
 import * as fs from 'node:fs';
 import { UblkDevice } from '../device/device';
+import { formatSize } from '../spec/sizes';
+import { lockCode } from './lock-memory';
 import {
   MAX_REQUEST_BYTES,
   serializeError,
@@ -63,6 +65,10 @@ async function main(): Promise<void> {
   const spec = request.spec;
   let device: UblkDevice;
   try {
+    if (spec.lockMemory) {
+      // The queues lock their own IO buffers as they map them.
+      log(`locked ${formatSize(lockCode())} of program code in memory`);
+    }
     if (request.recoverDevId !== undefined) {
       log(`recovering device ${request.recoverDevId} (${spec.target.type}): ${specForLog(spec)}`);
       device = await UblkDevice.recover(request.recoverDevId, spec, { checkPermissions: request.checkPermissions });

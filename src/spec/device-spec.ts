@@ -71,6 +71,7 @@ export interface DeviceSpecInput {
   maxIoSize?: number | string;
   logicalBlockSize?: LogicalBlockSize;
   readOnly?: boolean;
+  lockMemory?: boolean;
   recovery?: RecoveryMode;
 }
 
@@ -91,6 +92,8 @@ export interface DeviceSpec {
   maxIoSize: number;
   logicalBlockSize: number;
   readOnly: boolean;
+  /** The server locks its memory (mlockall) before the device exists. */
+  lockMemory: boolean;
   recovery: RecoveryMode;
 }
 
@@ -154,6 +157,7 @@ export function normalizeDeviceSpec(
     maxIoSize: bytes(input.maxIoSize ?? DEFAULTS.maxIoSize),
     logicalBlockSize,
     readOnly,
+    lockMemory: input.lockMemory ?? DEFAULTS.lockMemory,
     recovery: input.recovery ?? DEFAULTS.recovery,
   };
   if (input.id !== undefined) spec.id = input.id;
@@ -269,5 +273,7 @@ export function comparableSpec(input: DeviceSpecInput): Record<string, unknown> 
   };
   if (input.size !== undefined) spec.size = bytes(input.size);
   if (input.id !== undefined) spec.id = input.id;
+  // Only when set, so the identity of every device written before the field existed stays the same.
+  if (input.lockMemory) spec.lockMemory = true;
   return spec;
 }

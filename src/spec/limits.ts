@@ -43,6 +43,7 @@ export const DEFAULTS = {
   maxIoSize: bytes(specFields.maxIoSize.default),
   logicalBlockSize: specFields.logicalBlockSize.default as LogicalBlockSize,
   readOnly: specFields.readOnly.default as boolean,
+  lockMemory: specFields.lockMemory.default as boolean,
   recovery: specFields.recovery.default as RecoveryMode,
   directIo: loopFields.directIo.default as DirectIoMode,
   create: loopFields.create.default as boolean,

@@ -61,6 +61,10 @@ function maxIoSizeProblem(value: unknown): string | undefined {
   return undefined;
 }
 
+function booleanProblem(value: unknown): string | undefined {
+  return value === undefined || typeof value === 'boolean' ? undefined : `must be true or false, got ${shown(value)}`;
+}
+
 function oneOf<T>(values: readonly T[], value: unknown): string | undefined {
   return values.includes(value as T) ? undefined : `must be one of ${values.join(', ')}, got ${shown(value)}`;
 }
@@ -135,5 +139,7 @@ export function specProblems(input: DeviceSpecInput, limits: HostLimits): SpecPr
   check('maxIoSize', maxIoSizeProblem(input.maxIoSize ?? DEFAULTS.maxIoSize));
   if (input.id !== undefined) check('id', integerProblem(input.id, 0, MAX_DEVICE_ID));
   check('recovery', oneOf(RECOVERY_MODES, input.recovery ?? DEFAULTS.recovery));
+  check('readOnly', booleanProblem(input.readOnly));
+  check('lockMemory', booleanProblem(input.lockMemory));
   return problems;
 }

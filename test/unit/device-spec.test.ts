@@ -27,6 +27,7 @@ describe('device spec', () => {
       maxIoSize: 512 * 1024,
       logicalBlockSize: 512,
       readOnly: false,
+      lockMemory: false,
       recovery: 'reissue',
     });
   });

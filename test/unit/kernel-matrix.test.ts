@@ -191,6 +191,8 @@ const SHARED = {
   ext4: ['jbd2', 'crc16', 'mbcache'],
   configfs: [],
   null_blk: ['configfs'],
+  dm_mod: [],
+  dm_flakey: ['dm-mod'],
 };
 const DEBIAN_6_12 = kernelWith({ ...SHARED, crc16: [], crc32c_generic: [] });
 const DEBIAN_7_3 = kernelWith({ ...SHARED, crc16: [] });
@@ -225,10 +227,20 @@ describe('kernel matrix: module resolution', () => {
     assert.throws(() => loadOrder(['a'], kernelWith({ a: ['b'], b: ['a'] })), /module dependency cycle: a -> b -> a/);
   });
 
-  it('6.12 loads crc32c_generic (ext4 reaches it through the crypto API), then ublk, loop and ext4', () => {
+  it('6.12 loads crc32c_generic (ext4 reaches it through the crypto API), then ublk, loop, ext4 and device-mapper', () => {
     const r = resolveModules(legModules(kernelLeg('6.12')), DEBIAN_6_12);
     assert.deepEqual(r.bootOrder, ['netfs', '9pnet', '9pnet_virtio', '9p', 'overlay']);
-    assert.deepEqual(r.guestOrder, ['crc32c_generic', 'ublk_drv', 'loop', 'jbd2', 'crc16', 'mbcache', 'ext4']);
+    assert.deepEqual(r.guestOrder, [
+      'crc32c_generic',
+      'ublk_drv',
+      'loop',
+      'jbd2',
+      'crc16',
+      'mbcache',
+      'ext4',
+      'dm_mod',
+      'dm_flakey',
+    ]);
     assert.deepEqual(r.ship.slice(-2), ['configfs', 'null_blk']);
   });
 
@@ -236,7 +248,7 @@ describe('kernel matrix: module resolution', () => {
     const leg = kernelLeg('7.3');
     assert.ok(!Object.values(legModules(leg)).flat().includes('crc32c_generic'));
     const r = resolveModules(legModules(leg), DEBIAN_7_3);
-    assert.deepEqual(r.guestOrder, ['ublk_drv', 'loop', 'jbd2', 'crc16', 'mbcache', 'ext4']);
+    assert.deepEqual(r.guestOrder, ['ublk_drv', 'loop', 'jbd2', 'crc16', 'mbcache', 'ext4', 'dm_mod', 'dm_flakey']);
     assert.equal(r.availability.ext4, 'module');
   });
 

@@ -192,6 +192,7 @@ describe('manifest loading: valid manifests', () => {
       maxIoSize: '512KiB',
       logicalBlockSize: 512,
       readOnly: false,
+      lockMemory: false,
       recovery: 'reissue',
       allowDataLoss: false,
     });
@@ -228,6 +229,18 @@ describe('manifest loading: valid manifests', () => {
     const legacy =
       '{"depth":128,"logicalBlockSize":512,"maxIoSize":"512KiB","queues":1,"readOnly":false,"recovery":"reissue","size":"1MiB","target":{"type":"null"}}';
     assert.equal(a!.legacyHash, crypto.createHash('sha256').update(legacy).digest('hex'));
+  });
+
+  it('lockMemory is identity only when set: hashes of manifests without it stay what they were', () => {
+    const dir = tempDir({
+      'a.yaml': manifest('a', 'target: {type: null}\nsize: 1MiB'),
+      'b.yaml': manifest('b', 'target: {type: null}\nsize: 1MiB\nlockMemory: false'),
+      'c.yaml': manifest('c', 'target: {type: null}\nsize: 1MiB\nlockMemory: true'),
+    });
+    const [a, b, c] = loadManifestDir(dir).manifests;
+    assert.equal(b!.hash, a!.hash);
+    assert.equal(b!.legacyHash, a!.legacyHash);
+    assert.notEqual(c!.hash, a!.hash, 'turning it on needs a new server');
   });
 
   it('normalizes loop paths and target defaults before hashing', () => {
@@ -440,6 +453,7 @@ describe('manifest schema and TypeScript types', () => {
           maxIoSize: true,
           logicalBlockSize: true,
           readOnly: true,
+          lockMemory: true,
           recovery: true,
           allowDataLoss: true,
         } satisfies Record<keyof ManifestSpec, true>,

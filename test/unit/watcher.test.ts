@@ -115,6 +115,7 @@ const TINY_NULL_SPEC = {
   maxIoSize: 4096,
   logicalBlockSize: 512,
   readOnly: false,
+  lockMemory: false,
   recovery: 'reissue' as const,
 };
 
