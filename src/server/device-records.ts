@@ -6,7 +6,7 @@
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { DeviceSpec } from '../spec/device-spec';
+import { DeviceSpec, storedSpecProblem } from '../spec/device-spec';
 import { isAlive, isSameProcessAlive, processStartTime } from './processes';
 
 /** Who made a device: the reconciler owns it (and may delete it); ublkctl records only help `recover`. */
@@ -142,6 +142,13 @@ function parseRecord(file: string, text: string): DeviceRecord {
   }
   if (typeof record !== 'object' || record === null || record.version !== 1 || typeof record.devId !== 'number') {
     throw new CorruptRecordError(file, 'not a ublk-ts device record');
+  }
+  const problem = storedSpecProblem(record.spec);
+  if (problem) {
+    throw new CorruptRecordError(
+      file,
+      `its device spec fails the checks a manifest must pass (${problem.field}: ${problem.detail})`,
+    );
   }
   return record;
 }

@@ -92,9 +92,24 @@ export interface DeviceSpec {
   maxIoSize: number;
   logicalBlockSize: number;
   readOnly: boolean;
-  /** The server locks its memory (mlockall) before the device exists. */
+  /** The server locks its IO buffers and program code in memory (not the JS heap: V8 cannot run with it locked). */
   lockMemory: boolean;
   recovery: RecoveryMode;
+}
+
+/**
+ * What is wrong with a spec read back from storage (a state record), checked as strictly as
+ * a manifest's — a record is a file too, and a spec in it is not to be trusted more than the
+ * manifest it came from. The queue limit is the kernel's, not this host's CPU count: the
+ * device already exists with its queues.
+ */
+export function storedSpecProblem(spec: unknown): SpecProblem | undefined {
+  if (typeof spec !== 'object' || spec === null || Array.isArray(spec)) {
+    return { field: 'spec', detail: 'is not an object' };
+  }
+  const { sizeBytes, ...rest } = spec as Partial<DeviceSpec>;
+  if (typeof sizeBytes !== 'number') return { field: 'sizeBytes', detail: 'is not a number' };
+  return specProblems({ ...rest, size: sizeBytes } as DeviceSpecInput, { maxQueues: KERNEL_MAX_QUEUES })[0];
 }
 
 /** Limits that depend on the host rather than the schema. */

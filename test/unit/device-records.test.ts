@@ -49,6 +49,36 @@ describe('state records', () => {
     fs.rmSync(dir);
   });
 
+  it('trusts a stored spec no more than a manifest: one that fails its checks makes the record corrupt', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ublk-ts-state-'));
+    const spec = normalizeDeviceSpec({ target: 'null', size: '1GiB' }, { maxQueues: 1 });
+    writeRecord(dir, { version: 1, devId: 5, owner: 'ublkctl', spec, serverPid: 42, status: 'live', updatedAt: '' });
+    assert.equal(readRecord(dir, 5)!.spec.sizeBytes, 1024 ** 3);
+    const file = path.join(dir, 'devices', 'ublkb5.json');
+    const stored = JSON.parse(fs.readFileSync(file, 'utf8')) as { spec: Record<string, unknown> };
+    const tampered: Array<[Record<string, unknown>, RegExp]> = [
+      [{ ...stored.spec, target: { type: 'js', module: 'relative/evil.js', options: {} } }, /target\.module/],
+      [
+        { ...stored.spec, target: { type: 'loop', file: 'etc/shadow', create: false, directIo: 'auto' } },
+        /target\.file/,
+      ],
+      [{ ...stored.spec, depth: 100000 }, /depth/],
+      [{ ...stored.spec, sizeBytes: 'lots' }, /sizeBytes: is not a number/],
+    ];
+    for (const [bad, field] of tampered) {
+      fs.writeFileSync(file, JSON.stringify({ ...stored, spec: bad }));
+      assert.throws(
+        () => readRecord(dir, 5),
+        (err: Error) =>
+          err instanceof CorruptRecordError &&
+          err.message.startsWith(`${file}: its device spec fails the checks a manifest must pass (`) &&
+          field.test(err.message),
+      );
+      assert.throws(() => listRecords(dir), CorruptRecordError);
+    }
+    fs.rmSync(dir, { recursive: true });
+  });
+
   it('is always the old or the new version, whenever the writer is killed with SIGKILL', async function () {
     this.timeout(120_000);
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ublk-ts-kill-'));
