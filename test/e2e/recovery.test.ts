@@ -228,17 +228,7 @@ describe('crash recovery with real kill -9 (real ublk driver)', function () {
     await startWatcher();
     const { id, serverPid } = await deviceLive('fi');
     await stopWatcher('SIGTERM'); // recover by hand, so there is a window with no server
-    const read = (block: number) => {
-      const child = track(
-        spawn('dd', [`if=/dev/ublkb${id}`, 'of=/dev/null', 'bs=4k', 'count=1', `skip=${block}`, 'iflag=direct']),
-      );
-      let err = '';
-      child.stderr!.on('data', (c: Buffer) => (err += c.toString()));
-      return {
-        child,
-        done: new Promise<{ code: number | null; err: string }>((r) => child.on('exit', (code) => r({ code, err }))),
-      };
-    };
+    const read = (block: number) => readBlock(id, block);
     const held = read(7);
     await waitFor(() => inFlight(id) > 0, 60_000, 'the held read to reach the server');
     assert.equal(held.child.exitCode, null, 'the held read is in flight inside the server');
