@@ -17,6 +17,11 @@ export const FEATURE_FLAGS: ReadonlyArray<[string, bigint]> = [
   ['QUIESCE', 1n << 12n],
   ['PER_IO_DAEMON', 1n << 13n],
   ['BUF_REG_OFF_DAEMON', 1n << 14n],
+  ['BATCH_IO', 1n << 15n],
+  ['INTEGRITY', 1n << 16n],
+  ['SAFE_STOP_DEV', 1n << 17n],
+  ['NO_AUTO_PART_SCAN', 1n << 18n],
+  ['SHMEM_ZC', 1n << 19n],
 ];
 
 export const UBLK_F_USER_RECOVERY = 1n << 3n;

@@ -70,5 +70,15 @@ describe('uapi names', () => {
   it('names feature flags, keeping unknown bits visible', () => {
     assert.deepEqual(featureNames((1n << 1n) | (1n << 6n)), ['URING_CMD_COMP_IN_TASK', 'CMD_IOCTL_ENCODE']);
     assert.deepEqual(featureNames(1n << 40n), ['BIT40']);
+    // What Linux 7.3 answers GET_FEATURES with: every flag up to bit 20, the last not yet in the UAPI header we follow.
+    const names = featureNames(0x1fffffn);
+    assert.deepEqual(names.slice(15), [
+      'BATCH_IO',
+      'INTEGRITY',
+      'SAFE_STOP_DEV',
+      'NO_AUTO_PART_SCAN',
+      'SHMEM_ZC',
+      'BIT20',
+    ]);
   });
 });
