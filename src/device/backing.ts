@@ -236,16 +236,27 @@ type LoopTarget = Extract<DeviceSpec['target'], { type: 'loop' }>;
 
 function openLoop(spec: DeviceSpec, target: LoopTarget, checkPermissions: boolean): Backing {
   const file = target.file;
-  let created = false;
+  let created: fs.Stats | undefined;
   if (target.create && !fs.existsSync(file)) {
+    if (checkPermissions) {
+      // Before root creates anything there: a link on the way that others could re-point would
+      // let them choose the directory root writes into (and later unlinks from).
+      const parent = walkPathOrExplain(path.dirname(file));
+      if (parent.linkProblem) {
+        throw new SpecError(
+          'target.file',
+          `refusing to create ${file}: ${parent.linkProblem}; fix the ownership or permissions, or pass --insecure-permissions`,
+        );
+      }
+    }
     // O_CREAT|O_EXCL never follows a link at the last component: a file of our own, or an error.
     const fd = openOrExplain(file, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
-    created = true;
+    created = fs.fstatSync(fd);
     try {
       fs.ftruncateSync(fd, spec.sizeBytes);
       fs.fsyncSync(fd);
     } catch (err) {
-      fs.rmSync(file, { force: true });
+      removeIfStill(file, created);
       throw err;
     } finally {
       fs.closeSync(fd);
@@ -255,7 +266,7 @@ function openLoop(spec: DeviceSpec, target: LoopTarget, checkPermissions: boolea
     fsyncDirectory(path.dirname(file));
   }
   const discard = (): void => {
-    if (created) fs.rmSync(file, { force: true });
+    if (created) removeIfStill(file, created);
   };
   try {
     const open = checkedOpener(file, checkPermissions);
@@ -283,6 +294,25 @@ function openLoop(spec: DeviceSpec, target: LoopTarget, checkPermissions: boolea
   } catch (err) {
     discard();
     throw err;
+  }
+}
+
+/** Unlinks `file` only if it is still the file this process created, not whatever its name reaches now. */
+function removeIfStill(file: string, created: fs.Stats): void {
+  let now: fs.Stats;
+  try {
+    now = fs.lstatSync(file);
+  } catch {
+    return;
+  }
+  if (now.isFile() && now.dev === created.dev && now.ino === created.ino) fs.rmSync(file, { force: true });
+}
+
+function walkPathOrExplain(dir: string): PathWalk {
+  try {
+    return walkPath(dir);
+  } catch (err) {
+    throw new SpecError('target.file', `${dir} cannot be checked (${(err as NodeJS.ErrnoException).code ?? ''})`);
   }
 }
 

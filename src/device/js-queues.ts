@@ -12,7 +12,7 @@ import { DeviceSpec } from '../spec/device-spec';
 import type { QueueWorkerCommand, QueueWorkerData, QueueWorkerMessage } from './js-queue-worker';
 import { loadTargetModule, SetupContext, TargetTraits, targetTraits } from './js-target';
 import { LogLimiter } from './log-limiter';
-import { moduleTrustProblem } from './trusted-path';
+import { moduleRefusal, moduleTrustProblem } from './trusted-path';
 import { QueueExit, QueueLifecycle, queueError, RunningQueues, usesLegacyOpcodes } from './queues';
 
 const QUEUE_WORKER = path.join(__dirname, 'js-queue-worker.js');
@@ -41,10 +41,7 @@ export async function prepareJsTarget(
     // Before any of its code runs: a module others can change is code they run as root.
     const problem = moduleTrustProblem(spec.target.module);
     if (problem) {
-      throw new SpecError(
-        'target.module',
-        `refusing ${spec.target.module}: ${problem}; fix the ownership or permissions, or pass --insecure-permissions`,
-      );
+      throw new SpecError('target.module', moduleRefusal(spec.target.module, problem));
     }
   }
   let module;

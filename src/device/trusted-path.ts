@@ -120,7 +120,8 @@ export function walkPath(p: string): PathWalk {
  */
 export function loopFileTrustProblem(walk: PathWalk): string | undefined {
   if (walk.linkProblem) return walk.linkProblem;
-  if (walk.directoryProblem && walk.stat.isFile() && walk.stat.nlink > 1) {
+  // Any non-directory: a device node hard-linked into a user's directory is as good as a file there.
+  if (walk.directoryProblem && !walk.stat.isDirectory() && walk.stat.nlink > 1) {
     return `it has ${walk.stat.nlink} names and ${walk.directoryProblem} (a hard link there may name any file)`;
   }
   return undefined;
@@ -138,18 +139,31 @@ export function moduleTrustProblem(modulePath: string): string | undefined {
   try {
     const loaded = require.resolve(modulePath);
     if (loaded !== modulePath) files.push(loaded);
-  } catch {
-    // The load reports a module that cannot be resolved.
+  } catch (err) {
+    // Fail closed: a path that cannot be checked now may hold someone's code when require() looks again.
+    return uncheckable(modulePath, err);
   }
   for (const file of files) {
     let walk: PathWalk;
     try {
       walk = walkPath(file);
-    } catch {
-      continue; // the load reports a path that cannot be walked
+    } catch (err) {
+      return uncheckable(file, err);
     }
     const problem = walk.linkProblem ?? walk.directoryProblem ?? walk.fileProblem;
     if (problem) return problem;
   }
   return undefined;
+}
+
+/** The refusal for a module with a trust problem; the permission advice only where permissions are the problem. */
+export function moduleRefusal(modulePath: string, problem: string): string {
+  if (problem.endsWith(' does not exist')) return problem;
+  return `refusing ${modulePath}: ${problem}; fix the ownership or permissions, or pass --insecure-permissions`;
+}
+
+function uncheckable(file: string, err: unknown): string {
+  const code = (err as NodeJS.ErrnoException).code;
+  if (code === 'ENOENT' || code === 'MODULE_NOT_FOUND') return `${file} does not exist`;
+  return `${file} cannot be checked (${code ?? (err as Error).message})`;
 }

@@ -12,7 +12,7 @@ import { SpecError } from '../errors';
 import type { LoadedManifest } from '../manifest';
 import { DeviceSpec, normalizeDeviceSpec } from '../spec/device-spec';
 import { clip } from '../spec/show-value';
-import { loopFileTrustProblem, moduleTrustProblem, walkPath } from '../device/trusted-path';
+import { loopFileTrustProblem, moduleRefusal, moduleTrustProblem, walkPath } from '../device/trusted-path';
 
 /** What the pre-flight knows of the host besides files. */
 export interface PreflightOptions {
@@ -68,7 +68,7 @@ function checkTrust(manifest: LoadedManifest, spec: DeviceSpec): void {
   const fix = 'fix the ownership or permissions, or pass --insecure-permissions';
   if (spec.target.type === 'js') {
     const problem = moduleTrustProblem(spec.target.module);
-    if (problem) throw located(manifest, 'target.module', `refusing ${clip(spec.target.module)}: ${problem}; ${fix}`);
+    if (problem) throw located(manifest, 'target.module', moduleRefusal(clip(spec.target.module), problem));
   }
   if (spec.target.type === 'loop' && fs.existsSync(spec.target.file)) {
     let problem: string | undefined;

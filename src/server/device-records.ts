@@ -98,12 +98,18 @@ export function writeRecord(stateDir: string, record: DeviceRecord): void {
   const temp = path.join(dir, temporaryName(target));
   const fd = fs.openSync(temp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o640);
   try {
-    fs.writeSync(fd, `${JSON.stringify({ ...record, updatedAt: new Date().toISOString() }, null, 2)}\n`);
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
+    try {
+      fs.writeSync(fd, `${JSON.stringify({ ...record, updatedAt: new Date().toISOString() }, null, 2)}\n`);
+      fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+    fs.renameSync(temp, target);
+  } catch (err) {
+    // A long-lived writer (the watcher) would otherwise leave it behind: stale only once this process is gone.
+    fs.rmSync(temp, { force: true });
+    throw err;
   }
-  fs.renameSync(temp, target);
   const dirFd = fs.openSync(dir, 'r');
   try {
     fs.fsyncSync(dirFd);

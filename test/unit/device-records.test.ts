@@ -49,6 +49,23 @@ describe('state records', () => {
     fs.rmSync(dir);
   });
 
+  it('leaves no temporary behind when a write fails (a long-lived writer would never have it cleaned up)', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ublk-ts-state-'));
+    const spec = normalizeDeviceSpec({ target: 'null', size: '1GiB' }, { maxQueues: 1 });
+    // A directory where the record should go: the rename over it fails (EISDIR).
+    fs.mkdirSync(path.join(dir, 'devices', 'ublkb6.json'), { recursive: true });
+    assert.throws(
+      () =>
+        writeRecord(dir, { version: 1, devId: 6, owner: 'ublkctl', spec, serverPid: 1, status: 'live', updatedAt: '' }),
+      /EISDIR/,
+    );
+    assert.deepEqual(
+      fs.readdirSync(path.join(dir, 'devices')).filter((n) => n.endsWith('.tmp')),
+      [],
+    );
+    fs.rmSync(dir, { recursive: true });
+  });
+
   it('trusts a stored spec no more than a manifest: one that fails its checks makes the record corrupt', () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ublk-ts-state-'));
     const spec = normalizeDeviceSpec({ target: 'null', size: '1GiB' }, { maxQueues: 1 });

@@ -13,7 +13,7 @@ import * as path from 'node:path';
 import { SpecError } from '../../src/errors';
 import { checkedOpener, openBacking } from '../../src/device/backing';
 import { prepareJsTarget } from '../../src/device/js-queues';
-import { walkPath } from '../../src/device/trusted-path';
+import { moduleTrustProblem, walkPath } from '../../src/device/trusted-path';
 import { LoadedManifest } from '../../src/manifest';
 import { preflight } from '../../src/reconciler/preflight';
 import { normalizeDeviceSpec } from '../../src/spec/device-spec';
@@ -72,6 +72,30 @@ exports.setup = () => 'shared';\n`;
       fs.writeFileSync(module, moduleText(), { mode: 0o644 });
       assert.equal((await prepareJsTarget(jsSpec(module), { checkPermissions: true }))?.shared, 'shared');
       assert.ok(fs.existsSync(marker));
+    });
+
+    it('fails closed: a module path that cannot be walked (missing, a link loop) is refused, never loaded', async () => {
+      // The spec was valid when it was made; the file is gone (or not yet back) when the server starts.
+      const specFor = (module: string): ReturnType<typeof jsSpec> => {
+        const real = path.join(base, 'root-dir', 'real.js');
+        fs.writeFileSync(real, moduleText(), { mode: 0o644 });
+        const spec = jsSpec(real);
+        fs.rmSync(real);
+        return { ...spec, target: { type: 'js', module, options: {} } };
+      };
+      const missing = path.join(base, 'user-dir', 'later.js');
+      await assert.rejects(
+        prepareJsTarget(specFor(missing), { checkPermissions: true }),
+        refusal('target.module', /later\.js does not exist$/),
+      );
+      const loop = path.join(base, 'user-dir', 'loop.js');
+      asNobody(`ln -s ${loop} ${loop}`);
+      await assert.rejects(
+        prepareJsTarget(specFor(loop), { checkPermissions: true }),
+        refusal('target.module', /(cannot be checked \(ELOOP\)|does not exist)/),
+      );
+      assert.equal(moduleTrustProblem(loop) !== undefined, true, 'a link loop is a problem, not "safe"');
+      assert.ok(!fs.existsSync(marker));
     });
 
     const cases: Array<[string, () => string, RegExp]> = [
@@ -203,6 +227,38 @@ exports.setup = () => 'shared';\n`;
         );
       }
       assert.equal(fs.readFileSync(victim, 'utf8'), victimText);
+    });
+
+    it('creates no file through a directory link others could re-point, and never unlinks a file it did not make', () => {
+      const elsewhere = path.join(base, 'root-dir', 'elsewhere');
+      fs.mkdirSync(elsewhere);
+      asNobody(`ln -s ${elsewhere} ${path.join(base, 'user-dir', 'vm')}`);
+      const file = path.join(base, 'user-dir', 'vm', 'disk.img');
+      const spec = normalizeDeviceSpec(
+        { target: { type: 'loop', file, create: true, directIo: false }, size: 4096 },
+        { maxQueues: 1 },
+      );
+      assert.throws(
+        () => openBacking(spec, { checkPermissions: true }),
+        refusal('target.file', /refusing to create .*disk\.img: .*vm is a symbolic link others could re-point/),
+      );
+      assert.deepEqual(fs.readdirSync(elsewhere), [], 'root created nothing where the link pointed');
+
+      // Made in the user's own directory, then replaced before the device is given up: the
+      // cleanup unlinks only the file it made, checked by device and inode, not whatever has the name now.
+      const own = path.join(base, 'user-dir', 'own.img');
+      const backing = openBacking(
+        normalizeDeviceSpec(
+          { target: { type: 'loop', file: own, create: true, directIo: false }, size: 4096 },
+          {
+            maxQueues: 1,
+          },
+        ),
+        { checkPermissions: true },
+      )!;
+      asNobody(`mv ${own} ${own}.old && echo theirs > ${own}`);
+      backing.close({ discardCreated: true });
+      assert.equal(fs.readFileSync(own, 'utf8'), 'theirs\n', 'the file now at that name is not the one root made');
     });
 
     it("follows a link that only root could have made (like /dev/disk/by-id's)", () => {
