@@ -96,10 +96,13 @@ export function prepareJsQueues(
   const workers: Worker[] = [];
   // One opener per device: the workers share this descriptor, closed when they are all done.
   let charFd: number | undefined;
+  let allExited = false;
   const log = rateLimitedLog();
   const lifecycle = new QueueLifecycle(info.id, info.queues, () => {
+    allExited = true;
     log.close();
     if (charFd !== undefined) fs.closeSync(charFd);
+    charFd = undefined;
   });
   let preparedCount = 0;
   let resolvePrepared!: () => void;
@@ -153,8 +156,12 @@ export function prepareJsQueues(
   return {
     prepared,
     open: () => {
-      charFd = fs.openSync(info.charPath, fs.constants.O_RDWR);
-      send({ kind: 'open', charFd });
+      // Workers that have all ended (one failed while START was retried) would never close it,
+      // and an open /dev/ublkcN makes every later recovery of the device in this process EBUSY.
+      if (!allExited) {
+        charFd = fs.openSync(info.charPath, fs.constants.O_RDWR);
+        send({ kind: 'open', charFd });
+      }
       return { stop, ready: lifecycle.ready, exited: lifecycle.exited };
     },
     stop,
