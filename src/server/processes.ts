@@ -11,12 +11,8 @@ export function isAlive(pid: number): boolean {
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
-  } catch {
-    return false;
-  }
+  const fields = statFields(pid);
+  return fields !== undefined && fields[0] !== 'Z';
 }
 
 /**
@@ -25,14 +21,19 @@ export function isAlive(pid: number): boolean {
  * its start time name one process for good: a reused pid starts later.
  */
 export function processStartTime(pid: number): string | undefined {
+  return statFields(pid)?.[22 - 3];
+}
+
+/** Fields 3 on of /proc/PID/stat (state first), or undefined when there is no such process. */
+function statFields(pid: number): string[] | undefined {
   let stat: string;
   try {
     stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
   } catch {
     return undefined;
   }
-  // Fields after the command name (which may hold spaces and parentheses) start at field 3.
-  return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[22 - 3];
+  // The command name before them may hold spaces and parentheses: they start after the last ')'.
+  return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
 }
 
 /** Whether the process that was `pid` when it started at `startTime` still runs. */
