@@ -277,4 +277,39 @@ describe('data-plane integrity (real ublk driver, faults from device-mapper)', f
     assert.deepEqual(segfaults, [], 'no process crashed');
     assert.match(log, /exiting with status 0/, `the server ended cleanly:\n${log}`);
   });
+
+  it('js: deleting a device while target IO it never awaited is still reading waits for that read before unmapping its buffer', async () => {
+    const { loop } = faults.loopOverRandomFile(scratch, 'slow.img', 8 * MiB);
+    // Every read of the mapper waits 10 s in the delay target: far longer than deleting the device takes.
+    const name = `ublk-ts-slow-${process.pid}`;
+    const slow = faults.mapper(name, `0 ${(8 * MiB) / SECTOR} delay ${loop} 0 10000`);
+    // Without readahead one 4 KiB read is one bio: once the delay target holds none, that read is done.
+    run('blockdev', ['--setra', '0', slow]);
+    /** Reads the delay target holds: its status is "START LENGTH delay READS WRITES FLUSHES". */
+    const heldReads = (status: string): number => Number(status.trim().split(/\s+/)[3]);
+    const report = path.join(scratch, `held-at-close-${process.pid}`);
+    fs.rmSync(report, { force: true });
+    const offset = 4 * MiB;
+    const options = JSON.stringify({ file: slow, mapper: name, report, offset });
+    const module = path.join(TARGETS, 'unawaited-read.js');
+    const dev = add(['-t', 'js', '--module', module, '--options', options, '--size', '8MiB', '--queues', '1']);
+    run('dd', [`if=${dev.blockPath}`, 'of=/dev/null', 'bs=4k', 'count=1', `skip=${offset}`, 'iflag=direct,skip_bytes']);
+    await waitFor(
+      () => heldReads(run('dmsetup', ['status', name]).stdout) > 0,
+      60_000,
+      `the target's read to reach ${name}`,
+    );
+    const r = ublkctl(['del', String(dev.id)], stateDir);
+    assert.equal(r.status, 0, r.stderr);
+    devices.forget(dev.id);
+    await waitFor(() => !isAlive(dev.serverPid), 120_000, `server ${dev.serverPid} to exit`);
+    const atClose = fs.readFileSync(report, 'utf8');
+    assert.equal(
+      heldReads(atClose),
+      0,
+      `no read was still held at ${name} once the queue had closed: "${atClose.trim()}"`,
+    );
+    const log = fs.readFileSync(dev.logPath, 'utf8');
+    assert.match(log, /exiting with status 0/, `the server ended cleanly:\n${log}`);
+  });
 });

@@ -193,6 +193,7 @@ const SHARED = {
   null_blk: ['configfs'],
   dm_mod: [],
   dm_flakey: ['dm-mod'],
+  dm_delay: ['dm-mod'],
 };
 const DEBIAN_6_12 = kernelWith({ ...SHARED, crc16: [], crc32c_generic: [] });
 const DEBIAN_7_3 = kernelWith({ ...SHARED, crc16: [] });
@@ -227,7 +228,7 @@ describe('kernel matrix: module resolution', () => {
     assert.throws(() => loadOrder(['a'], kernelWith({ a: ['b'], b: ['a'] })), /module dependency cycle: a -> b -> a/);
   });
 
-  it('6.12 loads crc32c_generic (ext4 reaches it through the crypto API), then ublk, loop, ext4 and device-mapper', () => {
+  it('6.12 loads crc32c_generic (ext4 reaches it through the crypto API), then ublk, loop, ext4 and device-mapper (flakey, delay)', () => {
     const r = resolveModules(legModules(kernelLeg('6.12')), DEBIAN_6_12);
     assert.deepEqual(r.bootOrder, ['netfs', '9pnet', '9pnet_virtio', '9p', 'overlay']);
     assert.deepEqual(r.guestOrder, [
@@ -240,6 +241,7 @@ describe('kernel matrix: module resolution', () => {
       'ext4',
       'dm_mod',
       'dm_flakey',
+      'dm_delay',
     ]);
     assert.deepEqual(r.ship.slice(-2), ['configfs', 'null_blk']);
   });
@@ -248,7 +250,17 @@ describe('kernel matrix: module resolution', () => {
     const leg = kernelLeg('7.3');
     assert.ok(!Object.values(legModules(leg)).flat().includes('crc32c_generic'));
     const r = resolveModules(legModules(leg), DEBIAN_7_3);
-    assert.deepEqual(r.guestOrder, ['ublk_drv', 'loop', 'jbd2', 'crc16', 'mbcache', 'ext4', 'dm_mod', 'dm_flakey']);
+    assert.deepEqual(r.guestOrder, [
+      'ublk_drv',
+      'loop',
+      'jbd2',
+      'crc16',
+      'mbcache',
+      'ext4',
+      'dm_mod',
+      'dm_flakey',
+      'dm_delay',
+    ]);
     assert.equal(r.availability.ext4, 'module');
   });
 

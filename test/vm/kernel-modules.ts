@@ -9,8 +9,8 @@
 /** Loaded by /init before it can reach the host's files: the 9p transport and filesystem, then overlayfs. */
 export const BOOT_MODULES: readonly string[] = ['9pnet_virtio', '9p', 'overlay'];
 
-/** Loaded by /init for the tests: ublk, the kernel loop device, ext4, device-mapper (linear, error, flakey: real IO errors). */
-export const GUEST_MODULES: readonly string[] = ['ublk_drv', 'loop', 'ext4', 'dm_mod', 'dm_flakey'];
+/** Loaded by /init for the tests: ublk, the kernel loop device, ext4, device-mapper (linear, error, flakey: real IO errors; delay: a slow disk). */
+export const GUEST_MODULES: readonly string[] = ['ublk_drv', 'loop', 'ext4', 'dm_mod', 'dm_flakey', 'dm_delay'];
 
 /**
  * Shipped in `$UBLK_TS_MODULES_DIR` but not loaded: tests and the benchmark insmod them with
