@@ -14,7 +14,7 @@ import * as os from 'node:os';
 import { parseArgs } from 'node:util';
 import { ublkUnavailableReason } from './e2e/helpers';
 import { E2E_PATTERN, mochaArgs, mochaShellCommand, ROOT, UNIT_PATTERN } from './mocha-command';
-import { countsFrom, type LegResult, summarize } from './test-summary';
+import { countsFrom, type LegResult, prefixedLines, summarize } from './test-summary';
 import { kernelLeg, kernelLegNames, runInVm, VmUnavailable } from './vm';
 
 const USAGE = `usage: npm test [-- --kernel ${kernelLegNames().join('|')}]... [--serial]`;
@@ -43,30 +43,10 @@ async function runE2eOnHost(): Promise<LegResult> {
   return { label, code: r.code, counts: countsFrom(r.output), wallMs: Date.now() - started };
 }
 
-/**
- * Writes a leg's output line by line, each line starting with `prefix`, so that two legs
- * running at once stay readable; an empty prefix passes chunks through as they come.
- */
-function legOutput(prefix: string): { write(chunk: string): void; end(): void } {
-  if (prefix === '') return { write: (chunk) => process.stdout.write(chunk), end: () => undefined };
-  let partial = '';
-  return {
-    write(chunk) {
-      const lines = (partial + chunk).split('\n');
-      partial = lines.pop()!;
-      for (const line of lines) process.stdout.write(`${prefix}${line}\n`);
-    },
-    end() {
-      if (partial !== '') process.stdout.write(`${prefix}${partial}\n`);
-      partial = '';
-    },
-  };
-}
-
 async function runE2eInVm(leg: string, hostReason: string, prefix: string): Promise<LegResult> {
   let label = `Linux ${leg} in a qemu VM`;
   console.log(`\n${prefix}== end-to-end tests on ${label} (${hostReason} on this host) ==`);
-  const out = legOutput(prefix);
+  const out = prefixedLines(prefix, (text) => process.stdout.write(text));
   const started = Date.now();
   try {
     const r = await runInVm({
