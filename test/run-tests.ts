@@ -1,9 +1,12 @@
 /**
- * `npm test [-- --kernel LEG]...`: the unit suite on the host, then the end-to-end suite
- * against a real ublk kernel — on the host when /dev/ublk-control is usable, otherwise in a
- * qemu VM on each leg of the kernel matrix in turn (KERNEL_LEGS: 6.12, then 7.3; `--kernel`
- * picks some). Prints a summary line per leg and a closing "N passed, N failed, N skipped"
- * line; a leg that could not run is counted as skipped with its reason, and fails the run on CI.
+ * `npm test [-- --kernel LEG]... [--serial]`: the unit suite on the host, then the end-to-end
+ * suite against a real ublk kernel — on the host when /dev/ublk-control is usable, otherwise in
+ * a qemu VM on each leg of the kernel matrix (KERNEL_LEGS: 6.12 and 7.3; `--kernel` picks some).
+ * The legs' VMs run at the same time: a TCG guest running one test at a time keeps about one
+ * host core busy, so two legs on two cores take little longer than one (`--serial` runs them
+ * in turn, each line of output then unprefixed). Prints a summary line per leg and a closing
+ * "N passed, N failed, N skipped" line; a leg that could not run is counted as skipped with
+ * its reason, and fails the run on CI.
  */
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -11,10 +14,10 @@ import * as os from 'node:os';
 import { parseArgs } from 'node:util';
 import { ublkUnavailableReason } from './e2e/helpers';
 import { E2E_PATTERN, mochaArgs, mochaShellCommand, ROOT, UNIT_PATTERN } from './mocha-command';
-import { countsFrom, type LegResult, summarize } from './test-summary';
+import { countsFrom, type LegResult, prefixedLines, summarize } from './test-summary';
 import { kernelLeg, kernelLegNames, runInVm, VmUnavailable } from './vm';
 
-const USAGE = `usage: npm test [-- --kernel ${kernelLegNames().join('|')}]...`;
+const USAGE = `usage: npm test [-- --kernel ${kernelLegNames().join('|')}]... [--serial]`;
 /** Per leg: a guest still running after this is killed and the leg counts as failed. */
 const E2E_TIMEOUT_MS = Number(process.env.UBLK_TS_E2E_TIMEOUT_MS ?? 30 * 60_000);
 
@@ -40,9 +43,10 @@ async function runE2eOnHost(): Promise<LegResult> {
   return { label, code: r.code, counts: countsFrom(r.output), wallMs: Date.now() - started };
 }
 
-async function runE2eInVm(leg: string, hostReason: string): Promise<LegResult> {
+async function runE2eInVm(leg: string, hostReason: string, prefix: string): Promise<LegResult> {
   let label = `Linux ${leg} in a qemu VM`;
-  console.log(`\n== end-to-end tests on ${label} (${hostReason} on this host) ==`);
+  console.log(`\n${prefix}== end-to-end tests on ${label} (${hostReason} on this host) ==`);
+  const out = prefixedLines(prefix, (text) => process.stdout.write(text));
   const started = Date.now();
   try {
     const r = await runInVm({
@@ -50,9 +54,10 @@ async function runE2eInVm(leg: string, hostReason: string): Promise<LegResult> {
       cwd: ROOT,
       kernel: leg,
       timeoutMs: E2E_TIMEOUT_MS,
-      onOutput: (chunk) => process.stdout.write(chunk),
+      onOutput: (chunk) => out.write(chunk),
       log: (s) => console.log(`[vm ${leg}] ${s}`),
     });
+    out.end();
     fs.rmSync(r.resultsDir, { recursive: true, force: true });
     label = `Linux ${leg} (${r.kernel.version}) in a qemu VM`;
     const result: LegResult = { label, code: r.exitCode, counts: countsFrom(r.output), wallMs: Date.now() - started };
@@ -64,6 +69,7 @@ async function runE2eInVm(leg: string, hostReason: string): Promise<LegResult> {
     if (result.harnessFailure !== undefined) result.counts.failed += 1;
     return result;
   } catch (err) {
+    out.end();
     const wallMs = Date.now() - started;
     if (err instanceof VmUnavailable) {
       return { label, code: 0, counts: { passed: 0, failed: 0, skipped: 1 }, skippedReason: err.reason, wallMs };
@@ -75,17 +81,21 @@ async function runE2eInVm(leg: string, hostReason: string): Promise<LegResult> {
   }
 }
 
-function parseLegs(argv: string[]): string[] {
-  const { values } = parseArgs({ args: argv, options: { kernel: { type: 'string', multiple: true } } });
+function parseLegs(argv: string[]): { legs: string[]; serial: boolean } {
+  const { values } = parseArgs({
+    args: argv,
+    options: { kernel: { type: 'string', multiple: true }, serial: { type: 'boolean', default: false } },
+  });
   const legs = values.kernel ?? kernelLegNames();
   for (const leg of legs) kernelLeg(leg);
-  return legs;
+  return { legs, serial: values.serial === true };
 }
 
 async function main(): Promise<number> {
   let legs: string[];
+  let serial: boolean;
   try {
-    legs = parseLegs(process.argv.slice(2));
+    ({ legs, serial } = parseLegs(process.argv.slice(2)));
   } catch (err) {
     console.error(`npm test: ${(err as Error).message}\n${USAGE}`);
     return 2;
@@ -97,7 +107,8 @@ async function main(): Promise<number> {
   const hostReason = ublkUnavailableReason();
   const e2e: LegResult[] = [];
   if (hostReason === undefined) e2e.push(await runE2eOnHost());
-  else for (const leg of legs) e2e.push(await runE2eInVm(leg, hostReason));
+  else if (serial || legs.length === 1) for (const leg of legs) e2e.push(await runE2eInVm(leg, hostReason, ''));
+  else e2e.push(...(await Promise.all(legs.map((leg) => runE2eInVm(leg, hostReason, `[${leg}] `)))));
 
   const summary = summarize({ counts: unitCounts, code: unit.code }, e2e, Boolean(process.env.CI));
   console.log('\n== summary ==');

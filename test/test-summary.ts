@@ -72,3 +72,27 @@ function legText(leg: LegResult): string {
   const why = leg.harnessFailure === undefined ? '' : ` (${leg.harnessFailure})`;
   return `${countsText(leg.counts)}${why}, ${(leg.wallMs / 60_000).toFixed(1)} min`;
 }
+
+/**
+ * Passes a leg's output to `sink` line by line, each line starting with `prefix`, so that two
+ * legs running at once stay readable; an empty prefix passes chunks through as they come.
+ * `end` writes a last line that had no newline.
+ */
+export function prefixedLines(
+  prefix: string,
+  sink: (text: string) => void,
+): { write(chunk: string): void; end(): void } {
+  if (prefix === '') return { write: sink, end: () => undefined };
+  let partial = '';
+  return {
+    write(chunk) {
+      const lines = (partial + chunk).split('\n');
+      partial = lines.pop()!;
+      for (const line of lines) sink(`${prefix}${line}\n`);
+    },
+    end() {
+      if (partial !== '') sink(`${prefix}${partial}\n`);
+      partial = '';
+    },
+  };
+}

@@ -3,7 +3,7 @@
  * a skipped leg only on CI, a failed or crashed leg always.
  */
 import { strict as assert } from 'node:assert';
-import { countsFrom, type LegResult, summarize } from '../test-summary';
+import { countsFrom, type LegResult, prefixedLines, summarize } from '../test-summary';
 
 const UNIT_OK = { counts: { passed: 150, failed: 0, skipped: 0 }, code: 0 };
 
@@ -74,5 +74,32 @@ describe('npm test summary', () => {
   it("reads the last of mocha's closing counts", () => {
     const output = '  3 passing (1s)\n\n  58 passing (7m)\n  1 failing\n  2 pending\n';
     assert.deepEqual(countsFrom(output), { passed: 58, failed: 1, skipped: 2 });
+  });
+});
+
+describe('npm test output of legs running at once', () => {
+  it('prefixes every line with its leg, however the chunks split it, and ends a last partial line', () => {
+    const written: string[] = [];
+    const out = prefixedLines('[7.3] ', (text) => written.push(text));
+    out.write('  ✔ first');
+    out.write(' test\n  ✔ second test\n\n  2 pass');
+    out.write('ing\n  fail');
+    out.end();
+    assert.deepEqual(written.join('').split('\n'), [
+      '[7.3]   ✔ first test',
+      '[7.3]   ✔ second test',
+      '[7.3] ',
+      '[7.3]   2 passing',
+      '[7.3]   fail',
+      '',
+    ]);
+  });
+
+  it('passes chunks through untouched without a prefix (one leg, or --serial)', () => {
+    const written: string[] = [];
+    const out = prefixedLines('', (text) => written.push(text));
+    out.write('a\nb');
+    out.end();
+    assert.deepEqual(written, ['a\nb']);
   });
 });
