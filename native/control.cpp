@@ -254,6 +254,7 @@ Napi::Function ControlDevice::Define(Napi::Env env) {
                          InstanceMethod("delDev", &ControlDevice::DelDev),
                          InstanceMethod("startDev", &ControlDevice::StartDev),
                          InstanceMethod("stopDev", &ControlDevice::StopDev),
+                         InstanceMethod("tryStopDev", &ControlDevice::TryStopDev),
                          InstanceMethod("startUserRecovery", &ControlDevice::StartUserRecovery),
                          InstanceMethod("endUserRecovery", &ControlDevice::EndUserRecovery),
                          InstanceMethod("setParams", &ControlDevice::SetParams),
@@ -343,6 +344,17 @@ Napi::Value ControlDevice::StartDev(const Napi::CallbackInfo &info) {
 Napi::Value ControlDevice::StopDev(const Napi::CallbackInfo &info) {
   ublk::ctrl_cmd h = Header(DevIdArg(info, 0));
   auto *w = new CommandWorker(info.Env(), fd_, "STOP_DEV", ublk::ctrl_opcode(ublk::CMD_STOP_DEV, legacyOpcodes_), h, {},
+                              nullptr);
+  w->Queue();
+  return w->Promise();
+}
+
+// TRY_STOP_DEV: STOP_DEV only if no one has /dev/ublkbN open (EBUSY
+// otherwise); the kernel checks and then refuses new opens under the disk's
+// open mutex, so nothing can open the device between the check and the stop.
+Napi::Value ControlDevice::TryStopDev(const Napi::CallbackInfo &info) {
+  ublk::ctrl_cmd h = Header(DevIdArg(info, 0));
+  auto *w = new CommandWorker(info.Env(), fd_, "TRY_STOP_DEV", ublk::ctrl_opcode(ublk::CMD_TRY_STOP_DEV, false), h, {},
                               nullptr);
   w->Queue();
   return w->Promise();

@@ -20,6 +20,7 @@ private:
   Napi::Value DelDev(const Napi::CallbackInfo &info);
   Napi::Value StartDev(const Napi::CallbackInfo &info);
   Napi::Value StopDev(const Napi::CallbackInfo &info);
+  Napi::Value TryStopDev(const Napi::CallbackInfo &info);
   Napi::Value StartUserRecovery(const Napi::CallbackInfo &info);
   Napi::Value EndUserRecovery(const Napi::CallbackInfo &info);
   Napi::Value SetParams(const Napi::CallbackInfo &info);

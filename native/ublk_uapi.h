@@ -24,6 +24,7 @@ enum CtrlCmd : unsigned {
   CMD_GET_DEV_INFO2 = 0x12,
   CMD_GET_FEATURES = 0x13,  // ioctl-encoded only (6.5+)
   CMD_DEL_DEV_ASYNC = 0x14, // ioctl-encoded only (6.9+)
+  CMD_TRY_STOP_DEV = 0x17,  // ioctl-encoded only (7.0+, UBLK_F_SAFE_STOP_DEV)
 };
 
 enum IoCmd : unsigned {

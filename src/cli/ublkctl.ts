@@ -4,9 +4,11 @@
  * add, del, list, features. Exit status: 0 done, 1 the kernel or a server
  * refused, 2 bad usage or an environment without ublk.
  */
+import * as os from 'node:os';
 import { parseArgs } from 'node:util';
 import { EnvironmentError, ERRNO, SpecError, UblkError } from '../errors';
 import { DeviceInfo, UblkControl } from '../kernel/control';
+import { featureSupport } from '../kernel/feature-report';
 import { listRecords, readRecord } from '../server/device-records';
 import { DEFAULT_STATE_DIR, removeDevice, startServer } from '../server/launcher';
 import { DeviceSpecInput, DirectIoMode, normalizeDeviceSpec } from '../spec/device-spec';
@@ -19,9 +21,9 @@ const USAGE = `usage:
   ublkctl add -t loop --file PATH [--size SIZE] [--create] [--direct-io auto|on|off] [options]
   ublkctl add -t js --module /abs/target.js [--options JSON] --size SIZE [options]
       options: [--id N] [--queues Q] [--depth D] [--max-io-size SIZE]
-               [--logical-block-size B] [--read-only] [--lock-memory]
+               [--logical-block-size B] [--read-only] [--lock-memory] [--no-partition-scan]
                [--recovery reissue|fail-inflight|fail-io|none] [--insecure-permissions] [--json]
-  ublkctl del ID|--all [--json]
+  ublkctl del ID|--all [--force] [--json]
   ublkctl recover ID [--insecure-permissions] [--json]
   ublkctl list [--json]
   ublkctl features [--json]
@@ -29,7 +31,8 @@ const USAGE = `usage:
 SIZE is bytes or a number with KiB, MiB, GiB, TiB (e.g. 1GiB).
 Options for every command: --state-dir DIR (default ${DEFAULT_STATE_DIR}).
 As root, add and recover refuse a js module, or a link on the way to a loop file, that
-users other than root could change; --insecure-permissions accepts them.`;
+users other than root could change; --insecure-permissions accepts them.
+del leaves a device that is open or mounted alone (EBUSY); --force removes it all the same.`;
 
 class UsageError extends Error {}
 
@@ -81,6 +84,7 @@ async function cmdAdd(args: string[]): Promise<void> {
       'logical-block-size': { type: 'string' },
       'read-only': { type: 'boolean' },
       'lock-memory': { type: 'boolean' },
+      'no-partition-scan': { type: 'boolean' },
       file: { type: 'string', short: 'f' },
       create: { type: 'boolean' },
       'direct-io': { type: 'string' },
@@ -119,6 +123,7 @@ async function cmdAdd(args: string[]): Promise<void> {
     logicalBlockSize: numeric(values['logical-block-size']),
     readOnly: values['read-only'],
     lockMemory: values['lock-memory'],
+    partitionScan: values['no-partition-scan'] ? false : undefined,
     recovery: values.recovery as DeviceSpecInput['recovery'],
   };
   const spec = normalizeDeviceSpec(input);
@@ -142,7 +147,12 @@ async function cmdDel(args: string[]): Promise<void> {
   const { values, positionals } = parseArgs({
     args,
     allowPositionals: true,
-    options: { all: { type: 'boolean', short: 'a' }, json: { type: 'boolean' }, 'state-dir': { type: 'string' } },
+    options: {
+      all: { type: 'boolean', short: 'a' },
+      force: { type: 'boolean' },
+      json: { type: 'boolean' },
+      'state-dir': { type: 'string' },
+    },
   });
   if (!values.all && positionals.length !== 1) throw new UsageError('del: give one device ID, or --all');
   if (values.all && positionals.length > 0) throw new UsageError('del: give either a device ID or --all, not both');
@@ -151,7 +161,9 @@ async function cmdDel(args: string[]): Promise<void> {
   const results = await withControl(async (control) => {
     const ids = given === undefined ? (await control.listDevices()).map((d) => d.id) : [given];
     const done: Array<{ id: number; serverPid: number; serverExited: boolean }> = [];
-    for (const id of ids) done.push({ id, ...(await removeDevice(control, id, { stateDir: values['state-dir'] })) });
+    for (const id of ids) {
+      done.push({ id, ...(await removeDevice(control, id, { stateDir: values['state-dir'], force: values.force })) });
+    }
     return done;
   });
   if (values.json) console.log(toJson(results));
@@ -273,13 +285,26 @@ async function cmdFeatures(args: string[]): Promise<void> {
   const { values } = parseArgs({ args, options: { json: { type: 'boolean' } } });
   const control = await UblkControl.open();
   control.close();
+  const support = featureSupport(control.features);
   if (values.json) {
     console.log(
-      toJson({ features: control.features, names: control.featureNames, legacyOpcodes: control.legacyOpcodes }),
+      toJson({
+        features: control.features,
+        names: control.featureNames,
+        legacyOpcodes: control.legacyOpcodes,
+        kernel: os.release(),
+        support,
+      }),
     );
   } else {
     console.log(`features 0x${control.features.toString(16)}: ${control.featureNames.join(' ') || '(none)'}`);
     if (control.legacyOpcodes) console.log('kernel uses legacy command opcodes (before 6.4)');
+    console.log(`kernel ${os.release()}:`);
+    for (const f of support) {
+      const how = f.detectedBy === 'kernel version' ? ', by kernel version' : '';
+      console.log(`  ${f.name} (${f.uapi}, Linux ${f.since}+): ${f.present ? 'yes' : 'no'}${how}`);
+      console.log(`    ${f.behaviour}`);
+    }
   }
 }
 

@@ -6,7 +6,8 @@
 import { ERRNO, UblkError } from '../errors';
 import { ControlCommands, DeviceInfo, UblkControl } from '../kernel/control';
 import { DeviceSpec } from '../spec/device-spec';
-import { checkRecoverySupported, isRecoverable, RecoveryMode, recoveryFlags } from '../spec/recovery-mode';
+import { checkRecoverySupported, isRecoverable, RecoveryMode } from '../spec/recovery-mode';
+import { addDeviceFlags, checkGrantedFlags } from './add-flags';
 import { Backing, discardMemory, openBacking } from './backing';
 import { PreparedJsTarget, prepareJsTarget } from './js-queues';
 import { deviceParams } from './params';
@@ -111,15 +112,17 @@ export class UblkDevice {
       checkRecoverySupported(spec.recovery, control.features);
       const js = await prepareJsTarget(spec, { checkPermissions: opts.checkPermissions });
       held.recovery = effectiveRecovery(spec, js);
+      const flags = addDeviceFlags(spec, held.recovery, control.features);
       held.backing = openBacking(spec, { checkPermissions: opts.checkPermissions });
       const info = await control.addDevice({
         id: spec.id,
         queues: spec.queues,
         depth: spec.depth,
         maxIoSize: spec.maxIoSize,
-        flags: recoveryFlags(held.recovery),
+        flags,
       });
       held.addedId = info.id;
+      checkGrantedFlags(flags, info);
       held.backing?.bindToDevice(info.id);
       opts.onProgress?.({ stage: 'added', info });
       await control.setParams(info.id, deviceParams(spec, info.maxIoSize, js?.traits, held.backing));

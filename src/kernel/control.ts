@@ -236,6 +236,17 @@ export function explainRingSetupFailure(
 const NO_GET_FEATURES = ['ENODEV', 'EOPNOTSUPP', 'EINVAL', 'ENOTTY', 'ENOTSUP', 'UNKNOWN_524'];
 
 /**
+ * Whether a control command failed because this kernel does not know it
+ * (a command newer than the kernel): how ublk_drv answers an unknown
+ * opcode has changed over the versions (ENOTSUPP, 524, before EOPNOTSUPP).
+ */
+export function isUnknownCommand(err: unknown): boolean {
+  return err instanceof UblkError && UNKNOWN_COMMAND.includes(err.code);
+}
+
+const UNKNOWN_COMMAND = ['EOPNOTSUPP', 'ENOTSUP', 'UNKNOWN_524', 'ENOTTY', 'EINVAL'];
+
+/**
  * A handle on /dev/ublk-control: the kernel's ublk control commands
  * (features, add, parameters, start, stop, delete, recovery, info).
  * Every method returns a Promise and runs off the JS thread.
@@ -327,8 +338,23 @@ export class UblkControl {
   }
 
   /**
+   * TRY_STOP_DEV (7.0+, UBLK_F_SAFE_STOP_DEV): STOP_DEV unless /dev/ublkbN
+   * is open — mounted, held by a process, stacked under another device —
+   * which fails with EBUSY and leaves the device serving. The kernel checks
+   * and shuts out new openers under one lock, so nothing can open the
+   * device between the check and the stop. ENODEV also when the device has
+   * no disk to stop (DEAD).
+   */
+  async tryStopDevice(id: number): Promise<void> {
+    await this.dev.tryStopDev(checkedId('TRY_STOP_DEV', id));
+  }
+
+  /**
    * DEL_DEV: removes the device. The synchronous form waits until every
-   * opener of /dev/ublkcN (the server) has closed it.
+   * opener of /dev/ublkcN (the server) has closed it, holding a thread of
+   * libuv's pool meanwhile; DEL_DEV_ASYNC (6.9+; older kernels fail it as
+   * an unknown command, see isUnknownCommand) returns at once and the
+   * kernel frees the device, and its id, when the server lets go.
    */
   async deleteDevice(id: number, opts: { async?: boolean } = {}): Promise<void> {
     await this.dev.delDev(checkedId('DEL_DEV', id), opts.async ?? false);
@@ -392,6 +418,7 @@ export type ControlCommands = Pick<
   | 'getParams'
   | 'startDevice'
   | 'stopDevice'
+  | 'tryStopDevice'
   | 'deleteDevice'
   | 'startUserRecovery'
   | 'endUserRecovery'

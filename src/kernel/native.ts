@@ -60,6 +60,7 @@ export interface NativeControlDevice {
   delDev(devId: number, async?: boolean): Promise<void>;
   startDev(devId: number, serverPid: number): Promise<void>;
   stopDev(devId: number): Promise<void>;
+  tryStopDev(devId: number): Promise<void>;
   startUserRecovery(devId: number): Promise<void>;
   endUserRecovery(devId: number, serverPid: number): Promise<void>;
   setParams(devId: number, params: NativeParams): Promise<void>;

@@ -28,6 +28,10 @@ export const UBLK_F_USER_RECOVERY = 1n << 3n;
 export const UBLK_F_USER_RECOVERY_REISSUE = 1n << 4n;
 export const UBLK_F_CMD_IOCTL_ENCODE = 1n << 6n;
 export const UBLK_F_USER_RECOVERY_FAIL_IO = 1n << 9n;
+/** The kernel has TRY_STOP_DEV (7.0+): a stop that refuses, race-free, while /dev/ublkbN is open. */
+export const UBLK_F_SAFE_STOP_DEV = 1n << 17n;
+/** ADD_DEV flag (7.0+): START_DEV does not scan /dev/ublkbN for a partition table. */
+export const UBLK_F_NO_AUTO_PART_SCAN = 1n << 18n;
 
 /** Names of the flags set in `flags`; unknown bits appear as 'BIT<n>'. */
 export function featureNames(flags: bigint): string[] {

@@ -174,9 +174,13 @@ function checkDocument(ctx: DocumentContext, limits: HostLimits): CheckedDocumen
   if (!validate(data)) return { ctx, errors: schemaErrors(ctx, validate.errors ?? []) };
   const semantic = semanticErrors(ctx, data.spec, limits);
   if (semantic.length > 0) return { ctx, errors: semantic };
-  // lockMemory came later: left out unless set, as comparableSpec does, so old hashes still match.
-  const { allowDataLoss: _consent, lockMemory, ...unlocked } = data.spec;
-  const asWritten = lockMemory ? { ...unlocked, lockMemory } : unlocked;
+  // lockMemory and partitionScan came later: left out at their defaults, as comparableSpec does, so old hashes still match.
+  const { allowDataLoss: _consent, lockMemory, partitionScan, ...unlocked } = data.spec;
+  const asWritten = {
+    ...unlocked,
+    ...(lockMemory ? { lockMemory } : {}),
+    ...(partitionScan === false ? { partitionScan } : {}),
+  };
   const manifest: LoadedManifest = {
     name: data.metadata.name,
     file: ctx.file,

@@ -3,11 +3,12 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Readable } from 'node:stream';
 import { discardMemory } from '../device/backing';
-import { ERRNO, UblkError } from '../errors';
+import { UblkError } from '../errors';
 import { ControlCommands, DeviceInfo, UblkControl } from '../kernel/control';
 import { DeviceSpec } from '../spec/device-spec';
 import { DeviceOwner, removeRecord, writeRecord } from './device-records';
-import { isAlive, waitForExit, withTimeout } from './processes';
+import { isAlive, waitForExit } from './processes';
+import { deleteAndWait, stopForRemoval } from './safe-removal';
 import { readTail } from './server-log';
 import { deserializeError, deserializeInfo, MAX_REQUEST_BYTES, ServerMessage, ServerRequest } from './protocol';
 
@@ -196,6 +197,14 @@ export interface RemoveOptions {
   stateDir?: string;
   /** A device that no longer exists (ENODEV) is not an error: its record and memory are dropped all the same. */
   missingOk?: boolean;
+  /**
+   * Remove the device even while it is open or mounted (plain STOP_DEV):
+   * its users see IO errors. Without it an open device is refused with
+   * EBUSY — by the kernel itself on Linux 7.0+ (see stopForRemoval).
+   */
+  force?: boolean;
+  /** Whether a block device is open, on kernels without safe stop (tests pass their own). */
+  inUse?: (blockPath: string) => boolean;
 }
 
 /** What removeDevice found: the server it waited for. serverPid is 0 when the device was already gone. */
@@ -206,8 +215,9 @@ export interface RemovedDevice {
 
 /**
  * Removes a device served by another process, and everything ublk-ts kept
- * for it: STOP_DEV ends the server's queues, DEL_DEV completes once the
- * server has closed /dev/ublkcN, then it waits for the server to exit and
+ * for it: the stop (refused while the device is open, unless `force`) ends
+ * the server's queues, the delete completes once the server has closed
+ * /dev/ublkcN (see safe-removal.ts), then it waits for the server to exit and
  * drops the device's memory file and state record. (UblkDevice.remove is
  * the same for a device served by this process; UblkControl.deleteDevice
  * is the bare DEL_DEV command.)
@@ -226,18 +236,8 @@ export async function removeDevice(
   let info: DeviceInfo;
   try {
     info = await control.getDeviceInfo(id);
-    await control.stopDevice(id);
-    await withTimeout(
-      control.deleteDevice(id),
-      timeoutMs,
-      () =>
-        new UblkError(
-          'DEL_DEV',
-          id,
-          ERRNO.ETIMEDOUT,
-          `server pid ${info.serverPid} still holds ${info.charPath} after ${timeoutMs} ms`,
-        ),
-    );
+    await stopForRemoval(control, info, opts);
+    await deleteAndWait(control, info, timeoutMs);
   } catch (err) {
     if (!(opts.missingOk && err instanceof UblkError && err.code === 'ENODEV')) throw err;
     forget();

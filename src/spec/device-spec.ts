@@ -72,6 +72,7 @@ export interface DeviceSpecInput {
   logicalBlockSize?: LogicalBlockSize;
   readOnly?: boolean;
   lockMemory?: boolean;
+  partitionScan?: boolean;
   recovery?: RecoveryMode;
 }
 
@@ -94,6 +95,12 @@ export interface DeviceSpec {
   readOnly: boolean;
   /** The server locks its IO buffers and program code in memory (not the JS heap: V8 cannot run with it locked). */
   lockMemory: boolean;
+  /**
+   * false: START_DEV leaves the device's partition table unread
+   * (UBLK_F_NO_AUTO_PART_SCAN). Absent: the kernel scans, as it always has;
+   * left out so specs and records written before the field stay as they were.
+   */
+  partitionScan?: false;
   recovery: RecoveryMode;
 }
 
@@ -176,6 +183,7 @@ export function normalizeDeviceSpec(
     recovery: input.recovery ?? DEFAULTS.recovery,
   };
   if (input.id !== undefined) spec.id = input.id;
+  if (input.partitionScan === false) spec.partitionScan = false;
   return spec;
 }
 
@@ -290,5 +298,6 @@ export function comparableSpec(input: DeviceSpecInput): Record<string, unknown> 
   if (input.id !== undefined) spec.id = input.id;
   // Only when set, so the identity of every device written before the field existed stays the same.
   if (input.lockMemory) spec.lockMemory = true;
+  if (input.partitionScan === false) spec.partitionScan = false;
   return spec;
 }

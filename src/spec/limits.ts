@@ -44,6 +44,7 @@ export const DEFAULTS = {
   logicalBlockSize: specFields.logicalBlockSize.default as LogicalBlockSize,
   readOnly: specFields.readOnly.default as boolean,
   lockMemory: specFields.lockMemory.default as boolean,
+  partitionScan: specFields.partitionScan.default as boolean,
   recovery: specFields.recovery.default as RecoveryMode,
   directIo: loopFields.directIo.default as DirectIoMode,
   create: loopFields.create.default as boolean,

@@ -141,5 +141,6 @@ export function specProblems(input: DeviceSpecInput, limits: HostLimits): SpecPr
   check('recovery', oneOf(RECOVERY_MODES, input.recovery ?? DEFAULTS.recovery));
   check('readOnly', booleanProblem(input.readOnly));
   check('lockMemory', booleanProblem(input.lockMemory));
+  check('partitionScan', booleanProblem(input.partitionScan));
   return problems;
 }

@@ -215,7 +215,7 @@ export class DeviceTracker {
 
   cleanup(): void {
     for (const id of this.ids) {
-      if (fs.existsSync(`/sys/class/ublk-char/ublkc${id}`)) ublkctl(['del', String(id)]);
+      if (fs.existsSync(`/sys/class/ublk-char/ublkc${id}`)) ublkctl(['del', String(id), '--force']);
     }
     this.ids.clear();
   }

@@ -86,7 +86,7 @@ export const mochaHooks = {
         leaks.push(`device ${id} (left in place: not in the test VM)`);
         continue;
       }
-      const r = spawnSync(process.execPath, [UBLKCTL, 'del', String(id)], {
+      const r = spawnSync(process.execPath, [UBLKCTL, 'del', String(id), '--force'], {
         encoding: 'utf8',
         timeout: DELETE_TIMEOUT_MS,
         killSignal: 'SIGKILL',

@@ -193,6 +193,7 @@ describe('manifest loading: valid manifests', () => {
       logicalBlockSize: 512,
       readOnly: false,
       lockMemory: false,
+      partitionScan: true,
       recovery: 'reissue',
       allowDataLoss: false,
     });
@@ -241,6 +242,22 @@ describe('manifest loading: valid manifests', () => {
     assert.equal(b!.hash, a!.hash);
     assert.equal(b!.legacyHash, a!.legacyHash);
     assert.notEqual(c!.hash, a!.hash, 'turning it on needs a new server');
+  });
+
+  it('partitionScan is identity only when false: hashes of manifests without it stay what they were', () => {
+    const dir = tempDir({
+      'a.yaml': manifest('a', 'target: {type: null}\nsize: 1MiB'),
+      'b.yaml': manifest('b', 'target: {type: null}\nsize: 1MiB\npartitionScan: true'),
+      'c.yaml': manifest('c', 'target: {type: null}\nsize: 1MiB\npartitionScan: false'),
+      'd.yaml': manifest('d', 'target: {type: null}\nsize: 1MiB\npartitionScan: "no"'),
+    });
+    const { manifests, errors } = loadManifestDir(dir);
+    const [a, b, c] = manifests;
+    assert.equal(b!.hash, a!.hash);
+    assert.equal(b!.legacyHash, a!.legacyHash);
+    assert.notEqual(c!.hash, a!.hash, 'turning the scan off needs a new device');
+    assert.equal(errors.length, 1);
+    assert.equal(errors[0]!.path, 'spec.partitionScan');
   });
 
   it('normalizes loop paths and target defaults before hashing', () => {
@@ -454,6 +471,7 @@ describe('manifest schema and TypeScript types', () => {
           logicalBlockSize: true,
           readOnly: true,
           lockMemory: true,
+          partitionScan: true,
           recovery: true,
           allowDataLoss: true,
         } satisfies Record<keyof ManifestSpec, true>,

@@ -1,0 +1,47 @@
+/**
+ * The UBLK_F_* flags a device is created with (ADD_DEV), and the check
+ * that the kernel kept them: a kernel that does not know a flag drops it
+ * silently (6.12 masks the request with the flags it knows), and a device
+ * made without a flag it was asked for would behave otherwise than its
+ * spec says.
+ */
+import { ERRNO, SpecError, UblkError } from '../errors';
+import { DeviceInfo } from '../kernel/control';
+import { featureNames, UBLK_F_NO_AUTO_PART_SCAN } from '../kernel/uapi';
+import { DeviceSpec } from '../spec/device-spec';
+import { RecoveryMode, recoveryFlags } from '../spec/recovery-mode';
+
+/**
+ * The ADD_DEV flags for `spec` with recovery mode `recovery` (which
+ * checkRecoverySupported has checked), after checking that the kernel (its
+ * GET_FEATURES answer) has the rest: a missing one is a SpecError naming
+ * the field, raised before the device exists.
+ */
+export function addDeviceFlags(spec: DeviceSpec, recovery: RecoveryMode, features: bigint): bigint {
+  let flags = recoveryFlags(recovery);
+  if (spec.partitionScan === false) {
+    if ((features & UBLK_F_NO_AUTO_PART_SCAN) === 0n) {
+      throw new SpecError(
+        'partitionScan',
+        'false needs the kernel feature UBLK_F_NO_AUTO_PART_SCAN (Linux 7.0 or newer); ' +
+          'this kernel would scan the partition table at start: remove the field to let it',
+      );
+    }
+    flags |= UBLK_F_NO_AUTO_PART_SCAN;
+  }
+  return flags;
+}
+
+/** Fails when ADD_DEV handed back a device without a flag that was asked for. */
+export function checkGrantedFlags(requested: bigint, info: DeviceInfo): void {
+  const dropped = requested & ~info.flags;
+  if (dropped === 0n) return;
+  throw new UblkError(
+    'ADD_DEV',
+    info.id,
+    ERRNO.EOPNOTSUPP,
+    `the kernel made the device without ${featureNames(dropped)
+      .map((n) => `UBLK_F_${n}`)
+      .join(', ')}, which it was asked for (it does not know the flag)`,
+  );
+}
