@@ -19,7 +19,7 @@ export interface Backing {
   description: string;
   /**
    * The loop file this process created (create: true and it was missing),
-   * as `dev:ino`: the device's record keeps it, so an online resize grows
+   * as fileIdentity gives it: the device's record keeps it, so an online resize grows
    * only a file ublk-ts made, and only while the name still reaches it.
    */
   createdFile?: string;
@@ -321,9 +321,14 @@ function openLoop(spec: DeviceSpec, target: LoopTarget, checkPermissions: boolea
   }
 }
 
-/** A file's identity as a record keeps it: `dev:ino` (bigint stat: an inode number may not fit a double). */
+/**
+ * A file's identity as a record keeps it: `dev:ino:birth` (bigint stat: an
+ * inode number may not fit a double). The birth time tells a file apart
+ * from a later one that was given the same inode number after it was
+ * deleted; where the file system keeps none it is 0 and only dev:ino count.
+ */
 export function fileIdentity(st: fs.BigIntStats): string {
-  return `${st.dev}:${st.ino}`;
+  return `${st.dev}:${st.ino}:${st.birthtimeNs}`;
 }
 
 /** Unlinks `file` only if it is still the file this process created, not whatever its name reaches now. */
@@ -481,7 +486,7 @@ function openWithDirectIoPolicy(
 
 /** What resizeBacking needs to know besides the spec. */
 export interface ResizeBackingOptions {
-  /** The loop file ublk-ts created for the device (`dev:ino`, see Backing.createdFile): only that file is grown. */
+  /** The loop file ublk-ts created for the device (fileIdentity, see Backing.createdFile): only that file is grown. */
   createdFile?: string;
   /** Refuse a link on the way to the loop file that others could re-point (see openBacking). */
   checkPermissions?: boolean;

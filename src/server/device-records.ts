@@ -29,7 +29,7 @@ export interface DeviceRecord {
   specHash?: string;
   spec: DeviceSpec;
   /**
-   * The loop file ublk-ts created for this device, as `dev:ino`: an online
+   * The loop file ublk-ts created for this device (device, inode and birth time): an online
    * resize grows that file (and no other) when the device grows.
    */
   createdFile?: string;
