@@ -224,6 +224,57 @@ const rows: Row[] = [
     },
   },
   {
+    row: 'record, device LIVE, server alive | only size grew (kernel with UPDATE_SIZE) | resize in place, even while mounted',
+    setup: async (s) => {
+      s.kernel.devices.get(await s.owned('a', 'target: {type: memory}\nsize: 1GiB'))!.inUse = true;
+      s.write('a', 'target: {type: memory}\nsize: 2GiB');
+    },
+    action: 'resize',
+    outcome: 'ok',
+    after: (s, r) => {
+      assert.deepEqual(s.kernel.calls, ['start 0', `resize 0 ${2 * 1024 ** 3}`]);
+      assert.equal(s.recordOf('a')!.spec.sizeBytes, 2 * 1024 ** 3);
+      assert.equal(r.exitCode, 0);
+    },
+  },
+  {
+    row: 'record, device LIVE, server alive | only size shrank (kernel with UPDATE_SIZE) | drift while mounted',
+    setup: async (s) => {
+      s.kernel.devices.get(await s.owned('a', 'target: {type: memory}\nsize: 2GiB'))!.inUse = true;
+      s.write('a', 'target: {type: memory}\nsize: 1GiB');
+    },
+    action: 'drift',
+    outcome: 'unchanged',
+    after: (s) => {
+      assert.deepEqual(s.kernel.calls, ['start 0']);
+      assert.match(s.recordOf('a')!.lastError ?? '', /in use: shrinking it would take data from under its user/);
+    },
+  },
+  {
+    row: 'record, device LIVE, server alive | only size shrank (kernel with UPDATE_SIZE) | resize in place while unused',
+    setup: async (s) => {
+      await s.owned('a', 'target: {type: memory}\nsize: 2GiB');
+      s.write('a', 'target: {type: memory}\nsize: 1GiB');
+    },
+    action: 'resize',
+    outcome: 'ok',
+    after: (s) => assert.deepEqual(s.kernel.calls, ['start 0', `resize 0 ${1024 ** 3}`]),
+  },
+  {
+    row: 'record, device LIVE | only size changed, kernel without UPDATE_SIZE | as any other change, saying why',
+    setup: async (s) => {
+      s.kernel.features = 0n;
+      await s.owned('a');
+      s.write('a', 'target: {type: null}\nsize: 2GiB');
+    },
+    action: 'recreate',
+    outcome: 'ok',
+    after: (s, r) => {
+      assert.deepEqual(s.kernel.calls, ['start 0', 'remove 0', 'start 0']);
+      assert.match(r.devices[0]!.reason, /cannot change in place: the kernel lacks UPDATE_SIZE/);
+    },
+  },
+  {
     row: 'record | invalid | hold: the device is left exactly as it is',
     setup: async (s) => {
       await s.owned('a');
