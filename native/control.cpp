@@ -261,6 +261,7 @@ Napi::Function ControlDevice::Define(Napi::Env env) {
                          InstanceMethod("getParams", &ControlDevice::GetParams),
                          InstanceMethod("getDevInfo", &ControlDevice::GetDevInfo),
                          InstanceMethod("getQueueAffinity", &ControlDevice::GetQueueAffinity),
+                         InstanceMethod("updateSize", &ControlDevice::UpdateSize),
                          InstanceMethod("setLegacyOpcodes", &ControlDevice::SetLegacyOpcodes),
                          InstanceMethod("close", &ControlDevice::Close),
                      });
@@ -444,6 +445,18 @@ Napi::Value ControlDevice::GetQueueAffinity(const Napi::CallbackInfo &info) {
         }
         return cpus;
       });
+  w->Queue();
+  return w->Promise();
+}
+
+// updateSize(devId, sectors: bigint): UPDATE_SIZE, the device's new capacity
+// in 512-byte sectors. There is no legacy number: every kernel that has it
+// (6.16+) understands the ioctl encoding.
+Napi::Value ControlDevice::UpdateSize(const Napi::CallbackInfo &info) {
+  ublk::ctrl_cmd h = Header(DevIdArg(info, 0));
+  h.data[0] = BigIntArg(info[1]);
+  auto *w = new CommandWorker(info.Env(), fd_, "UPDATE_SIZE", ublk::ctrl_opcode(ublk::CMD_UPDATE_SIZE, false), h, {},
+                              nullptr);
   w->Queue();
   return w->Promise();
 }

@@ -27,6 +27,7 @@ private:
   Napi::Value GetParams(const Napi::CallbackInfo &info);
   Napi::Value GetDevInfo(const Napi::CallbackInfo &info);
   Napi::Value GetQueueAffinity(const Napi::CallbackInfo &info);
+  Napi::Value UpdateSize(const Napi::CallbackInfo &info);
   Napi::Value SetLegacyOpcodes(const Napi::CallbackInfo &info);
   Napi::Value Close(const Napi::CallbackInfo &info);
 

@@ -209,7 +209,7 @@ void QueueRunner::ServeRequest(unsigned tag) {
   case TargetKind::Null:
     return Commit(tag, NullTargetResult(iod));
   case TargetKind::Memory:
-    return Commit(tag, MemoryTargetIo(config_.backingFd, config_.sizeBytes, iod, mappings_.Buffer(tag)));
+    return Commit(tag, MemoryTargetIo(config_.backingFd, &config_.sizeBytes, iod, mappings_.Buffer(tag)));
   case TargetKind::Loop:
     if (config_.backingIsBlockDevice && IoOp(iod) == ublk::IO_OP_DISCARD) {
       return Commit(tag, BlockDeviceDiscard(config_.backingFd, iod));

@@ -28,7 +28,7 @@ struct QueueConfig {
   bool backingIsBlockDevice = false;
   bool readOnly = false;   // refuse writes, discards and write-zeroes
   bool lockMemory = false; // mlock the IO buffers
-  uint64_t sizeBytes = 0;  // device size, for bounds checks
+  uint64_t sizeBytes = 0;  // memory: the file's size as last seen, for bounds checks
 };
 
 struct QueueEvent {

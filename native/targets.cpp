@@ -4,6 +4,7 @@
 #include <linux/falloc.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -48,10 +49,15 @@ int FullTransfer(bool write, int fd, uint8_t *buffer, uint32_t bytes, uint64_t o
 
 } // namespace
 
-int MemoryTargetIo(int fd, uint64_t sizeBytes, const ublk::io_desc &iod, uint8_t *buffer) {
+int MemoryTargetIo(int fd, uint64_t *sizeBytes, const ublk::io_desc &iod, uint8_t *buffer) {
   const uint64_t offset = IoOffset(iod);
   const uint32_t bytes = IoBytes(iod);
-  if (offset + bytes > sizeBytes) return -EIO;
+  if (offset + bytes > *sizeBytes) {
+    struct stat st {};
+    if (fstat(fd, &st) < 0) return -errno;
+    *sizeBytes = static_cast<uint64_t>(st.st_size);
+    if (offset + bytes > *sizeBytes) return -EIO;
+  }
   switch (IoOp(iod)) {
   case ublk::IO_OP_READ:
     return FullTransfer(false, fd, buffer, bytes, offset);

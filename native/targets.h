@@ -38,7 +38,10 @@ int NullTargetResult(const ublk::io_desc &iod);
 // The memory target: a tmpfs file holding the device's bytes. Pages exist only
 // where data was written (reads of holes come back as zeroes without
 // allocating); discard and write-zeroes punch holes and give memory back.
-int MemoryTargetIo(int fd, uint64_t sizeBytes, const ublk::io_desc &iod, uint8_t *buffer);
+// `sizeBytes` is the queue's view of the file's size: a request beyond it
+// looks at the file again (an online resize grows the file before the
+// kernel sends IO there), so the target never writes past the file's end.
+int MemoryTargetIo(int fd, uint64_t *sizeBytes, const ublk::io_desc &iod, uint8_t *buffer);
 
 // True for the requests the loop target turns into a backing-file operation.
 bool LoopTargetSupports(const ublk::io_desc &iod);

@@ -24,6 +24,7 @@ enum CtrlCmd : unsigned {
   CMD_GET_DEV_INFO2 = 0x12,
   CMD_GET_FEATURES = 0x13,  // ioctl-encoded only (6.5+)
   CMD_DEL_DEV_ASYNC = 0x14, // ioctl-encoded only (6.9+)
+  CMD_UPDATE_SIZE = 0x15,   // ioctl-encoded only (6.16+): data[0] = new size in sectors
   CMD_TRY_STOP_DEV = 0x17,  // ioctl-encoded only (7.0+, UBLK_F_SAFE_STOP_DEV)
 };
 
@@ -149,6 +150,7 @@ constexpr __u64 F_CMD_IOCTL_ENCODE = 1ull << 6;
 constexpr __u64 F_USER_COPY = 1ull << 7;
 constexpr __u64 F_ZONED = 1ull << 8;
 constexpr __u64 F_USER_RECOVERY_FAIL_IO = 1ull << 9;
+constexpr __u64 F_UPDATE_SIZE = 1ull << 10;
 
 constexpr unsigned IO_OP_READ = 0;
 constexpr unsigned IO_OP_WRITE = 1;

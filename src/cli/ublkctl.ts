@@ -1,20 +1,22 @@
 #!/usr/bin/env node
 /**
  * ublkctl — device-level tool, like the C `ublk` utility:
- * add, del, list, features. Exit status: 0 done, 1 the kernel or a server
+ * add, del, recover, resize, list, features. Exit status: 0 done, 1 the kernel or a server
  * refused, 2 bad usage or an environment without ublk.
  */
 import * as os from 'node:os';
 import { parseArgs } from 'node:util';
 import { EnvironmentError, ERRNO, SpecError, UblkError } from '../errors';
 import { DeviceInfo, UblkControl } from '../kernel/control';
+import { resizeDevice } from '../device/resize';
+import { blockDeviceInUse } from '../kernel/in-use';
 import { featureSupport } from '../kernel/feature-report';
-import { listRecords, readRecord } from '../server/device-records';
+import { listRecords, readRecord, writeRecord } from '../server/device-records';
 import { DEFAULT_STATE_DIR, removeDevice, startServer } from '../server/launcher';
 import { DeviceSpecInput, DirectIoMode, normalizeDeviceSpec } from '../spec/device-spec';
 import { MAX_DEVICE_ID } from '../spec/limits';
 import { quote } from '../spec/show-value';
-import { formatSize } from '../spec/sizes';
+import { formatSize, parseSize } from '../spec/sizes';
 
 const USAGE = `usage:
   ublkctl add -t null|memory --size SIZE [options]
@@ -25,6 +27,7 @@ const USAGE = `usage:
                [--recovery reissue|fail-inflight|fail-io|none] [--insecure-permissions] [--json]
   ublkctl del ID|--all [--force] [--json]
   ublkctl recover ID [--insecure-permissions] [--json]
+  ublkctl resize ID SIZE [--insecure-permissions] [--json]
   ublkctl list [--json]
   ublkctl features [--json]
 
@@ -202,9 +205,65 @@ async function cmdRecover(args: string[]): Promise<void> {
     manifest: record.manifest,
     manifestFile: record.manifestFile,
     specHash: record.specHash,
+    createdFile: record.createdFile,
   });
   if (values.json) console.log(toJson({ ...server.info, logPath: server.logPath }));
   else console.log(`dev ${id}: recovered, ${server.info.state}, server pid ${server.pid}`);
+}
+
+/**
+ * resize ID SIZE: changes a LIVE device's size in place (UPDATE_SIZE,
+ * Linux 6.16+), as the reconciler does when a manifest's size changes:
+ * the store grows first, then the kernel. A device in use is never shrunk.
+ * A manifest's device follows its manifest again at the next reconcile.
+ */
+async function cmdResize(args: string[]): Promise<void> {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: {
+      json: { type: 'boolean' },
+      'state-dir': { type: 'string' },
+      'insecure-permissions': { type: 'boolean' },
+    },
+  });
+  if (positionals.length !== 2) throw new UsageError('resize: give one device ID and the new SIZE');
+  const id = parseId(positionals[0]!);
+  const parsed = parseSize(numeric(positionals[1]));
+  if ('error' in parsed) throw new SpecError('size', parsed.error);
+  const stateDir = values['state-dir'] ?? DEFAULT_STATE_DIR;
+  const record = readRecord(stateDir, id);
+  if (!record) {
+    throw new UblkError(
+      'UPDATE_SIZE',
+      id,
+      ERRNO.ENOENT,
+      `no ublk-ts record for it in ${stateDir}: only devices started by ublk-ts can be resized by it`,
+    );
+  }
+  const sizeBytes = parsed.bytes;
+  const result = await withControl(async (control) => {
+    const info = await control.getDeviceInfo(id);
+    const shrinking = info.state === 'LIVE' && sizeBytes < (await control.getParams(id)).sizeBytes;
+    if (shrinking && blockDeviceInUse(info.blockPath)) {
+      throw new UblkError(
+        'UPDATE_SIZE',
+        id,
+        ERRNO.EBUSY,
+        `${info.blockPath} is in use: shrinking it would take data from under its user`,
+      );
+    }
+    return resizeDevice(control, {
+      devId: id,
+      spec: record.spec,
+      sizeBytes,
+      createdFile: record.createdFile,
+      checkPermissions: checkPermissions(values['insecure-permissions']),
+    });
+  });
+  writeRecord(stateDir, { ...record, spec: { ...record.spec, sizeBytes } });
+  if (values.json) console.log(toJson({ id, fromBytes: result.fromBytes, sizeBytes }));
+  else console.log(`dev ${id}: resized from ${formatSize(result.fromBytes)} to ${formatSize(sizeBytes)}`);
 }
 
 /**
@@ -313,6 +372,7 @@ const commands: Record<string, (args: string[]) => Promise<void>> = {
   del: cmdDel,
   list: cmdList,
   recover: cmdRecover,
+  resize: cmdResize,
   features: cmdFeatures,
 };
 

@@ -17,6 +17,12 @@ export interface Backing {
   discards: boolean;
   /** What it is, for logs. */
   description: string;
+  /**
+   * The loop file this process created (create: true and it was missing),
+   * as fileIdentity gives it: the device's record keeps it, so an online resize grows
+   * only a file ublk-ts made, and only while the name still reaches it.
+   */
+  createdFile?: string;
   /** Names the store after the device once the kernel has given it an id. */
   bindToDevice(devId: number): void;
   /** Closes it; with `discardCreated`, also removes a file this process created. */
@@ -192,6 +198,32 @@ function createMemory(spec: DeviceSpec, dir: string): Backing {
  */
 function reopenMemory(spec: DeviceSpec, devId: number, dir: string): Backing {
   const file = memoryPath(devId, dir);
+  const fd = openMemoryFile(devId, dir);
+  const size = fs.fstatSync(fd).size;
+  // Larger is a resize that grew the file and stopped before the record
+  // was written: the extra bytes are zeroes the device may already show.
+  if (size < spec.sizeBytes) {
+    fs.closeSync(fd);
+    throw new SpecError('size', `${file} holds ${size} bytes, less than the device's ${spec.sizeBytes}`);
+  }
+  return {
+    fd,
+    directIo: false,
+    blockDevice: false,
+    discards: true,
+    description: `memory (${file})`,
+    bindToDevice: () => undefined,
+    close: () => fs.closeSync(fd),
+  };
+}
+
+/**
+ * Opens device `devId`'s memory file read-write, refusing anything but a
+ * plain file of ours that no other name points at: for a recovering
+ * server, and for an online resize, which changes its size.
+ */
+export function openMemoryFile(devId: number, dir = MEMORY_DIR): number {
+  const file = memoryPath(devId, dir);
   let fd: number;
   try {
     fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_NOFOLLOW);
@@ -216,20 +248,11 @@ function reopenMemory(spec: DeviceSpec, devId: number, dir: string): Backing {
       : st.nlink !== 1
         ? `it has ${st.nlink} links, not 1`
         : undefined;
-  if (problem || st.size !== spec.sizeBytes) fs.closeSync(fd);
-  if (problem) throw new SpecError('target', `refusing ${file}: ${problem}`);
-  if (st.size !== spec.sizeBytes) {
-    throw new SpecError('size', `${file} holds ${st.size} bytes, not the device's ${spec.sizeBytes}`);
+  if (problem) {
+    fs.closeSync(fd);
+    throw new SpecError('target', `refusing ${file}: ${problem}`);
   }
-  return {
-    fd,
-    directIo: false,
-    blockDevice: false,
-    discards: true,
-    description: `memory (${file})`,
-    bindToDevice: () => undefined,
-    close: () => fs.closeSync(fd),
-  };
+  return fd;
 }
 
 type LoopTarget = Extract<DeviceSpec['target'], { type: 'loop' }>;
@@ -283,6 +306,7 @@ function openLoop(spec: DeviceSpec, target: LoopTarget, checkPermissions: boolea
       fd,
       directIo,
       blockDevice,
+      createdFile: created ? fileIdentity(fs.fstatSync(fd, { bigint: true })) : undefined,
       discards: !blockDevice || blockDeviceDiscards(fd),
       description: `${file} (${directIo ? 'direct IO' : 'buffered'}${spec.readOnly ? ', read-only' : ''})`,
       bindToDevice: () => undefined,
@@ -295,6 +319,16 @@ function openLoop(spec: DeviceSpec, target: LoopTarget, checkPermissions: boolea
     discard();
     throw err;
   }
+}
+
+/**
+ * A file's identity as a record keeps it: `dev:ino:birth` (bigint stat: an
+ * inode number may not fit a double). The birth time tells a file apart
+ * from a later one that was given the same inode number after it was
+ * deleted; where the file system keeps none it is 0 and only dev:ino count.
+ */
+export function fileIdentity(st: fs.BigIntStats): string {
+  return `${st.dev}:${st.ino}:${st.birthtimeNs}`;
 }
 
 /** Unlinks `file` only if it is still the file this process created, not whatever its name reaches now. */
@@ -448,4 +482,74 @@ function openWithDirectIoPolicy(
     return { fd: open(access), directIo: false };
   }
   return { fd, directIo: true };
+}
+
+/** What resizeBacking needs to know besides the spec. */
+export interface ResizeBackingOptions {
+  /** The loop file ublk-ts created for the device (fileIdentity, see Backing.createdFile): only that file is grown. */
+  createdFile?: string;
+  /** Refuse a link on the way to the loop file that others could re-point (see openBacking). */
+  checkPermissions?: boolean;
+  /** The memory target's directory; tests point it elsewhere. Default MEMORY_DIR. */
+  memoryDir?: string;
+}
+
+/**
+ * Makes device `devId`'s store ready for the device to be `sizeBytes`
+ * long, before the kernel is told (an online resize): memory — its file is
+ * set to that size (the queues see a larger file on their next request
+ * beyond the old end; a shrink gives the tail's memory back); loop — a
+ * file ublk-ts created, still reached by its name, is grown (never
+ * shrunk); any other file, or a block device, must already be that large.
+ * null stores nothing; js targets are not resized (the caller refuses them).
+ */
+export function resizeBacking(
+  devId: number,
+  spec: DeviceSpec,
+  sizeBytes: number,
+  opts: ResizeBackingOptions = {},
+): void {
+  if (spec.target.type === 'memory') {
+    const dir = opts.memoryDir ?? MEMORY_DIR;
+    ownMemoryDir(dir);
+    const fd = openMemoryFile(devId, dir);
+    try {
+      fs.ftruncateSync(fd, sizeBytes);
+    } finally {
+      fs.closeSync(fd);
+    }
+    return;
+  }
+  if (spec.target.type !== 'loop') return;
+  const file = spec.target.file;
+  const open = checkedOpener(file, opts.checkPermissions ?? false);
+  const fd = open(fs.constants.O_RDONLY);
+  let st: fs.BigIntStats;
+  let size: number;
+  try {
+    st = fs.fstatSync(fd, { bigint: true });
+    size = st.isBlockDevice() ? native().blockDeviceGeometry(fd).sizeBytes : Number(st.size);
+  } finally {
+    fs.closeSync(fd);
+  }
+  if (size >= sizeBytes) return;
+  if (opts.createdFile === undefined || !st.isFile() || fileIdentity(st) !== opts.createdFile) {
+    const what = st.isBlockDevice() ? 'a block device' : 'a file ublk-ts did not create';
+    throw new SpecError(
+      'size',
+      `${file} holds ${size} bytes, less than the new size ${sizeBytes}; it is ${what}, which ublk-ts never grows: ` +
+        'make it large enough (e.g. truncate -s) and try again',
+    );
+  }
+  const writable = open(fs.constants.O_RDWR);
+  try {
+    // The name was opened afresh: it must still reach the file that was checked.
+    if (fileIdentity(fs.fstatSync(writable, { bigint: true })) !== opts.createdFile) {
+      throw new SpecError('target.file', `refusing to grow ${file}: it was replaced while it was being opened`);
+    }
+    fs.ftruncateSync(writable, sizeBytes);
+    fs.fsyncSync(writable);
+  } finally {
+    fs.closeSync(writable);
+  }
 }

@@ -13,6 +13,7 @@ import {
   PARAM_TYPE_BASIC,
   PARAM_TYPE_DISCARD,
   UBLK_F_CMD_IOCTL_ENCODE,
+  UBLK_F_UPDATE_SIZE,
 } from './uapi';
 
 /** Where the kernel exposes the ublk control device. */
@@ -307,6 +308,8 @@ export class UblkControl {
   async addDevice(opts: AddDeviceOptions): Promise<DeviceInfo> {
     let flags = opts.flags ?? 0n;
     if (this.features & UBLK_F_CMD_IOCTL_ENCODE) flags |= UBLK_F_CMD_IOCTL_ENCODE;
+    // Asked for wherever the kernel has it: the flags ADD_DEV hands back say whether this device can be resized live.
+    if (this.features & UBLK_F_UPDATE_SIZE) flags |= UBLK_F_UPDATE_SIZE;
     const info = await this.dev.addDev({
       devId: opts.id === undefined ? -1 : checkedId('ADD_DEV', opts.id),
       queues: opts.queues,
@@ -381,6 +384,24 @@ export class UblkControl {
   }
 
   /**
+   * UPDATE_SIZE (Linux 6.16+): the LIVE device's new capacity, announced
+   * to its users at once (a mounted file system can then grow into it).
+   * Only for a device started and serving: the caller makes sure whatever
+   * serves it can already answer IO up to the new size.
+   */
+  async updateSize(id: number, sizeBytes: number): Promise<void> {
+    if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0 || sizeBytes % 512 !== 0) {
+      throw new UblkError(
+        'UPDATE_SIZE',
+        id,
+        ERRNO.EINVAL,
+        `size must be a positive multiple of 512 bytes, got ${String(sizeBytes).slice(0, 40)}`,
+      );
+    }
+    await this.dev.updateSize(checkedId('UPDATE_SIZE', id), BigInt(sizeBytes / 512));
+  }
+
+  /**
    * Every ublk device on the host, including ones made by other tools:
    * the ids under /sys/class/ublk-char, each asked for its info. A device
    * deleted while listing is left out.
@@ -424,6 +445,7 @@ export type ControlCommands = Pick<
   | 'endUserRecovery'
   | 'getDeviceInfo'
   | 'getQueueAffinity'
+  | 'updateSize'
   | 'listDevices'
   | 'close'
 >;

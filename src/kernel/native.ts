@@ -67,6 +67,8 @@ export interface NativeControlDevice {
   getParams(devId: number): Promise<NativeParams>;
   getDevInfo(devId: number): Promise<NativeDevInfo>;
   getQueueAffinity(devId: number, qid: number): Promise<number[]>;
+  /** UPDATE_SIZE: the new capacity in 512-byte sectors. */
+  updateSize(devId: number, sectors: bigint): Promise<void>;
   setLegacyOpcodes(legacy: boolean): void;
   close(): void;
 }

@@ -28,6 +28,21 @@ export const UBLK_F_USER_RECOVERY = 1n << 3n;
 export const UBLK_F_USER_RECOVERY_REISSUE = 1n << 4n;
 export const UBLK_F_CMD_IOCTL_ENCODE = 1n << 6n;
 export const UBLK_F_USER_RECOVERY_FAIL_IO = 1n << 9n;
+/** The device's size can change while it is LIVE (UPDATE_SIZE, Linux 6.16+). */
+export const UBLK_F_UPDATE_SIZE = 1n << 10n;
+
+/**
+ * Why a device cannot be resized while LIVE, from the kernel's features
+ * (GET_FEATURES) and the flags ADD_DEV handed back for the device (a kernel
+ * drops flags it does not know); undefined when it can.
+ */
+export function updateSizeMissing(kernelFeatures: bigint, deviceFlags: bigint): string | undefined {
+  if ((kernelFeatures & UBLK_F_UPDATE_SIZE) === 0n) return 'the kernel lacks UPDATE_SIZE (Linux 6.16+)';
+  if ((deviceFlags & UBLK_F_UPDATE_SIZE) === 0n) {
+    return 'the device was created without UPDATE_SIZE (by an older kernel or ublk-ts); re-create it to resize it live';
+  }
+  return undefined;
+}
 /** The kernel has TRY_STOP_DEV (7.0+): a stop that refuses, race-free, while /dev/ublkbN is open. */
 export const UBLK_F_SAFE_STOP_DEV = 1n << 17n;
 /** ADD_DEV flag (7.0+): START_DEV does not scan /dev/ublkbN for a partition table. */

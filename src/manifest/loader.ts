@@ -8,7 +8,7 @@
 import * as crypto from 'node:crypto';
 import * as path from 'node:path';
 import { Composer, Document, isAlias, isMap, isPair, isScalar, isSeq, LineCounter, Parser } from 'yaml';
-import { comparableSpec, HostLimits, maxQueues, specProblems } from '../spec/device-spec';
+import { canonicalJson, comparableSpec, HostLimits, maxQueues, specProblems } from '../spec/device-spec';
 import { clip, quote } from '../spec/show-value';
 import { formatSize } from '../spec/sizes';
 import { MAX_ALIAS_EXPANSION, MAX_ALIASES, MAX_DEPTH, MAX_DOCUMENTS, MAX_EXPANDED_CHARS } from './file-limits';
@@ -71,16 +71,6 @@ export interface LoadOptions {
  */
 function semanticErrors(ctx: DocumentContext, spec: ManifestSpec, limits: HostLimits): ManifestError[] {
   return specProblems(spec, limits).map((p) => ctx.error(['spec', ...p.field.split('.')], p.detail));
-}
-
-/** JSON with object keys sorted by code unit, so equal specs always hash the same. */
-function canonicalJson(value: unknown): string {
-  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
-  if (value && typeof value === 'object') {
-    const keys = Object.keys(value).sort();
-    return `{${keys.map((k) => `${JSON.stringify(k)}:${canonicalJson((value as Record<string, unknown>)[k])}`).join(',')}}`;
-  }
-  return JSON.stringify(value);
 }
 
 /**

@@ -168,9 +168,28 @@ export async function apply(
           manifest: record!.manifest,
           manifestFile: manifest?.file ?? record!.manifestFile,
           specHash: record!.specHash,
+          createdFile: record!.createdFile,
           ...history,
         });
         return { ...base, blockPath: server.info.blockPath };
+      }
+      case 'resize': {
+        await kernel.resizeDevice(action.devId!, action.sizeBytes!, record!, {
+          checkPermissions: ctx.checkPermissions ?? false,
+        });
+        // Only now: a resize that failed half-way is planned (and tried) again from the old size.
+        const current = kernel.records.read(action.devId!) ?? record!;
+        kernel.records.write({
+          ...current,
+          spec: { ...current.spec, sizeBytes: action.sizeBytes! },
+          specHash: manifest?.hash ?? current.specHash,
+          manifestFile: manifest?.file ?? current.manifestFile,
+          lastError: undefined,
+          status: 'live',
+          failures: 0,
+        });
+        ctx.backoff.succeeded(action.name);
+        return base;
       }
       case 'delete':
         await kernel.removeDevice(action.devId!);
@@ -195,7 +214,13 @@ export async function apply(
     }
   } catch (err) {
     if (action.devId !== undefined && action.kind !== 'create') recordFailure(kernel, action.devId, err);
-    if ((action.kind === 'create' || action.kind === 'recreate' || action.kind === 'recover') && !counted) {
+    if (
+      (action.kind === 'create' ||
+        action.kind === 'recreate' ||
+        action.kind === 'recover' ||
+        action.kind === 'resize') &&
+      !counted
+    ) {
       ctx.backoff.failed(action.name, ctx.now);
     }
     return { ...base, outcome: 'failed', error: message(err) };

@@ -7,7 +7,8 @@
  */
 import { ControlCommands, DeviceInfo, DeviceParamsReadback } from '../kernel/control';
 import { blockDeviceInUse } from '../kernel/in-use';
-import { DeviceRecordStore, directoryRecords } from '../server/device-records';
+import { resizeDevice } from '../device/resize';
+import { DeviceRecord, DeviceRecordStore, directoryRecords } from '../server/device-records';
 import { LaunchOptions, removeDevice, RemovedDevice, startServer, StartedServer } from '../server/launcher';
 import { isAlive } from '../server/processes';
 import { DeviceSpec } from '../spec/device-spec';
@@ -17,6 +18,8 @@ export type ServerStart = Omit<LaunchOptions, 'stateDir' | 'control'>;
 
 /** What the reconciler needs from the host. */
 export interface Kernel {
+  /** The kernel's ublk feature flags (GET_FEATURES). */
+  readonly features: bigint;
   /** Every ublk device, including ones other tools made. */
   listDevices(): Promise<DeviceInfo[]>;
   /** GET_DEV_INFO of one device. */
@@ -27,6 +30,11 @@ export interface Kernel {
   startServer(spec: DeviceSpec, opts: ServerStart): Promise<StartedServer>;
   /** Stops and deletes a device, waits for its server, drops its record; a device already gone is fine. */
   removeDevice(id: number): Promise<RemovedDevice>;
+  /**
+   * Resizes a LIVE device in place (see device/resize.ts): its store, then
+   * UPDATE_SIZE. The record is the caller's to update once this resolves.
+   */
+  resizeDevice(id: number, sizeBytes: number, record: DeviceRecord, opts: { checkPermissions: boolean }): Promise<void>;
   /** The state directory's device records. */
   readonly records: DeviceRecordStore;
   /** Whether a server process still runs. */
@@ -38,11 +46,21 @@ export interface Kernel {
 /** The real host: the control device, detached servers, records under `stateDir`. */
 export function hostKernel(control: ControlCommands, stateDir: string): Kernel {
   return {
+    features: control.features,
     listDevices: () => control.listDevices(),
     getDeviceInfo: (id) => control.getDeviceInfo(id),
     getParams: (id) => control.getParams(id),
     startServer: (spec, opts) => startServer(spec, { ...opts, stateDir, control }),
     removeDevice: (id) => removeDevice(control, id, { stateDir, missingOk: true }),
+    resizeDevice: async (id, sizeBytes, record, opts) => {
+      await resizeDevice(control, {
+        devId: id,
+        spec: record.spec,
+        sizeBytes,
+        createdFile: record.createdFile,
+        checkPermissions: opts.checkPermissions,
+      });
+    },
     records: directoryRecords(stateDir),
     isAlive,
     inUse: blockDeviceInUse,

@@ -6,6 +6,8 @@
  * prints it and the tests drive it without a kernel.
  */
 import type { DeviceRecord } from '../server/device-records';
+import { identityWithoutSize } from '../spec/device-spec';
+import { formatSize } from '../spec/sizes';
 
 /** A valid manifest, as the planner needs it. */
 export interface DesiredDevice {
@@ -21,6 +23,10 @@ export interface DesiredDevice {
   fixedId?: number;
   /** The manifest consents to losing data that lives only in the device (spec.allowDataLoss). */
   allowDataLoss?: boolean;
+  /** The size the manifest asks for, in bytes (absent: a loop device that takes its file's). */
+  sizeBytes?: number;
+  /** The spec's identity apart from its size (identityWithoutSize): equal to a record's, only the size changed. */
+  identityWithoutSize?: string;
 }
 
 /** A kernel device as the planner needs it. */
@@ -33,6 +39,8 @@ export interface LiveDevice {
   inUse: boolean;
   /** Whether the kernel keeps IO for a new server (UBLK_F_USER_RECOVERY). */
   recoverable: boolean;
+  /** Why this device's size cannot change while LIVE (kernel or device without UPDATE_SIZE); absent when it can. */
+  cannotResize?: string;
 }
 
 export interface PlanInput {
@@ -59,7 +67,8 @@ export interface PlanInput {
 /** How long a device in a passing state (e.g. LIVE with its server just gone) is given before the next look. */
 export const SETTLE_MS = 1000;
 
-export type ActionKind = 'noop' | 'create' | 'recreate' | 'recover' | 'delete' | 'drift' | 'hold' | 'refuse' | 'wait';
+export type ActionKind =
+  'noop' | 'create' | 'recreate' | 'recover' | 'resize' | 'delete' | 'drift' | 'hold' | 'refuse' | 'wait';
 
 /** One row of the plan. `reason` says which row of the table matched. */
 export interface Action {
@@ -71,10 +80,17 @@ export interface Action {
   dataLost?: boolean;
   /** For wait: when the pass that may act on this device is due (ms since the epoch). */
   dueAt?: number;
+  /** For resize: the device's new size in bytes. */
+  sizeBytes?: number;
 }
 
 /** What a waiting action says: which step keeps failing, and when it is tried next. */
-const failedStep: Record<string, string> = { create: 'creating', recover: 'recovery', recreate: 're-creating' };
+const failedStep: Record<string, string> = {
+  create: 'creating',
+  recover: 'recovery',
+  recreate: 're-creating',
+  resize: 'resizing',
+};
 
 /**
  * Turns a create, recover or re-create into a wait while the name's
@@ -91,6 +107,7 @@ function withBackoff(a: Action, input: PlanInput): Action {
     reason: `${step} failed ${pending.failures} time(s); next try in ${inSeconds} s`,
     dueAt: pending.dueAt,
     dataLost: undefined,
+    sizeBytes: undefined,
   };
 }
 
@@ -109,18 +126,30 @@ function planExisting(want: DesiredDevice, record: DeviceRecord, dev: LiveDevice
   if (dev.state === 'DEAD' || (dev.state === 'LIVE' && serverGone && !dev.recoverable)) {
     return { ...base, kind: 'recreate', reason: `device is ${dev.state} with no server`, dataLost: true };
   }
-  if (changed) {
-    if (dev.inUse)
-      return { ...base, kind: 'drift', reason: `${want.source} changed, but the device is in use: left as it is` };
+  const sizeChange = resizeOf(want, record);
+  if (sizeChange) {
+    const resize = planResize(want, record, dev, sizeChange, now);
+    if (resize) return resize;
+  }
+  if (changed || sizeChange) {
+    const notInPlace = sizeChange ? (dev.cannotResize ?? 'a js target is not resized live') : undefined;
+    const why = notInPlace ? ` (its size cannot change in place: ${notInPlace})` : '';
+    if (dev.inUse) {
+      return {
+        ...base,
+        kind: 'drift',
+        reason: `${want.source} changed${why}, but the device is in use: left as it is`,
+      };
+    }
     const type = record.spec.target.type;
     if (DATA_IN_DEVICE.has(type) && !want.allowDataLoss) {
       return {
         ...base,
         kind: 'drift',
-        reason: `${want.source} changed, but re-creating this ${type} device would discard its data: left as it is (set spec.allowDataLoss: true to allow it)`,
+        reason: `${want.source} changed${why}, but re-creating this ${type} device would discard its data: left as it is (set spec.allowDataLoss: true to allow it)`,
       };
     }
-    return { ...base, kind: 'recreate', reason: `${want.source} changed and the device is not in use` };
+    return { ...base, kind: 'recreate', reason: `${want.source} changed${why} and the device is not in use` };
   }
   if (dev.state === 'LIVE' && !serverGone) return { ...base, kind: 'noop', reason: 'matches its manifest' };
   return {
@@ -129,6 +158,54 @@ function planExisting(want: DesiredDevice, record: DeviceRecord, dev: LiveDevice
     reason: `device is ${dev.state}; waiting for the kernel to settle`,
     dueAt: now + SETTLE_MS,
   };
+}
+
+/** A size change that is the only change between a device's record and its manifest. */
+interface SizeChange {
+  from: number;
+  to: number;
+}
+
+function resizeOf(want: DesiredDevice, record: DeviceRecord): SizeChange | undefined {
+  if (want.sizeBytes === undefined || want.identityWithoutSize === undefined) return undefined;
+  if (want.sizeBytes === record.spec.sizeBytes) return undefined;
+  if (identityWithoutSize(record.spec) !== want.identityWithoutSize) return undefined;
+  return { from: record.spec.sizeBytes, to: want.sizeBytes };
+}
+
+/**
+ * The rows for a manifest whose only change is the size: a LIVE device
+ * that can take UPDATE_SIZE grows in place, mounted or not; it shrinks in
+ * place only while unused (data past the new end would vanish from under a
+ * file system). A device that cannot be resized live (no UPDATE_SIZE, a js
+ * target) gets undefined: the change is then handled like any other.
+ */
+function planResize(
+  want: DesiredDevice,
+  record: DeviceRecord,
+  dev: LiveDevice,
+  change: SizeChange,
+  now: number,
+): Action | undefined {
+  const base = { name: want.name, devId: record.devId };
+  const what = `${want.source} changes the size from ${formatSize(change.from)} to ${formatSize(change.to)}`;
+  if (dev.cannotResize || record.spec.target.type === 'js') return undefined;
+  if (dev.state !== 'LIVE' || !dev.serverAlive) {
+    return {
+      ...base,
+      kind: 'wait',
+      reason: `${what}; device is ${dev.state}, waiting for it to be served`,
+      dueAt: now + SETTLE_MS,
+    };
+  }
+  if (change.to < change.from && dev.inUse) {
+    return {
+      ...base,
+      kind: 'drift',
+      reason: `${what}, but the device is in use: shrinking it would take data from under its user; left as it is`,
+    };
+  }
+  return { ...base, kind: 'resize', reason: `${what}: resized in place`, sizeBytes: change.to };
 }
 
 /** The plan: one action per name, sorted by name. */
@@ -202,5 +279,7 @@ export function requeueAfter(actions: readonly Action[], now: number): number | 
 
 /** Actions that change something. */
 export function isChange(a: Action): boolean {
-  return a.kind === 'create' || a.kind === 'recreate' || a.kind === 'recover' || a.kind === 'delete';
+  return (
+    a.kind === 'create' || a.kind === 'recreate' || a.kind === 'recover' || a.kind === 'resize' || a.kind === 'delete'
+  );
 }

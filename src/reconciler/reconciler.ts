@@ -9,7 +9,10 @@ import * as path from 'node:path';
 import { DeviceInfo } from '../kernel/control';
 import { formatManifestError, LoadedManifest, loadManifestDirAsync } from '../manifest';
 import type { DeviceRecord } from '../server/device-records';
+import { updateSizeMissing } from '../kernel/uapi';
+import { identityWithoutSize } from '../spec/device-spec';
 import { isRecoverable } from '../spec/recovery-mode';
+import { parseSize } from '../spec/sizes';
 import { apply, DeviceOutcome, plannedOutcome } from './apply';
 import { Backoff } from './backoff';
 import type { Kernel } from './kernel';
@@ -54,7 +57,15 @@ function liveView(kernel: Kernel, info: DeviceInfo, owned: boolean): LiveDevice 
     serverAlive: info.serverPid > 0 && kernel.isAlive(info.serverPid),
     inUse: owned && info.state === 'LIVE' ? kernel.inUse(info.blockPath) : false,
     recoverable: isRecoverable(info.flags),
+    cannotResize: updateSizeMissing(kernel.features, info.flags),
   };
+}
+
+/** The size a manifest asks for, in bytes; undefined when it names none (a loop device takes its file's). */
+function manifestSize(m: LoadedManifest): number | undefined {
+  if (m.spec.size === undefined) return undefined;
+  const parsed = parseSize(m.spec.size);
+  return 'bytes' in parsed ? parsed.bytes : undefined;
 }
 
 /** Deletions first (they free ids and files), then re-creations, recoveries, creations; the rest in name order. */
@@ -132,6 +143,8 @@ export async function reconcileOnce(kernel: Kernel, opts: ReconcileOptions): Pro
     legacyHash: m.legacyHash,
     fixedId: m.spec.id,
     allowDataLoss: m.spec.allowDataLoss,
+    sizeBytes: manifestSize(m),
+    identityWithoutSize: identityWithoutSize(m.spec),
   }));
   const actions = plan({
     desired,

@@ -28,6 +28,11 @@ export interface DeviceRecord {
   /** Hash of the manifest spec the device was made from; a change means drift. */
   specHash?: string;
   spec: DeviceSpec;
+  /**
+   * The loop file ublk-ts created for this device (device, inode and birth time): an online
+   * resize grows that file (and no other) when the device grows.
+   */
+  createdFile?: string;
   serverPid: number;
   status: 'live' | 'failed' | 'recovering' | 'stopped';
   lastError?: string;

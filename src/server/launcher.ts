@@ -34,6 +34,8 @@ export interface LaunchOptions {
   /** The manifest's file, relative to the manifest directory (see DeviceRecord.manifestFile). */
   manifestFile?: string;
   specHash?: string;
+  /** Carried into a recovered device's record: the loop file ublk-ts created for it (DeviceRecord.createdFile). */
+  createdFile?: string;
   /** Carried into the new record: consecutive quick deaths, for backoff. */
   failures?: number;
   lastError?: string;
@@ -103,12 +105,12 @@ export async function startServer(spec: DeviceSpec, opts: LaunchOptions = {}): P
   const status = child.stdio[3] as Readable;
 
   let addedId: number | undefined;
-  const outcome = await new Promise<{ info: DeviceInfo } | { error: Error }>((resolve) => {
+  const outcome = await new Promise<{ info: DeviceInfo; createdFile?: string } | { error: Error }>((resolve) => {
     let buffered = '';
     const timer = setTimeout(() => {
       resolve({ error: new Error(`device server did not bring the device up within ${timeoutMs} ms`) });
     }, timeoutMs);
-    const finish = (r: { info: DeviceInfo } | { error: Error }): void => {
+    const finish = (r: { info: DeviceInfo; createdFile?: string } | { error: Error }): void => {
       clearTimeout(timer);
       resolve(r);
     };
@@ -120,7 +122,7 @@ export async function startServer(spec: DeviceSpec, opts: LaunchOptions = {}): P
         const msg = JSON.parse(buffered.slice(0, nl)) as ServerMessage;
         buffered = buffered.slice(nl + 1);
         if (msg.event === 'added') addedId = msg.devId;
-        else if (msg.event === 'live') finish({ info: deserializeInfo(msg.info) });
+        else if (msg.event === 'live') finish({ info: deserializeInfo(msg.info), createdFile: msg.createdFile });
         else if (msg.event === 'error') finish({ error: deserializeError(msg.error) });
       }
     });
@@ -150,6 +152,7 @@ export async function startServer(spec: DeviceSpec, opts: LaunchOptions = {}): P
       manifestFile: opts.manifestFile,
       specHash: opts.specHash,
       spec,
+      createdFile: outcome.createdFile ?? opts.createdFile,
       serverPid: child.pid!,
       status: 'live',
       failures: opts.failures ?? 0,

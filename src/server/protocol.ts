@@ -42,7 +42,7 @@ export interface SerializedError {
 
 export type ServerMessage =
   | { event: 'added'; devId: number }
-  | { event: 'live'; info: Omit<DeviceInfo, 'flags'> & { flags: string } }
+  | { event: 'live'; info: Omit<DeviceInfo, 'flags'> & { flags: string }; createdFile?: string }
   | { event: 'error'; error: SerializedError };
 
 /**

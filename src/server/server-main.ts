@@ -96,7 +96,7 @@ async function main(): Promise<void> {
         'recoverable: true, so it dies with this server and is re-created with its data reported lost',
     );
   }
-  send({ event: 'live', info: serializeInfo(device.info) });
+  send({ event: 'live', info: serializeInfo(device.info), createdFile: device.backing?.createdFile });
   closeStatus();
 
   let stopping = false;

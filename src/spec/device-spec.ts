@@ -301,3 +301,24 @@ export function comparableSpec(input: DeviceSpecInput): Record<string, unknown> 
   if (input.partitionScan === false) spec.partitionScan = false;
   return spec;
 }
+
+/** JSON with object keys sorted by code unit, so equal specs always hash the same. */
+export function canonicalJson(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
+  if (value && typeof value === 'object') {
+    const keys = Object.keys(value).sort();
+    return `{${keys.map((k) => `${JSON.stringify(k)}:${canonicalJson((value as Record<string, unknown>)[k])}`).join(',')}}`;
+  }
+  return JSON.stringify(value);
+}
+
+/**
+ * A spec's identity apart from its size, as canonical JSON: a manifest and
+ * a device's recorded spec with the same one differ at most in size, the
+ * one change a LIVE device can take in place (UPDATE_SIZE). Takes a
+ * manifest's spec or a validated DeviceSpec (whose sizeBytes is ignored).
+ */
+export function identityWithoutSize(input: DeviceSpecInput | DeviceSpec): string {
+  const { size: _size, ...rest } = comparableSpec({ ...(input as DeviceSpecInput), size: undefined });
+  return canonicalJson(rest);
+}

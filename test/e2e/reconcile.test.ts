@@ -87,15 +87,15 @@ describe('ublk-reconcile (real ublk driver)', function () {
     assert.equal(listed.find((d) => d.id === id)?.manifest, 'scratch');
   });
 
-  it('re-creates a device whose size changed while unused (with consent for memory), and deletes it when its manifest goes', () => {
+  it('re-creates a device whose spec changed beyond its size while unused (with consent for memory), and deletes it when its manifest goes', () => {
     write('data.yaml', manifest('data', 'target:\n  type: memory\nsize: 32MiB'));
     const id = outcome(once(), 'data').devId!;
     // A memory device's data lives only in it: re-creating it takes the manifest's consent.
-    write('data.yaml', manifest('data', 'target:\n  type: memory\nsize: 48MiB'));
+    write('data.yaml', manifest('data', 'target:\n  type: memory\nsize: 48MiB\ndepth: 64'));
     const refused = outcome(once(), 'data');
     assert.equal(refused.action, 'drift', JSON.stringify(refused));
     assert.match(refused.reason, /would discard its data/);
-    write('data.yaml', manifest('data', 'target:\n  type: memory\nsize: 48MiB\nallowDataLoss: true'));
+    write('data.yaml', manifest('data', 'target:\n  type: memory\nsize: 48MiB\ndepth: 64\nallowDataLoss: true'));
     const changed = once();
     const re = outcome(changed, 'data');
     assert.deepEqual([re.action, re.outcome], ['recreate', 'ok'], JSON.stringify(re));
@@ -118,7 +118,7 @@ describe('ublk-reconcile (real ublk driver)', function () {
     try {
       run('dd', ['if=/dev/urandom', `of=${mnt}/keep`, 'bs=64k', 'count=16', 'status=none']);
       const sum = run('sha256sum', [`${mnt}/keep`]).stdout.split(' ')[0];
-      write('fs.yaml', manifest('fs', 'target:\n  type: memory\nsize: 128MiB'));
+      write('fs.yaml', manifest('fs', 'target:\n  type: memory\nsize: 128MiB\ndepth: 64'));
       const result = once();
       const drift = outcome(result, 'fs');
       assert.equal(drift.action, 'drift');
@@ -197,7 +197,7 @@ describe('ublk-reconcile (real ublk driver)', function () {
     const id = Number(/create w dev (\d+)/.exec(log)![1]);
     assert.ok(fs.existsSync(`/dev/ublkb${id}`));
 
-    write('w.yaml', manifest('w', 'target:\n  type: null\nsize: 32MiB'));
+    write('w.yaml', manifest('w', 'target:\n  type: null\nsize: 32MiB\ndepth: 64'));
     await noticed(/pass \(.*(added|changed) w\.yaml/, 'the change');
     await waitFor(() => /recreate w dev \d+/.test(log), 60_000, 'the re-creation');
 

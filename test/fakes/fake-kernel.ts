@@ -12,7 +12,7 @@ import type { DeviceRecord, DeviceRecordStore } from '../../src/server/device-re
 import type { RemovedDevice, StartedServer } from '../../src/server/launcher';
 import type { DeviceSpec } from '../../src/spec/device-spec';
 import { UblkError, ERRNO } from '../../src/errors';
-import { featureNames } from '../../src/kernel/uapi';
+import { featureNames, UBLK_F_UPDATE_SIZE, updateSizeMissing } from '../../src/kernel/uapi';
 import { recoveryFlags } from '../../src/spec/recovery-mode';
 
 export class MemoryRecords implements DeviceRecordStore {
@@ -46,6 +46,10 @@ export class FakeKernel implements Kernel {
   readonly calls: string[] = [];
   /** When set, the next startServer fails with it (and changes nothing). */
   failNextStart: Error | undefined;
+  /** When set, the next resizeDevice fails with it (and changes nothing). */
+  failNextResize: Error | undefined;
+  /** GET_FEATURES: by default a kernel with UPDATE_SIZE (6.16+), which new devices are granted. */
+  features: bigint = UBLK_F_UPDATE_SIZE;
   private nextPid = 1000;
 
   constructor(readonly clock: () => number = Date.now) {
@@ -104,7 +108,7 @@ export class FakeKernel implements Kernel {
       id = spec.id ?? this.lowestFreeId();
       if (this.devices.has(id)) throw new UblkError('ADD_DEV', id, ERRNO.EEXIST);
       this.devices.set(id, {
-        info: this.info(id, 'LIVE', pid, recoveryFlags(spec.recovery), spec),
+        info: this.info(id, 'LIVE', pid, recoveryFlags(spec.recovery) | (this.features & UBLK_F_UPDATE_SIZE), spec),
         sizeBytes: spec.sizeBytes,
         inUse: false,
       });
@@ -138,6 +142,19 @@ export class FakeKernel implements Kernel {
     if (!dev) return { serverPid: 0, serverExited: true };
     this.alive.delete(dev.info.serverPid);
     return { serverPid: dev.info.serverPid, serverExited: true };
+  }
+
+  async resizeDevice(id: number, sizeBytes: number): Promise<void> {
+    const failure = this.failNextResize;
+    this.failNextResize = undefined;
+    if (failure) throw failure;
+    const dev = this.devices.get(id);
+    if (!dev) throw new UblkError('GET_DEV_INFO', id, ERRNO.ENODEV);
+    const missing = updateSizeMissing(this.features, dev.info.flags);
+    if (missing) throw new UblkError('UPDATE_SIZE', id, ERRNO.EOPNOTSUPP, missing);
+    if (dev.info.state !== 'LIVE') throw new UblkError('UPDATE_SIZE', id, ERRNO.EINVAL);
+    dev.sizeBytes = sizeBytes;
+    this.calls.push(`resize ${id} ${sizeBytes}`);
   }
 
   isAlive(pid: number): boolean {

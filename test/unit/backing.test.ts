@@ -10,7 +10,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { SpecError } from '../../src/errors';
-import { discardMemory, memoryPath, openBacking } from '../../src/device/backing';
+import { discardMemory, memoryPath, openBacking, resizeBacking } from '../../src/device/backing';
 import { normalizeDeviceSpec } from '../../src/spec/device-spec';
 
 const NOBODY = 65534;
@@ -134,5 +134,59 @@ describe('memory backing store', function () {
       fs.mkdirSync(memoryPath(3, memoryDir));
       assert.throws(() => openBacking(spec, { memoryDir, recoverDevId: 3 }), refusal(/not a regular file|EISDIR/));
     });
+  });
+});
+
+describe('resizing a backing store (online resize)', function () {
+  let dir: string;
+  beforeEach(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ublk-ts-resize-'));
+  });
+  afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  it('grows and shrinks a memory file in its own directory', function () {
+    if (process.geteuid?.() !== 0) this.skip(); // the memory directory must be the server's (root's) own
+    const spec = normalizeDeviceSpec({ target: 'memory', size: '1MiB' }, { maxQueues: 1 });
+    const memoryDir = path.join(dir, 'ublk-ts');
+    const backing = openBacking(spec, { memoryDir })!;
+    backing.bindToDevice(4);
+    backing.close();
+    resizeBacking(4, spec, 3 * 1024 * 1024, { memoryDir });
+    assert.equal(fs.statSync(memoryPath(4, memoryDir)).size, 3 * 1024 * 1024);
+    resizeBacking(4, spec, 512 * 1024, { memoryDir });
+    assert.equal(fs.statSync(memoryPath(4, memoryDir)).size, 512 * 1024);
+    // A recovery after a grow whose record was not yet written finds a larger file: accepted.
+    resizeBacking(4, spec, 2 * 1024 * 1024, { memoryDir });
+    openBacking(spec, { memoryDir, recoverDevId: 4 })!.close();
+  });
+
+  it('grows a loop file it created, never one it did not, and never a file put in its place', () => {
+    const file = path.join(dir, 'made.img');
+    const spec = normalizeDeviceSpec(
+      { target: { type: 'loop', file, create: true, directIo: false }, size: '1MiB' },
+      { maxQueues: 1 },
+    );
+    const backing = openBacking(spec)!;
+    const createdFile = backing.createdFile;
+    backing.close();
+    assert.ok(createdFile, 'the record learns which file was created');
+    resizeBacking(0, spec, 2 * 1024 * 1024, { createdFile });
+    assert.equal(fs.statSync(file).size, 2 * 1024 * 1024);
+    resizeBacking(0, spec, 1024 * 1024, { createdFile });
+    assert.equal(fs.statSync(file).size, 2 * 1024 * 1024, 'a loop file is never shrunk');
+
+    assert.throws(
+      () => resizeBacking(0, spec, 4 * 1024 * 1024),
+      refusal(/made\.img holds 2097152 bytes, less than the new size 4194304; it is a file ublk-ts did not create/),
+    );
+    fs.rmSync(file);
+    fs.writeFileSync(file, Buffer.alloc(1024 * 1024));
+    assert.throws(() => resizeBacking(0, spec, 4 * 1024 * 1024, { createdFile }), refusal(/did not create/));
+    assert.equal(
+      fs.statSync(file).size,
+      1024 * 1024,
+      'a file of the same name that ublk-ts did not make is left alone',
+    );
+    resizeBacking(0, spec, 1024 * 1024, { createdFile }); // large enough already: nothing to do
   });
 });

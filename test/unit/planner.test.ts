@@ -2,7 +2,7 @@ import { strict as assert } from 'node:assert';
 import { Backoff, backoffMs } from '../../src/reconciler/backoff';
 import { Action, DesiredDevice, LiveDevice, plan, PlanInput, requeueAfter } from '../../src/reconciler/planner';
 import { DeviceRecord } from '../../src/server/device-records';
-import { normalizeDeviceSpec } from '../../src/spec/device-spec';
+import { identityWithoutSize, normalizeDeviceSpec } from '../../src/spec/device-spec';
 
 const NOW = Date.parse('2026-11-25T12:00:00Z');
 const spec = normalizeDeviceSpec({ target: 'null', size: '1GiB' }, { maxQueues: 2 });
@@ -148,5 +148,79 @@ describe('reconcile planner', () => {
     );
     assert.equal(a.kind, 'wait');
     assert.equal(requeueAfter([a], NOW), 1000);
+  });
+
+  describe('a manifest whose only change is its size', () => {
+    const GiB = 1024 ** 3;
+    const memory = normalizeDeviceSpec({ target: 'memory', size: '1GiB' }, { maxQueues: 2 });
+    const resized = (size: number, hash = 'h2'): DesiredDevice => ({
+      ...want('a', hash),
+      sizeBytes: size,
+      identityWithoutSize: identityWithoutSize(memory),
+    });
+    const at = (live: Partial<LiveDevice>, size: number): Action =>
+      only(
+        run({
+          desired: [resized(size)],
+          records: [record('a', 3, { spec: memory })],
+          live: new Map([[3, device(3, live)]]),
+        }),
+      );
+
+    it('grows a LIVE device in place, even while it is mounted', () => {
+      for (const inUse of [false, true]) {
+        const a = at({ inUse }, 2 * GiB);
+        assert.deepEqual([a.kind, a.devId, a.sizeBytes], ['resize', 3, 2 * GiB]);
+        assert.match(a.reason, /changes the size from 1GiB to 2GiB: resized in place/);
+      }
+    });
+
+    it('shrinks a device in place only while it is unused', () => {
+      const unused = at({ inUse: false }, GiB / 2);
+      assert.deepEqual([unused.kind, unused.sizeBytes], ['resize', GiB / 2]);
+      const mounted = at({ inUse: true }, GiB / 2);
+      assert.equal(mounted.kind, 'drift');
+      assert.match(mounted.reason, /in use: shrinking it would take data from under its user/);
+    });
+
+    it('reports drift, with the reason, on a kernel without UPDATE_SIZE (6.12) while the device is in use', () => {
+      const a = at({ inUse: true, cannotResize: 'the kernel lacks UPDATE_SIZE (Linux 6.16+)' }, 2 * GiB);
+      assert.equal(a.kind, 'drift');
+      assert.match(a.reason, /cannot change in place: the kernel lacks UPDATE_SIZE \(Linux 6\.16\+\)/);
+    });
+
+    it('falls back to the ordinary rows without UPDATE_SIZE when unused: a memory device is kept for its data', () => {
+      const a = at({ cannotResize: 'the kernel lacks UPDATE_SIZE (Linux 6.16+)' }, 2 * GiB);
+      assert.equal(a.kind, 'drift');
+      assert.match(a.reason, /kernel lacks UPDATE_SIZE.*would discard its data/);
+    });
+
+    it('applies a size the record lost track of (ublkctl resize) back to the manifest, hash unchanged', () => {
+      const a = only(
+        run({
+          desired: [resized(GiB, 'h1')],
+          records: [record('a', 3, { spec: { ...memory, sizeBytes: 2 * GiB } })],
+          live: new Map([[3, device(3)]]),
+        }),
+      );
+      assert.deepEqual([a.kind, a.sizeBytes], ['resize', GiB]);
+    });
+
+    it('waits for a device that is not LIVE with its server', () => {
+      assert.equal(at({ state: 'QUIESCED' }, 2 * GiB).kind, 'wait');
+    });
+
+    it('never resizes when anything besides the size changed', () => {
+      const other = normalizeDeviceSpec({ target: 'memory', size: '2GiB', queues: 2 }, { maxQueues: 2 });
+      const a = only(
+        run({
+          desired: [{ ...want('a', 'h2'), sizeBytes: 2 * GiB, identityWithoutSize: identityWithoutSize(other) }],
+          records: [record('a', 3, { spec: memory })],
+          live: new Map([[3, device(3, { inUse: true })]]),
+        }),
+      );
+      assert.equal(a.kind, 'drift');
+      assert.doesNotMatch(a.reason, /size/);
+    });
   });
 });

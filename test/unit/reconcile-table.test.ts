@@ -13,6 +13,7 @@ import { loadManifestDir } from '../../src/manifest';
 import { Backoff } from '../../src/reconciler/backoff';
 import { PassResult, reconcileOnce } from '../../src/reconciler/reconciler';
 import { FakeKernel } from '../fakes/fake-kernel';
+import { UblkError, ERRNO } from '../../src/errors';
 
 const T0 = Date.parse('2026-11-25T12:00:00Z');
 
@@ -198,7 +199,7 @@ const rows: Row[] = [
     row: 'record, device LIVE | changed, device not open or mounted | re-create with the new spec',
     setup: async (s) => {
       await s.owned('a');
-      s.write('a', 'target: {type: null}\nsize: 2GiB');
+      s.write('a', 'target: {type: null}\nsize: 2GiB\nreadOnly: true');
     },
     action: 'recreate',
     outcome: 'ok',
@@ -212,7 +213,7 @@ const rows: Row[] = [
     row: 'record, device LIVE | changed, device open or mounted | drift: reported (also as the last error), device left alone',
     setup: async (s) => {
       s.kernel.devices.get(await s.owned('a'))!.inUse = true;
-      s.write('a', 'target: {type: null}\nsize: 2GiB');
+      s.write('a', 'target: {type: null}\nsize: 2GiB\nreadOnly: true');
     },
     action: 'drift',
     outcome: 'unchanged',
@@ -220,6 +221,57 @@ const rows: Row[] = [
       assert.deepEqual(s.kernel.calls, ['start 0']);
       assert.match(s.recordOf('a')!.lastError ?? '', /in use: left as it is/);
       assert.equal(r.exitCode, 1);
+    },
+  },
+  {
+    row: 'record, device LIVE, server alive | only size grew (kernel with UPDATE_SIZE) | resize in place, even while mounted',
+    setup: async (s) => {
+      s.kernel.devices.get(await s.owned('a', 'target: {type: memory}\nsize: 1GiB'))!.inUse = true;
+      s.write('a', 'target: {type: memory}\nsize: 2GiB');
+    },
+    action: 'resize',
+    outcome: 'ok',
+    after: (s, r) => {
+      assert.deepEqual(s.kernel.calls, ['start 0', `resize 0 ${2 * 1024 ** 3}`]);
+      assert.equal(s.recordOf('a')!.spec.sizeBytes, 2 * 1024 ** 3);
+      assert.equal(r.exitCode, 0);
+    },
+  },
+  {
+    row: 'record, device LIVE, server alive | only size shrank (kernel with UPDATE_SIZE) | drift while mounted',
+    setup: async (s) => {
+      s.kernel.devices.get(await s.owned('a', 'target: {type: memory}\nsize: 2GiB'))!.inUse = true;
+      s.write('a', 'target: {type: memory}\nsize: 1GiB');
+    },
+    action: 'drift',
+    outcome: 'unchanged',
+    after: (s) => {
+      assert.deepEqual(s.kernel.calls, ['start 0']);
+      assert.match(s.recordOf('a')!.lastError ?? '', /in use: shrinking it would take data from under its user/);
+    },
+  },
+  {
+    row: 'record, device LIVE, server alive | only size shrank (kernel with UPDATE_SIZE) | resize in place while unused',
+    setup: async (s) => {
+      await s.owned('a', 'target: {type: memory}\nsize: 2GiB');
+      s.write('a', 'target: {type: memory}\nsize: 1GiB');
+    },
+    action: 'resize',
+    outcome: 'ok',
+    after: (s) => assert.deepEqual(s.kernel.calls, ['start 0', `resize 0 ${1024 ** 3}`]),
+  },
+  {
+    row: 'record, device LIVE | only size changed, kernel without UPDATE_SIZE | as any other change, saying why',
+    setup: async (s) => {
+      s.kernel.features = 0n;
+      await s.owned('a');
+      s.write('a', 'target: {type: null}\nsize: 2GiB');
+    },
+    action: 'recreate',
+    outcome: 'ok',
+    after: (s, r) => {
+      assert.deepEqual(s.kernel.calls, ['start 0', 'remove 0', 'start 0']);
+      assert.match(r.devices[0]!.reason, /cannot change in place: the kernel lacks UPDATE_SIZE/);
     },
   },
   {
@@ -407,7 +459,7 @@ const rows: Row[] = [
     row: 'record, memory or js device LIVE | changed, without spec.allowDataLoss | drift: re-creating would discard its data',
     setup: async (s) => {
       await s.owned('a', 'target: {type: memory}\nsize: 1GiB');
-      s.write('a', 'target: {type: memory}\nsize: 2GiB');
+      s.write('a', 'target: {type: memory}\nsize: 2GiB\nreadOnly: true');
     },
     action: 'drift',
     outcome: 'unchanged',
@@ -421,7 +473,7 @@ const rows: Row[] = [
     row: 'record, memory or js device LIVE | changed, with spec.allowDataLoss: true | re-create',
     setup: async (s) => {
       await s.owned('a', 'target: {type: memory}\nsize: 1GiB');
-      s.write('a', 'target: {type: memory}\nsize: 2GiB\nallowDataLoss: true');
+      s.write('a', 'target: {type: memory}\nsize: 2GiB\nreadOnly: true\nallowDataLoss: true');
     },
     action: 'recreate',
     outcome: 'ok',
@@ -608,6 +660,36 @@ describe('reconcile passes: failures, backoff and requeue', () => {
     assert.equal((await s.pass()).devices[0]!.action, 'noop');
     assert.equal(s.recordOf('a')!.specHash, loaded.hash);
     assert.equal(s.recordOf('a')!.manifestFile, 'a.yaml');
+  });
+
+  it('grows a mounted device in place and records the new size only once the resize succeeded', async () => {
+    const id = await s.owned('a', 'target: {type: memory}\nsize: 1GiB');
+    s.kernel.devices.get(id)!.inUse = true;
+    s.write('a', 'target: {type: memory}\nsize: 2GiB');
+    s.kernel.failNextResize = new UblkError('UPDATE_SIZE', id, ERRNO.EIO);
+    const failed = await s.pass();
+    assert.deepEqual([failed.devices[0]!.action, failed.devices[0]!.outcome], ['resize', 'failed']);
+    assert.equal(s.recordOf('a')!.spec.sizeBytes, 1024 ** 3, 'a failed resize keeps the old size');
+    s.now += 60_000;
+    const done = await s.pass();
+    assert.deepEqual([done.devices[0]!.action, done.devices[0]!.outcome, done.exitCode], ['resize', 'ok', 0]);
+    assert.deepEqual(s.kernel.calls, [`start ${id}`, `resize ${id} ${2 * 1024 ** 3}`]);
+    assert.equal(s.recordOf('a')!.spec.sizeBytes, 2 * 1024 ** 3);
+    assert.equal(s.kernel.devices.get(id)!.sizeBytes, 2 * 1024 ** 3);
+    s.now += 60_000;
+    assert.equal((await s.pass()).devices[0]!.action, 'noop', 'the grown device matches its manifest');
+  });
+
+  it('reports a grow on a kernel without UPDATE_SIZE as drift, with the reason, and leaves the device as it is', async () => {
+    s.kernel.features = 0n;
+    const id = await s.owned('a', 'target: {type: null}\nsize: 1GiB');
+    s.kernel.devices.get(id)!.inUse = true;
+    s.write('a', 'target: {type: null}\nsize: 2GiB');
+    const result = await s.pass();
+    assert.equal(result.devices[0]!.action, 'drift');
+    assert.match(result.devices[0]!.reason, /kernel lacks UPDATE_SIZE/);
+    assert.equal(result.exitCode, 1);
+    assert.deepEqual(s.kernel.calls, [`start ${id}`]);
   });
 
   it("one device's failure does not block another", async () => {
