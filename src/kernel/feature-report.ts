@@ -4,9 +4,13 @@
  * `ublkctl features` prints and the README's feature table says.
  */
 import * as os from 'node:os';
-import { UBLK_F_NO_AUTO_PART_SCAN, UBLK_F_SAFE_STOP_DEV, UBLK_F_USER_RECOVERY_FAIL_IO } from './uapi';
+import {
+  UBLK_F_NO_AUTO_PART_SCAN,
+  UBLK_F_SAFE_STOP_DEV,
+  UBLK_F_UPDATE_SIZE,
+  UBLK_F_USER_RECOVERY_FAIL_IO,
+} from './uapi';
 
-const UBLK_F_UPDATE_SIZE = 1n << 10n;
 const UBLK_F_QUIESCE = 1n << 12n;
 
 /** One feature: how it is detected, and ublk-ts's behaviour with and without it. */
