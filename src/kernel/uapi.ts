@@ -28,6 +28,8 @@ export const UBLK_F_USER_RECOVERY = 1n << 3n;
 export const UBLK_F_USER_RECOVERY_REISSUE = 1n << 4n;
 export const UBLK_F_CMD_IOCTL_ENCODE = 1n << 6n;
 export const UBLK_F_USER_RECOVERY_FAIL_IO = 1n << 9n;
+/** QUIESCE_DEV (Linux 6.16+): a server can be made to let go of a live device; needs UBLK_F_USER_RECOVERY. */
+export const UBLK_F_QUIESCE = 1n << 12n;
 
 /** Names of the flags set in `flags`; unknown bits appear as 'BIT<n>'. */
 export function featureNames(flags: bigint): string[] {

@@ -5,6 +5,7 @@
  */
 import { DeviceSpec } from '../spec/device-spec';
 import type { LoadedManifest } from '../manifest';
+import { DeviceLockedError } from '../server/device-lock';
 import type { DeviceRecord } from '../server/device-records';
 import { Backoff, STABLE_MS } from './backoff';
 import type { Kernel } from './kernel';
@@ -194,6 +195,8 @@ export async function apply(
         return { ...base, outcome: 'unchanged' };
     }
   } catch (err) {
+    // A handover of the device is under way elsewhere: it recovers the device, nothing failed here.
+    if (err instanceof DeviceLockedError) return { ...base, outcome: 'unchanged', reason: err.message };
     if (action.devId !== undefined && action.kind !== 'create') recordFailure(kernel, action.devId, err);
     if ((action.kind === 'create' || action.kind === 'recreate' || action.kind === 'recover') && !counted) {
       ctx.backoff.failed(action.name, ctx.now);

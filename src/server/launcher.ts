@@ -6,6 +6,7 @@ import { discardMemory } from '../device/backing';
 import { ERRNO, UblkError } from '../errors';
 import { ControlCommands, DeviceInfo, UblkControl } from '../kernel/control';
 import { DeviceSpec } from '../spec/device-spec';
+import { lockDevice } from './device-lock';
 import { DeviceOwner, removeRecord, writeRecord } from './device-records';
 import { isAlive, waitForExit, withTimeout } from './processes';
 import { readTail } from './server-log';
@@ -27,6 +28,8 @@ export interface LaunchOptions {
   timeoutMs?: number;
   /** Take over this QUIESCED device instead of creating one. */
   recoverDevId?: number;
+  /** The caller holds the device's lock (a handover): a recovery does not take it again. */
+  deviceLocked?: boolean;
   /** Recorded in the device's state record (default 'ublkctl'). */
   owner?: DeviceOwner;
   manifest?: string;
@@ -83,6 +86,17 @@ export function spawnServer(request: ServerRequest, logFd: number): ChildProcess
  */
 export async function startServer(spec: DeviceSpec, opts: LaunchOptions = {}): Promise<StartedServer> {
   const stateDir = opts.stateDir ?? DEFAULT_STATE_DIR;
+  // One taker-over at a time: a recovery racing a handover of the same device is refused.
+  const lock =
+    opts.recoverDevId !== undefined && !opts.deviceLocked ? lockDevice(stateDir, opts.recoverDevId) : undefined;
+  try {
+    return await launch(spec, stateDir, opts);
+  } finally {
+    lock?.release();
+  }
+}
+
+async function launch(spec: DeviceSpec, stateDir: string, opts: LaunchOptions): Promise<StartedServer> {
   const timeoutMs = opts.timeoutMs ?? 60_000;
   const logDir = path.join(stateDir, 'logs');
   fs.mkdirSync(logDir, { recursive: true, mode: 0o750 });
