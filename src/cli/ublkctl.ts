@@ -195,6 +195,7 @@ async function cmdRecover(args: string[]): Promise<void> {
     manifest: record.manifest,
     manifestFile: record.manifestFile,
     specHash: record.specHash,
+    deviceHash: record.deviceHash,
   });
   if (values.json) console.log(toJson({ ...server.info, logPath: server.logPath }));
   else console.log(`dev ${id}: recovered, ${server.info.state}, server pid ${server.pid}`);

@@ -107,6 +107,7 @@ async function createFrom(
     manifest: manifest.name,
     manifestFile: manifest.file,
     specHash: manifest.hash,
+    deviceHash: manifest.deviceHash,
   });
   return { devId: server.info.id, blockPath: server.info.blockPath };
 }
@@ -116,8 +117,10 @@ function refreshRecord(kernel: Kernel, record: DeviceRecord | undefined, manifes
   if (!record || !manifest) return;
   const sameSpec = record.specHash === manifest.hash || record.specHash === manifest.legacyHash;
   const specHash = sameSpec ? manifest.hash : record.specHash;
-  if (record.manifestFile !== manifest.file || record.specHash !== specHash) {
-    kernel.records.write({ ...record, manifestFile: manifest.file, specHash });
+  // Records from before deviceHash was kept learn it while their spec is the manifest's.
+  const deviceHash = sameSpec ? manifest.deviceHash : record.deviceHash;
+  if (record.manifestFile !== manifest.file || record.specHash !== specHash || record.deviceHash !== deviceHash) {
+    kernel.records.write({ ...record, manifestFile: manifest.file, specHash, deviceHash });
   }
 }
 
@@ -169,9 +172,23 @@ export async function apply(
           manifest: record!.manifest,
           manifestFile: manifest?.file ?? record!.manifestFile,
           specHash: record!.specHash,
+          deviceHash: record!.deviceHash,
           ...history,
         });
         return { ...base, blockPath: server.info.blockPath };
+      }
+      case 'handover': {
+        // The new spec (or the same, for an upgrade) is checked before the old server is asked to let go.
+        const spec = await preflightNow(ctx, manifest!, action.devId);
+        const done = await kernel.handOver(action.devId!, {
+          spec,
+          specHash: manifest!.hash,
+          deviceHash: manifest!.deviceHash,
+          manifestFile: manifest!.file,
+          checkPermissions: ctx.checkPermissions ?? false,
+        });
+        ctx.backoff.succeeded(action.name);
+        return { ...base, blockPath: done.server.info.blockPath };
       }
       case 'delete':
         await kernel.removeDevice(action.devId!);
@@ -198,7 +215,8 @@ export async function apply(
     // A handover of the device is under way elsewhere: it recovers the device, nothing failed here.
     if (err instanceof DeviceLockedError) return { ...base, outcome: 'unchanged', reason: err.message };
     if (action.devId !== undefined && action.kind !== 'create') recordFailure(kernel, action.devId, err);
-    if ((action.kind === 'create' || action.kind === 'recreate' || action.kind === 'recover') && !counted) {
+    const retried = ['create', 'recreate', 'recover', 'handover'].includes(action.kind);
+    if (retried && !counted) {
       ctx.backoff.failed(action.name, ctx.now);
     }
     return { ...base, outcome: 'failed', error: message(err) };

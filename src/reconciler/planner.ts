@@ -21,6 +21,8 @@ export interface DesiredDevice {
   fixedId?: number;
   /** The manifest consents to losing data that lives only in the device (spec.allowDataLoss). */
   allowDataLoss?: boolean;
+  /** Identity of the spec less what only its server does (LoadedManifest.deviceHash). */
+  deviceHash?: string;
 }
 
 /** A kernel device as the planner needs it. */
@@ -33,6 +35,8 @@ export interface LiveDevice {
   inUse: boolean;
   /** Whether the kernel keeps IO for a new server (UBLK_F_USER_RECOVERY). */
   recoverable: boolean;
+  /** Why its server cannot be handed over without failing IO (server/handover.ts); undefined when it can. */
+  handoverRefusal?: string;
 }
 
 export interface PlanInput {
@@ -54,12 +58,18 @@ export interface PlanInput {
   now: number;
   /** A name's retry timing: when set and due later than `now`, a create, recover or re-create waits. */
   backoff?: (name: string) => { failures: number; dueAt: number } | undefined;
+  /**
+   * The installed ublk-ts version, when servers running another one (per
+   * their records) are to be handed over to it (ublk-reconcile --upgrade-servers).
+   */
+  upgradeServersTo?: string;
 }
 
 /** How long a device in a passing state (e.g. LIVE with its server just gone) is given before the next look. */
 export const SETTLE_MS = 1000;
 
-export type ActionKind = 'noop' | 'create' | 'recreate' | 'recover' | 'delete' | 'drift' | 'hold' | 'refuse' | 'wait';
+export type ActionKind =
+  'noop' | 'create' | 'recreate' | 'recover' | 'handover' | 'delete' | 'drift' | 'hold' | 'refuse' | 'wait';
 
 /** One row of the plan. `reason` says which row of the table matched. */
 export interface Action {
@@ -74,7 +84,12 @@ export interface Action {
 }
 
 /** What a waiting action says: which step keeps failing, and when it is tried next. */
-const failedStep: Record<string, string> = { create: 'creating', recover: 'recovery', recreate: 're-creating' };
+const failedStep: Record<string, string> = {
+  create: 'creating',
+  recover: 'recovery',
+  recreate: 're-creating',
+  handover: 'the handover',
+};
 
 /**
  * Turns a create, recover or re-create into a wait while the name's
@@ -97,7 +112,13 @@ function withBackoff(a: Action, input: PlanInput): Action {
 /** Targets whose data lives only in the device: re-creating one discards it. */
 const DATA_IN_DEVICE = new Set(['memory', 'js']);
 
-function planExisting(want: DesiredDevice, record: DeviceRecord, dev: LiveDevice | undefined, now: number): Action {
+function planExisting(
+  want: DesiredDevice,
+  record: DeviceRecord,
+  dev: LiveDevice | undefined,
+  now: number,
+  upgradeServersTo: string | undefined,
+): Action {
   const base = { name: want.name, devId: record.devId };
   if (!dev) return { ...base, kind: 'create', reason: `device ${record.devId} no longer exists` };
   const changed =
@@ -109,9 +130,24 @@ function planExisting(want: DesiredDevice, record: DeviceRecord, dev: LiveDevice
   if (dev.state === 'DEAD' || (dev.state === 'LIVE' && serverGone && !dev.recoverable)) {
     return { ...base, kind: 'recreate', reason: `device is ${dev.state} with no server`, dataLost: true };
   }
+  const serving = dev.state === 'LIVE' && !serverGone;
+  // Only what the server does changed (js module/options, loop directIo): a new server applies it live.
+  const serverSideOnly = changed && want.deviceHash !== undefined && record.deviceHash === want.deviceHash;
+  if (serverSideOnly && serving && dev.handoverRefusal === undefined) {
+    return {
+      ...base,
+      kind: 'handover',
+      reason: `${want.source} changed only what its server does: a new server takes the device over, live`,
+    };
+  }
   if (changed) {
+    const noHandover = serverSideOnly && dev.handoverRefusal ? `; no handover: ${dev.handoverRefusal}` : '';
     if (dev.inUse)
-      return { ...base, kind: 'drift', reason: `${want.source} changed, but the device is in use: left as it is` };
+      return {
+        ...base,
+        kind: 'drift',
+        reason: `${want.source} changed, but the device is in use: left as it is${noHandover}`,
+      };
     const type = record.spec.target.type;
     if (DATA_IN_DEVICE.has(type) && !want.allowDataLoss) {
       return {
@@ -122,7 +158,14 @@ function planExisting(want: DesiredDevice, record: DeviceRecord, dev: LiveDevice
     }
     return { ...base, kind: 'recreate', reason: `${want.source} changed and the device is not in use` };
   }
-  if (dev.state === 'LIVE' && !serverGone) return { ...base, kind: 'noop', reason: 'matches its manifest' };
+  if (serving && upgradeServersTo !== undefined && record.serverVersion !== upgradeServersTo) {
+    const running = `its server runs ublk-ts ${record.serverVersion ?? '(a version before 0.1.0 kept none)'}`;
+    if (dev.handoverRefusal !== undefined) {
+      return { ...base, kind: 'drift', reason: `${running}, not ${upgradeServersTo}: ${dev.handoverRefusal}` };
+    }
+    return { ...base, kind: 'handover', reason: `${running}: handed over to ${upgradeServersTo}, live` };
+  }
+  if (serving) return { ...base, kind: 'noop', reason: 'matches its manifest' };
   return {
     ...base,
     kind: 'wait',
@@ -141,7 +184,7 @@ export function plan(input: PlanInput): Action[] {
   for (const want of input.desired) {
     const record = recordsByName.get(want.name);
     if (record) {
-      actions.push(planExisting(want, record, input.live.get(record.devId), input.now));
+      actions.push(planExisting(want, record, input.live.get(record.devId), input.now, input.upgradeServersTo));
       continue;
     }
     if (want.fixedId !== undefined && input.live.has(want.fixedId) && !claimedIds.has(want.fixedId)) {
@@ -202,5 +245,7 @@ export function requeueAfter(actions: readonly Action[], now: number): number | 
 
 /** Actions that change something. */
 export function isChange(a: Action): boolean {
-  return a.kind === 'create' || a.kind === 'recreate' || a.kind === 'recover' || a.kind === 'delete';
+  return (
+    a.kind === 'create' || a.kind === 'recreate' || a.kind === 'recover' || a.kind === 'handover' || a.kind === 'delete'
+  );
 }

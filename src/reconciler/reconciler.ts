@@ -9,6 +9,8 @@ import * as path from 'node:path';
 import { DeviceInfo } from '../kernel/control';
 import { formatManifestError, LoadedManifest, loadManifestDirAsync } from '../manifest';
 import type { DeviceRecord } from '../server/device-records';
+import { SERVER_VERSION } from '../server/launcher';
+import { handoverMethod } from '../server/handover';
 import { isRecoverable } from '../spec/recovery-mode';
 import { apply, DeviceOutcome, plannedOutcome } from './apply';
 import { Backoff } from './backoff';
@@ -35,6 +37,8 @@ export interface ReconcileOptions {
    * when it happened even if a busy host handles it in a later pass. Without it, a pass's own time.
    */
   deathNoticedAt?: (pid: number) => number | undefined;
+  /** Hand every device whose server runs another ublk-ts version than the installed one over to a new server. */
+  upgradeServers?: boolean;
 }
 
 export interface PassResult {
@@ -47,6 +51,7 @@ export interface PassResult {
 }
 
 function liveView(kernel: Kernel, info: DeviceInfo, owned: boolean): LiveDevice {
+  const handover = handoverMethod(info);
   return {
     id: info.id,
     state: info.state,
@@ -54,11 +59,12 @@ function liveView(kernel: Kernel, info: DeviceInfo, owned: boolean): LiveDevice 
     serverAlive: info.serverPid > 0 && kernel.isAlive(info.serverPid),
     inUse: owned && info.state === 'LIVE' ? kernel.inUse(info.blockPath) : false,
     recoverable: isRecoverable(info.flags),
+    handoverRefusal: 'impossible' in handover ? handover.impossible : undefined,
   };
 }
 
-/** Deletions first (they free ids and files), then re-creations, recoveries, creations; the rest in name order. */
-const ORDER: ActionKind[] = ['delete', 'recreate', 'recover', 'create'];
+/** Deletions first (they free ids and files), then re-creations, recoveries, handovers, creations; the rest in name order. */
+const ORDER: ActionKind[] = ['delete', 'recreate', 'recover', 'handover', 'create'];
 
 function rank(a: Action): number {
   const i = ORDER.indexOf(a.kind);
@@ -132,6 +138,7 @@ export async function reconcileOnce(kernel: Kernel, opts: ReconcileOptions): Pro
     legacyHash: m.legacyHash,
     fixedId: m.spec.id,
     allowDataLoss: m.spec.allowDataLoss,
+    deviceHash: m.deviceHash,
   }));
   const actions = plan({
     desired,
@@ -144,6 +151,7 @@ export async function reconcileOnce(kernel: Kernel, opts: ReconcileOptions): Pro
     live,
     now,
     backoff: (name) => backoff.pending(name, now),
+    upgradeServersTo: opts.upgradeServers ? SERVER_VERSION : undefined,
   });
 
   // What --plan checks fixed ids against: the kernel's devices less those the plan removes first.

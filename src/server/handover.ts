@@ -36,7 +36,7 @@ import {
 } from '../kernel/uapi';
 import { DeviceSpec } from '../spec/device-spec';
 import { lockDevice } from './device-lock';
-import { readRecord } from './device-records';
+import { DeviceRecord, readRecord } from './device-records';
 import { DEFAULT_STATE_DIR, startServer, StartedServer } from './launcher';
 import { isAlive, waitForExit } from './processes';
 
@@ -80,8 +80,9 @@ export interface HandoverOptions {
   stateDir?: string;
   /** The new server's spec; default the record's (a restart). */
   spec?: DeviceSpec;
-  /** Carried into the new record (see LaunchOptions): the manifest's spec hash for the new spec. */
+  /** Carried into the new record (see LaunchOptions): the manifest's hashes for the new spec. */
   specHash?: string;
+  deviceHash?: string;
   manifestFile?: string;
   checkPermissions?: boolean;
   /** How long QUIESCE_DEV waits for an idle tag per queue, and the old server for its exit (default 30 s). */
@@ -95,6 +96,10 @@ export interface HandoverResult {
   /** The server that let go (0 when the device had none: a plain recovery). */
   oldPid: number;
   server: StartedServer;
+}
+
+function recordHashes(record: DeviceRecord): Pick<DeviceRecord, 'manifestFile' | 'specHash' | 'deviceHash'> {
+  return { manifestFile: record.manifestFile, specHash: record.specHash, deviceHash: record.deviceHash };
 }
 
 /** The ublk-ts server processes are node running server-main.js (see launcher.ts). */
@@ -201,17 +206,30 @@ export async function handOver(
       throw handoverError(devId, ERRNO.EINVAL, 'the device is DEAD (stopped): there is nothing to hand over');
     }
     await waitForRelease(control, devId, timeoutMs);
-    const server = await startServer(opts.spec ?? record.spec, {
+    const launch = {
       stateDir,
       control,
       recoverDevId: devId,
       deviceLocked: true,
       checkPermissions: opts.checkPermissions,
-      owner: record.owner,
-      manifest: record.manifest,
-      manifestFile: opts.manifestFile ?? record.manifestFile,
-      specHash: opts.specHash ?? record.specHash,
-    });
+    };
+    const owned = { owner: record.owner, manifest: record.manifest };
+    let server: StartedServer;
+    try {
+      server = await startServer(opts.spec ?? record.spec, {
+        ...launch,
+        ...owned,
+        manifestFile: opts.manifestFile ?? record.manifestFile,
+        specHash: opts.specHash ?? record.specHash,
+        deviceHash: opts.deviceHash ?? record.deviceHash,
+      });
+    } catch (err) {
+      if (opts.spec === undefined) throw err;
+      // The new spec's server failed: the old spec's serves the device again, and the error is reported.
+      log(`dev ${devId}: the new server failed (${(err as Error).message}); recovering with the previous spec`);
+      await startServer(record.spec, { ...launch, ...owned, ...recordHashes(record) });
+      throw err;
+    }
     return { method, oldPid, server };
   } finally {
     lock.release();

@@ -36,6 +36,8 @@ export interface LaunchOptions {
   /** The manifest's file, relative to the manifest directory (see DeviceRecord.manifestFile). */
   manifestFile?: string;
   specHash?: string;
+  /** See DeviceRecord.deviceHash. */
+  deviceHash?: string;
   /** Carried into the new record: consecutive quick deaths, for backoff. */
   failures?: number;
   lastError?: string;
@@ -48,6 +50,15 @@ export interface LaunchOptions {
    */
   checkPermissions?: boolean;
 }
+
+/**
+ * The version of ublk-ts installed here, which a server started now runs:
+ * kept in each device's record, so an upgrade can tell which servers run
+ * an older one (ublk-reconcile --upgrade-servers).
+ */
+export const SERVER_VERSION: string = (
+  JSON.parse(fs.readFileSync(path.join(__dirname, '..', '..', '..', 'package.json'), 'utf8')) as { version: string }
+).version;
 
 /** The server's entry point; e2e tests find servers by this file name in their command line. */
 const SERVER_MAIN = path.join(__dirname, 'server-main.js');
@@ -162,7 +173,9 @@ async function launch(spec: DeviceSpec, stateDir: string, opts: LaunchOptions): 
       manifest: opts.manifest,
       manifestFile: opts.manifestFile,
       specHash: opts.specHash,
+      deviceHash: opts.deviceHash,
       spec,
+      serverVersion: SERVER_VERSION,
       serverPid: child.pid!,
       status: 'live',
       failures: opts.failures ?? 0,

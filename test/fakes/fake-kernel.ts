@@ -10,6 +10,7 @@ import type { DeviceState } from '../../src/kernel/uapi';
 import type { Kernel, ServerStart } from '../../src/reconciler/kernel';
 import type { DeviceRecord, DeviceRecordStore } from '../../src/server/device-records';
 import type { RemovedDevice, StartedServer } from '../../src/server/launcher';
+import { handoverMethod, HandoverOptions, HandoverResult } from '../../src/server/handover';
 import type { DeviceSpec } from '../../src/spec/device-spec';
 import { UblkError, ERRNO } from '../../src/errors';
 import { featureNames } from '../../src/kernel/uapi';
@@ -46,6 +47,8 @@ export class FakeKernel implements Kernel {
   readonly calls: string[] = [];
   /** When set, the next startServer fails with it (and changes nothing). */
   failNextStart: Error | undefined;
+  /** The ublk-ts version servers started now run (DeviceRecord.serverVersion). */
+  serverVersion = '0.1.0';
   private nextPid = 1000;
 
   constructor(readonly clock: () => number = Date.now) {
@@ -118,6 +121,8 @@ export class FakeKernel implements Kernel {
       manifest: opts.manifest,
       manifestFile: opts.manifestFile,
       specHash: opts.specHash,
+      deviceHash: opts.deviceHash,
+      serverVersion: this.serverVersion,
       spec,
       serverPid: pid,
       status: 'live',
@@ -128,6 +133,28 @@ export class FakeKernel implements Kernel {
     });
     const info = this.devices.get(id)!.info;
     return { info: { ...info }, pid, logPath: `/fake/logs/ublkb${id}.log` };
+  }
+
+  /** Like the real one: refused where handoverMethod refuses, else the old server goes and a new one recovers. */
+  async handOver(id: number, opts: Omit<HandoverOptions, 'stateDir'>): Promise<HandoverResult> {
+    const dev = this.devices.get(id);
+    const record = this.records.read(id);
+    if (!dev || !record) throw new UblkError('HANDOVER', id, ERRNO.ENOENT);
+    const how = handoverMethod(dev.info);
+    if ('impossible' in how) throw new UblkError('HANDOVER', id, ERRNO.EOPNOTSUPP, how.impossible);
+    const oldPid = dev.info.serverPid;
+    this.alive.delete(oldPid);
+    dev.info = { ...dev.info, state: 'QUIESCED' };
+    this.calls.push(`handover ${id}`);
+    const server = await this.startServer(opts.spec ?? record.spec, {
+      recoverDevId: id,
+      owner: record.owner,
+      manifest: record.manifest,
+      manifestFile: opts.manifestFile ?? record.manifestFile,
+      specHash: opts.specHash ?? record.specHash,
+      deviceHash: opts.deviceHash ?? record.deviceHash,
+    });
+    return { method: how.method, oldPid, server };
   }
 
   async removeDevice(id: number): Promise<RemovedDevice> {
