@@ -9,6 +9,12 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
   DeviceTracker,
+  manifest,
+  outcomeOf,
+  parsePass,
+  RECONCILE,
+  ReconcileOutcome,
+  runAsync,
   FioRun,
   isAlive,
   listDevices,
@@ -230,6 +236,72 @@ describe('graceful server handover with ublkctl restart (real ublk driver)', fun
     fioRun = undefined;
     assert.equal(result.status, 0, result.raw);
     assert.equal(result.jobs[0]!.error, 0, result.raw);
+  });
+
+  it('reconciler: a loop directIo change is applied live by a handover, and --upgrade-servers hands an older server over', async () => {
+    const dir = fs.mkdtempSync('/tmp/ublk-ts-handover-manifests-');
+    fs.chmodSync(dir, 0o755);
+    const file = path.join(scratch, 'managed.img');
+    const writeManifest = (directIo: boolean): void => {
+      const text = manifest(
+        'managed',
+        `target:\n  type: loop\n  file: ${file}\n  create: true\n  directIo: ${directIo}\nsize: 64MiB\nrecovery: reissue`,
+      );
+      fs.writeFileSync(path.join(dir, 'managed.yaml'), text, { mode: 0o644 });
+    };
+    const pass = async (extra: string[] = []): Promise<ReconcileOutcome> => {
+      const r = await runAsync(
+        process.execPath,
+        [RECONCILE, '--dir', dir, '--state-dir', stateDir, '--once', '--json', '--insecure-permissions', ...extra],
+        { allowFail: true },
+      );
+      return outcomeOf(parsePass(r), 'managed');
+    };
+    try {
+      writeManifest(false);
+      const created = await pass();
+      assert.equal(created.action, 'create', created.error);
+      const id = devices.add(created.devId!);
+      const recordFile = path.join(stateDir, 'devices', `ublkb${id}.json`);
+      const installed = (JSON.parse(fs.readFileSync(recordFile, 'utf8')) as { serverVersion: string }).serverVersion;
+      assert.ok(installed, 'the record keeps the server version');
+      fioRun = startFio(verifiedWrites(`managed${id}`, id));
+      let writes = await waitForWrites(id, ioCounts(id).writes, 100, 'fio writing before the manifest changes');
+      const firstPid = device(id)!.serverPid;
+
+      writeManifest(true);
+      const changed = await pass();
+      assert.deepEqual([changed.action, changed.outcome], ['handover', 'ok'], changed.error ?? changed.reason);
+      assert.equal(changed.devId, id, 'the same device');
+      const secondPid = device(id)!.serverPid;
+      assert.notEqual(secondPid, firstPid);
+      assert.equal(device(id)!.state, 'LIVE');
+      const record = JSON.parse(fs.readFileSync(recordFile, 'utf8')) as { spec: { target: { directIo: unknown } } };
+      assert.equal(record.spec.target.directIo, true, 'the new spec is recorded');
+      assert.equal((await pass()).action, 'noop');
+
+      // As if the server had been started by an older ublk-ts, before `npm install` of this one.
+      const older = JSON.parse(fs.readFileSync(recordFile, 'utf8')) as Record<string, unknown>;
+      fs.writeFileSync(recordFile, JSON.stringify({ ...older, serverVersion: '0.0.1' }));
+      assert.equal((await pass()).action, 'noop', 'without --upgrade-servers the server is left as it is');
+      writes = await waitForWrites(id, writes, 100, 'fio writing before the upgrade');
+      const upgraded = await pass(['--upgrade-servers']);
+      assert.deepEqual([upgraded.action, upgraded.outcome], ['handover', 'ok'], upgraded.error ?? upgraded.reason);
+      assert.match(upgraded.reason, /runs ublk-ts 0\.0\.1: handed over to /);
+      assert.notEqual(device(id)!.serverPid, secondPid);
+      assert.equal(
+        (JSON.parse(fs.readFileSync(recordFile, 'utf8')) as { serverVersion: string }).serverVersion,
+        installed,
+      );
+
+      await waitForWrites(id, writes, 100, 'fio writing after the handovers');
+      const result = await fioRun.stop();
+      fioRun = undefined;
+      assert.equal(result.status, 0, result.raw);
+      assert.equal(result.jobs[0]!.error, 0, result.raw);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('recovery none: a handover is refused as impossible and the device is left serving', () => {
