@@ -35,6 +35,7 @@ import {
   UBLK_F_USER_RECOVERY_REISSUE,
 } from '../kernel/uapi';
 import { DeviceSpec } from '../spec/device-spec';
+import { isRecoverable } from '../spec/recovery-mode';
 import { lockDevice } from './device-lock';
 import { DeviceRecord, readRecord } from './device-records';
 import { DEFAULT_STATE_DIR, startServer, StartedServer } from './launcher';
@@ -165,8 +166,8 @@ export async function handOver(
     const info = await control.getDeviceInfo(devId);
     let method: HandoverResult['method'] = 'recover';
     let oldPid = 0;
+    const how = handoverMethod(info);
     if (info.state === 'LIVE' && info.serverPid > 0 && isAlive(info.serverPid)) {
-      const how = handoverMethod(info);
       if ('impossible' in how) throw handoverError(devId, ERRNO.EOPNOTSUPP, how.impossible);
       method = how.method;
       oldPid = info.serverPid;
@@ -204,6 +205,9 @@ export async function handOver(
       }
     } else if (info.state === 'DEAD') {
       throw handoverError(devId, ERRNO.EINVAL, 'the device is DEAD (stopped): there is nothing to hand over');
+    } else if (info.state === 'LIVE' && !isRecoverable(info.flags) && 'impossible' in how) {
+      // Its server is gone and the kernel is about to stop it: no server can take it over.
+      throw handoverError(devId, ERRNO.EOPNOTSUPP, how.impossible);
     }
     await waitForRelease(control, devId, timeoutMs);
     const launch = {
