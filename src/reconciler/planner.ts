@@ -159,7 +159,7 @@ function planExisting(
     return { ...base, kind: 'recreate', reason: `${want.source} changed and the device is not in use` };
   }
   if (serving && upgradeServersTo !== undefined && record.serverVersion !== upgradeServersTo) {
-    const running = `its server runs ublk-ts ${record.serverVersion ?? '(a version before 0.1.0 kept none)'}`;
+    const running = `its server runs ublk-ts ${record.serverVersion ?? '(an unknown version: its record predates serverVersion)'}`;
     if (dev.handoverRefusal !== undefined) {
       return { ...base, kind: 'drift', reason: `${running}, not ${upgradeServersTo}: ${dev.handoverRefusal}` };
     }
