@@ -4,10 +4,10 @@
  * device spec) to its stdin; stdout/stderr are its log file, fd 3 its
  * status channel.
  * SIGTERM or SIGINT stop and delete the device; STOP_DEV from elsewhere
- * (ublkctl del) ends it too. A handover ends it without deleting the
- * device: QUIESCE_DEV from the launcher (the kernel aborts the idle
- * fetches), or SIGUSR2 on kernels without it (the server closes its
- * queues); either way the requests it holds are answered or left to the
+ * (ublkctl del) ends it too. A handover (server/handover.ts) ends it
+ * without deleting the device: QUIESCE_DEV from the manager (the kernel
+ * aborts the idle fetches), or SIGUSR2 on kernels without it (the server
+ * closes its queues); either way the requests it holds are answered or left to the
  * kernel, /dev/ublkcN is closed, and a new server recovers the device.
  * Exit status 0: every queue ended cleanly and the device was stopped;
  * HANDED_OVER_STATUS: it ended cleanly and the device remains for a new
