@@ -257,6 +257,7 @@ Napi::Function ControlDevice::Define(Napi::Env env) {
                          InstanceMethod("tryStopDev", &ControlDevice::TryStopDev),
                          InstanceMethod("startUserRecovery", &ControlDevice::StartUserRecovery),
                          InstanceMethod("endUserRecovery", &ControlDevice::EndUserRecovery),
+                         InstanceMethod("quiesceDev", &ControlDevice::QuiesceDev),
                          InstanceMethod("setParams", &ControlDevice::SetParams),
                          InstanceMethod("getParams", &ControlDevice::GetParams),
                          InstanceMethod("getDevInfo", &ControlDevice::GetDevInfo),
@@ -374,6 +375,18 @@ Napi::Value ControlDevice::EndUserRecovery(const Napi::CallbackInfo &info) {
   h.data[0] = info[1].As<Napi::Number>().Int64Value();
   auto *w = new CommandWorker(info.Env(), fd_, "END_USER_RECOVERY",
                               ublk::ctrl_opcode(ublk::CMD_END_USER_RECOVERY, legacyOpcodes_), h, {}, nullptr);
+  w->Queue();
+  return w->Promise();
+}
+
+// quiesceDev(devId, timeoutMs): the kernel stops handing requests to the
+// server and completes its idle fetches with UBLK_IO_RES_ABORT, waiting up
+// to timeoutMs for every queue to have one idle tag (EBUSY after that).
+Napi::Value ControlDevice::QuiesceDev(const Napi::CallbackInfo &info) {
+  ublk::ctrl_cmd h = Header(DevIdArg(info, 0));
+  h.data[0] = info[1].As<Napi::Number>().Uint32Value();
+  auto *w = new CommandWorker(info.Env(), fd_, "QUIESCE_DEV", ublk::ctrl_opcode(ublk::CMD_QUIESCE_DEV, false), h, {},
+                              nullptr);
   w->Queue();
   return w->Promise();
 }

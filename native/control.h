@@ -23,6 +23,7 @@ private:
   Napi::Value TryStopDev(const Napi::CallbackInfo &info);
   Napi::Value StartUserRecovery(const Napi::CallbackInfo &info);
   Napi::Value EndUserRecovery(const Napi::CallbackInfo &info);
+  Napi::Value QuiesceDev(const Napi::CallbackInfo &info);
   Napi::Value SetParams(const Napi::CallbackInfo &info);
   Napi::Value GetParams(const Napi::CallbackInfo &info);
   Napi::Value GetDevInfo(const Napi::CallbackInfo &info);

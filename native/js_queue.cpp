@@ -230,6 +230,7 @@ Napi::Value JsQueue::Commit(const Napi::CallbackInfo &info) {
     }
     owned_[tag] = false; // also catches the same tag twice in this batch
   }
+  ownedCount_ -= count;
   for (uint32_t i = 0; i < count; i++) {
     io_uring_sqe *sqe = Sqe(env, "COMMIT_AND_FETCH_REQ");
     if (sqe == nullptr) return env.Undefined();
@@ -239,6 +240,8 @@ Napi::Value JsQueue::Commit(const Napi::CallbackInfo &info) {
   if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) {
     MakeUblkError(env, "COMMIT_AND_FETCH_REQ", static_cast<int>(devId_), -ret).ThrowAsJavaScriptException();
   }
+  // The last answer after an abort: no completion will wake Drain, so wake it.
+  if (aborted_ && ownedCount_ == 0) Wake();
   return env.Undefined();
 }
 
@@ -295,6 +298,12 @@ Napi::Value JsQueue::SubmitTargetIo(const Napi::CallbackInfo &info) {
 
 void JsQueue::OnPoll(uv_poll_t *handle, int, int) { static_cast<JsQueue *>(handle->data)->Drain(); }
 
+// Makes the poll fire as if the ring had posted a completion.
+void JsQueue::Wake() {
+  uint64_t one = 1;
+  if (eventFd_ >= 0) (void)!write(eventFd_, &one, sizeof(one));
+}
+
 void JsQueue::Drain() {
   uint64_t value;
   while (read(eventFd_, &value, sizeof(value)) > 0) {
@@ -304,6 +313,7 @@ void JsQueue::Drain() {
   for (;;) {
     // Entering the kernel runs pending task work, which posts more CQEs.
     io_uring_submit_and_get_events(&ring_);
+    const bool abortedBefore = aborted_;
     uint32_t arrived = 0;
     uint32_t targets = 0;
     unsigned head;
@@ -321,15 +331,24 @@ void JsQueue::Drain() {
       } else if (cqe->res == ublk::IO_RES_OK) {
         const uint32_t tag = static_cast<uint32_t>(data & 0xffff);
         owned_[tag] = true;
+        ownedCount_++;
         descriptorCopies_[tag] = mappings_->Descriptor(tag);
         arrivals_[arrived++] = tag;
       } else if (liveTags_ > 0) {
-        liveTags_--; // ABORT after STOP_DEV, or a failed command: the tag is done
+        liveTags_--; // ABORT after STOP_DEV or QUIESCE_DEV, or a failed command: the tag is done
+        if (cqe->res == -ENODEV) aborted_ = true;
       }
     }
     io_uring_cq_advance(&ring_, seen);
-    bool endedNow = liveTags_ == 0 && !ended_;
-    if (arrived == 0 && targets == 0 && !endedNow) break;
+    // After an abort the queue ends once JS has answered every request it
+    // was handed and a later pass into the kernel (above) brought nothing
+    // new: see QueueRunner::ServeUntilDone.
+    const bool answeredAll = abortedBefore && ownedCount_ == 0 && targetInflight_ == 0 && arrived == 0 && targets == 0;
+    bool endedNow = (liveTags_ == 0 || answeredAll) && !ended_;
+    if (arrived == 0 && targets == 0 && !endedNow) {
+      if (aborted_ && !abortedBefore) continue; // that later pass
+      break;
+    }
     if (endedNow) ended_ = true;
     // MakeCallback, not Call: promise reactions queued by the handlers run
     // right after the batch, as for any other I/O callback.

@@ -35,6 +35,7 @@ private:
 
   static void OnPoll(uv_poll_t *handle, int status, int events);
   void Drain();
+  void Wake();
   void Release();
   void DropRef();
   void DetachBuffers(Napi::Env env);
@@ -58,6 +59,9 @@ private:
   unsigned liveTags_ = 0;
   // Tags whose request JS holds: only those may be committed, once each.
   std::vector<bool> owned_;
+  uint32_t ownedCount_ = 0;
+  // The kernel aborted a fetch (STOP_DEV or QUIESCE_DEV): it hands out no more requests.
+  bool aborted_ = false;
   // Target operations submitted and not yet completed; at most targetCapacity_.
   uint32_t targetInflight_ = 0;
   bool ended_ = false;

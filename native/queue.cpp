@@ -146,11 +146,23 @@ int QueueRunner::FirstFetchError() {
   return 0;
 }
 
-// Until every tag has ended (ABORT after STOP_DEV, or an error), a stop is
-// requested, or the ring fails.
+// Until every tag has ended (an error each), a stop is requested, the ring
+// fails, or the kernel has aborted a fetch (STOP_DEV or QUIESCE_DEV) and
+// every request already handed to this queue has been answered.
+//
+// After an abort the kernel hands out no new request: QUIESCE_DEV and
+// STOP_DEV mark the queue canceling before they cancel the idle fetches.
+// A request dispatched just before may still sit in task work, posted the
+// next time this thread enters the kernel, so the queue ends only after a
+// non-waiting pass into the kernel (which also submits the last commits)
+// brings nothing new. The fetches those commits re-arm stay with the
+// kernel until the ring is closed, which cancels them; unanswered requests
+// would be requeued or failed by the kernel when /dev/ublkcN is closed,
+// so every request this queue holds is answered first.
 void QueueRunner::ServeUntilDone() {
   while (liveTags_ > 0 && !stopping_) {
-    int ret = io_uring_submit_and_wait(&ring_, 1);
+    const bool settling = aborted_ && targetInflight_ == 0;
+    int ret = settling ? io_uring_submit_and_get_events(&ring_) : io_uring_submit_and_wait(&ring_, 1);
     if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) {
       Fail("io_uring_enter", -ret);
       return;
@@ -160,6 +172,7 @@ void QueueRunner::ServeUntilDone() {
     io_uring_cqe *cqe;
     io_uring_for_each_cqe(&ring_, head, cqe) batch_.emplace_back(cqe->user_data, cqe->res);
     io_uring_cq_advance(&ring_, static_cast<unsigned>(batch_.size()));
+    if (settling && batch_.empty()) return;
     for (const auto &[userData, res] : batch_) OnCompletion(userData, res);
   }
 }
@@ -187,10 +200,15 @@ void QueueRunner::OnCompletion(uint64_t userData, int res) {
     ServeRequest(tag);
     return;
   }
-  // ABORT (-ENODEV) is the normal end after STOP_DEV; anything else is
-  // a protocol error for this tag, which then stays with the kernel.
+  // ABORT (-ENODEV) is the normal end after STOP_DEV or QUIESCE_DEV;
+  // anything else is a protocol error for this tag, which then stays with
+  // the kernel.
   liveTags_--;
-  if (res != -ENODEV) Fail(served_[tag] ? "COMMIT_AND_FETCH_REQ" : "FETCH_REQ", -res);
+  if (res == -ENODEV) {
+    aborted_ = true;
+  } else {
+    Fail(served_[tag] ? "COMMIT_AND_FETCH_REQ" : "FETCH_REQ", -res);
+  }
 }
 
 // Records the first failure (for the exit event).

@@ -79,6 +79,8 @@ private:
   unsigned liveTags_ = 0;
   uint32_t targetInflight_ = 0; // loop target operations submitted, not completed
   bool stopping_ = false;
+  // The kernel aborted a fetch: it hands out no more requests (see ServeUntilDone).
+  bool aborted_ = false;
   // Which tags have had a request: a failed command is FETCH_REQ before, COMMIT_AND_FETCH_REQ after.
   std::vector<bool> served_;
   // One batch of completions, copied out so the CQ has room while they are answered.

@@ -25,6 +25,7 @@ enum CtrlCmd : unsigned {
   CMD_GET_FEATURES = 0x13,  // ioctl-encoded only (6.5+)
   CMD_DEL_DEV_ASYNC = 0x14, // ioctl-encoded only (6.9+)
   CMD_UPDATE_SIZE = 0x15,   // ioctl-encoded only (6.16+): data[0] = new size in sectors
+  CMD_QUIESCE_DEV = 0x16,   // ioctl-encoded only (6.16+), data[0] = timeout in ms (0: none)
   CMD_TRY_STOP_DEV = 0x17,  // ioctl-encoded only (7.0+, UBLK_F_SAFE_STOP_DEV)
 };
 
@@ -151,6 +152,7 @@ constexpr __u64 F_USER_COPY = 1ull << 7;
 constexpr __u64 F_ZONED = 1ull << 8;
 constexpr __u64 F_USER_RECOVERY_FAIL_IO = 1ull << 9;
 constexpr __u64 F_UPDATE_SIZE = 1ull << 10;
+constexpr __u64 F_QUIESCE = 1ull << 12; // QUIESCE_DEV; the kernel requires F_USER_RECOVERY with it
 
 constexpr unsigned IO_OP_READ = 0;
 constexpr unsigned IO_OP_WRITE = 1;
@@ -164,7 +166,8 @@ constexpr unsigned IO_F_NOUNMAP = 1u << 15;
 
 constexpr int IO_RES_OK = 0;
 constexpr int IO_RES_NEED_GET_DATA = 1;
-// IO_RES_ABORT is -ENODEV: the device is stopping; the tag is not re-fetched.
+// IO_RES_ABORT is -ENODEV: the device is stopping (STOP_DEV) or quiescing
+// (QUIESCE_DEV); the tag is not re-fetched.
 
 constexpr __u64 CMD_BUF_OFFSET = 0;
 constexpr unsigned MAX_QUEUE_DEPTH = 4096;

@@ -49,6 +49,10 @@ const commandHints: Record<string, Record<string, string>> = {
     ENOMEM: 'out of memory for the ring, or the locked-memory limit is too low',
   },
   START_USER_RECOVERY: { EBUSY: 'device not quiesced yet', EINVAL: 'device not recoverable' },
+  QUIESCE_DEV: {
+    EBUSY: 'some queue had no idle tag within the timeout',
+    EOPNOTSUPP: 'the device was added without UBLK_F_QUIESCE',
+  },
 };
 
 /** Name of a positive errno value, e.g. 17 → 'EEXIST'; 'UNKNOWN_<n>' when the platform has no name for it. */

@@ -24,7 +24,7 @@ const RESYNC_MIN_S = 1;
 const RESYNC_MAX_S = 86_400;
 
 const USAGE = `usage: ublk-reconcile [--dir DIR] [--state-dir DIR] [--once] [--plan] [--json]
-                      [--insecure-permissions] [--resync-interval SECONDS]
+                      [--insecure-permissions] [--resync-interval SECONDS] [--upgrade-servers]
        ublk-reconcile --validate [--dir DIR] [--offline] [--json]
   --dir DIR              manifests (*.yaml, *.yml), default /etc/ublk.d
   --state-dir DIR        device records, server logs, lock; default ${DEFAULT_STATE_DIR}
@@ -33,6 +33,8 @@ const USAGE = `usage: ublk-reconcile [--dir DIR] [--state-dir DIR] [--once] [--p
   --json                 JSON on stdout: the result (one line per pass when watching), or {"error"}
   --insecure-permissions accept manifests, js modules and links to loop files that users
                          other than root could change (not owned by root, or writable by group/others)
+  --upgrade-servers      hand every device whose server runs another ublk-ts version than the one
+                         installed over to a new server, live (the upgrade procedure, see README)
   --resync-interval S    seconds between full passes when watching, ${RESYNC_MIN_S} to ${RESYNC_MAX_S} (default 30)
   --validate             check the manifests (schema, semantics, duplicates, backing files, js modules)
                          with no kernel and no root; exit 0 valid, 1 invalid
@@ -98,6 +100,7 @@ function parse(argv: string[]) {
         validate: { type: 'boolean' },
         offline: { type: 'boolean' },
         'insecure-permissions': { type: 'boolean' },
+        'upgrade-servers': { type: 'boolean' },
         'resync-interval': { type: 'string', default: '30' },
         help: { type: 'boolean', short: 'h' },
       },
@@ -144,6 +147,7 @@ async function main(argv: string[]): Promise<number> {
     dir: values.dir,
     stateDir: values['state-dir'],
     checkPermissions,
+    upgradeServers: values['upgrade-servers'],
     log: json ? undefined : (line: string) => console.error(timestamp(line)),
   };
   checkStateDir(opts.stateDir);

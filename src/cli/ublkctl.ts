@@ -12,6 +12,7 @@ import { resizeDevice } from '../device/resize';
 import { blockDeviceInUse } from '../kernel/in-use';
 import { featureSupport } from '../kernel/feature-report';
 import { listRecords, readRecord, writeRecord } from '../server/device-records';
+import { handOver } from '../server/handover';
 import { DEFAULT_STATE_DIR, removeDevice, startServer } from '../server/launcher';
 import { DeviceSpecInput, DirectIoMode, normalizeDeviceSpec } from '../spec/device-spec';
 import { MAX_DEVICE_ID } from '../spec/limits';
@@ -28,12 +29,16 @@ const USAGE = `usage:
   ublkctl del ID|--all [--force] [--json]
   ublkctl recover ID [--insecure-permissions] [--json]
   ublkctl resize ID SIZE [--insecure-permissions] [--json]
+  ublkctl restart ID [--timeout MS] [--insecure-permissions] [--json]
   ublkctl list [--json]
   ublkctl features [--json]
 
 SIZE is bytes or a number with KiB, MiB, GiB, TiB (e.g. 1GiB).
 Options for every command: --state-dir DIR (default ${DEFAULT_STATE_DIR}).
-As root, add and recover refuse a js module, or a link on the way to a loop file, that
+restart hands a live device over to a new server (a new ublk-ts, a js module's new code)
+without stopping it: IO waits in the kernel meanwhile, none fails. It needs a device with
+recovery reissue, or fail-inflight on Linux 6.16+ (UBLK_F_QUIESCE); others are refused.
+As root, add, recover and restart refuse a js module, or a link on the way to a loop file, that
 users other than root could change; --insecure-permissions accepts them.
 del leaves a device that is open or mounted alone (EBUSY); --force removes it all the same.`;
 
@@ -206,9 +211,50 @@ async function cmdRecover(args: string[]): Promise<void> {
     manifestFile: record.manifestFile,
     specHash: record.specHash,
     createdFile: record.createdFile,
+    deviceHash: record.deviceHash,
   });
   if (values.json) console.log(toJson({ ...server.info, logPath: server.logPath }));
   else console.log(`dev ${id}: recovered, ${server.info.state}, server pid ${server.pid}`);
+}
+
+async function cmdRestart(args: string[]): Promise<void> {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: {
+      timeout: { type: 'string' },
+      json: { type: 'boolean' },
+      'state-dir': { type: 'string' },
+      'insecure-permissions': { type: 'boolean' },
+    },
+  });
+  if (positionals.length !== 1) throw new UsageError('restart: give one device ID');
+  const id = parseId(positionals[0]!);
+  let timeoutMs: number | undefined;
+  if (values.timeout !== undefined) {
+    timeoutMs = /^\d{1,9}$/.test(values.timeout) ? Number(values.timeout) : NaN;
+    if (!(timeoutMs! >= 1))
+      throw new UsageError(`restart: --timeout must be milliseconds (1 or more), got ${quote(values.timeout)}`);
+  }
+  const result = await withControl((control) =>
+    handOver(control, id, {
+      stateDir: values['state-dir'],
+      timeoutMs,
+      checkPermissions: checkPermissions(values['insecure-permissions']),
+      log: values.json ? undefined : (line) => console.error(line),
+    }),
+  );
+  const { server } = result;
+  if (values.json) {
+    console.log(toJson({ ...server.info, method: result.method, oldPid: result.oldPid, logPath: server.logPath }));
+  } else if (result.method === 'recover') {
+    console.log(`dev ${id}: had no server; recovered, ${server.info.state}, server pid ${server.pid}`);
+  } else {
+    console.log(
+      `dev ${id}: handed over (${result.method === 'quiesce' ? 'QUIESCE_DEV' : 'queues closed'}) from server pid ` +
+        `${result.oldPid} to pid ${server.pid}, ${server.info.state}`,
+    );
+  }
 }
 
 /**
@@ -373,6 +419,7 @@ const commands: Record<string, (args: string[]) => Promise<void>> = {
   list: cmdList,
   recover: cmdRecover,
   resize: cmdResize,
+  restart: cmdRestart,
   features: cmdFeatures,
 };
 

@@ -9,7 +9,7 @@ import { ERRNO, SpecError, UblkError } from '../errors';
 import { DeviceInfo } from '../kernel/control';
 import { featureNames, UBLK_F_NO_AUTO_PART_SCAN } from '../kernel/uapi';
 import { DeviceSpec } from '../spec/device-spec';
-import { RecoveryMode, recoveryFlags } from '../spec/recovery-mode';
+import { quiesceFlag, RecoveryMode, recoveryFlags } from '../spec/recovery-mode';
 
 /**
  * The ADD_DEV flags for `spec` with recovery mode `recovery` (which
@@ -18,7 +18,8 @@ import { RecoveryMode, recoveryFlags } from '../spec/recovery-mode';
  * the field, raised before the device exists.
  */
 export function addDeviceFlags(spec: DeviceSpec, recovery: RecoveryMode, features: bigint): bigint {
-  let flags = recoveryFlags(recovery);
+  // QUIESCE where the kernel has it: a device with recovery can then be handed to a new server live.
+  let flags = recoveryFlags(recovery) | quiesceFlag(recovery, features);
   if (spec.partitionScan === false) {
     if ((features & UBLK_F_NO_AUTO_PART_SCAN) === 0n) {
       throw new SpecError(

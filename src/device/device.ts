@@ -66,8 +66,14 @@ export class UblkDevice {
   /** The kernel's view once serving (id, queues, depth, flags). */
   readonly info: DeviceInfo;
   readonly spec: DeviceSpec;
-  /** Resolves when every queue thread has ended (after STOP_DEV, or on failure). */
+  /** Resolves when every queue thread has ended (after STOP_DEV, QUIESCE_DEV, release(), or on failure). */
   readonly exited: Promise<QueueExit[]>;
+  /**
+   * Resolves once the queues have ended: true when the device is still
+   * there for another server to recover (QUIESCE_DEV, release(), or a
+   * failed queue), false when it was stopped (DEAD) or deleted.
+   */
+  readonly remains: Promise<boolean>;
   /** The loop target's file or the memory target's tmpfs file, when there is one. */
   readonly backing: Backing | undefined;
   /**
@@ -79,6 +85,7 @@ export class UblkDevice {
   readonly recovery: RecoveryMode | undefined;
   private readonly control: ControlCommands;
   private readonly ownsControl: boolean;
+  private readonly queues: RunningQueues;
 
   private constructor(info: DeviceInfo, spec: DeviceSpec, control: ControlCommands, ownsControl: boolean, held: Held) {
     this.info = info;
@@ -87,7 +94,9 @@ export class UblkDevice {
     this.ownsControl = ownsControl;
     this.backing = held.backing;
     this.recovery = held.recovery;
-    this.exited = closeOnExit(held.queues!.exited, held.backing, spec, info.id);
+    this.remains = held.queues!.exited.then(() => deviceRemains(control, info.id));
+    this.exited = closeOnExit(held.queues!.exited, this.remains, held.backing, spec, info.id);
+    this.queues = held.queues!;
   }
 
   get id(): number {
@@ -221,6 +230,18 @@ export class UblkDevice {
     }
   }
 
+  /**
+   * Stops serving without stopping the device, for a handover on kernels
+   * without QUIESCE_DEV: the queues end, /dev/ublkcN is closed, and the
+   * kernel keeps the device for a new server to recover (QUIESCED, on a
+   * device with user recovery). Requests the queues held unanswered are
+   * the kernel's again: requeued with recovery reissue, failed otherwise.
+   */
+  async release(): Promise<QueueExit[]> {
+    this.queues.stop();
+    return this.exited;
+  }
+
   /** STOP_DEV, then wait for the queue threads to end. The device remains (DEAD) until removed. */
   async stop(): Promise<QueueExit[]> {
     await this.control.stopDevice(this.id);
@@ -263,20 +284,35 @@ async function startUserRecovery(control: ControlCommands, devId: number): Promi
 }
 
 /**
- * Closes the backing store once the queues end. A clean end (every tag
- * aborted by STOP_DEV) means the device is going away, so a memory
- * device's bytes go too; after a failure they stay for recovery.
+ * Whether the device is still there for another server once this one's
+ * queues ended: not stopped (DEAD) and not deleted. A kernel that cannot
+ * be asked counts as "still there": memory is never dropped on a guess.
+ */
+async function deviceRemains(control: ControlCommands, devId: number): Promise<boolean> {
+  try {
+    return (await control.getDeviceInfo(devId)).state !== 'DEAD';
+  } catch (err) {
+    return !(err instanceof UblkError && err.code === 'ENODEV');
+  }
+}
+
+/**
+ * Closes the backing store once the queues end. A clean end on a device
+ * that was stopped or deleted means it is going away, so a memory
+ * device's bytes go too; after a failure, or when the device remains for
+ * a new server (a handover), they stay for it.
  */
 function closeOnExit(
   exited: Promise<QueueExit[]>,
+  remains: Promise<boolean>,
   backing: Backing | undefined,
   spec: DeviceSpec,
   devId: number,
 ): Promise<QueueExit[]> {
   const isMemory = spec.target.type === 'memory';
-  return exited.then((exits) => {
+  return Promise.all([exited, remains]).then(([exits, stays]) => {
     backing?.close();
-    if (isMemory && exits.every((e) => e.error === undefined)) discardMemory(devId);
+    if (isMemory && !stays && exits.every((e) => e.error === undefined)) discardMemory(devId);
     return exits;
   });
 }

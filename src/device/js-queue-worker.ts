@@ -29,7 +29,8 @@ export type QueueWorkerMessage =
 
 /**
  * Messages the main thread posts to a queue worker: `open` maps the queue
- * and fetches its tags on /dev/ublkcN (`charFd`); `stop` ends the worker.
+ * and fetches its tags on /dev/ublkcN (`charFd`); `stop` ends the worker
+ * (requests it holds unanswered go back to the kernel with the queue).
  */
 export type QueueWorkerCommand = { kind: 'open'; charFd: number } | { kind: 'stop' };
 
@@ -204,7 +205,8 @@ async function main(): Promise<void> {
 
   parentPort!.on('message', (m: QueueWorkerCommand) => {
     if (m.kind === 'stop') {
-      void shutdown('stopped before the device started');
+      // Once serving, a stop is the server letting go (UblkDevice.release), not a failure.
+      void shutdown(queue === undefined ? 'stopped before the device started' : undefined);
     } else if (m.kind === 'open' && queue === undefined && !stopping) {
       try {
         open(m.charFd);

@@ -373,6 +373,22 @@ export class UblkControl {
     await this.dev.endUserRecovery(checkedId('END_USER_RECOVERY', id), serverPid);
   }
 
+  /**
+   * QUIESCE_DEV (Linux 6.16+, devices added with UBLK_F_QUIESCE): the
+   * kernel stops handing requests to the server (new IO waits in the
+   * kernel) and completes the server's idle fetches with
+   * UBLK_IO_RES_ABORT, so the server answers what it holds, closes
+   * /dev/ublkcN and the device goes QUIESCED for a new server to recover.
+   * Fails with EBUSY when some queue had no idle tag within `timeoutMs`
+   * (the device is then left quiescing; sending it again completes it).
+   */
+  async quiesceDevice(id: number, timeoutMs: number): Promise<void> {
+    if (!Number.isInteger(timeoutMs) || timeoutMs < 1 || timeoutMs > 0xffffffff) {
+      throw new UblkError('QUIESCE_DEV', id, ERRNO.EINVAL, `timeout must be 1 to ${0xffffffff} ms, got ${timeoutMs}`);
+    }
+    await this.dev.quiesceDev(checkedId('QUIESCE_DEV', id), timeoutMs);
+  }
+
   /** GET_DEV_INFO2 (GET_DEV_INFO on older kernels). */
   async getDeviceInfo(id: number): Promise<DeviceInfo> {
     return toDeviceInfo(await this.dev.getDevInfo(checkedId('GET_DEV_INFO', id)));
@@ -443,6 +459,7 @@ export type ControlCommands = Pick<
   | 'deleteDevice'
   | 'startUserRecovery'
   | 'endUserRecovery'
+  | 'quiesceDevice'
   | 'getDeviceInfo'
   | 'getQueueAffinity'
   | 'updateSize'

@@ -6,12 +6,11 @@
 import * as os from 'node:os';
 import {
   UBLK_F_NO_AUTO_PART_SCAN,
+  UBLK_F_QUIESCE,
   UBLK_F_SAFE_STOP_DEV,
   UBLK_F_UPDATE_SIZE,
   UBLK_F_USER_RECOVERY_FAIL_IO,
 } from './uapi';
-
-const UBLK_F_QUIESCE = 1n << 12n;
 
 /** One feature: how it is detected, and ublk-ts's behaviour with and without it. */
 export interface FeatureSupport {

@@ -63,6 +63,7 @@ export interface NativeControlDevice {
   tryStopDev(devId: number): Promise<void>;
   startUserRecovery(devId: number): Promise<void>;
   endUserRecovery(devId: number, serverPid: number): Promise<void>;
+  quiesceDev(devId: number, timeoutMs: number): Promise<void>;
   setParams(devId: number, params: NativeParams): Promise<void>;
   getParams(devId: number): Promise<NativeParams>;
   getDevInfo(devId: number): Promise<NativeDevInfo>;

@@ -43,6 +43,8 @@ export function updateSizeMissing(kernelFeatures: bigint, deviceFlags: bigint): 
   }
   return undefined;
 }
+/** QUIESCE_DEV (Linux 6.16+): a server can be made to let go of a live device; needs UBLK_F_USER_RECOVERY. */
+export const UBLK_F_QUIESCE = 1n << 12n;
 /** The kernel has TRY_STOP_DEV (7.0+): a stop that refuses, race-free, while /dev/ublkbN is open. */
 export const UBLK_F_SAFE_STOP_DEV = 1n << 17n;
 /** ADD_DEV flag (7.0+): START_DEV does not scan /dev/ublkbN for a partition table. */

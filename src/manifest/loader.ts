@@ -8,7 +8,14 @@
 import * as crypto from 'node:crypto';
 import * as path from 'node:path';
 import { Composer, Document, isAlias, isMap, isPair, isScalar, isSeq, LineCounter, Parser } from 'yaml';
-import { canonicalJson, comparableSpec, HostLimits, maxQueues, specProblems } from '../spec/device-spec';
+import {
+  canonicalJson,
+  comparableDevice,
+  comparableSpec,
+  HostLimits,
+  maxQueues,
+  specProblems,
+} from '../spec/device-spec';
 import { clip, quote } from '../spec/show-value';
 import { formatSize } from '../spec/sizes';
 import { MAX_ALIAS_EXPANSION, MAX_ALIASES, MAX_DEPTH, MAX_DOCUMENTS, MAX_EXPANDED_CHARS } from './file-limits';
@@ -40,6 +47,11 @@ export interface LoadedManifest {
   hash: string;
   /** The hash records written before specs were normalized carry (the defaulted spec as written). */
   legacyHash: string;
+  /**
+   * sha256 of the spec less what only its server does (comparableDevice): a
+   * change of `hash` with the same `deviceHash` is applied by a handover.
+   */
+  deviceHash: string;
   document: UblkDeviceManifest;
 }
 
@@ -178,6 +190,7 @@ function checkDocument(ctx: DocumentContext, limits: HostLimits): CheckedDocumen
     spec: data.spec,
     hash: sha256(canonicalJson(comparableSpec(data.spec))),
     legacyHash: sha256(canonicalJson(asWritten)),
+    deviceHash: sha256(canonicalJson(comparableDevice(data.spec))),
     document: data,
   };
   return { ctx, errors: [], manifest };

@@ -5,6 +5,7 @@
  */
 import { DeviceSpec } from '../spec/device-spec';
 import type { LoadedManifest } from '../manifest';
+import { DeviceLockedError } from '../server/device-lock';
 import type { DeviceRecord } from '../server/device-records';
 import { Backoff, STABLE_MS } from './backoff';
 import type { Kernel } from './kernel';
@@ -106,6 +107,7 @@ async function createFrom(
     manifest: manifest.name,
     manifestFile: manifest.file,
     specHash: manifest.hash,
+    deviceHash: manifest.deviceHash,
   });
   return { devId: server.info.id, blockPath: server.info.blockPath };
 }
@@ -115,8 +117,10 @@ function refreshRecord(kernel: Kernel, record: DeviceRecord | undefined, manifes
   if (!record || !manifest) return;
   const sameSpec = record.specHash === manifest.hash || record.specHash === manifest.legacyHash;
   const specHash = sameSpec ? manifest.hash : record.specHash;
-  if (record.manifestFile !== manifest.file || record.specHash !== specHash) {
-    kernel.records.write({ ...record, manifestFile: manifest.file, specHash });
+  // Records from before deviceHash was kept learn it while their spec is the manifest's.
+  const deviceHash = sameSpec ? manifest.deviceHash : record.deviceHash;
+  if (record.manifestFile !== manifest.file || record.specHash !== specHash || record.deviceHash !== deviceHash) {
+    kernel.records.write({ ...record, manifestFile: manifest.file, specHash, deviceHash });
   }
 }
 
@@ -169,6 +173,7 @@ export async function apply(
           manifestFile: manifest?.file ?? record!.manifestFile,
           specHash: record!.specHash,
           createdFile: record!.createdFile,
+          deviceHash: record!.deviceHash,
           ...history,
         });
         return { ...base, blockPath: server.info.blockPath };
@@ -183,6 +188,7 @@ export async function apply(
           ...current,
           spec: { ...current.spec, sizeBytes: action.sizeBytes! },
           specHash: manifest?.hash ?? current.specHash,
+          deviceHash: manifest?.deviceHash ?? current.deviceHash,
           manifestFile: manifest?.file ?? current.manifestFile,
           lastError: undefined,
           status: 'live',
@@ -190,6 +196,19 @@ export async function apply(
         });
         ctx.backoff.succeeded(action.name);
         return base;
+      }
+      case 'handover': {
+        // The new spec (or the same, for an upgrade) is checked before the old server is asked to let go.
+        const spec = await preflightNow(ctx, manifest!, action.devId);
+        const done = await kernel.handOver(action.devId!, {
+          spec,
+          specHash: manifest!.hash,
+          deviceHash: manifest!.deviceHash,
+          manifestFile: manifest!.file,
+          checkPermissions: ctx.checkPermissions ?? false,
+        });
+        ctx.backoff.succeeded(action.name);
+        return { ...base, blockPath: done.server.info.blockPath };
       }
       case 'delete':
         await kernel.removeDevice(action.devId!);
@@ -213,14 +232,11 @@ export async function apply(
         return { ...base, outcome: 'unchanged' };
     }
   } catch (err) {
+    // A handover of the device is under way elsewhere: it recovers the device, nothing failed here.
+    if (err instanceof DeviceLockedError) return { ...base, outcome: 'unchanged', reason: err.message };
     if (action.devId !== undefined && action.kind !== 'create') recordFailure(kernel, action.devId, err);
-    if (
-      (action.kind === 'create' ||
-        action.kind === 'recreate' ||
-        action.kind === 'recover' ||
-        action.kind === 'resize') &&
-      !counted
-    ) {
+    const retried = ['create', 'recreate', 'recover', 'resize', 'handover'].includes(action.kind);
+    if (retried && !counted) {
       ctx.backoff.failed(action.name, ctx.now);
     }
     return { ...base, outcome: 'failed', error: message(err) };

@@ -9,6 +9,7 @@ import { ControlCommands, DeviceInfo, DeviceParamsReadback } from '../kernel/con
 import { blockDeviceInUse } from '../kernel/in-use';
 import { resizeDevice } from '../device/resize';
 import { DeviceRecord, DeviceRecordStore, directoryRecords } from '../server/device-records';
+import { handOver, HandoverOptions, HandoverResult } from '../server/handover';
 import { LaunchOptions, removeDevice, RemovedDevice, startServer, StartedServer } from '../server/launcher';
 import { isAlive } from '../server/processes';
 import { DeviceSpec } from '../spec/device-spec';
@@ -28,6 +29,12 @@ export interface Kernel {
   getParams(id: number): Promise<DeviceParamsReadback>;
   /** Starts a detached server that creates (or recovers) a device; resolves once it is LIVE and recorded. */
   startServer(spec: DeviceSpec, opts: ServerStart): Promise<StartedServer>;
+  /**
+   * Hands a LIVE device over to a new server with `opts.spec` (see
+   * server/handover.ts): the old server lets go without the device
+   * stopping, the new one recovers it; resolves once it is LIVE and recorded.
+   */
+  handOver(id: number, opts: Omit<HandoverOptions, 'stateDir'>): Promise<HandoverResult>;
   /** Stops and deletes a device, waits for its server, drops its record; a device already gone is fine. */
   removeDevice(id: number): Promise<RemovedDevice>;
   /**
@@ -51,6 +58,7 @@ export function hostKernel(control: ControlCommands, stateDir: string): Kernel {
     getDeviceInfo: (id) => control.getDeviceInfo(id),
     getParams: (id) => control.getParams(id),
     startServer: (spec, opts) => startServer(spec, { ...opts, stateDir, control }),
+    handOver: (id, opts) => handOver(control, id, { ...opts, stateDir }),
     removeDevice: (id) => removeDevice(control, id, { stateDir, missingOk: true }),
     resizeDevice: async (id, sizeBytes, record, opts) => {
       await resizeDevice(control, {

@@ -27,6 +27,8 @@ export interface DesiredDevice {
   sizeBytes?: number;
   /** The spec's identity apart from its size (identityWithoutSize): equal to a record's, only the size changed. */
   identityWithoutSize?: string;
+  /** Identity of the spec less what only its server does (LoadedManifest.deviceHash). */
+  deviceHash?: string;
 }
 
 /** A kernel device as the planner needs it. */
@@ -41,6 +43,8 @@ export interface LiveDevice {
   recoverable: boolean;
   /** Why this device's size cannot change while LIVE (kernel or device without UPDATE_SIZE); absent when it can. */
   cannotResize?: string;
+  /** Why its server cannot be handed over without failing IO (server/handover.ts); undefined when it can. */
+  handoverRefusal?: string;
 }
 
 export interface PlanInput {
@@ -62,13 +66,18 @@ export interface PlanInput {
   now: number;
   /** A name's retry timing: when set and due later than `now`, a create, recover or re-create waits. */
   backoff?: (name: string) => { failures: number; dueAt: number } | undefined;
+  /**
+   * The installed ublk-ts version, when servers running another one (per
+   * their records) are to be handed over to it (ublk-reconcile --upgrade-servers).
+   */
+  upgradeServersTo?: string;
 }
 
 /** How long a device in a passing state (e.g. LIVE with its server just gone) is given before the next look. */
 export const SETTLE_MS = 1000;
 
 export type ActionKind =
-  'noop' | 'create' | 'recreate' | 'recover' | 'resize' | 'delete' | 'drift' | 'hold' | 'refuse' | 'wait';
+  'noop' | 'create' | 'recreate' | 'recover' | 'resize' | 'handover' | 'delete' | 'drift' | 'hold' | 'refuse' | 'wait';
 
 /** One row of the plan. `reason` says which row of the table matched. */
 export interface Action {
@@ -90,6 +99,7 @@ const failedStep: Record<string, string> = {
   recover: 'recovery',
   recreate: 're-creating',
   resize: 'resizing',
+  handover: 'the handover',
 };
 
 /**
@@ -114,7 +124,13 @@ function withBackoff(a: Action, input: PlanInput): Action {
 /** Targets whose data lives only in the device: re-creating one discards it. */
 const DATA_IN_DEVICE = new Set(['memory', 'js']);
 
-function planExisting(want: DesiredDevice, record: DeviceRecord, dev: LiveDevice | undefined, now: number): Action {
+function planExisting(
+  want: DesiredDevice,
+  record: DeviceRecord,
+  dev: LiveDevice | undefined,
+  now: number,
+  upgradeServersTo: string | undefined,
+): Action {
   const base = { name: want.name, devId: record.devId };
   if (!dev) return { ...base, kind: 'create', reason: `device ${record.devId} no longer exists` };
   const changed =
@@ -131,14 +147,25 @@ function planExisting(want: DesiredDevice, record: DeviceRecord, dev: LiveDevice
     const resize = planResize(want, record, dev, sizeChange, now);
     if (resize) return resize;
   }
+  const serving = dev.state === 'LIVE' && !serverGone;
+  // Only what the server does changed (js module/options, loop directIo): a new server applies it live.
+  const serverSideOnly = changed && want.deviceHash !== undefined && record.deviceHash === want.deviceHash;
+  if (serverSideOnly && serving && dev.handoverRefusal === undefined) {
+    return {
+      ...base,
+      kind: 'handover',
+      reason: `${want.source} changed only what its server does: a new server takes the device over, live`,
+    };
+  }
   if (changed || sizeChange) {
     const notInPlace = sizeChange ? (dev.cannotResize ?? 'a js target is not resized live') : undefined;
     const why = notInPlace ? ` (its size cannot change in place: ${notInPlace})` : '';
+    const noHandover = serverSideOnly && dev.handoverRefusal ? `; no handover: ${dev.handoverRefusal}` : '';
     if (dev.inUse) {
       return {
         ...base,
         kind: 'drift',
-        reason: `${want.source} changed${why}, but the device is in use: left as it is`,
+        reason: `${want.source} changed${why}, but the device is in use: left as it is${noHandover}`,
       };
     }
     const type = record.spec.target.type;
@@ -151,7 +178,14 @@ function planExisting(want: DesiredDevice, record: DeviceRecord, dev: LiveDevice
     }
     return { ...base, kind: 'recreate', reason: `${want.source} changed${why} and the device is not in use` };
   }
-  if (dev.state === 'LIVE' && !serverGone) return { ...base, kind: 'noop', reason: 'matches its manifest' };
+  if (serving && upgradeServersTo !== undefined && record.serverVersion !== upgradeServersTo) {
+    const running = `its server runs ublk-ts ${record.serverVersion ?? '(an unknown version: its record predates serverVersion)'}`;
+    if (dev.handoverRefusal !== undefined) {
+      return { ...base, kind: 'drift', reason: `${running}, not ${upgradeServersTo}: ${dev.handoverRefusal}` };
+    }
+    return { ...base, kind: 'handover', reason: `${running}: handed over to ${upgradeServersTo}, live` };
+  }
+  if (serving) return { ...base, kind: 'noop', reason: 'matches its manifest' };
   return {
     ...base,
     kind: 'wait',
@@ -218,7 +252,7 @@ export function plan(input: PlanInput): Action[] {
   for (const want of input.desired) {
     const record = recordsByName.get(want.name);
     if (record) {
-      actions.push(planExisting(want, record, input.live.get(record.devId), input.now));
+      actions.push(planExisting(want, record, input.live.get(record.devId), input.now, input.upgradeServersTo));
       continue;
     }
     if (want.fixedId !== undefined && input.live.has(want.fixedId) && !claimedIds.has(want.fixedId)) {
@@ -280,6 +314,11 @@ export function requeueAfter(actions: readonly Action[], now: number): number | 
 /** Actions that change something. */
 export function isChange(a: Action): boolean {
   return (
-    a.kind === 'create' || a.kind === 'recreate' || a.kind === 'recover' || a.kind === 'resize' || a.kind === 'delete'
+    a.kind === 'create' ||
+    a.kind === 'recreate' ||
+    a.kind === 'recover' ||
+    a.kind === 'resize' ||
+    a.kind === 'handover' ||
+    a.kind === 'delete'
   );
 }

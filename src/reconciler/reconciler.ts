@@ -11,6 +11,8 @@ import { formatManifestError, LoadedManifest, loadManifestDirAsync } from '../ma
 import type { DeviceRecord } from '../server/device-records';
 import { updateSizeMissing } from '../kernel/uapi';
 import { identityWithoutSize } from '../spec/device-spec';
+import { SERVER_VERSION } from '../server/launcher';
+import { handoverMethod } from '../server/handover';
 import { isRecoverable } from '../spec/recovery-mode';
 import { parseSize } from '../spec/sizes';
 import { apply, DeviceOutcome, plannedOutcome } from './apply';
@@ -38,6 +40,8 @@ export interface ReconcileOptions {
    * when it happened even if a busy host handles it in a later pass. Without it, a pass's own time.
    */
   deathNoticedAt?: (pid: number) => number | undefined;
+  /** Hand every device whose server runs another ublk-ts version than the installed one over to a new server. */
+  upgradeServers?: boolean;
 }
 
 export interface PassResult {
@@ -50,6 +54,7 @@ export interface PassResult {
 }
 
 function liveView(kernel: Kernel, info: DeviceInfo, owned: boolean): LiveDevice {
+  const handover = handoverMethod(info);
   return {
     id: info.id,
     state: info.state,
@@ -58,6 +63,7 @@ function liveView(kernel: Kernel, info: DeviceInfo, owned: boolean): LiveDevice 
     inUse: owned && info.state === 'LIVE' ? kernel.inUse(info.blockPath) : false,
     recoverable: isRecoverable(info.flags),
     cannotResize: updateSizeMissing(kernel.features, info.flags),
+    handoverRefusal: 'impossible' in handover ? handover.impossible : undefined,
   };
 }
 
@@ -68,8 +74,8 @@ function manifestSize(m: LoadedManifest): number | undefined {
   return 'bytes' in parsed ? parsed.bytes : undefined;
 }
 
-/** Deletions first (they free ids and files), then re-creations, recoveries, creations; the rest in name order. */
-const ORDER: ActionKind[] = ['delete', 'recreate', 'recover', 'create'];
+/** Deletions first (they free ids and files), then re-creations, recoveries, handovers, creations; the rest in name order. */
+const ORDER: ActionKind[] = ['delete', 'recreate', 'recover', 'handover', 'create'];
 
 function rank(a: Action): number {
   const i = ORDER.indexOf(a.kind);
@@ -145,6 +151,7 @@ export async function reconcileOnce(kernel: Kernel, opts: ReconcileOptions): Pro
     allowDataLoss: m.spec.allowDataLoss,
     sizeBytes: manifestSize(m),
     identityWithoutSize: identityWithoutSize(m.spec),
+    deviceHash: m.deviceHash,
   }));
   const actions = plan({
     desired,
@@ -157,6 +164,7 @@ export async function reconcileOnce(kernel: Kernel, opts: ReconcileOptions): Pro
     live,
     now,
     backoff: (name) => backoff.pending(name, now),
+    upgradeServersTo: opts.upgradeServers ? SERVER_VERSION : undefined,
   });
 
   // What --plan checks fixed ids against: the kernel's devices less those the plan removes first.

@@ -27,6 +27,10 @@ export interface DeviceRecord {
   manifestFile?: string;
   /** Hash of the manifest spec the device was made from; a change means drift. */
   specHash?: string;
+  /** Hash of that spec less what only its server does (LoadedManifest.deviceHash): same hash, handover suffices. */
+  deviceHash?: string;
+  /** The ublk-ts version of the serving process (absent in records of versions before it was kept). */
+  serverVersion?: string;
   spec: DeviceSpec;
   /**
    * The loop file ublk-ts created for this device (device, inode and birth time): an online

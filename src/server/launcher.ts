@@ -6,6 +6,7 @@ import { discardMemory } from '../device/backing';
 import { UblkError } from '../errors';
 import { ControlCommands, DeviceInfo, UblkControl } from '../kernel/control';
 import { DeviceSpec } from '../spec/device-spec';
+import { lockDevice } from './device-lock';
 import { DeviceOwner, removeRecord, writeRecord } from './device-records';
 import { isAlive, waitForExit } from './processes';
 import { deleteAndWait, stopForRemoval } from './safe-removal';
@@ -28,6 +29,8 @@ export interface LaunchOptions {
   timeoutMs?: number;
   /** Take over this QUIESCED device instead of creating one. */
   recoverDevId?: number;
+  /** The caller holds the device's lock (a handover): a recovery does not take it again. */
+  deviceLocked?: boolean;
   /** Recorded in the device's state record (default 'ublkctl'). */
   owner?: DeviceOwner;
   manifest?: string;
@@ -36,6 +39,8 @@ export interface LaunchOptions {
   specHash?: string;
   /** Carried into a recovered device's record: the loop file ublk-ts created for it (DeviceRecord.createdFile). */
   createdFile?: string;
+  /** See DeviceRecord.deviceHash. */
+  deviceHash?: string;
   /** Carried into the new record: consecutive quick deaths, for backoff. */
   failures?: number;
   lastError?: string;
@@ -48,6 +53,15 @@ export interface LaunchOptions {
    */
   checkPermissions?: boolean;
 }
+
+/**
+ * The version of ublk-ts installed here, which a server started now runs:
+ * kept in each device's record, so an upgrade can tell which servers run
+ * an older one (ublk-reconcile --upgrade-servers).
+ */
+export const SERVER_VERSION: string = (
+  JSON.parse(fs.readFileSync(path.join(__dirname, '..', '..', '..', 'package.json'), 'utf8')) as { version: string }
+).version;
 
 /** The server's entry point; e2e tests find servers by this file name in their command line. */
 const SERVER_MAIN = path.join(__dirname, 'server-main.js');
@@ -86,6 +100,17 @@ export function spawnServer(request: ServerRequest, logFd: number): ChildProcess
  */
 export async function startServer(spec: DeviceSpec, opts: LaunchOptions = {}): Promise<StartedServer> {
   const stateDir = opts.stateDir ?? DEFAULT_STATE_DIR;
+  // One taker-over at a time: a recovery racing a handover of the same device is refused.
+  const lock =
+    opts.recoverDevId !== undefined && !opts.deviceLocked ? lockDevice(stateDir, opts.recoverDevId) : undefined;
+  try {
+    return await launch(spec, stateDir, opts);
+  } finally {
+    lock?.release();
+  }
+}
+
+async function launch(spec: DeviceSpec, stateDir: string, opts: LaunchOptions): Promise<StartedServer> {
   const timeoutMs = opts.timeoutMs ?? 60_000;
   const logDir = path.join(stateDir, 'logs');
   fs.mkdirSync(logDir, { recursive: true, mode: 0o750 });
@@ -151,8 +176,10 @@ export async function startServer(spec: DeviceSpec, opts: LaunchOptions = {}): P
       manifest: opts.manifest,
       manifestFile: opts.manifestFile,
       specHash: opts.specHash,
+      deviceHash: opts.deviceHash,
       spec,
       createdFile: outcome.createdFile ?? opts.createdFile,
+      serverVersion: SERVER_VERSION,
       serverPid: child.pid!,
       status: 'live',
       failures: opts.failures ?? 0,

@@ -7,6 +7,13 @@ import { EnvironmentError, SpecError, UblkError } from '../errors';
 import { DeviceInfo } from '../kernel/control';
 import { DeviceSpec } from '../spec/device-spec';
 
+/**
+ * The exit status of a server that let go of its device for a new server
+ * (a handover) without deleting it: distinct from 0 (device stopped) and
+ * 1 (a queue failed), so its log says which way it ended.
+ */
+export const HANDED_OVER_STATUS = 3;
+
 /** The server's end of the status channel (the launcher's fourth stdio entry). */
 export const STATUS_FD = 3;
 

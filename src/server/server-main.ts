@@ -4,13 +4,21 @@
  * device spec) to its stdin; stdout/stderr are its log file, fd 3 its
  * status channel.
  * SIGTERM or SIGINT stop and delete the device; STOP_DEV from elsewhere
- * (ublkctl del) ends it too. Exit status 0 means every queue ended cleanly.
+ * (ublkctl del) ends it too. A handover (server/handover.ts) ends it
+ * without deleting the device: QUIESCE_DEV from the manager (the kernel
+ * aborts the idle fetches), or SIGUSR2 on kernels without it (the server
+ * closes its queues); either way the requests it holds are answered or left to the
+ * kernel, /dev/ublkcN is closed, and a new server recovers the device.
+ * Exit status 0: every queue ended cleanly and the device was stopped;
+ * HANDED_OVER_STATUS: it ended cleanly and the device remains for a new
+ * server; 1: a queue failed.
  */
 import * as fs from 'node:fs';
 import { UblkDevice } from '../device/device';
 import { formatSize } from '../spec/sizes';
 import { lockCode } from './lock-memory';
 import {
+  HANDED_OVER_STATUS,
   MAX_REQUEST_BYTES,
   serializeError,
   serializeInfo,
@@ -106,17 +114,34 @@ async function main(): Promise<void> {
     log(`${signal}: stopping and deleting device ${device.id}`);
     void device.remove().catch((err: Error) => log(`delete failed: ${err.message}`));
   };
+  const handOver = (): void => {
+    if (stopping) return;
+    stopping = true;
+    log(`SIGUSR2: handing device ${device.id} over: closing its queues without stopping it`);
+    void device.release();
+  };
   process.on('SIGTERM', () => shutdown('SIGTERM'));
   process.on('SIGINT', () => shutdown('SIGINT'));
+  process.on('SIGUSR2', handOver);
   process.on('SIGHUP', () => undefined);
 
   const exits = await device.exited;
   const failed = exits.filter((e) => e.error);
   for (const e of exits) log(`queue ${e.qid} ended after ${e.ios} requests${e.error ? `: ${e.error.message}` : ''}`);
-  process.exitCode = failed.length > 0 ? 1 : 0;
+  const remains = await device.remains;
+  if (failed.length > 0) {
+    process.exitCode = 1;
+  } else if (remains) {
+    // Never deleted here: the device waits (QUIESCED) for the server that takes over.
+    log(`device ${device.id} handed over: left for a new server to recover`);
+    process.exitCode = HANDED_OVER_STATUS;
+  } else {
+    process.exitCode = 0;
+  }
   log(`exiting with status ${process.exitCode}`);
   process.removeAllListeners('SIGTERM');
   process.removeAllListeners('SIGINT');
+  process.removeAllListeners('SIGUSR2');
   process.removeAllListeners('SIGHUP');
 }
 

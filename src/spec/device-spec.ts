@@ -271,6 +271,22 @@ function blockDeviceSize(file: string): number {
  * `specProblems` has accepted.
  */
 export function comparableSpec(input: DeviceSpecInput): Record<string, unknown> {
+  return comparable(input);
+}
+
+/**
+ * comparableSpec less what only the device's server does with it — a js
+ * target's module and options, a loop target's directIo — which a new
+ * server can change without the device changing (a handover). Two specs
+ * alike here differ, if at all, only in what a handover applies live.
+ */
+export function comparableDevice(input: DeviceSpecInput): Record<string, unknown> {
+  const spec = comparable(input);
+  const { module: _module, options: _options, directIo: _directIo, ...target } = spec.target as Record<string, unknown>;
+  return { ...spec, target };
+}
+
+function comparable(input: DeviceSpecInput): Record<string, unknown> {
   const t = targetOf(input);
   let target: Record<string, unknown>;
   if (t.type === 'loop') {

@@ -6,6 +6,7 @@
 import { SpecError } from '../errors';
 import {
   featureNames,
+  UBLK_F_QUIESCE,
   UBLK_F_USER_RECOVERY,
   UBLK_F_USER_RECOVERY_FAIL_IO,
   UBLK_F_USER_RECOVERY_REISSUE,
@@ -55,4 +56,14 @@ export function checkRecoverySupported(mode: RecoveryMode, features: bigint): vo
 /** Whether a device was created with user recovery: its IO waits in the kernel for a new server. */
 export function isRecoverable(deviceFlags: bigint): boolean {
   return (deviceFlags & UBLK_F_USER_RECOVERY) !== 0n;
+}
+
+/**
+ * UBLK_F_QUIESCE, asked for at ADD_DEV where the kernel offers it (Linux
+ * 6.16+) and the device has user recovery, which the kernel requires with
+ * it: a server of such a device can later be made to let go gracefully
+ * (QUIESCE_DEV), for a handover to a new server.
+ */
+export function quiesceFlag(mode: RecoveryMode, features: bigint): bigint {
+  return mode !== 'none' && (features & UBLK_F_QUIESCE) !== 0n ? UBLK_F_QUIESCE : 0n;
 }

@@ -10,6 +10,7 @@ import type { DeviceState } from '../../src/kernel/uapi';
 import type { Kernel, ServerStart } from '../../src/reconciler/kernel';
 import type { DeviceRecord, DeviceRecordStore } from '../../src/server/device-records';
 import type { RemovedDevice, StartedServer } from '../../src/server/launcher';
+import { handoverMethod, HandoverOptions, HandoverResult } from '../../src/server/handover';
 import type { DeviceSpec } from '../../src/spec/device-spec';
 import { UblkError, ERRNO } from '../../src/errors';
 import { featureNames, UBLK_F_UPDATE_SIZE, updateSizeMissing } from '../../src/kernel/uapi';
@@ -50,6 +51,8 @@ export class FakeKernel implements Kernel {
   failNextResize: Error | undefined;
   /** GET_FEATURES: by default a kernel with UPDATE_SIZE (6.16+), which new devices are granted. */
   features: bigint = UBLK_F_UPDATE_SIZE;
+  /** The ublk-ts version servers started now run (DeviceRecord.serverVersion). */
+  serverVersion = '0.1.0';
   private nextPid = 1000;
 
   constructor(readonly clock: () => number = Date.now) {
@@ -122,6 +125,8 @@ export class FakeKernel implements Kernel {
       manifest: opts.manifest,
       manifestFile: opts.manifestFile,
       specHash: opts.specHash,
+      deviceHash: opts.deviceHash,
+      serverVersion: this.serverVersion,
       spec,
       serverPid: pid,
       status: 'live',
@@ -132,6 +137,28 @@ export class FakeKernel implements Kernel {
     });
     const info = this.devices.get(id)!.info;
     return { info: { ...info }, pid, logPath: `/fake/logs/ublkb${id}.log` };
+  }
+
+  /** Like the real one: refused where handoverMethod refuses, else the old server goes and a new one recovers. */
+  async handOver(id: number, opts: Omit<HandoverOptions, 'stateDir'>): Promise<HandoverResult> {
+    const dev = this.devices.get(id);
+    const record = this.records.read(id);
+    if (!dev || !record) throw new UblkError('HANDOVER', id, ERRNO.ENOENT);
+    const how = handoverMethod(dev.info);
+    if ('impossible' in how) throw new UblkError('HANDOVER', id, ERRNO.EOPNOTSUPP, how.impossible);
+    const oldPid = dev.info.serverPid;
+    this.alive.delete(oldPid);
+    dev.info = { ...dev.info, state: 'QUIESCED' };
+    this.calls.push(`handover ${id}`);
+    const server = await this.startServer(opts.spec ?? record.spec, {
+      recoverDevId: id,
+      owner: record.owner,
+      manifest: record.manifest,
+      manifestFile: opts.manifestFile ?? record.manifestFile,
+      specHash: opts.specHash ?? record.specHash,
+      deviceHash: opts.deviceHash ?? record.deviceHash,
+    });
+    return { method: how.method, oldPid, server };
   }
 
   async removeDevice(id: number): Promise<RemovedDevice> {

@@ -445,8 +445,9 @@ const rows: Row[] = [
     setup: async (s) => {
       const good = s.file('good.js', 'exports.createTarget = () => ({ handleIo: () => 0 });\n');
       const bad = s.file('bad.js', 'exports.somethingElse = 1;\n');
-      await s.owned('a', `target: {type: js, module: ${good}}\nsize: 1MiB`);
-      s.write('a', `target: {type: js, module: ${bad}}\nsize: 1MiB\nallowDataLoss: true`);
+      // recovery none, as the kernel has for a module that is not recoverable: no handover, a re-create.
+      await s.owned('a', `target: {type: js, module: ${good}}\nsize: 1MiB\nrecovery: none`);
+      s.write('a', `target: {type: js, module: ${bad}}\nsize: 1MiB\nrecovery: none\nallowDataLoss: true`);
     },
     action: 'recreate',
     outcome: 'failed',
@@ -721,5 +722,77 @@ describe('reconcile passes: failures, backoff and requeue', () => {
       ['create', true],
       ['recover', true],
     ]);
+  });
+});
+
+describe('reconcile: server-side changes applied live by a handover', () => {
+  let s: Scene;
+  beforeEach(() => (s = new Scene()));
+  afterEach(() => s.cleanup());
+
+  /** A loop device the reconciler made a while ago, opened by some process (a mounted file system). */
+  async function loopInUse(recovery: string): Promise<{ id: number; img: string }> {
+    const img = s.file('disk.img', '\0'.repeat(1 << 20));
+    const id = await s.owned('a', `target: {type: loop, file: ${img}}\nrecovery: ${recovery}`);
+    s.kernel.devices.get(id)!.inUse = true;
+    return { id, img };
+  }
+
+  it('a changed loop directIo on a device in use is handed over to a new server: same device, new spec recorded', async () => {
+    const { id, img } = await loopInUse('reissue');
+    const oldPid = s.kernel.devices.get(id)!.info.serverPid;
+    s.write('a', `target: {type: loop, file: ${img}, directIo: false}\nrecovery: reissue`);
+    const pass = await s.pass();
+    assert.deepEqual([pass.devices[0]!.action, pass.devices[0]!.outcome], ['handover', 'ok'], pass.devices[0]!.reason);
+    assert.match(pass.devices[0]!.reason, /changed only what its server does/);
+    assert.deepEqual(s.kernel.calls, [`start ${id}`, `handover ${id}`, `recover ${id}`]);
+    const dev = s.kernel.devices.get(id)!;
+    assert.equal(dev.info.state, 'LIVE');
+    assert.notEqual(dev.info.serverPid, oldPid);
+    assert.ok(!s.kernel.isAlive(oldPid));
+    const record = s.recordOf('a')!;
+    assert.deepEqual(record.spec.target, { type: 'loop', file: img, create: false, directIo: false });
+    assert.equal((await s.pass()).devices[0]!.action, 'noop', 'the new spec is the recorded one');
+  });
+
+  it('a server-side change on a device that cannot be handed over stays drift, saying why', async () => {
+    const { img } = await loopInUse('none');
+    s.write('a', `target: {type: loop, file: ${img}, directIo: false}\nrecovery: none`);
+    const pass = await s.pass();
+    assert.equal(pass.devices[0]!.action, 'drift');
+    assert.match(pass.devices[0]!.reason, /in use: left as it is; no handover: .*created without user recovery/);
+  });
+
+  it('a change beyond the server (the size) is not a handover', async () => {
+    const { img } = await loopInUse('reissue');
+    fs.truncateSync(img, 2 << 20);
+    s.write('a', `target: {type: loop, file: ${img}, directIo: false}\nsize: 2MiB\nrecovery: reissue`);
+    assert.equal((await s.pass()).devices[0]!.action, 'drift');
+  });
+
+  it('--upgrade-servers hands over devices whose server runs another ublk-ts; ones that cannot be are drift', async () => {
+    const a = await s.owned('a');
+    const b = await s.owned('b', 'target: {type: null}\nsize: 1GiB\nrecovery: none');
+    const upgrade = (): Promise<PassResult> =>
+      reconcileOnce(s.kernel, { dir: s.dir, now: () => s.now, backoff: s.backoff, upgradeServers: true });
+    assert.deepEqual(
+      (await upgrade()).devices.map((d) => d.action),
+      ['noop', 'noop'],
+      'servers already run the installed version',
+    );
+    for (const id of [a, b]) s.kernel.records.write({ ...s.kernel.records.read(id)!, serverVersion: '0.0.9' });
+    assert.deepEqual(
+      (await s.pass()).devices.map((d) => d.action),
+      ['noop', 'noop'],
+      'without --upgrade-servers',
+    );
+    const pass = await upgrade();
+    assert.equal(pass.devices[0]!.action, 'handover');
+    assert.match(pass.devices[0]!.reason, /its server runs ublk-ts 0\.0\.9: handed over to /);
+    assert.equal(pass.devices[1]!.action, 'drift');
+    assert.match(pass.devices[1]!.reason, /0\.0\.9, not .*created without user recovery/);
+    assert.notEqual(s.kernel.records.read(a)!.serverVersion, '0.0.9');
+    assert.ok(s.kernel.calls.includes(`handover ${a}`));
+    assert.ok(!s.kernel.calls.includes(`handover ${b}`));
   });
 });
