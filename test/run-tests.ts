@@ -19,7 +19,7 @@ import { kernelLeg, kernelLegNames, runInVm, VmUnavailable } from './vm';
 
 const USAGE = `usage: npm test [-- --kernel ${kernelLegNames().join('|')}]... [--serial]`;
 /** Per leg: a guest still running after this is killed and the leg counts as failed. */
-const E2E_TIMEOUT_MS = Number(process.env.UBLK_TS_E2E_TIMEOUT_MS ?? 30 * 60_000);
+const E2E_TIMEOUT_MS = Number(process.env.UBLK_TS_E2E_TIMEOUT_MS ?? 60 * 60_000);
 
 function runMochaOnHost(pattern: string): Promise<{ code: number; output: string }> {
   return new Promise((resolve) => {
