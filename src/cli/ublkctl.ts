@@ -11,7 +11,7 @@ import { DeviceInfo, UblkControl } from '../kernel/control';
 import { resizeDevice } from '../device/resize';
 import { blockDeviceInUse } from '../kernel/in-use';
 import { featureSupport } from '../kernel/feature-report';
-import { listRecords, readRecord, writeRecord } from '../server/device-records';
+import { listRecords, requireRecord, writeRecord } from '../server/device-records';
 import { handOver } from '../server/handover';
 import { DEFAULT_STATE_DIR, removeDevice, startServer } from '../server/launcher';
 import { DeviceSpecInput, DirectIoMode, normalizeDeviceSpec } from '../spec/device-spec';
@@ -193,15 +193,7 @@ async function cmdRecover(args: string[]): Promise<void> {
   if (positionals.length !== 1) throw new UsageError('recover: give one device ID');
   const id = parseId(positionals[0]!);
   const stateDir = values['state-dir'] ?? DEFAULT_STATE_DIR;
-  const record = readRecord(stateDir, id);
-  if (!record) {
-    throw new UblkError(
-      'START_USER_RECOVERY',
-      id,
-      ERRNO.ENOENT,
-      `no ublk-ts record for it in ${stateDir}: only devices started by ublk-ts can be recovered by it`,
-    );
-  }
+  const record = requireRecord(stateDir, id, 'START_USER_RECOVERY', 'recovered');
   const server = await startServer(record.spec, {
     stateDir,
     recoverDevId: id,
@@ -278,15 +270,7 @@ async function cmdResize(args: string[]): Promise<void> {
   const parsed = parseSize(numeric(positionals[1]));
   if ('error' in parsed) throw new SpecError('size', parsed.error);
   const stateDir = values['state-dir'] ?? DEFAULT_STATE_DIR;
-  const record = readRecord(stateDir, id);
-  if (!record) {
-    throw new UblkError(
-      'UPDATE_SIZE',
-      id,
-      ERRNO.ENOENT,
-      `no ublk-ts record for it in ${stateDir}: only devices started by ublk-ts can be resized by it`,
-    );
-  }
+  const record = requireRecord(stateDir, id, 'UPDATE_SIZE', 'resized');
   const sizeBytes = parsed.bytes;
   const result = await withControl(async (control) => {
     const info = await control.getDeviceInfo(id);

@@ -6,6 +6,7 @@
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { ERRNO, UblkError } from '../errors';
 import { DeviceSpec, storedSpecProblem } from '../spec/device-spec';
 import { isAlive, isSameProcessAlive, processStartTime } from './processes';
 
@@ -132,6 +133,22 @@ export function readRecord(stateDir: string, devId: number): DeviceRecord | unde
   const file = recordPath(stateDir, devId);
   if (!fs.existsSync(file)) return undefined;
   return parseRecord(file, readText(file));
+}
+
+/**
+ * The record of a device ublk-ts started, for `command` (the name its
+ * refusal carries) to act on; a device without one was made by another
+ * tool, and `acting` ("recovered", "resized") says what it cannot be.
+ */
+export function requireRecord(stateDir: string, devId: number, command: string, acting: string): DeviceRecord {
+  const record = readRecord(stateDir, devId);
+  if (record) return record;
+  throw new UblkError(
+    command,
+    devId,
+    ERRNO.ENOENT,
+    `no ublk-ts record for it in ${stateDir}: only devices started by ublk-ts can be ${acting} by it`,
+  );
 }
 
 /**

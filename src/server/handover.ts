@@ -37,7 +37,7 @@ import {
 import { DeviceSpec } from '../spec/device-spec';
 import { isRecoverable } from '../spec/recovery-mode';
 import { lockDevice } from './device-lock';
-import { DeviceRecord, readRecord } from './device-records';
+import { DeviceRecord, requireRecord } from './device-records';
 import { DEFAULT_STATE_DIR, startServer, StartedServer } from './launcher';
 import { isAlive, waitForExit } from './processes';
 
@@ -153,14 +153,7 @@ export async function handOver(
   const stateDir = opts.stateDir ?? DEFAULT_STATE_DIR;
   const timeoutMs = opts.timeoutMs ?? 30_000;
   const log = opts.log ?? (() => undefined);
-  const record = readRecord(stateDir, devId);
-  if (!record) {
-    throw handoverError(
-      devId,
-      ERRNO.ENOENT,
-      `no ublk-ts record for it in ${stateDir}: only devices started by ublk-ts can be handed over by it`,
-    );
-  }
+  const record = requireRecord(stateDir, devId, 'HANDOVER', 'handed over');
   const lock = lockDevice(stateDir, devId);
   try {
     const info = await control.getDeviceInfo(devId);
