@@ -19,6 +19,10 @@ namespace ublkts {
 namespace {
 
 constexpr uint64_t kStopToken = 1ull << 63;
+// Zero copy: the CQE of UBLK_U_IO_REGISTER_IO_BUF (or, with kUnregisterBit,
+// UNREGISTER_IO_BUF) for the tag in the low bits.
+constexpr uint64_t kBufferCmdBit = 1ull << 60;
+constexpr uint64_t kUnregisterBit = 1ull << 59;
 
 int SetupRing(io_uring *ring, unsigned entries, unsigned flags) {
   io_uring_params p{};
@@ -80,7 +84,8 @@ void QueueRunner::Serve() {
   if (stopFd_ < 0) return Report("exit", "eventfd", EMFILE);
   mappings_ = QueueMappings(charFd_, config_.qid, config_.depth, config_.maxIoSize);
   if (mappings_.Errno() != 0) return Report("exit", mappings_.FailedOp(), mappings_.Errno());
-  if (config_.lockMemory) {
+  // Under zero copy the IO buffers are never used: nothing there to lock.
+  if (config_.lockMemory && !config_.autoBufReg) {
     if (int err = mappings_.LockBuffers(); err != 0) {
       mappings_.Reset();
       return Report("exit", "mlock io buffers", err);
@@ -91,6 +96,17 @@ void QueueRunner::Serve() {
   if (ret < 0) {
     mappings_.Reset();
     return Report("exit", "io_uring_setup", -ret);
+  }
+  if (config_.autoBufReg) {
+    // The table the kernel registers each request's pages in: one slot per tag.
+    ret = io_uring_register_buffers_sparse(&ring_, config_.depth);
+    if (ret < 0) {
+      io_uring_queue_exit(&ring_);
+      mappings_.Reset();
+      return Report("exit", "io_uring_register_buffers_sparse", -ret);
+    }
+    explicitBuffer_.assign(config_.depth, false);
+    heldResult_.assign(config_.depth, 0);
   }
   commitOp_ = ublk::io_opcode(ublk::IO_COMMIT_AND_FETCH_REQ, config_.legacyOpcodes);
   served_.assign(config_.depth, false);
@@ -183,6 +199,7 @@ void QueueRunner::OnCompletion(uint64_t userData, int res) {
     return;
   }
   const unsigned tag = static_cast<unsigned>(userData & 0xffff);
+  if (userData & kBufferCmdBit) return OnBufferCommand(tag, (userData & kUnregisterBit) != 0, res);
   if (userData & kTargetIoBit) {
     targetInflight_--;
     int result = 0;
@@ -190,7 +207,7 @@ void QueueRunner::OnCompletion(uint64_t userData, int res) {
     if (LoopTargetComplete(mappings_.Descriptor(tag), res, StageOf(userData), &next, &result)) {
       SubmitLoopIo(tag, next);
     } else {
-      Commit(tag, result);
+      FinishTargetIo(tag, result);
     }
     return;
   }
@@ -223,6 +240,7 @@ void QueueRunner::ServeRequest(unsigned tag) {
   // The kernel only warns about a write bio to a read-only disk (a stacked
   // driver or page-cache writeback can send one): the target refuses it.
   if (config_.readOnly && ChangesData(iod)) return Commit(tag, -EROFS);
+  if (config_.autoBufReg && CarriesData(iod)) return ServeZeroCopyRequest(tag);
   switch (config_.target) {
   case TargetKind::Null:
     return Commit(tag, NullTargetResult(iod));
@@ -251,7 +269,67 @@ void QueueRunner::Commit(unsigned tag, int result) { PrepIoCommand(commitOp_, ta
 void QueueRunner::PrepIoCommand(unsigned opcode, unsigned tag, int result) {
   io_uring_sqe *sqe = GetSqe();
   if (sqe == nullptr) return; // the ring failed: GetSqe ended the queue
-  PrepIoCmd(sqe, charFd_, opcode, config_.qid, tag, result, mappings_.Buffer(tag));
+  if (!config_.autoBufReg) {
+    PrepIoCmd(sqe, charFd_, opcode, config_.qid, tag, result, mappings_.Buffer(tag));
+    return;
+  }
+  // No buffer of ours: the kernel registers the next request's pages at
+  // the tag's index instead. FALLBACK: if it cannot, the request still
+  // comes, marked UBLK_IO_F_NEED_REG_BUF, rather than hanging.
+  PrepIoCmd(sqe, charFd_, opcode, config_.qid, tag, result, nullptr);
+  sqe->addr = ublk::auto_buf_reg_addr(static_cast<uint16_t>(tag), ublk::AUTO_BUF_REG_FALLBACK);
+}
+
+// Zero copy: a read or write whose bytes the kernel registered at the
+// tag's index; where it could not, this queue registers them first.
+void QueueRunner::ServeZeroCopyRequest(unsigned tag) {
+  const ublk::io_desc &iod = mappings_.Descriptor(tag);
+  if (config_.target == TargetKind::Memory) {
+    if (int err = MemoryTargetBounds(config_.backingFd, &config_.sizeBytes, iod); err != 0) return Commit(tag, err);
+  }
+  if (iod.op_flags & ublk::IO_F_NEED_REG_BUF) return PrepBufferCommand(tag, false);
+  SubmitFixedIo(tag);
+}
+
+void QueueRunner::SubmitFixedIo(unsigned tag) {
+  io_uring_sqe *sqe = GetSqe();
+  if (sqe == nullptr) return; // the ring failed: GetSqe ended the queue
+  FixedBufferPrep(sqe, config_.backingFd, mappings_.Descriptor(tag), static_cast<uint16_t>(tag));
+  sqe->user_data = kTargetIoBit | tag;
+  targetInflight_++;
+}
+
+// UBLK_U_IO_REGISTER_IO_BUF or UNREGISTER_IO_BUF for the tag's request, at the tag's index.
+void QueueRunner::PrepBufferCommand(unsigned tag, bool unregister) {
+  io_uring_sqe *sqe = GetSqe();
+  if (sqe == nullptr) return; // the ring failed: GetSqe ended the queue
+  const unsigned opcode = ublk::io_opcode(unregister ? ublk::IO_UNREGISTER_IO_BUF : ublk::IO_REGISTER_IO_BUF, false);
+  PrepIoCmd(sqe, charFd_, opcode, config_.qid, tag, 0, nullptr);
+  reinterpret_cast<ublk::io_cmd *>(sqe->cmd)->addr = tag;
+  sqe->user_data = kBufferCmdBit | (unregister ? kUnregisterBit : 0) | tag;
+}
+
+void QueueRunner::OnBufferCommand(unsigned tag, bool unregister, int res) {
+  if (!unregister) {
+    // Without its bytes the request cannot be served: it fails, with the kernel's reason.
+    if (res < 0) return Commit(tag, res);
+    explicitBuffer_[tag] = true;
+    return SubmitFixedIo(tag);
+  }
+  explicitBuffer_[tag] = false;
+  // The slot stays taken: later requests on this tag fall back (and fail) too. Said at exit.
+  if (res < 0) Fail("UNREGISTER_IO_BUF", -res);
+  Commit(tag, heldResult_[tag]);
+}
+
+// A request's target IO is done: commit it, after giving back a buffer this
+// queue registered itself (the kernel only unregisters its own at commit).
+void QueueRunner::FinishTargetIo(unsigned tag, int result) {
+  if (config_.autoBufReg && explicitBuffer_[tag]) {
+    heldResult_[tag] = result;
+    return PrepBufferCommand(tag, true);
+  }
+  Commit(tag, result);
 }
 
 // The ring has a slot for every tag plus the stop poll, so once the
@@ -308,6 +386,7 @@ QueueGroup::QueueGroup(const Napi::CallbackInfo &info) : Napi::ObjectWrap<QueueG
     c.backingIsBlockDevice = o.Get("backingIsBlockDevice").ToBoolean().Value();
     c.readOnly = o.Get("readOnly").ToBoolean().Value();
     c.lockMemory = o.Get("lockMemory").ToBoolean().Value();
+    c.autoBufReg = o.Get("autoBufReg").ToBoolean().Value();
     Napi::Array cpus = q.Get("cpus").As<Napi::Array>();
     for (uint32_t k = 0; k < cpus.Length(); k++) c.cpus.push_back(cpus.Get(k).As<Napi::Number>().Int32Value());
     runners_.push_back(std::make_unique<QueueRunner>(std::move(c), charFd_, this));

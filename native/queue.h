@@ -29,6 +29,9 @@ struct QueueConfig {
   bool readOnly = false;   // refuse writes, discards and write-zeroes
   bool lockMemory = false; // mlock the IO buffers
   uint64_t sizeBytes = 0;  // memory: the file's size as last seen, for bounds checks
+  // Zero copy: the device has UBLK_F_AUTO_BUF_REG (loop and memory only), so
+  // each request's bytes are a buffer in the ring's table, index = tag.
+  bool autoBufReg = false;
 };
 
 struct QueueEvent {
@@ -60,6 +63,11 @@ private:
   void ServeRequest(unsigned tag);
   void SubmitLoopIo(unsigned tag, ZeroStage stage);
   void Commit(unsigned tag, int result);
+  void ServeZeroCopyRequest(unsigned tag);
+  void SubmitFixedIo(unsigned tag);
+  void PrepBufferCommand(unsigned tag, bool unregister);
+  void OnBufferCommand(unsigned tag, bool unregister, int res);
+  void FinishTargetIo(unsigned tag, int result);
   void PrepIoCommand(unsigned opcode, unsigned tag, int result);
   io_uring_sqe *GetSqe();
   int FirstFetchError();
@@ -83,6 +91,11 @@ private:
   bool aborted_ = false;
   // Which tags have had a request: a failed command is FETCH_REQ before, COMMIT_AND_FETCH_REQ after.
   std::vector<bool> served_;
+  // Zero copy: tags whose buffer this queue registered itself (the kernel's
+  // registration failed: UBLK_IO_F_NEED_REG_BUF), to unregister before the
+  // commit, and the result that commit will carry meanwhile.
+  std::vector<bool> explicitBuffer_;
+  std::vector<int> heldResult_;
   // One batch of completions, copied out so the CQ has room while they are answered.
   std::vector<std::pair<uint64_t, int>> batch_;
   // For the exit event: the first failed tag, unless the ring itself fails later.

@@ -150,4 +150,24 @@ bool LoopTargetComplete(const ublk::io_desc &iod, int res, ZeroStage stage, Zero
   return false;
 }
 
+void FixedBufferPrep(io_uring_sqe *sqe, int fd, const ublk::io_desc &iod, uint16_t bufIndex) {
+  const uint64_t offset = IoOffset(iod);
+  const uint32_t bytes = IoBytes(iod);
+  if (IoOp(iod) == ublk::IO_OP_READ) {
+    io_uring_prep_read_fixed(sqe, fd, nullptr, bytes, offset, bufIndex);
+    return;
+  }
+  io_uring_prep_write_fixed(sqe, fd, nullptr, bytes, offset, bufIndex);
+  if (IoFlags(iod) & ublk::IO_F_FUA) sqe->rw_flags = RWF_DSYNC;
+}
+
+int MemoryTargetBounds(int fd, uint64_t *sizeBytes, const ublk::io_desc &iod) {
+  const uint64_t end = IoOffset(iod) + IoBytes(iod);
+  if (end <= *sizeBytes) return 0;
+  struct stat st {};
+  if (fstat(fd, &st) < 0) return -errno;
+  *sizeBytes = static_cast<uint64_t>(st.st_size);
+  return end <= *sizeBytes ? 0 : -EIO;
+}
+
 } // namespace ublkts

@@ -62,4 +62,23 @@ void LoopTargetPrep(io_uring_sqe *sqe, int fd, const ublk::io_desc &iod, uint8_t
 // another stage.
 bool LoopTargetComplete(const ublk::io_desc &iod, int res, ZeroStage stage, ZeroStage *next, int *result);
 
+// Zero copy (UBLK_F_AUTO_BUF_REG): the requests whose bytes the kernel
+// registers as a buffer in the queue ring's table, which only an io_uring
+// operation on that ring can reach (the server's CPU never sees them).
+inline bool CarriesData(const ublk::io_desc &iod) {
+  const unsigned op = IoOp(iod);
+  return op == ublk::IO_OP_READ || op == ublk::IO_OP_WRITE;
+}
+
+// Zero copy: prepares the READ_FIXED or WRITE_FIXED between the backing
+// file (loop) or the memory target's tmpfs file and the request's
+// registered buffer at `bufIndex`. A kernel-registered buffer starts at
+// address 0, so the address is the offset into the request's bytes: 0.
+void FixedBufferPrep(io_uring_sqe *sqe, int fd, const ublk::io_desc &iod, uint16_t bufIndex);
+
+// The memory target's bounds check, for a request served on the ring: 0
+// when the request lies inside the file (looked at again when it seems not
+// to: an online resize grows the file first), -EIO when it does not.
+int MemoryTargetBounds(int fd, uint64_t *sizeBytes, const ublk::io_desc &iod);
+
 } // namespace ublkts

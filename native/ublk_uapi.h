@@ -33,6 +33,8 @@ enum IoCmd : unsigned {
   IO_FETCH_REQ = 0x20,
   IO_COMMIT_AND_FETCH_REQ = 0x21,
   IO_NEED_GET_DATA = 0x22,
+  IO_REGISTER_IO_BUF = 0x23,   // ioctl-encoded only (6.15+): io_cmd.addr = buffer index
+  IO_UNREGISTER_IO_BUF = 0x24, // ioctl-encoded only (6.15+): io_cmd.addr = buffer index
 };
 
 struct ctrl_cmd {
@@ -152,6 +154,10 @@ constexpr __u64 F_USER_COPY = 1ull << 7;
 constexpr __u64 F_ZONED = 1ull << 8;
 constexpr __u64 F_USER_RECOVERY_FAIL_IO = 1ull << 9;
 constexpr __u64 F_UPDATE_SIZE = 1ull << 10;
+// The kernel registers each request's pages in the queue ring's buffer
+// table (at the index sqe->addr names) before handing the request over,
+// and unregisters them at COMMIT_AND_FETCH_REQ (6.16+).
+constexpr __u64 F_AUTO_BUF_REG = 1ull << 11;
 constexpr __u64 F_QUIESCE = 1ull << 12; // QUIESCE_DEV; the kernel requires F_USER_RECOVERY with it
 
 constexpr unsigned IO_OP_READ = 0;
@@ -163,6 +169,17 @@ constexpr unsigned IO_OP_WRITE_ZEROES = 5;
 
 constexpr unsigned IO_F_FUA = 1u << 13;
 constexpr unsigned IO_F_NOUNMAP = 1u << 15;
+// F_AUTO_BUF_REG with AUTO_BUF_REG_FALLBACK: the automatic registration
+// failed, so the server registers the request's buffer itself.
+constexpr unsigned IO_F_NEED_REG_BUF = 1u << 17;
+
+// struct ublk_auto_buf_reg, passed in the sqe->addr of FETCH_REQ and
+// COMMIT_AND_FETCH_REQ: bits 0-15 the buffer index, 16-23 the flags, the
+// rest reserved (zero).
+constexpr __u8 AUTO_BUF_REG_FALLBACK = 1u << 0;
+inline __u64 auto_buf_reg_addr(__u16 index, __u8 flags) {
+  return static_cast<__u64>(index) | (static_cast<__u64>(flags) << 16);
+}
 
 constexpr int IO_RES_OK = 0;
 constexpr int IO_RES_NEED_GET_DATA = 1;

@@ -11,6 +11,7 @@ import { DeviceInfo, UblkControl } from '../kernel/control';
 import { resizeDevice } from '../device/resize';
 import { blockDeviceInUse } from '../kernel/in-use';
 import { featureSupport } from '../kernel/feature-report';
+import { DataPath, dataPathOf } from '../kernel/uapi';
 import { listRecords, requireRecord, writeRecord } from '../server/device-records';
 import { handOver } from '../server/handover';
 import { DEFAULT_STATE_DIR, removeDevice, startServer } from '../server/launcher';
@@ -24,7 +25,7 @@ const USAGE = `usage:
   ublkctl add -t loop --file PATH [--size SIZE] [--create] [--direct-io auto|on|off] [options]
   ublkctl add -t js --module /abs/target.js [--options JSON] --size SIZE [options]
       options: [--id N] [--queues Q] [--depth D] [--max-io-size SIZE]
-               [--logical-block-size B] [--read-only] [--lock-memory] [--no-partition-scan]
+               [--logical-block-size B] [--read-only] [--lock-memory] [--no-partition-scan] [--no-zero-copy]
                [--recovery reissue|fail-inflight|fail-io|none] [--insecure-permissions] [--json]
   ublkctl del ID|--all [--force] [--json]
   ublkctl recover ID [--insecure-permissions] [--json]
@@ -93,6 +94,7 @@ async function cmdAdd(args: string[]): Promise<void> {
       'read-only': { type: 'boolean' },
       'lock-memory': { type: 'boolean' },
       'no-partition-scan': { type: 'boolean' },
+      'no-zero-copy': { type: 'boolean' },
       file: { type: 'string', short: 'f' },
       create: { type: 'boolean' },
       'direct-io': { type: 'string' },
@@ -132,6 +134,7 @@ async function cmdAdd(args: string[]): Promise<void> {
     readOnly: values['read-only'],
     lockMemory: values['lock-memory'],
     partitionScan: values['no-partition-scan'] ? false : undefined,
+    zeroCopy: values['no-zero-copy'] ? false : undefined,
     recovery: values.recovery as DeviceSpecInput['recovery'],
   };
   const spec = normalizeDeviceSpec(input);
@@ -316,6 +319,8 @@ interface ListedDevice extends DeviceInfo {
   owner?: string;
   manifest?: string;
   lastError?: string;
+  /** How its requests reach the server's target, from the device's flags: 'copy' or 'zero-copy' (AUTO_BUF_REG). */
+  dataPath: DataPath;
 }
 
 async function cmdList(args: string[]): Promise<void> {
@@ -333,6 +338,7 @@ async function cmdList(args: string[]): Promise<void> {
           owner: record?.owner,
           manifest: record?.manifest,
           lastError: record?.lastError,
+          dataPath: dataPathOf(info.flags),
         };
       }),
     );
@@ -345,7 +351,9 @@ async function cmdList(args: string[]): Promise<void> {
     console.log('no ublk devices');
     return;
   }
-  const rows = [['ID', 'STATE', 'SIZE', 'QUEUES', 'DEPTH', 'MAX-IO', 'PID', 'BLOCK', 'MANIFEST', 'LAST-ERROR']];
+  const rows = [
+    ['ID', 'STATE', 'SIZE', 'QUEUES', 'DEPTH', 'MAX-IO', 'DATA-PATH', 'PID', 'BLOCK', 'MANIFEST', 'LAST-ERROR'],
+  ];
   for (const d of devices) {
     rows.push([
       String(d.id),
@@ -354,6 +362,7 @@ async function cmdList(args: string[]): Promise<void> {
       String(d.queues),
       String(d.depth),
       formatSize(d.maxIoSize),
+      d.dataPath,
       d.serverPid > 0 ? String(d.serverPid) : '-',
       d.blockPath,
       d.manifest ?? (d.owner ? `(${d.owner})` : '-'),

@@ -7,8 +7,9 @@
  */
 import { ERRNO, SpecError, UblkError } from '../errors';
 import { DeviceInfo } from '../kernel/control';
-import { featureNames, UBLK_F_NO_AUTO_PART_SCAN } from '../kernel/uapi';
+import { featureNames, UBLK_F_AUTO_BUF_REG, UBLK_F_NO_AUTO_PART_SCAN } from '../kernel/uapi';
 import { DeviceSpec } from '../spec/device-spec';
+import { servesZeroCopy } from './queues';
 import { quiesceFlag, RecoveryMode, recoveryFlags } from '../spec/recovery-mode';
 
 /**
@@ -30,7 +31,18 @@ export function addDeviceFlags(spec: DeviceSpec, recovery: RecoveryMode, feature
     }
     flags |= UBLK_F_NO_AUTO_PART_SCAN;
   }
+  if (wantsZeroCopy(spec, features)) flags |= UBLK_F_AUTO_BUF_REG;
   return flags;
+}
+
+/**
+ * Whether a device made from `spec` gets zero copy (UBLK_F_AUTO_BUF_REG):
+ * unless the spec turns it off, where the kernel has it and the target's
+ * IO is a file operation on the queue's ring (loop, memory). The kernel
+ * refuses the flag only on unprivileged devices, which ublk-ts does not make.
+ */
+export function wantsZeroCopy(spec: DeviceSpec, features: bigint): boolean {
+  return spec.zeroCopy !== false && servesZeroCopy(spec.target.type) && (features & UBLK_F_AUTO_BUF_REG) !== 0n;
 }
 
 /** Fails when ADD_DEV handed back a device without a flag that was asked for. */

@@ -9,7 +9,7 @@
 import * as fs from 'node:fs/promises';
 import { ControlCommands, DeviceInfo } from '../kernel/control';
 import { native, NativeQueueEvent } from '../kernel/native';
-import { UBLK_F_CMD_IOCTL_ENCODE } from '../kernel/uapi';
+import { dataPathOf, UBLK_F_CMD_IOCTL_ENCODE } from '../kernel/uapi';
 import { ERRNO, UblkError } from '../errors';
 import { DeviceSpec } from '../spec/device-spec';
 import { Backing } from './backing';
@@ -145,12 +145,34 @@ async function startNativeQueues(
       backingIsBlockDevice: backing?.blockDevice ?? false,
       readOnly: spec.readOnly,
       lockMemory: spec.lockMemory === true,
+      // From the device, not the spec: a recovered or handed-over device is served the way it was made.
+      autoBufReg: dataPathOf(info.flags) === 'zero-copy',
       sizeBytes: spec.sizeBytes,
       queues: Array.from({ length: info.queues }, (_, qid) => ({ qid, cpus: affinities[qid] ?? [] })),
     },
     onEvent,
   );
   return { stop: () => group.stop(), ready: lifecycle.ready, exited: lifecycle.exited };
+}
+
+/** The targets that can serve a zero-copy device: those whose IO is an io_uring file operation. */
+export function servesZeroCopy(target: DeviceSpec['target']['type']): boolean {
+  return target === 'loop' || target === 'memory';
+}
+
+/**
+ * Refuses to serve a zero-copy device with a target that needs the
+ * request's bytes in its own memory: their pages would never reach it.
+ */
+function checkDataPath(info: DeviceInfo, spec: DeviceSpec): void {
+  if (dataPathOf(info.flags) === 'zero-copy' && !servesZeroCopy(spec.target.type)) {
+    throw new UblkError(
+      'START queues',
+      info.id,
+      ERRNO.EINVAL,
+      `the device was made zero copy (UBLK_F_AUTO_BUF_REG), which a ${spec.target.type} target cannot serve; re-create it`,
+    );
+  }
 }
 
 /**
@@ -187,6 +209,7 @@ export async function prepareQueues(
     }
     return { stop: queues.stop, exited: queues.exited };
   };
+  checkDataPath(info, spec);
   if (spec.target.type !== 'js') {
     return {
       start: async () => {

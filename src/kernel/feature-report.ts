@@ -5,6 +5,7 @@
  */
 import * as os from 'node:os';
 import {
+  UBLK_F_AUTO_BUF_REG,
   UBLK_F_NO_AUTO_PART_SCAN,
   UBLK_F_QUIESCE,
   UBLK_F_SAFE_STOP_DEV,
@@ -85,6 +86,15 @@ const DEFINITIONS: FeatureDefinition[] = [
     flag: UBLK_F_NO_AUTO_PART_SCAN,
     present: 'spec.partitionScan: false (ublkctl add --no-partition-scan) leaves the partition table unread',
     absent: 'spec.partitionScan: false is refused; the kernel scans every device it starts',
+  },
+  {
+    name: 'zero copy',
+    uapi: 'UBLK_F_AUTO_BUF_REG, UBLK_IO_F_NEED_REG_BUF',
+    since: '6.16',
+    flag: UBLK_F_AUTO_BUF_REG,
+    present:
+      'loop and memory devices serve reads and writes zero copy: the kernel registers each request as a buffer of the queue ring, read or written with READ_FIXED/WRITE_FIXED (spec.zeroCopy: false or ublkctl add --no-zero-copy keeps the copy path)',
+    absent: "every device copies each request through its server's buffer",
   },
   {
     name: 'START_DEV pid check',

@@ -91,6 +91,8 @@ export interface NativeQueueGroupOptions {
   sizeBytes: number;
   /** Lock each queue's IO buffers in memory (mlock). */
   lockMemory: boolean;
+  /** The device has UBLK_F_AUTO_BUF_REG: serve reads and writes zero copy (loop and memory). */
+  autoBufReg?: boolean;
   queues: Array<{ qid: number; cpus: number[] }>;
 }
 

@@ -43,6 +43,20 @@ export function updateSizeMissing(kernelFeatures: bigint, deviceFlags: bigint): 
   }
   return undefined;
 }
+/**
+ * Zero copy (Linux 6.16+): the kernel registers each request's pages as a
+ * buffer in the queue ring's table, and the server moves the bytes with
+ * READ_FIXED/WRITE_FIXED on that buffer instead of copying them.
+ */
+export const UBLK_F_AUTO_BUF_REG = 1n << 11n;
+
+/** How a device's requests reach the server's target: through its buffers, or zero copy. */
+export type DataPath = 'copy' | 'zero-copy';
+
+/** A device's data path, from its flags (GET_DEV_INFO): what its server must serve it with. */
+export function dataPathOf(deviceFlags: bigint): DataPath {
+  return (deviceFlags & UBLK_F_AUTO_BUF_REG) !== 0n ? 'zero-copy' : 'copy';
+}
 /** QUIESCE_DEV (Linux 6.16+): a server can be made to let go of a live device; needs UBLK_F_USER_RECOVERY. */
 export const UBLK_F_QUIESCE = 1n << 12n;
 /** The kernel has TRY_STOP_DEV (7.0+): a stop that refuses, race-free, while /dev/ublkbN is open. */

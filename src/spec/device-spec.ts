@@ -73,6 +73,7 @@ export interface DeviceSpecInput {
   readOnly?: boolean;
   lockMemory?: boolean;
   partitionScan?: boolean;
+  zeroCopy?: boolean;
   recovery?: RecoveryMode;
 }
 
@@ -101,6 +102,14 @@ export interface DeviceSpec {
    * left out so specs and records written before the field stay as they were.
    */
   partitionScan?: false;
+  /**
+   * false: the device always takes the copy path, even where the kernel
+   * could register each request's pages for the server's ring
+   * (UBLK_F_AUTO_BUF_REG). Absent: zero copy where the kernel and the
+   * target allow it; left out so specs and records written before the
+   * field stay as they were.
+   */
+  zeroCopy?: false;
   recovery: RecoveryMode;
 }
 
@@ -184,6 +193,7 @@ export function normalizeDeviceSpec(
   };
   if (input.id !== undefined) spec.id = input.id;
   if (input.partitionScan === false) spec.partitionScan = false;
+  if (input.zeroCopy === false) spec.zeroCopy = false;
   return spec;
 }
 
@@ -315,6 +325,7 @@ function comparable(input: DeviceSpecInput): Record<string, unknown> {
   // Only when set, so the identity of every device written before the field existed stays the same.
   if (input.lockMemory) spec.lockMemory = true;
   if (input.partitionScan === false) spec.partitionScan = false;
+  if (input.zeroCopy === false) spec.zeroCopy = false;
   return spec;
 }
 

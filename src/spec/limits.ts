@@ -45,6 +45,7 @@ export const DEFAULTS = {
   readOnly: specFields.readOnly.default as boolean,
   lockMemory: specFields.lockMemory.default as boolean,
   partitionScan: specFields.partitionScan.default as boolean,
+  zeroCopy: specFields.zeroCopy.default as boolean,
   recovery: specFields.recovery.default as RecoveryMode,
   directIo: loopFields.directIo.default as DirectIoMode,
   create: loopFields.create.default as boolean,

@@ -142,5 +142,6 @@ export function specProblems(input: DeviceSpecInput, limits: HostLimits): SpecPr
   check('readOnly', booleanProblem(input.readOnly));
   check('lockMemory', booleanProblem(input.lockMemory));
   check('partitionScan', booleanProblem(input.partitionScan));
+  check('zeroCopy', booleanProblem(input.zeroCopy));
   return problems;
 }

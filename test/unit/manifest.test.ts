@@ -194,6 +194,7 @@ describe('manifest loading: valid manifests', () => {
       readOnly: false,
       lockMemory: false,
       partitionScan: true,
+      zeroCopy: true,
       recovery: 'reissue',
       allowDataLoss: false,
     });
@@ -472,6 +473,7 @@ describe('manifest schema and TypeScript types', () => {
           readOnly: true,
           lockMemory: true,
           partitionScan: true,
+          zeroCopy: true,
           recovery: true,
           allowDataLoss: true,
         } satisfies Record<keyof ManifestSpec, true>,

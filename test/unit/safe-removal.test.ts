@@ -239,6 +239,7 @@ describe('feature report', () => {
         'safe stop',
         'async delete',
         'no partition scan',
+        'zero copy',
         'START_DEV pid check',
       ],
     );
