@@ -107,6 +107,7 @@ void QueueRunner::Serve() {
     }
     explicitBuffer_.assign(config_.depth, false);
     heldResult_.assign(config_.depth, 0);
+    fixedDone_.assign(config_.depth, 0);
   }
   commitOp_ = ublk::io_opcode(ublk::IO_COMMIT_AND_FETCH_REQ, config_.legacyOpcodes);
   served_.assign(config_.depth, false);
@@ -201,6 +202,10 @@ void QueueRunner::OnCompletion(uint64_t userData, int res) {
   const unsigned tag = static_cast<unsigned>(userData & 0xffff);
   if (userData & kBufferCmdBit) return OnBufferCommand(tag, (userData & kUnregisterBit) != 0, res);
   if (userData & kTargetIoBit) {
+    if (config_.autoBufReg && CarriesData(mappings_.Descriptor(tag))) {
+      targetInflight_--;
+      return OnFixedIo(tag, res);
+    }
     targetInflight_--;
     int result = 0;
     ZeroStage next = ZeroStage::ZeroRange;
@@ -287,14 +292,30 @@ void QueueRunner::ServeZeroCopyRequest(unsigned tag) {
   if (config_.target == TargetKind::Memory) {
     if (int err = MemoryTargetBounds(config_.backingFd, &config_.sizeBytes, iod); err != 0) return Commit(tag, err);
   }
+  fixedDone_[tag] = 0;
   if (iod.op_flags & ublk::IO_F_NEED_REG_BUF) return PrepBufferCommand(tag, false);
   SubmitFixedIo(tag);
+}
+
+// A zero-copy read or write is committed whole or failed, never short: on
+// Linux 7.3 a short count committed for a zero-copy read completed the
+// whole request, the unread part of its pages included (the copy path's
+// short count makes the kernel resend the rest). So the transfer goes on
+// where it stopped; a file that ends inside the request, or an error after
+// partial progress, fails the whole request.
+void QueueRunner::OnFixedIo(unsigned tag, int res) {
+  const uint32_t bytes = IoBytes(mappings_.Descriptor(tag));
+  if (res < 0) return FinishTargetIo(tag, res);
+  if (res == 0) return FinishTargetIo(tag, -EIO);
+  fixedDone_[tag] += static_cast<uint32_t>(res);
+  if (fixedDone_[tag] < bytes) return SubmitFixedIo(tag);
+  FinishTargetIo(tag, static_cast<int>(bytes));
 }
 
 void QueueRunner::SubmitFixedIo(unsigned tag) {
   io_uring_sqe *sqe = GetSqe();
   if (sqe == nullptr) return; // the ring failed: GetSqe ended the queue
-  FixedBufferPrep(sqe, config_.backingFd, mappings_.Descriptor(tag), static_cast<uint16_t>(tag));
+  FixedBufferPrep(sqe, config_.backingFd, mappings_.Descriptor(tag), static_cast<uint16_t>(tag), fixedDone_[tag]);
   sqe->user_data = kTargetIoBit | tag;
   targetInflight_++;
 }

@@ -68,6 +68,7 @@ private:
   void PrepBufferCommand(unsigned tag, bool unregister);
   void OnBufferCommand(unsigned tag, bool unregister, int res);
   void FinishTargetIo(unsigned tag, int result);
+  void OnFixedIo(unsigned tag, int res);
   void PrepIoCommand(unsigned opcode, unsigned tag, int result);
   io_uring_sqe *GetSqe();
   int FirstFetchError();
@@ -96,6 +97,8 @@ private:
   // commit, and the result that commit will carry meanwhile.
   std::vector<bool> explicitBuffer_;
   std::vector<int> heldResult_;
+  // Zero copy: bytes of each tag's read or write moved so far.
+  std::vector<uint32_t> fixedDone_;
   // One batch of completions, copied out so the CQ has room while they are answered.
   std::vector<std::pair<uint64_t, int>> batch_;
   // For the exit event: the first failed tag, unless the ring itself fails later.

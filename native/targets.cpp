@@ -150,14 +150,15 @@ bool LoopTargetComplete(const ublk::io_desc &iod, int res, ZeroStage stage, Zero
   return false;
 }
 
-void FixedBufferPrep(io_uring_sqe *sqe, int fd, const ublk::io_desc &iod, uint16_t bufIndex) {
-  const uint64_t offset = IoOffset(iod);
-  const uint32_t bytes = IoBytes(iod);
+void FixedBufferPrep(io_uring_sqe *sqe, int fd, const ublk::io_desc &iod, uint16_t bufIndex, uint32_t done) {
+  const uint64_t offset = IoOffset(iod) + done;
+  const uint32_t bytes = IoBytes(iod) - done;
+  void *at = reinterpret_cast<void *>(static_cast<uintptr_t>(done));
   if (IoOp(iod) == ublk::IO_OP_READ) {
-    io_uring_prep_read_fixed(sqe, fd, nullptr, bytes, offset, bufIndex);
+    io_uring_prep_read_fixed(sqe, fd, at, bytes, offset, bufIndex);
     return;
   }
-  io_uring_prep_write_fixed(sqe, fd, nullptr, bytes, offset, bufIndex);
+  io_uring_prep_write_fixed(sqe, fd, at, bytes, offset, bufIndex);
   if (IoFlags(iod) & ublk::IO_F_FUA) sqe->rw_flags = RWF_DSYNC;
 }
 

@@ -72,9 +72,10 @@ inline bool CarriesData(const ublk::io_desc &iod) {
 
 // Zero copy: prepares the READ_FIXED or WRITE_FIXED between the backing
 // file (loop) or the memory target's tmpfs file and the request's
-// registered buffer at `bufIndex`. A kernel-registered buffer starts at
-// address 0, so the address is the offset into the request's bytes: 0.
-void FixedBufferPrep(io_uring_sqe *sqe, int fd, const ublk::io_desc &iod, uint16_t bufIndex);
+// registered buffer at `bufIndex`, for the request's bytes from `done` on
+// (a transfer that came back short goes on from there). A kernel-registered
+// buffer starts at address 0, so the address is the offset into it.
+void FixedBufferPrep(io_uring_sqe *sqe, int fd, const ublk::io_desc &iod, uint16_t bufIndex, uint32_t done);
 
 // The memory target's bounds check, for a request served on the ring: 0
 // when the request lies inside the file (looked at again when it seems not
