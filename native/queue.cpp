@@ -92,6 +92,9 @@ void QueueRunner::Serve() {
     mappings_.Reset();
     return Report("exit", "io_uring_setup", -ret);
   }
+  if (config_.target == TargetKind::Memory) {
+    memory_ = std::make_unique<MemoryStore>(config_.backingFd, config_.sizeBytes, config_.maxIoSize);
+  }
   commitOp_ = ublk::io_opcode(ublk::IO_COMMIT_AND_FETCH_REQ, config_.legacyOpcodes);
   served_.assign(config_.depth, false);
   batch_.reserve(ring_.cq.ring_entries);
@@ -118,6 +121,7 @@ void QueueRunner::Serve() {
     mappings_.Abandon();
     Fail("drain target IO", ETIMEDOUT);
   }
+  memory_.reset();
   Report("exit", failedOp_, failure_);
 }
 
@@ -227,7 +231,7 @@ void QueueRunner::ServeRequest(unsigned tag) {
   case TargetKind::Null:
     return Commit(tag, NullTargetResult(iod));
   case TargetKind::Memory:
-    return Commit(tag, MemoryTargetIo(config_.backingFd, &config_.sizeBytes, iod, mappings_.Buffer(tag)));
+    return Commit(tag, memory_->Io(iod, mappings_.Buffer(tag)));
   case TargetKind::Loop:
     if (config_.backingIsBlockDevice && IoOp(iod) == ublk::IO_OP_DISCARD) {
       return Commit(tag, BlockDeviceDiscard(config_.backingFd, iod));

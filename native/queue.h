@@ -28,7 +28,7 @@ struct QueueConfig {
   bool backingIsBlockDevice = false;
   bool readOnly = false;   // refuse writes, discards and write-zeroes
   bool lockMemory = false; // mlock the IO buffers
-  uint64_t sizeBytes = 0;  // memory: the file's size as last seen, for bounds checks
+  uint64_t sizeBytes = 0;  // memory: the file's size when the queue starts
 };
 
 struct QueueEvent {
@@ -77,7 +77,8 @@ private:
   io_uring ring_{};
   unsigned commitOp_ = 0;
   unsigned liveTags_ = 0;
-  uint32_t targetInflight_ = 0; // loop target operations submitted, not completed
+  std::unique_ptr<MemoryStore> memory_; // the memory target's file, mapped
+  uint32_t targetInflight_ = 0;         // loop target operations submitted, not completed
   bool stopping_ = false;
   // The kernel aborted a fetch: it hands out no more requests (see ServeUntilDone).
   bool aborted_ = false;

@@ -4,6 +4,7 @@
 #include <linux/falloc.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -49,25 +50,84 @@ int FullTransfer(bool write, int fd, uint8_t *buffer, uint32_t bytes, uint64_t o
 
 } // namespace
 
-int MemoryTargetIo(int fd, uint64_t *sizeBytes, const ublk::io_desc &iod, uint8_t *buffer) {
+MemoryStore::MemoryStore(int fd, uint64_t sizeBytes, uint32_t maxIoBytes)
+    : fd_(fd), size_(sizeBytes), pageSize_(static_cast<uint64_t>(sysconf(_SC_PAGESIZE))) {
+  // A request spans at most this many pages (one more where it starts inside a page).
+  residency_.resize(maxIoBytes / pageSize_ + 2);
+  Map();
+}
+
+MemoryStore::~MemoryStore() {
+  if (map_ != nullptr) munmap(map_, mapped_);
+}
+
+void MemoryStore::Map() {
+  // A shrunk file keeps the longer mapping: InFile never lets a request
+  // touch a page the file no longer holds.
+  if (size_ <= mapped_) return;
+  // A read-only descriptor (or no address space for a huge device) gives
+  // no mapping, and every request takes pread/pwrite: slower, still right.
+  // So any mapping here was opened for writing, which is also what lets
+  // mincore report the file's pages rather than claim all are there.
+  void *map = mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
+  if (map == MAP_FAILED) return;
+  if (map_ != nullptr) munmap(map_, mapped_);
+  map_ = static_cast<uint8_t *>(map);
+  mapped_ = size_;
+}
+
+bool MemoryStore::InFile(uint64_t offset, uint32_t bytes) {
+  if (map_ == nullptr || offset + bytes > mapped_) return false;
+  const uint64_t first = offset & ~(pageSize_ - 1);
+  const uint64_t length = offset + bytes - first;
+  const uint64_t pages = (length + pageSize_ - 1) / pageSize_;
+  if (pages > residency_.size() || mincore(map_ + first, length, residency_.data()) < 0) return false;
+  for (uint64_t i = 0; i < pages; i++) {
+    if ((residency_[i] & 1) == 0) return false;
+  }
+  return true;
+}
+
+int MemoryStore::Io(const ublk::io_desc &iod, uint8_t *buffer) {
   const uint64_t offset = IoOffset(iod);
   const uint32_t bytes = IoBytes(iod);
-  if (offset + bytes > *sizeBytes) {
+  if (offset + bytes > size_) {
     struct stat st {};
-    if (fstat(fd, &st) < 0) return -errno;
-    *sizeBytes = static_cast<uint64_t>(st.st_size);
-    if (offset + bytes > *sizeBytes) return -EIO;
+    if (fstat(fd_, &st) < 0) return -errno;
+    size_ = static_cast<uint64_t>(st.st_size);
+    if (offset + bytes > size_) return -EIO;
+    Map();
   }
+  // Why the mapping is only touched where mincore found the file's pages:
+  // a page past the file's end would raise SIGBUS and end the server. Only
+  // this server's user can shrink the file (its directory is that user's,
+  // mode 0700, checked before the file is opened), and ublk-ts shrinks it
+  // only after the kernel's capacity shrank and with the device unused
+  // (resize.ts), so no request is then in flight past the new end. A page
+  // truncated before mincore looks is not in the file: that request takes
+  // pread/pwrite, and a read there gets -EIO as before. What is left is a
+  // truncate by root by hand landing between mincore and the memcpy.
   switch (IoOp(iod)) {
   case ublk::IO_OP_READ:
-    return FullTransfer(false, fd, buffer, bytes, offset);
+    if (InFile(offset, bytes)) {
+      std::memcpy(buffer, map_ + offset, bytes);
+      return static_cast<int>(bytes);
+    }
+    return FullTransfer(false, fd_, buffer, bytes, offset);
   case ublk::IO_OP_WRITE:
-    return FullTransfer(true, fd, buffer, bytes, offset);
+    // A write into a hole allocates its page either way; pwrite does it
+    // without a page fault, and the next request finds the page in the file.
+    if (InFile(offset, bytes)) {
+      std::memcpy(map_ + offset, buffer, bytes);
+      return static_cast<int>(bytes);
+    }
+    return FullTransfer(true, fd_, buffer, bytes, offset);
   case ublk::IO_OP_FLUSH:
     return 0;
   case ublk::IO_OP_DISCARD:
   case ublk::IO_OP_WRITE_ZEROES:
-    if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
+    // The punched pages leave the mapping too: later reads find a hole.
+    if (fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
                   static_cast<off_t>(bytes)) < 0) {
       return -errno;
     }

@@ -4,6 +4,7 @@
 #include <liburing.h>
 
 #include <cstdint>
+#include <vector>
 
 #include "ublk_uapi.h"
 
@@ -38,10 +39,42 @@ int NullTargetResult(const ublk::io_desc &iod);
 // The memory target: a tmpfs file holding the device's bytes. Pages exist only
 // where data was written (reads of holes come back as zeroes without
 // allocating); discard and write-zeroes punch holes and give memory back.
-// `sizeBytes` is the queue's view of the file's size: a request beyond it
-// looks at the file again (an online resize grows the file before the
-// kernel sends IO there), so the target never writes past the file's end.
-int MemoryTargetIo(int fd, uint64_t *sizeBytes, const ublk::io_desc &iod, uint8_t *buffer);
+//
+// Data already in the file moves with a memcpy through a shared mapping of
+// it, which costs less than the file system's read and write paths (no
+// inode lock, no time updates, no per-page lookup). Only pages the file
+// holds are touched that way, as mincore says: a fault on a hole would
+// allocate a page for a read, and one past the file's end would be SIGBUS.
+// Holes and anything the mapping cannot reach take pread/pwrite, as before.
+// One per queue, used only by its thread.
+class MemoryStore {
+public:
+  // `sizeBytes` is the file's size when the queue starts; `maxIoBytes` the largest request.
+  MemoryStore(int fd, uint64_t sizeBytes, uint32_t maxIoBytes);
+  ~MemoryStore();
+  MemoryStore(const MemoryStore &) = delete;
+  MemoryStore &operator=(const MemoryStore &) = delete;
+
+  // Serves one request: bytes moved, 0, or -errno.
+  int Io(const ublk::io_desc &iod, uint8_t *buffer);
+
+private:
+  // Maps the first size_ bytes of the file, replacing a shorter mapping; without one, IO takes pread/pwrite.
+  void Map();
+  // Whether every page of [offset, offset + bytes) is in the file (resident or in swap cache), so the mapping may touch
+  // it.
+  bool InFile(uint64_t offset, uint32_t bytes);
+
+  int fd_;
+  // The file's size as last seen: a request beyond it looks at the file
+  // again (an online resize grows the file before the kernel sends IO
+  // there), so the target never writes past the file's end.
+  uint64_t size_;
+  uint8_t *map_ = nullptr;
+  uint64_t mapped_ = 0;
+  uint64_t pageSize_;
+  std::vector<unsigned char> residency_; // mincore's answer, one byte per page of a request
+};
 
 // True for the requests the loop target turns into a backing-file operation.
 bool LoopTargetSupports(const ublk::io_desc &iod);

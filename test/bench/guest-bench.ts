@@ -92,7 +92,10 @@ function fio(job: FioJob, device: string, sizeBytes: number): number {
   };
   const result = report.jobs[0]!;
   if (result.error !== 0) throw new Error(`fio error ${result.error} on ${device}`);
-  return job.unit === 'IOPS' ? Math.round(result.read.iops) : Math.round(result.read.bw_bytes / MiB);
+  const value = job.unit === 'IOPS' ? Math.round(result.read.iops) : Math.round(result.read.bw_bytes / MiB);
+  // Progress: a leg takes minutes, and the table comes only at its end.
+  console.log(`  ${device}: ${job.title}: ${value} ${job.unit}`);
+  return value;
 }
 
 /** Writes every byte of `device` once, so reads find data rather than holes. */
