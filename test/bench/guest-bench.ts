@@ -12,7 +12,7 @@ import { BenchResult, BenchRow, formatRow, RowId } from './goals';
 
 const ROOT = path.resolve(__dirname, '..', '..', '..');
 const UBLKCTL = path.join(ROOT, 'dist', 'src', 'cli', 'ublkctl.js');
-const RUNTIME_S = Number(process.env.UBLK_TS_BENCH_RUNTIME ?? 3);
+const RUNTIME_S = Number(process.env.UBLK_TS_BENCH_RUNTIME ?? 2);
 const LEG = process.env.UBLK_TS_KERNEL ?? 'unknown';
 const GiB = 1024 * 1024 * 1024;
 const MiB = 1024 * 1024;
