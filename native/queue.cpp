@@ -93,7 +93,8 @@ void QueueRunner::Serve() {
     return Report("exit", "io_uring_setup", -ret);
   }
   if (config_.target == TargetKind::Memory) {
-    memory_ = std::make_unique<MemoryStore>(config_.backingFd, config_.sizeBytes, config_.maxIoSize);
+    memory_ =
+        std::make_unique<MemoryStore>(config_.backingFd, config_.sizeBytes, config_.maxIoSize, config_.memoryPages);
   }
   commitOp_ = ublk::io_opcode(ublk::IO_COMMIT_AND_FETCH_REQ, config_.legacyOpcodes);
   served_.assign(config_.depth, false);
@@ -295,6 +296,7 @@ QueueGroup::QueueGroup(const Napi::CallbackInfo &info) : Napi::ObjectWrap<QueueG
     return;
   }
   Napi::Array queues = o.Get("queues").As<Napi::Array>();
+  std::shared_ptr<MemoryPages> memoryPages;
   for (uint32_t i = 0; i < queues.Length(); i++) {
     Napi::Object q = queues.Get(i).As<Napi::Object>();
     QueueConfig c;
@@ -312,6 +314,11 @@ QueueGroup::QueueGroup(const Napi::CallbackInfo &info) : Napi::ObjectWrap<QueueG
     c.backingIsBlockDevice = o.Get("backingIsBlockDevice").ToBoolean().Value();
     c.readOnly = o.Get("readOnly").ToBoolean().Value();
     c.lockMemory = o.Get("lockMemory").ToBoolean().Value();
+    if (c.target == TargetKind::Memory) {
+      // One page map for all the device's queues: a discard on one is seen by all.
+      if (!memoryPages) memoryPages = std::make_shared<MemoryPages>(c.sizeBytes, sysconf(_SC_PAGESIZE));
+      c.memoryPages = memoryPages;
+    }
     Napi::Array cpus = q.Get("cpus").As<Napi::Array>();
     for (uint32_t k = 0; k < cpus.Length(); k++) c.cpus.push_back(cpus.Get(k).As<Napi::Number>().Int32Value());
     runners_.push_back(std::make_unique<QueueRunner>(std::move(c), charFd_, this));

@@ -26,9 +26,10 @@ struct QueueConfig {
   TargetKind target = TargetKind::Null;
   int backingFd = -1; // loop: the backing file; memory: its /dev/shm file
   bool backingIsBlockDevice = false;
-  bool readOnly = false;   // refuse writes, discards and write-zeroes
-  bool lockMemory = false; // mlock the IO buffers
-  uint64_t sizeBytes = 0;  // memory: the file's size when the queue starts
+  bool readOnly = false;                    // refuse writes, discards and write-zeroes
+  bool lockMemory = false;                  // mlock the IO buffers
+  uint64_t sizeBytes = 0;                   // memory: the file's size when the queue starts
+  std::shared_ptr<MemoryPages> memoryPages; // memory: which pages hold data, shared by the device's queues
 };
 
 struct QueueEvent {

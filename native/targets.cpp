@@ -1,5 +1,6 @@
 #include "targets.h"
 
+#include <csignal>
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
@@ -9,8 +10,11 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
+#include <csetjmp>
 #include <cstring>
+#include <mutex>
 
 namespace ublkts {
 
@@ -50,10 +54,102 @@ int FullTransfer(bool write, int fd, uint8_t *buffer, uint32_t bytes, uint64_t o
 
 } // namespace
 
-MemoryStore::MemoryStore(int fd, uint64_t sizeBytes, uint32_t maxIoBytes)
-    : fd_(fd), size_(sizeBytes), pageSize_(static_cast<uint64_t>(sysconf(_SC_PAGESIZE))) {
+namespace {
+
+// SIGBUS during a copy through a memory target's mapping means the page
+// is past the file's end (root truncated the file by hand): the copy is
+// abandoned and the request served by pread/pwrite, which meets the end
+// of the file (-EIO for a read) instead of ending the server. The handler
+// is process-wide by nature, so it is installed once and passes any
+// SIGBUS that is not a guarded copy's on to what was there before.
+thread_local sigjmp_buf *volatile tlsCopyGuard = nullptr;
+struct sigaction previousBusAction {};
+
+void OnBus(int sig, siginfo_t *info, void *context) {
+  sigjmp_buf *guard = tlsCopyGuard;
+  if (guard != nullptr) siglongjmp(*guard, 1);
+  if (previousBusAction.sa_flags & SA_SIGINFO) {
+    previousBusAction.sa_sigaction(sig, info, context);
+  } else if (previousBusAction.sa_handler != SIG_DFL && previousBusAction.sa_handler != SIG_IGN) {
+    previousBusAction.sa_handler(sig);
+  } else {
+    // Back to the default: the faulting access runs again and ends the process as it would have.
+    sigaction(SIGBUS, &previousBusAction, nullptr);
+  }
+}
+
+void InstallBusGuard() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    struct sigaction action {};
+    action.sa_sigaction = OnBus;
+    // NODEFER: the handler leaves by siglongjmp, which restores no signal mask.
+    action.sa_flags = SA_SIGINFO | SA_NODEFER;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGBUS, &action, &previousBusAction);
+  });
+}
+
+// memcpy that returns false instead of dying where a page of `src` or `dst` is past its file's end.
+bool GuardedCopy(uint8_t *dst, const uint8_t *src, size_t bytes) {
+  sigjmp_buf env;
+  if (sigsetjmp(env, 0) != 0) {
+    tlsCopyGuard = nullptr;
+    return false;
+  }
+  tlsCopyGuard = &env;
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  std::memcpy(dst, src, bytes);
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  tlsCopyGuard = nullptr;
+  return true;
+}
+
+} // namespace
+
+MemoryPages::MemoryPages(uint64_t sizeBytes, uint64_t pageSize) {
+  const uint64_t pages = (sizeBytes + pageSize - 1) / pageSize;
+  const size_t bytes = static_cast<size_t>((pages + 63) / 64 * 8);
+  void *words = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (words == MAP_FAILED) return; // no page map: every request asks mincore
+  words_ = static_cast<uint64_t *>(words);
+  pages_ = pages;
+  bytes_ = bytes;
+}
+
+MemoryPages::~MemoryPages() {
+  if (words_ != nullptr) munmap(words_, bytes_);
+}
+
+bool MemoryPages::AllKnown(uint64_t first, uint64_t count) const {
+  if (first + count > pages_) return false;
+  for (uint64_t page = first; page < first + count; page++) {
+    if ((__atomic_load_n(&words_[page / 64], __ATOMIC_RELAXED) & (1ull << (page % 64))) == 0) return false;
+  }
+  return true;
+}
+
+void MemoryPages::Mark(uint64_t first, uint64_t count) {
+  for (uint64_t page = first; page < first + count && page < pages_; page++) {
+    const uint64_t bit = 1ull << (page % 64);
+    // Most requests land on pages already marked: read before writing the shared word.
+    if ((__atomic_load_n(&words_[page / 64], __ATOMIC_RELAXED) & bit) == 0) {
+      __atomic_fetch_or(&words_[page / 64], bit, __ATOMIC_RELAXED);
+    }
+  }
+}
+
+void MemoryPages::Forget(uint64_t first, uint64_t count) {
+  for (uint64_t page = first; page < first + count && page < pages_; page++) {
+    __atomic_fetch_and(&words_[page / 64], ~(1ull << (page % 64)), __ATOMIC_RELAXED);
+  }
+}
+
+MemoryStore::MemoryStore(int fd, uint64_t sizeBytes, uint32_t maxIoBytes, std::shared_ptr<MemoryPages> pages)
+    : fd_(fd), size_(sizeBytes), pageSize_(static_cast<uint64_t>(sysconf(_SC_PAGESIZE))), pages_(std::move(pages)) {
   // A request spans at most this many pages (one more where it starts inside a page).
   residency_.resize(maxIoBytes / pageSize_ + 2);
+  InstallBusGuard();
   Map();
 }
 
@@ -62,8 +158,8 @@ MemoryStore::~MemoryStore() {
 }
 
 void MemoryStore::Map() {
-  // A shrunk file keeps the longer mapping: InFile never lets a request
-  // touch a page the file no longer holds.
+  // A shrunk file keeps the longer mapping: pages past its end are not in
+  // the file, so InFile keeps requests off them.
   if (size_ <= mapped_) return;
   // A read-only descriptor (or no address space for a huge device) gives
   // no mapping, and every request takes pread/pwrite: slower, still right.
@@ -77,15 +173,25 @@ void MemoryStore::Map() {
 }
 
 bool MemoryStore::InFile(uint64_t offset, uint32_t bytes) {
-  if (map_ == nullptr || offset + bytes > mapped_) return false;
-  const uint64_t first = offset & ~(pageSize_ - 1);
-  const uint64_t length = offset + bytes - first;
-  const uint64_t pages = (length + pageSize_ - 1) / pageSize_;
-  if (pages > residency_.size() || mincore(map_ + first, length, residency_.data()) < 0) return false;
-  for (uint64_t i = 0; i < pages; i++) {
+  if (map_ == nullptr || offset + bytes > mapped_ || bytes == 0) return false;
+  const uint64_t first = offset / pageSize_;
+  const uint64_t count = (offset + bytes + pageSize_ - 1) / pageSize_ - first;
+  if (pages_ && pages_->AllKnown(first, count)) return true;
+  const uint64_t start = first * pageSize_;
+  if (count > residency_.size() || mincore(map_ + start, offset + bytes - start, residency_.data()) < 0) return false;
+  for (uint64_t i = 0; i < count; i++) {
     if ((residency_[i] & 1) == 0) return false;
   }
+  if (pages_) pages_->Mark(first, count);
   return true;
+}
+
+bool MemoryStore::CopyMapped(bool write, uint64_t offset, uint32_t bytes, uint8_t *buffer) {
+  if (!InFile(offset, bytes)) return false;
+  if (write ? GuardedCopy(map_ + offset, buffer, bytes) : GuardedCopy(buffer, map_ + offset, bytes)) return true;
+  const uint64_t first = offset / pageSize_;
+  if (pages_) pages_->Forget(first, (offset + bytes + pageSize_ - 1) / pageSize_ - first);
+  return false;
 }
 
 int MemoryStore::Io(const ublk::io_desc &iod, uint8_t *buffer) {
@@ -98,35 +204,27 @@ int MemoryStore::Io(const ublk::io_desc &iod, uint8_t *buffer) {
     if (offset + bytes > size_) return -EIO;
     Map();
   }
-  // Why the mapping is only touched where mincore found the file's pages:
-  // a page past the file's end would raise SIGBUS and end the server. Only
-  // this server's user can shrink the file (its directory is that user's,
-  // mode 0700, checked before the file is opened), and ublk-ts shrinks it
-  // only after the kernel's capacity shrank and with the device unused
-  // (resize.ts), so no request is then in flight past the new end. A page
-  // truncated before mincore looks is not in the file: that request takes
-  // pread/pwrite, and a read there gets -EIO as before. What is left is a
-  // truncate by root by hand landing between mincore and the memcpy.
+  const uint64_t first = offset / pageSize_;
+  const uint64_t count = (offset + bytes + pageSize_ - 1) / pageSize_ - first;
   switch (IoOp(iod)) {
   case ublk::IO_OP_READ:
-    if (InFile(offset, bytes)) {
-      std::memcpy(buffer, map_ + offset, bytes);
-      return static_cast<int>(bytes);
-    }
+    if (CopyMapped(false, offset, bytes, buffer)) return static_cast<int>(bytes);
     return FullTransfer(false, fd_, buffer, bytes, offset);
-  case ublk::IO_OP_WRITE:
-    // A write into a hole allocates its page either way; pwrite does it
-    // without a page fault, and the next request finds the page in the file.
-    if (InFile(offset, bytes)) {
-      std::memcpy(map_ + offset, buffer, bytes);
-      return static_cast<int>(bytes);
-    }
-    return FullTransfer(true, fd_, buffer, bytes, offset);
+  case ublk::IO_OP_WRITE: {
+    if (CopyMapped(true, offset, bytes, buffer)) return static_cast<int>(bytes);
+    // A write into a hole allocates its pages either way; pwrite does it
+    // without a page fault, and later requests find them in the file.
+    const int result = FullTransfer(true, fd_, buffer, bytes, offset);
+    if (result > 0 && pages_) pages_->Mark(first, count);
+    return result;
+  }
   case ublk::IO_OP_FLUSH:
     return 0;
   case ublk::IO_OP_DISCARD:
   case ublk::IO_OP_WRITE_ZEROES:
-    // The punched pages leave the mapping too: later reads find a hole.
+    // Forgotten first, so no queue copies into a page being punched; the
+    // punch unmaps the pages from every queue's mapping.
+    if (pages_) pages_->Forget(first, count);
     if (fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
                   static_cast<off_t>(bytes)) < 0) {
       return -errno;
