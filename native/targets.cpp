@@ -57,9 +57,13 @@ int FullTransfer(bool write, int fd, uint8_t *buffer, uint32_t bytes, uint64_t o
 namespace {
 
 // SIGBUS during a copy through a memory target's mapping means the page
-// is past the file's end (root truncated the file by hand): the copy is
-// abandoned and the request served by pread/pwrite, which meets the end
-// of the file (-EIO for a read) instead of ending the server. The handler
+// is past the file's end: the copy is abandoned and the request served by
+// pread/pwrite, which meets the end of the file (-EIO for a read) instead
+// of ending the server. Only the server's user can shrink the file (its
+// directory is that user's, mode 0700, checked before the file is
+// opened), and ublk-ts itself shrinks it only after the kernel's capacity
+// shrank with the device unused (resize.ts); so this is root truncating
+// the file by hand, survived rather than prevented. The handler
 // is process-wide by nature, so it is installed once and passes any
 // SIGBUS that is not a guarded copy's on to what was there before.
 thread_local sigjmp_buf *volatile tlsCopyGuard = nullptr;

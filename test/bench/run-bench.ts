@@ -45,6 +45,9 @@ async function benchLeg(leg: string, env: Record<string, string>): Promise<Bench
   return result;
 }
 
+/** A summary cell's width: ratio, data path and goal. */
+const CELL = 38;
+
 /** Every leg's ratio for each row, with the goal next to it. */
 function printSummary(results: BenchResult[]): void {
   const keys: Array<{ key: string; section: string; name: string; id: string }> = [];
@@ -56,7 +59,7 @@ function printSummary(results: BenchResult[]): void {
     }
   }
   console.log(`\nSummary: ratio to the kernel reference of the same boot (qemu -cpu ${QEMU_CPU_MODEL}, icount)`);
-  console.log(`  ${'row'.padEnd(62)} ${results.map((r) => `${r.kernel} (goal)`.padEnd(26)).join('')}`);
+  console.log(`  ${'row'.padEnd(62)} ${results.map((r) => `${r.kernel} [data path] (goal)`.padEnd(CELL)).join('')}`);
   let section = '';
   for (const k of keys) {
     if (k.section !== section) {
@@ -65,10 +68,10 @@ function printSummary(results: BenchResult[]): void {
     }
     const cells = results.map((result) => {
       const row = result.rows.find((r) => `${r.section}\u0000${r.name}` === k.key);
-      if (row?.ratio === undefined) return '-'.padEnd(26);
+      if (row?.ratio === undefined) return '-'.padEnd(CELL);
       const goal = goalFor(result.kernel, row.id);
       const goalText = goal === undefined ? '' : ` (>= ${goal.toFixed(2)} ${row.ratio >= goal ? 'met' : 'MISSED'})`;
-      return `${row.ratio.toFixed(3)}${goalText} [${row.dataPath ?? '-'}]`.padEnd(26);
+      return `${row.ratio.toFixed(3)} [${row.dataPath ?? '-'}]${goalText}`.padEnd(CELL);
     });
     const reference = results.flatMap((r) => r.rows).find((r) => `${r.section}\u0000${r.name}` === k.key)?.reference;
     console.log(`  ${`${k.name} / ${reference}`.padEnd(62)} ${cells.join('')}`);
