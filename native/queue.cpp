@@ -97,6 +97,11 @@ void QueueRunner::Serve() {
     mappings_.Reset();
     return Report("exit", "io_uring_setup", -ret);
   }
+  // On a zero-copy device only flush, discard and write-zeroes come here; reads and writes go on the ring.
+  if (config_.target == TargetKind::Memory) {
+    memory_ =
+        std::make_unique<MemoryStore>(config_.backingFd, config_.sizeBytes, config_.maxIoSize, config_.memoryPages);
+  }
   if (config_.autoBufReg) {
     // The table the kernel registers each request's pages in: one slot per tag.
     ret = io_uring_register_buffers_sparse(&ring_, config_.depth);
@@ -135,6 +140,7 @@ void QueueRunner::Serve() {
     mappings_.Abandon();
     Fail("drain target IO", ETIMEDOUT);
   }
+  memory_.reset();
   Report("exit", failedOp_, failure_);
 }
 
@@ -250,7 +256,7 @@ void QueueRunner::ServeRequest(unsigned tag) {
   case TargetKind::Null:
     return Commit(tag, NullTargetResult(iod));
   case TargetKind::Memory:
-    return Commit(tag, MemoryTargetIo(config_.backingFd, &config_.sizeBytes, iod, mappings_.Buffer(tag)));
+    return Commit(tag, memory_->Io(iod, mappings_.Buffer(tag)));
   case TargetKind::Loop:
     if (config_.backingIsBlockDevice && IoOp(iod) == ublk::IO_OP_DISCARD) {
       return Commit(tag, BlockDeviceDiscard(config_.backingFd, iod));
@@ -390,6 +396,7 @@ QueueGroup::QueueGroup(const Napi::CallbackInfo &info) : Napi::ObjectWrap<QueueG
     return;
   }
   Napi::Array queues = o.Get("queues").As<Napi::Array>();
+  std::shared_ptr<MemoryPages> memoryPages;
   for (uint32_t i = 0; i < queues.Length(); i++) {
     Napi::Object q = queues.Get(i).As<Napi::Object>();
     QueueConfig c;
@@ -408,6 +415,11 @@ QueueGroup::QueueGroup(const Napi::CallbackInfo &info) : Napi::ObjectWrap<QueueG
     c.readOnly = o.Get("readOnly").ToBoolean().Value();
     c.lockMemory = o.Get("lockMemory").ToBoolean().Value();
     c.autoBufReg = o.Get("autoBufReg").ToBoolean().Value();
+    if (c.target == TargetKind::Memory) {
+      // One page map for all the device's queues: a discard on one is seen by all.
+      if (!memoryPages) memoryPages = std::make_shared<MemoryPages>(c.sizeBytes, sysconf(_SC_PAGESIZE));
+      c.memoryPages = memoryPages;
+    }
     Napi::Array cpus = q.Get("cpus").As<Napi::Array>();
     for (uint32_t k = 0; k < cpus.Length(); k++) c.cpus.push_back(cpus.Get(k).As<Napi::Number>().Int32Value());
     runners_.push_back(std::make_unique<QueueRunner>(std::move(c), charFd_, this));

@@ -26,9 +26,10 @@ struct QueueConfig {
   TargetKind target = TargetKind::Null;
   int backingFd = -1; // loop: the backing file; memory: its /dev/shm file
   bool backingIsBlockDevice = false;
-  bool readOnly = false;   // refuse writes, discards and write-zeroes
-  bool lockMemory = false; // mlock the IO buffers
-  uint64_t sizeBytes = 0;  // memory: the file's size as last seen, for bounds checks
+  bool readOnly = false;                    // refuse writes, discards and write-zeroes
+  bool lockMemory = false;                  // mlock the IO buffers
+  uint64_t sizeBytes = 0;                   // memory: the file's size as last seen (bounds of zero-copy IO)
+  std::shared_ptr<MemoryPages> memoryPages; // memory: which pages hold data, shared by the device's queues
   // Zero copy: the device has UBLK_F_AUTO_BUF_REG (loop and memory only), so
   // each request's bytes are a buffer in the ring's table, index = tag.
   bool autoBufReg = false;
@@ -86,7 +87,8 @@ private:
   io_uring ring_{};
   unsigned commitOp_ = 0;
   unsigned liveTags_ = 0;
-  uint32_t targetInflight_ = 0; // loop target operations submitted, not completed
+  std::unique_ptr<MemoryStore> memory_; // the memory target's file, mapped
+  uint32_t targetInflight_ = 0;         // loop target operations submitted, not completed
   bool stopping_ = false;
   // The kernel aborted a fetch: it hands out no more requests (see ServeUntilDone).
   bool aborted_ = false;

@@ -1,15 +1,20 @@
 #include "targets.h"
 
+#include <csignal>
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
+#include <csetjmp>
 #include <cstring>
+#include <mutex>
 
 namespace ublkts {
 
@@ -49,25 +54,182 @@ int FullTransfer(bool write, int fd, uint8_t *buffer, uint32_t bytes, uint64_t o
 
 } // namespace
 
-int MemoryTargetIo(int fd, uint64_t *sizeBytes, const ublk::io_desc &iod, uint8_t *buffer) {
+namespace {
+
+// SIGBUS during a copy through a memory target's mapping means the page
+// is past the file's end: the copy is abandoned and the request served by
+// pread/pwrite, which meets the end of the file (-EIO for a read) instead
+// of ending the server. Only the server's user can shrink the file (its
+// directory is that user's, mode 0700, checked before the file is
+// opened), and ublk-ts itself shrinks it only after the kernel's capacity
+// shrank with the device unused (resize.ts); so this is root truncating
+// the file by hand, survived rather than prevented. The handler
+// is process-wide by nature, so it is installed once and passes any
+// SIGBUS that is not a guarded copy's on to what was there before.
+thread_local sigjmp_buf *volatile tlsCopyGuard = nullptr;
+struct sigaction previousBusAction {};
+
+void OnBus(int sig, siginfo_t *info, void *context) {
+  sigjmp_buf *guard = tlsCopyGuard;
+  if (guard != nullptr) siglongjmp(*guard, 1);
+  if (previousBusAction.sa_flags & SA_SIGINFO) {
+    previousBusAction.sa_sigaction(sig, info, context);
+  } else if (previousBusAction.sa_handler != SIG_DFL && previousBusAction.sa_handler != SIG_IGN) {
+    previousBusAction.sa_handler(sig);
+  } else {
+    // Back to the default: the faulting access runs again and ends the process as it would have.
+    sigaction(SIGBUS, &previousBusAction, nullptr);
+  }
+}
+
+void InstallBusGuard() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    struct sigaction action {};
+    action.sa_sigaction = OnBus;
+    // NODEFER: the handler leaves by siglongjmp, which restores no signal mask.
+    action.sa_flags = SA_SIGINFO | SA_NODEFER;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGBUS, &action, &previousBusAction);
+  });
+}
+
+// memcpy that returns false instead of dying where a page of `src` or `dst` is past its file's end.
+bool GuardedCopy(uint8_t *dst, const uint8_t *src, size_t bytes) {
+  sigjmp_buf env;
+  if (sigsetjmp(env, 0) != 0) {
+    tlsCopyGuard = nullptr;
+    return false;
+  }
+  tlsCopyGuard = &env;
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  std::memcpy(dst, src, bytes);
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  tlsCopyGuard = nullptr;
+  return true;
+}
+
+} // namespace
+
+MemoryPages::MemoryPages(uint64_t sizeBytes, uint64_t pageSize) {
+  const uint64_t pages = (sizeBytes + pageSize - 1) / pageSize;
+  const size_t bytes = static_cast<size_t>((pages + 63) / 64 * 8);
+  void *words = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (words == MAP_FAILED) return; // no page map: every request asks mincore
+  words_ = static_cast<uint64_t *>(words);
+  pages_ = pages;
+  bytes_ = bytes;
+}
+
+MemoryPages::~MemoryPages() {
+  if (words_ != nullptr) munmap(words_, bytes_);
+}
+
+bool MemoryPages::AllKnown(uint64_t first, uint64_t count) const {
+  if (first + count > pages_) return false;
+  for (uint64_t page = first; page < first + count; page++) {
+    if ((__atomic_load_n(&words_[page / 64], __ATOMIC_RELAXED) & (1ull << (page % 64))) == 0) return false;
+  }
+  return true;
+}
+
+void MemoryPages::Mark(uint64_t first, uint64_t count) {
+  for (uint64_t page = first; page < first + count && page < pages_; page++) {
+    const uint64_t bit = 1ull << (page % 64);
+    // Most requests land on pages already marked: read before writing the shared word.
+    if ((__atomic_load_n(&words_[page / 64], __ATOMIC_RELAXED) & bit) == 0) {
+      __atomic_fetch_or(&words_[page / 64], bit, __ATOMIC_RELAXED);
+    }
+  }
+}
+
+void MemoryPages::Forget(uint64_t first, uint64_t count) {
+  for (uint64_t page = first; page < first + count && page < pages_; page++) {
+    __atomic_fetch_and(&words_[page / 64], ~(1ull << (page % 64)), __ATOMIC_RELAXED);
+  }
+}
+
+MemoryStore::MemoryStore(int fd, uint64_t sizeBytes, uint32_t maxIoBytes, std::shared_ptr<MemoryPages> pages)
+    : fd_(fd), size_(sizeBytes), pageSize_(static_cast<uint64_t>(sysconf(_SC_PAGESIZE))), pages_(std::move(pages)) {
+  // A request spans at most this many pages (one more where it starts inside a page).
+  residency_.resize(maxIoBytes / pageSize_ + 2);
+  InstallBusGuard();
+  Map();
+}
+
+MemoryStore::~MemoryStore() {
+  if (map_ != nullptr) munmap(map_, mapped_);
+}
+
+void MemoryStore::Map() {
+  // A shrunk file keeps the longer mapping: pages past its end are not in
+  // the file, so InFile keeps requests off them.
+  if (size_ <= mapped_) return;
+  // A read-only descriptor (or no address space for a huge device) gives
+  // no mapping, and every request takes pread/pwrite: slower, still right.
+  // So any mapping here was opened for writing, which is also what lets
+  // mincore report the file's pages rather than claim all are there.
+  void *map = mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
+  if (map == MAP_FAILED) return;
+  if (map_ != nullptr) munmap(map_, mapped_);
+  map_ = static_cast<uint8_t *>(map);
+  mapped_ = size_;
+}
+
+bool MemoryStore::InFile(uint64_t offset, uint32_t bytes) {
+  if (map_ == nullptr || offset + bytes > mapped_ || bytes == 0) return false;
+  const uint64_t first = offset / pageSize_;
+  const uint64_t count = (offset + bytes + pageSize_ - 1) / pageSize_ - first;
+  if (pages_ && pages_->AllKnown(first, count)) return true;
+  const uint64_t start = first * pageSize_;
+  if (count > residency_.size() || mincore(map_ + start, offset + bytes - start, residency_.data()) < 0) return false;
+  for (uint64_t i = 0; i < count; i++) {
+    if ((residency_[i] & 1) == 0) return false;
+  }
+  if (pages_) pages_->Mark(first, count);
+  return true;
+}
+
+bool MemoryStore::CopyMapped(bool write, uint64_t offset, uint32_t bytes, uint8_t *buffer) {
+  if (!InFile(offset, bytes)) return false;
+  if (write ? GuardedCopy(map_ + offset, buffer, bytes) : GuardedCopy(buffer, map_ + offset, bytes)) return true;
+  const uint64_t first = offset / pageSize_;
+  if (pages_) pages_->Forget(first, (offset + bytes + pageSize_ - 1) / pageSize_ - first);
+  return false;
+}
+
+int MemoryStore::Io(const ublk::io_desc &iod, uint8_t *buffer) {
   const uint64_t offset = IoOffset(iod);
   const uint32_t bytes = IoBytes(iod);
-  if (offset + bytes > *sizeBytes) {
+  if (offset + bytes > size_) {
     struct stat st {};
-    if (fstat(fd, &st) < 0) return -errno;
-    *sizeBytes = static_cast<uint64_t>(st.st_size);
-    if (offset + bytes > *sizeBytes) return -EIO;
+    if (fstat(fd_, &st) < 0) return -errno;
+    size_ = static_cast<uint64_t>(st.st_size);
+    if (offset + bytes > size_) return -EIO;
+    Map();
   }
+  const uint64_t first = offset / pageSize_;
+  const uint64_t count = (offset + bytes + pageSize_ - 1) / pageSize_ - first;
   switch (IoOp(iod)) {
   case ublk::IO_OP_READ:
-    return FullTransfer(false, fd, buffer, bytes, offset);
-  case ublk::IO_OP_WRITE:
-    return FullTransfer(true, fd, buffer, bytes, offset);
+    if (CopyMapped(false, offset, bytes, buffer)) return static_cast<int>(bytes);
+    return FullTransfer(false, fd_, buffer, bytes, offset);
+  case ublk::IO_OP_WRITE: {
+    if (CopyMapped(true, offset, bytes, buffer)) return static_cast<int>(bytes);
+    // A write into a hole allocates its pages either way; pwrite does it
+    // without a page fault, and later requests find them in the file.
+    const int result = FullTransfer(true, fd_, buffer, bytes, offset);
+    if (result > 0 && pages_) pages_->Mark(first, count);
+    return result;
+  }
   case ublk::IO_OP_FLUSH:
     return 0;
   case ublk::IO_OP_DISCARD:
   case ublk::IO_OP_WRITE_ZEROES:
-    if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
+    // Forgotten first, so no queue copies into a page being punched; the
+    // punch unmaps the pages from every queue's mapping.
+    if (pages_) pages_->Forget(first, count);
+    if (fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
                   static_cast<off_t>(bytes)) < 0) {
       return -errno;
     }

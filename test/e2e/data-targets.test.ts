@@ -211,6 +211,39 @@ describe('loop and memory targets (real ublk driver)', function () {
     assert.equal(zeroes.status, 0, 'discarded memory reads as zeroes');
   });
 
+  it('memory: written data reads back through the mapping, holes read without allocating, and a file shrunk by hand fails reads past its end with EIO', () => {
+    const dev = add(['-t', 'memory', '--size', '64MiB']);
+    const file = `/dev/shm/ublk-ts/dev${dev.id}.mem`;
+    const data = path.join(scratch, 'memory-data');
+    run('dd', ['if=/dev/urandom', `of=${data}`, 'bs=1M', 'count=4', 'status=none']);
+    const ddDevice = (args: string[]) => run('dd', [...args, 'status=none'], { allowFail: true });
+    assert.equal(ddDevice([`if=${data}`, `of=${dev.blockPath}`, 'bs=64k', 'oflag=direct']).status, 0);
+    // Written twice: the second write lands on pages the file already holds (the mapping's path).
+    assert.equal(ddDevice([`if=${data}`, `of=${dev.blockPath}`, 'bs=4k', 'oflag=direct']).status, 0);
+    const readBack = path.join(scratch, 'memory-read');
+    assert.equal(ddDevice([`if=${dev.blockPath}`, `of=${readBack}`, 'bs=4k', 'count=1024', 'iflag=direct']).status, 0);
+    assert.equal(sha256(readBack), sha256(data), 'written data reads back');
+
+    const allocated = allocatedBytes(file);
+    const holes = ddDevice([`if=${dev.blockPath}`, 'of=/dev/null', 'bs=64k', 'skip=256', 'count=512', 'iflag=direct']);
+    assert.equal(holes.status, 0, holes.stderr);
+    assert.equal(allocatedBytes(file), allocated, 'reading 32 MiB of holes allocated no memory');
+
+    // Root shrinks the file under the running server: pages past the new end are gone.
+    run('truncate', ['-s', '2M', file]);
+    const past = ddDevice([`if=${dev.blockPath}`, 'of=/dev/null', 'bs=1M', 'skip=3', 'count=1', 'iflag=direct']);
+    assert.notEqual(past.status, 0, 'a read past the shrunk file fails');
+    assert.match(past.stderr, /Input\/output error/);
+    const kept = ddDevice([`if=${dev.blockPath}`, `of=${readBack}`, 'bs=1M', 'count=2', 'iflag=direct']);
+    assert.equal(kept.status, 0, kept.stderr);
+    assert.equal(sha256(readBack), sha256(data, 2 * MiB), 'what the file still holds reads back');
+    assert.ok(
+      listDevices().some((d) => d.id === dev.id && d.state === 'LIVE'),
+      'the server survived (no SIGBUS)',
+    );
+    del(dev);
+  });
+
   it('loop: a read-only device is read-only in the kernel, rejects writes, and leaves the file unchanged', () => {
     const file = path.join(scratch, 'ro.img');
     run('dd', ['if=/dev/urandom', `of=${file}`, 'bs=1M', 'count=16', 'status=none']);

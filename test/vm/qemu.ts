@@ -175,6 +175,9 @@ function shellAssignments(vars: Record<string, string>, prefix: string): string 
     .join('');
 }
 
+/** The CPU qemu emulates: benchmark ratios depend on it (-cpu max moves them), so it stays fixed and is printed. */
+export const QEMU_CPU_MODEL = 'qemu64,+rdrand';
+
 function qemuArgs(opts: VmRunOptions, kernel: KernelImage, initrd: string, resultsDir: string): string[] {
   const accel = opts.icount
     ? ['-accel', 'tcg,thread=single', '-icount', 'shift=0,sleep=off']
@@ -183,7 +186,7 @@ function qemuArgs(opts: VmRunOptions, kernel: KernelImage, initrd: string, resul
   const model = process.getuid?.() === 0 ? 'passthrough' : 'none';
   return [
     // RDRAND lets the guest's RNG initialise at boot; without it the first getrandom() (node) waits seconds.
-    ...['-machine', 'q35', '-cpu', 'qemu64,+rdrand', ...accel],
+    ...['-machine', 'q35', '-cpu', QEMU_CPU_MODEL, ...accel],
     ...['-smp', String(opts.cpus ?? 2), '-m', String(opts.memoryMiB ?? 3072)],
     // -display none rather than -nographic: the firmware then stays off the serial console.
     ...['-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot', '-nic', 'none'],
