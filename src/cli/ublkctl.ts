@@ -14,6 +14,7 @@ import { featureSupport } from '../kernel/feature-report';
 import { listRecords, requireRecord, writeRecord } from '../server/device-records';
 import { handOver } from '../server/handover';
 import { DEFAULT_STATE_DIR, removeDevice, startServer } from '../server/launcher';
+import { processFootprint } from '../server/processes';
 import { DeviceSpecInput, DirectIoMode, normalizeDeviceSpec } from '../spec/device-spec';
 import { MAX_DEVICE_ID } from '../spec/limits';
 import { quote } from '../spec/show-value';
@@ -316,6 +317,10 @@ interface ListedDevice extends DeviceInfo {
   owner?: string;
   manifest?: string;
   lastError?: string;
+  /** The server's proportional set size in KiB (see processFootprint), when it runs and can be read. */
+  serverPssKiB?: number;
+  /** The server's thread count, likewise. */
+  serverThreads?: number;
 }
 
 async function cmdList(args: string[]): Promise<void> {
@@ -327,8 +332,11 @@ async function cmdList(args: string[]): Promise<void> {
       infos.map(async (info): Promise<ListedDevice> => {
         const params = await control.getParams(info.id).catch(() => undefined);
         const record = records.get(info.id);
+        const footprint = info.serverPid > 0 ? processFootprint(info.serverPid) : undefined;
         return {
           ...info,
+          serverPssKiB: footprint?.pssKiB,
+          serverThreads: footprint?.threads,
           sizeBytes: params?.sizeBytes,
           owner: record?.owner,
           manifest: record?.manifest,
@@ -345,7 +353,9 @@ async function cmdList(args: string[]): Promise<void> {
     console.log('no ublk devices');
     return;
   }
-  const rows = [['ID', 'STATE', 'SIZE', 'QUEUES', 'DEPTH', 'MAX-IO', 'PID', 'BLOCK', 'MANIFEST', 'LAST-ERROR']];
+  const rows = [
+    ['ID', 'STATE', 'SIZE', 'QUEUES', 'DEPTH', 'MAX-IO', 'PID', 'PSS', 'THREADS', 'BLOCK', 'MANIFEST', 'LAST-ERROR'],
+  ];
   for (const d of devices) {
     rows.push([
       String(d.id),
@@ -355,6 +365,8 @@ async function cmdList(args: string[]): Promise<void> {
       String(d.depth),
       formatSize(d.maxIoSize),
       d.serverPid > 0 ? String(d.serverPid) : '-',
+      d.serverPssKiB !== undefined ? `${(d.serverPssKiB / 1024).toFixed(1)}MiB` : '-',
+      d.serverThreads !== undefined ? String(d.serverThreads) : '-',
       d.blockPath,
       d.manifest ?? (d.owner ? `(${d.owner})` : '-'),
       d.lastError ?? '',
