@@ -6,6 +6,7 @@
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { runReconcileBench } from './reconcile-bench';
 
 const ROOT = path.resolve(__dirname, '..', '..', '..');
 const UBLKCTL = path.join(ROOT, 'dist', 'src', 'cli', 'ublkctl.js');
@@ -90,6 +91,11 @@ interface Row {
 }
 
 function main(): void {
+  // UBLK_TS_BENCH_ONLY=reconcile: the manager's section alone (about 3 minutes instead of the whole bench).
+  if (process.env.UBLK_TS_BENCH_ONLY === 'reconcile') {
+    writeResult({ reconcile: runReconcileBench() });
+    return;
+  }
   const rows: Row[] = [];
   const nullb = loadNullBlk();
   // Alternate reference and subject so slow drift cannot favour either side.
@@ -161,6 +167,10 @@ function main(): void {
     `ublk-ts loop / kernel loop, direct = ${result.ratios.loopDirectToKernelLoop.toFixed(3)} (target >= 0.57)`,
   );
   console.log(`ublk-ts loop / kernel loop, buffered = ${result.ratios.loopBufferedToKernelLoop.toFixed(3)}`);
+  writeResult({ ...result, reconcile: runReconcileBench() });
+}
+
+function writeResult(result: object): void {
   const resultsDir = process.env.UBLK_TS_RESULTS_DIR;
   if (resultsDir) fs.writeFileSync(path.join(resultsDir, 'bench.json'), JSON.stringify(result, null, 2));
 }

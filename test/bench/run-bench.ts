@@ -15,6 +15,10 @@ async function main(): Promise<number> {
     const value = process.env[name];
     if (value !== undefined) env[name] = value;
   }
+  // The reconcile section's switches (reconcile-bench.ts): run it alone, with another device count.
+  for (const name of ['UBLK_TS_BENCH_ONLY', 'UBLK_TS_BENCH_DEVICES']) {
+    if (process.env[name] !== undefined) env[name] = process.env[name];
+  }
   try {
     const r = await runInVm({
       command: `${process.execPath} dist/test/bench/guest-bench.js`,
