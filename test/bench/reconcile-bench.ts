@@ -25,6 +25,8 @@ export interface ReconcileBenchRow {
   phase: 'create' | 'noop' | 'delete';
   devices: number;
   seconds: number;
+  /** Set on a no-op pass of another checkout's ublk-reconcile (UBLK_TS_BENCH_COMPARE_ROOT) over the same devices. */
+  comparedRoot?: string;
 }
 
 /** What the many-device servers cost while they all run. */
@@ -75,10 +77,16 @@ function memAvailableKiB(): { total: number; available: number } {
   return { total: field('MemTotal'), available: field('MemAvailable') };
 }
 
+/**
+ * Another checkout (its root) whose ublk-reconcile also times a no-op pass
+ * over the same devices, in the same boot: before/after figures of a change.
+ */
+const COMPARE_ROOT = process.env.UBLK_TS_BENCH_COMPARE_ROOT;
+
 /** One `ublk-reconcile --once`: its wall time; throws unless it converged. */
-function reconcilePass(dir: string, stateDir: string, nodeArgs: string[] = []): number {
+function reconcilePass(dir: string, stateDir: string, nodeArgs: string[] = [], reconcile = RECONCILE): number {
   const started = process.hrtime.bigint();
-  const r = spawnSync(process.execPath, [...nodeArgs, RECONCILE, '--dir', dir, '--state-dir', stateDir, '--once'], {
+  const r = spawnSync(process.execPath, [...nodeArgs, reconcile, '--dir', dir, '--state-dir', stateDir, '--once'], {
     encoding: 'utf8',
     maxBuffer: 64 * 1024 * 1024,
   });
@@ -154,6 +162,11 @@ function cycle<T>(
     // The fastest of a few no-op passes: what a pass costs, not what else the guest did meanwhile.
     const noops = Array.from({ length: noopPasses }, () => reconcilePass(dir, stateDir));
     rows.push({ phase: 'noop', devices: n, seconds: Math.min(...noops) });
+    if (COMPARE_ROOT) {
+      const other = path.join(COMPARE_ROOT, 'dist', 'src', 'cli', 'ublk-reconcile.js');
+      const theirs = Array.from({ length: noopPasses }, () => reconcilePass(dir, stateDir, [], other));
+      rows.push({ phase: 'noop', devices: n, seconds: Math.min(...theirs), comparedRoot: COMPARE_ROOT });
+    }
     const result = during(stateDir);
     if (nodeArgs.length > 0) reconcilePass(dir, stateDir, nodeArgs);
     for (const f of fs.readdirSync(dir)) fs.rmSync(path.join(dir, f));
@@ -174,7 +187,8 @@ export function runReconcileBench(opts: Options = {}): ReconcileBenchResult {
   const profArgs = opts.cpuProfDir ? ['--cpu-prof', '--cpu-prof-dir', opts.cpuProfDir] : [];
   const lots = cycle(many, 3, (stateDir) => footprintOf(stateDir, memBefore), profArgs);
   const rows = [...one.rows, ...lots.rows];
-  const noop = (n: number): number => rows.find((r) => r.phase === 'noop' && r.devices === n)!.seconds;
+  const noop = (n: number): number =>
+    rows.find((r) => r.phase === 'noop' && r.devices === n && r.comparedRoot === undefined)!.seconds;
   const result: ReconcileBenchResult = {
     rows,
     noopRatio: Number((noop(many) / noop(1)).toFixed(2)),
@@ -184,12 +198,20 @@ export function runReconcileBench(opts: Options = {}): ReconcileBenchResult {
   log(`  ${'phase'.padEnd(8)} ${'1 device'.padStart(10)} ${`${many} devices`.padStart(12)}`);
   for (const phase of ['create', 'noop', 'delete'] as const) {
     const cell = (n: number): string => {
-      const r = rows.find((x) => x.phase === phase && x.devices === n);
+      const r = rows.find((x) => x.phase === phase && x.devices === n && x.comparedRoot === undefined);
       return r ? `${r.seconds.toFixed(2)} s` : '-';
     };
     log(`  ${phase.padEnd(8)} ${cell(1).padStart(10)} ${cell(many).padStart(12)}`);
   }
   log(`  no-op ${many} / no-op 1 = ${result.noopRatio} (target < 1.5)`);
+  if (COMPARE_ROOT) {
+    const theirs = (n: number): number =>
+      rows.find((r) => r.phase === 'noop' && r.devices === n && r.comparedRoot !== undefined)!.seconds;
+    log(
+      `  no-op by ${COMPARE_ROOT} over the same devices: 1 device ${theirs(1).toFixed(2)} s, ` +
+        `${many} devices ${theirs(many).toFixed(2)} s (ratio ${(theirs(many) / theirs(1)).toFixed(2)})`,
+    );
+  }
   const f = result.footprint;
   log(
     `  per server (${f.devices} running): PSS ${(f.meanPssKiB / 1024).toFixed(1)} MiB, ` +
