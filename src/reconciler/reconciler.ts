@@ -149,6 +149,19 @@ async function plannedWithPreflight(
   }
 }
 
+/**
+ * What no two concurrent actions may share: a device (its id), a name, and
+ * a loop file (two manifests on one file that `create: true` makes would
+ * otherwise race to create it; taken one after the other, the second finds it).
+ */
+function actionKeys(action: Action, manifest: LoadedManifest | undefined): string[] {
+  const keys = [`name:${action.name}`];
+  if (action.devId !== undefined) keys.push(`dev:${action.devId}`);
+  const target = manifest?.spec.target;
+  if (target?.type === 'loop' && typeof target.file === 'string') keys.push(`file:${path.resolve(target.file)}`);
+  return keys;
+}
+
 /** Runs one pass. Throws only for environment problems (no ublk, missing directory, a corrupt record). */
 export async function reconcileOnce(kernel: Kernel, opts: ReconcileOptions): Promise<PassResult> {
   const log = opts.log ?? (() => undefined);
@@ -210,9 +223,8 @@ export async function reconcileOnce(kernel: Kernel, opts: ReconcileOptions): Pro
   const devices: DeviceOutcome[] = [];
   for (let s = 0; s < STAGES; s++) {
     const staged = actions.filter((a) => stage(a, byName.get(a.name)?.spec.id) === s);
-    // No two actions on one device (its id) or one name ever overlap, whatever the bound.
     const tasks = staged.map((action) => ({
-      keys: [`name:${action.name}`, ...(action.devId === undefined ? [] : [`dev:${action.devId}`])],
+      keys: actionKeys(action, byName.get(action.name)),
       run: () => applyOne(action),
     }));
     const settled = await runBounded(tasks, concurrency);

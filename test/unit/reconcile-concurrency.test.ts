@@ -57,10 +57,16 @@ class GatedKernel extends FakeKernel {
 
   override startServer(spec: DeviceSpec, opts: ServerStart): Promise<StartedServer> {
     const name = opts.manifest!;
-    return this.held(name, this.startGates.get(name), async () => {
+    const start = this.held(name, this.startGates.get(name), async () => {
       if (this.failing.has(name)) throw new Error(`${name}: the target failed to open`);
       return super.startServer(spec, opts);
     });
+    if (spec.target.type !== 'loop') return start;
+    // Two servers creating one loop file at once would race for it.
+    const file = `file ${spec.target.file}`;
+    assert.ok(!this.busy.has(file), `two servers at once on ${file}`);
+    this.busy.add(file);
+    return start.finally(() => this.busy.delete(file));
   }
 
   override removeDevice(id: number): Promise<RemovedDevice> {
@@ -160,6 +166,22 @@ describe('reconcile pass: many devices at once', () => {
     assert.equal(result.exitCode, 0, JSON.stringify(result));
     assert.equal(kernel.calls[0], 'start 0');
     assert.equal(kernel.records.read(0)!.manifest, 'z-fixed');
+  });
+
+  it('never starts two servers on one loop file at once', async () => {
+    const file = path.join(dir, 'shared.img');
+    for (const name of ['a', 'b', 'c']) {
+      fs.writeFileSync(
+        path.join(dir, `${name}.yaml`),
+        `apiVersion: ublk-ts/v1\nkind: UblkDevice\nmetadata:\n  name: ${name}\nspec:\n  target: {type: loop, file: ${file}, create: true}\n  size: 1MiB\n`,
+      );
+    }
+    write('d');
+    const result = await pass(4);
+    assert.equal(result.exitCode, 0, JSON.stringify(result));
+    assert.equal(kernel.devices.size, 4);
+    // The null device ran beside the loop devices; those went one at a time.
+    assert.equal(kernel.mostRunning, 2);
   });
 
   it('deletes many devices at once, within the bound', async () => {
