@@ -7,7 +7,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { DeviceInfo } from '../kernel/control';
-import { formatManifestError, LoadedManifest, loadManifestDirAsync } from '../manifest';
+import { formatManifestError, LoadedManifest, loadManifestDirAsync, ManifestCache } from '../manifest';
 import type { DeviceRecord } from '../server/device-records';
 import { updateSizeMissing } from '../kernel/uapi';
 import { identityWithoutSize } from '../spec/device-spec';
@@ -45,6 +45,8 @@ export interface ReconcileOptions {
   upgradeServers?: boolean;
   /** How many device actions run at once (see concurrency.ts); default defaultConcurrency(). */
   concurrency?: number;
+  /** Manifests checked by earlier passes of this process (the watcher's): unchanged files are not parsed again. */
+  manifestCache?: ManifestCache;
 }
 
 export interface PassResult {
@@ -167,7 +169,10 @@ export async function reconcileOnce(kernel: Kernel, opts: ReconcileOptions): Pro
   const log = opts.log ?? (() => undefined);
   const now = (opts.now ?? Date.now)();
   const backoff = opts.backoff ?? new Backoff();
-  const loaded = await loadManifestDirAsync(opts.dir, { checkPermissions: opts.checkPermissions });
+  const loaded = await loadManifestDirAsync(opts.dir, {
+    checkPermissions: opts.checkPermissions,
+    cache: opts.manifestCache,
+  });
   const manifestErrors = loaded.errors.map(formatManifestError);
   for (const e of manifestErrors) log(`invalid manifest: ${e}`);
 
