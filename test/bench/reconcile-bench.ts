@@ -203,7 +203,7 @@ async function cycle<T>(
     rows.push({ phase: 'watch-noop', devices: n, seconds: await watcherPasses(dir, stateDir, noopPasses + 1) });
     if (COMPARE_ROOT) {
       const other = path.join(COMPARE_ROOT, 'dist', 'src', 'cli', 'ublk-reconcile.js');
-      const theirs = Array.from({ length: noopPasses }, () => reconcilePass(dir, stateDir, [], other));
+      const theirs = Array.from({ length: 2 }, () => reconcilePass(dir, stateDir, [], other));
       rows.push({ phase: 'noop', devices: n, seconds: Math.min(...theirs), comparedRoot: COMPARE_ROOT });
     }
     const result = during(stateDir);
@@ -212,6 +212,9 @@ async function cycle<T>(
     rows.push({ phase: 'delete', devices: n, seconds: reconcilePass(dir, stateDir) });
     return { rows, during: result };
   } finally {
+    // Whatever failed, the devices go (a pass over an empty directory) before their records do.
+    for (const f of fs.readdirSync(dir)) fs.rmSync(path.join(dir, f));
+    spawnSync(process.execPath, [RECONCILE, '--dir', dir, '--state-dir', stateDir, '--once']);
     fs.rmSync(dir, { recursive: true, force: true });
     fs.rmSync(stateDir, { recursive: true, force: true });
   }
