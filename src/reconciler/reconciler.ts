@@ -19,7 +19,7 @@ import { apply, DeviceOutcome, plannedOutcome } from './apply';
 import { Backoff } from './backoff';
 import { defaultConcurrency, runBounded } from './concurrency';
 import type { Kernel } from './kernel';
-import { Action, DesiredDevice, isChange, LiveDevice, plan, requeueAfter } from './planner';
+import { Action, DesiredDevice, isChange, LiveDevice, nameOrder, plan, requeueAfter } from './planner';
 import { preflight } from './preflight';
 
 export type { DeviceOutcome } from './apply';
@@ -243,7 +243,7 @@ export async function reconcileOnce(kernel: Kernel, opts: ReconcileOptions): Pro
         });
     });
   }
-  devices.sort((a, b) => a.name.localeCompare(b.name));
+  devices.sort((a, b) => nameOrder.compare(a.name, b.name));
   const unsettled = devices.some(
     (d) => d.outcome === 'failed' || ['drift', 'refuse', 'hold', 'wait'].includes(d.action),
   );
