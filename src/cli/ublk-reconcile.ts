@@ -12,6 +12,7 @@ import { parseArgs } from 'node:util';
 import { EnvironmentError } from '../errors';
 import { UblkControl } from '../kernel/control';
 import { hostKernel } from '../reconciler/kernel';
+import { defaultConcurrency, MAX_CONCURRENCY } from '../reconciler/concurrency';
 import { acquireLock, LockHeldError } from '../reconciler/lock';
 import { PassResult, reconcileOnce } from '../reconciler/reconciler';
 import { validateManifests, ValidateResult } from '../reconciler/validate';
@@ -25,6 +26,7 @@ const RESYNC_MAX_S = 86_400;
 
 const USAGE = `usage: ublk-reconcile [--dir DIR] [--state-dir DIR] [--once] [--plan] [--json]
                       [--insecure-permissions] [--resync-interval SECONDS] [--upgrade-servers]
+                      [--concurrency N]
        ublk-reconcile --validate [--dir DIR] [--offline] [--json]
   --dir DIR              manifests (*.yaml, *.yml), default /etc/ublk.d
   --state-dir DIR        device records, server logs, lock; default ${DEFAULT_STATE_DIR}
@@ -36,6 +38,8 @@ const USAGE = `usage: ublk-reconcile [--dir DIR] [--state-dir DIR] [--once] [--p
   --upgrade-servers      hand every device whose server runs another ublk-ts version than the one
                          installed over to a new server, live (the upgrade procedure, see README)
   --resync-interval S    seconds between full passes when watching, ${RESYNC_MIN_S} to ${RESYNC_MAX_S} (default 30)
+  --concurrency N        device actions (create, recover, delete...) run at once, 1 to ${MAX_CONCURRENCY}
+                         (default the CPUs, at least 4, at most 16: here ${defaultConcurrency()}); never two on one device
   --validate             check the manifests (schema, semantics, duplicates, backing files, js modules)
                          with no kernel and no root; exit 0 valid, 1 invalid
   --offline              with --validate: the manifests are for another host, skip its files and modules`;
@@ -102,6 +106,7 @@ function parse(argv: string[]) {
         'insecure-permissions': { type: 'boolean' },
         'upgrade-servers': { type: 'boolean' },
         'resync-interval': { type: 'string', default: '30' },
+        concurrency: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
     }).values;
@@ -121,6 +126,18 @@ function resyncMs(text: string): number {
   return seconds * 1000;
 }
 
+/** --concurrency, or a usage error stating the range. */
+function concurrencyOf(text: string | undefined): number {
+  if (text === undefined) return defaultConcurrency();
+  const n = /^\d{1,3}$/.test(text) ? Number(text) : NaN;
+  if (!(n >= 1 && n <= MAX_CONCURRENCY)) {
+    throw new Fatal(
+      `--concurrency must be a whole number from 1 to ${MAX_CONCURRENCY}, got ${JSON.stringify(text.slice(0, 40))}`,
+    );
+  }
+  return n;
+}
+
 async function main(argv: string[]): Promise<number> {
   json = argv.includes('--json');
   const values = parse(argv);
@@ -132,6 +149,7 @@ async function main(argv: string[]): Promise<number> {
   const modes = [values.validate, values.once, values.plan].filter(Boolean).length;
   if (values.validate && modes > 1) throw new Fatal(`--validate goes with neither --once nor --plan\n${USAGE}`);
   const resync = resyncMs(values['resync-interval']);
+  const concurrency = concurrencyOf(values.concurrency);
   if (!fs.existsSync(values.dir) || !fs.statSync(values.dir).isDirectory()) {
     throw new Fatal(`manifest directory ${values.dir} does not exist or is not a directory`);
   }
@@ -148,6 +166,7 @@ async function main(argv: string[]): Promise<number> {
     stateDir: values['state-dir'],
     checkPermissions,
     upgradeServers: values['upgrade-servers'],
+    concurrency,
     log: json ? undefined : (line: string) => console.error(timestamp(line)),
   };
   checkStateDir(opts.stateDir);

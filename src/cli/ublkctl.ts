@@ -15,6 +15,7 @@ import { DataPath, dataPathOf } from '../kernel/uapi';
 import { listRecords, requireRecord, writeRecord } from '../server/device-records';
 import { handOver } from '../server/handover';
 import { DEFAULT_STATE_DIR, removeDevice, startServer } from '../server/launcher';
+import { processFootprint } from '../server/processes';
 import { DeviceSpecInput, DirectIoMode, normalizeDeviceSpec } from '../spec/device-spec';
 import { MAX_DEVICE_ID } from '../spec/limits';
 import { quote } from '../spec/show-value';
@@ -321,6 +322,10 @@ interface ListedDevice extends DeviceInfo {
   lastError?: string;
   /** How its requests reach the server's target, from the device's flags: 'copy' or 'zero-copy' (AUTO_BUF_REG). */
   dataPath: DataPath;
+  /** The server's proportional set size in KiB (see processFootprint), when it runs and can be read. */
+  serverPssKiB?: number;
+  /** The server's thread count, likewise. */
+  serverThreads?: number;
 }
 
 async function cmdList(args: string[]): Promise<void> {
@@ -332,8 +337,11 @@ async function cmdList(args: string[]): Promise<void> {
       infos.map(async (info): Promise<ListedDevice> => {
         const params = await control.getParams(info.id).catch(() => undefined);
         const record = records.get(info.id);
+        const footprint = info.serverPid > 0 ? processFootprint(info.serverPid) : undefined;
         return {
           ...info,
+          serverPssKiB: footprint?.pssKiB,
+          serverThreads: footprint?.threads,
           sizeBytes: params?.sizeBytes,
           owner: record?.owner,
           manifest: record?.manifest,
@@ -352,7 +360,21 @@ async function cmdList(args: string[]): Promise<void> {
     return;
   }
   const rows = [
-    ['ID', 'STATE', 'SIZE', 'QUEUES', 'DEPTH', 'MAX-IO', 'DATA-PATH', 'PID', 'BLOCK', 'MANIFEST', 'LAST-ERROR'],
+    [
+      'ID',
+      'STATE',
+      'SIZE',
+      'QUEUES',
+      'DEPTH',
+      'MAX-IO',
+      'DATA-PATH',
+      'PID',
+      'PSS',
+      'THREADS',
+      'BLOCK',
+      'MANIFEST',
+      'LAST-ERROR',
+    ],
   ];
   for (const d of devices) {
     rows.push([
@@ -364,6 +386,8 @@ async function cmdList(args: string[]): Promise<void> {
       formatSize(d.maxIoSize),
       d.dataPath,
       d.serverPid > 0 ? String(d.serverPid) : '-',
+      d.serverPssKiB !== undefined ? `${(d.serverPssKiB / 1024).toFixed(1)}MiB` : '-',
+      d.serverThreads !== undefined ? String(d.serverThreads) : '-',
       d.blockPath,
       d.manifest ?? (d.owner ? `(${d.owner})` : '-'),
       d.lastError ?? '',

@@ -7,6 +7,24 @@ import * as fs from 'node:fs';
  * /proc/<pid>/fd, which also catches plain opens that O_EXCL misses).
  */
 export function blockDeviceInUse(blockPath: string): boolean {
+  return heldOrMounted(blockPath) ?? openedBlockDevices().has(blockPath);
+}
+
+/**
+ * The in-use check for many devices at once, as a reconcile pass needs it:
+ * the same answers as blockDeviceInUse, but /proc is scanned once, on the
+ * first device that needs it, for all of them. A scan reads every fd of
+ * every process, so one per device costs (devices × processes × fds) on a
+ * host where each device has its own server process. The snapshot is only
+ * as fresh as its first use: take a new checker for each decision.
+ */
+export function blockDeviceUsage(): (blockPath: string) => boolean {
+  let opened: Set<string> | undefined;
+  return (blockPath) => heldOrMounted(blockPath) ?? (opened ??= openedBlockDevices()).has(blockPath);
+}
+
+/** true: held or mounted; false: no such disk; undefined: neither, so it is up to the /proc scan. */
+function heldOrMounted(blockPath: string): boolean | undefined {
   const name = blockPath.replace(/^\/dev\//, '');
   try {
     if (fs.readdirSync(`/sys/block/${name}/holders`).length > 0) return true;
@@ -19,10 +37,12 @@ export function blockDeviceInUse(blockPath: string): boolean {
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'EBUSY') return true;
   }
-  return openedByAnyProcess(blockPath);
+  return undefined;
 }
 
-function openedByAnyProcess(blockPath: string): boolean {
+/** Every /dev path some process other than this one has open, from one pass over /proc/<pid>/fd. */
+function openedBlockDevices(): Set<string> {
+  const opened = new Set<string>();
   for (const pid of fs.readdirSync('/proc')) {
     if (!/^\d+$/.test(pid) || Number(pid) === process.pid) continue;
     let fds: string[];
@@ -33,11 +53,12 @@ function openedByAnyProcess(blockPath: string): boolean {
     }
     for (const fd of fds) {
       try {
-        if (fs.readlinkSync(`/proc/${pid}/fd/${fd}`) === blockPath) return true;
+        const target = fs.readlinkSync(`/proc/${pid}/fd/${fd}`);
+        if (target.startsWith('/dev/')) opened.add(target);
       } catch {
         // closed while scanning
       }
     }
   }
-  return false;
+  return opened;
 }

@@ -3,7 +3,14 @@
  * JSON Schema, its TypeScript mirror, and the directory loader that turns
  * YAML files into valid, defaulted manifests plus located errors.
  */
-export { closest, formatManifestError, isManifestFile, loadManifestDir, loadManifestDirAsync } from './loader';
+export {
+  closest,
+  formatManifestError,
+  isManifestFile,
+  loadManifestDir,
+  loadManifestDirAsync,
+  ManifestCache,
+} from './loader';
 export { permissionProblem } from './permissions';
 export type { LoadedManifest, LoadOptions, LoadResult, ManifestError } from './loader';
 export { API_VERSION, manifestValidator, SCHEMA_PATH, schemaDocument } from './schema';

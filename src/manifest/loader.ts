@@ -75,6 +75,43 @@ export interface LoadOptions {
   checkPermissions?: boolean;
   /** Most queues a device may have; defaults to this host's possible CPUs. */
   maxQueues?: number;
+  /** Files checked by an earlier load of this process (the watcher's passes): an unchanged text is not parsed again. */
+  cache?: ManifestCache;
+}
+
+/**
+ * What a long-lived watcher keeps between passes: each file's text and
+ * the result of checking it. A pass still lists the directory, checks
+ * permissions and reads every file; only a file whose text (and the host
+ * limits it was checked against) is exactly what was checked before skips
+ * the YAML parse, the schema and the semantic checks, whose result is a
+ * function of those alone. Parsing is most of what a pass costs per
+ * device, and most passes of a watcher find every file unchanged.
+ */
+export class ManifestCache {
+  private files = new Map<string, { text: string; maxQueues: number; checked: CheckedDocument[] }>();
+
+  /** The checked documents of `file` when its text and limits are those checked before. */
+  get(file: string, text: string, limits: HostLimits): CheckedDocument[] | undefined {
+    const hit = this.files.get(file);
+    if (!hit || hit.text !== text || hit.maxQueues !== limits.maxQueues) return undefined;
+    // The load adds duplicate-name errors to these: each load gets its own error lists.
+    return hit.checked.map((d) => ({ ...d, errors: [...d.errors] }));
+  }
+
+  set(file: string, text: string, limits: HostLimits, checked: CheckedDocument[]): void {
+    this.files.set(file, {
+      text,
+      maxQueues: limits.maxQueues,
+      checked: checked.map((d) => ({ ...d, errors: [...d.errors] })),
+    });
+  }
+
+  /** Forgets the files a load no longer found, so the cache holds at most the directory's files. */
+  keepOnly(files: readonly string[]): void {
+    const present = new Set(files);
+    for (const file of this.files.keys()) if (!present.has(file)) this.files.delete(file);
+  }
 }
 
 /**
@@ -134,7 +171,7 @@ function sha256(text: string): string {
 }
 
 /** One document of a file after both checks: a manifest when it is valid, errors otherwise. */
-interface CheckedDocument {
+export interface CheckedDocument {
   ctx: DocumentContext;
   errors: ManifestError[];
   manifest?: LoadedManifest;
@@ -198,9 +235,22 @@ function checkDocument(ctx: DocumentContext, limits: HostLimits): CheckedDocumen
 }
 
 /** Every non-empty document of one file, checked on its own; a file-wide problem instead. */
-function checkFile(dir: string, file: string, limits: HostLimits): CheckedDocument[] | ManifestError {
+function checkFile(
+  dir: string,
+  file: string,
+  limits: HostLimits,
+  cache?: ManifestCache,
+): CheckedDocument[] | ManifestError {
   const text = readManifestText(path.join(dir, file), file);
   if (typeof text !== 'string') return text;
+  const cached = cache?.get(file, text, limits);
+  if (cached) return cached;
+  const checked = parseAndCheck(file, text, limits);
+  if (Array.isArray(checked)) cache?.set(file, text, limits, checked);
+  return checked;
+}
+
+function parseAndCheck(file: string, text: string, limits: HostLimits): CheckedDocument[] | ManifestError {
   const lines = new LineCounter();
   const checked: CheckedDocument[] = [];
   let count = 0;
@@ -279,11 +329,12 @@ function* loadSteps(dir: string, opts: LoadOptions): Generator<void, LoadResult>
   const docs: CheckedDocument[] = [];
   for (const file of files) {
     const problem = opts.checkPermissions ? permissionProblem(path.join(dir, file), 'file') : undefined;
-    const checked = problem ? fileError(file, problem) : checkFile(dir, file, limits);
+    const checked = problem ? fileError(file, problem) : checkFile(dir, file, limits, opts.cache);
     if (Array.isArray(checked)) docs.push(...checked);
     else errors.push(checked);
     yield;
   }
+  opts.cache?.keepOnly(files);
   markDuplicates(docs, ['metadata', 'name'], describeName);
   markDuplicates(docs, ['spec', 'id'], describeId);
   const manifests: LoadedManifest[] = [];

@@ -89,7 +89,10 @@ function restartHistory(
  * the device a re-create removes, whose id the new spec may take over.
  */
 async function preflightNow(ctx: ApplyContext, manifest: LoadedManifest, replacing?: number): Promise<DeviceSpec> {
-  const ids = new Set((await ctx.kernel.listDevices()).map((d) => d.id));
+  // Only the ids: asking each device for its info would cost one control command per device per create.
+  const ids = new Set(
+    ctx.kernel.deviceIds ? await ctx.kernel.deviceIds() : (await ctx.kernel.listDevices()).map((d) => d.id),
+  );
   return preflight(manifest, {
     idTaken: (id) => id !== replacing && ids.has(id),
     checkPermissions: ctx.checkPermissions,
@@ -112,16 +115,22 @@ async function createFrom(
   return { devId: server.info.id, blockPath: server.info.blockPath };
 }
 
-/** Keeps the record's manifest file and spec hash current (a manifest moved, a legacy hash) without touching the device. */
-function refreshRecord(kernel: Kernel, record: DeviceRecord | undefined, manifest: LoadedManifest | undefined): void {
-  if (!record || !manifest) return;
+/** Keeps the record's manifest file and spec hash current (a manifest moved, a legacy hash) without touching the device; true when it wrote. */
+function refreshRecord(
+  kernel: Kernel,
+  record: DeviceRecord | undefined,
+  manifest: LoadedManifest | undefined,
+): boolean {
+  if (!record || !manifest) return false;
   const sameSpec = record.specHash === manifest.hash || record.specHash === manifest.legacyHash;
   const specHash = sameSpec ? manifest.hash : record.specHash;
   // Records from before deviceHash was kept learn it while their spec is the manifest's.
   const deviceHash = sameSpec ? manifest.deviceHash : record.deviceHash;
   if (record.manifestFile !== manifest.file || record.specHash !== specHash || record.deviceHash !== deviceHash) {
     kernel.records.write({ ...record, manifestFile: manifest.file, specHash, deviceHash });
+    return true;
   }
+  return false;
 }
 
 function recordFailure(kernel: Kernel, devId: number, err: unknown): void {
@@ -218,13 +227,15 @@ export async function apply(
         if (record && record.lastError !== action.reason) kernel.records.write({ ...record, lastError: action.reason });
         return { ...base, outcome: 'unchanged' };
       case 'noop':
-        refreshRecord(kernel, record, manifest);
-        record = kernel.records.read(action.devId!) ?? record;
+        // Read back only when refreshed: a device that is fine costs no second read of its record.
+        if (refreshRecord(kernel, record, manifest)) record = kernel.records.read(action.devId!) ?? record;
         // Clear a past error once the server has proved stable, not at the first quiet pass.
         if (record && ctx.now - startedAt(record) >= STABLE_MS) {
           ctx.backoff.succeeded(action.name);
           if (record.lastError !== undefined || record.status !== 'live') {
-            kernel.records.write({ ...record, status: 'live', lastError: undefined, failures: 0 });
+            // Written from the record as it is now: a handover by ublkctl may have replaced it since the pass listed it.
+            const current = kernel.records.read(action.devId!) ?? record;
+            kernel.records.write({ ...current, status: 'live', lastError: undefined, failures: 0 });
           }
         }
         return { ...base, outcome: 'unchanged' };

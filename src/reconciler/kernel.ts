@@ -5,8 +5,8 @@
  * /proc); the unit tests use an in-memory fake, so every decision and its
  * application run on any machine in milliseconds.
  */
-import { ControlCommands, DeviceInfo, DeviceParamsReadback } from '../kernel/control';
-import { blockDeviceInUse } from '../kernel/in-use';
+import { ControlCommands, DeviceInfo, DeviceParamsReadback, listDeviceIds } from '../kernel/control';
+import { blockDeviceInUse, blockDeviceUsage } from '../kernel/in-use';
 import { resizeDevice } from '../device/resize';
 import { DeviceRecord, DeviceRecordStore, directoryRecords } from '../server/device-records';
 import { handOver, HandoverOptions, HandoverResult } from '../server/handover';
@@ -23,6 +23,11 @@ export interface Kernel {
   readonly features: bigint;
   /** Every ublk device, including ones other tools made. */
   listDevices(): Promise<DeviceInfo[]>;
+  /**
+   * The ids of every ublk device, without asking each for its info: what a
+   * create's pre-flight checks a fixed id against. Absent: listDevices' ids.
+   */
+  deviceIds?(): Promise<number[]>;
   /** GET_DEV_INFO of one device. */
   getDeviceInfo(id: number): Promise<DeviceInfo>;
   /** GET_PARAMS of one device. */
@@ -48,6 +53,11 @@ export interface Kernel {
   isAlive(pid: number): boolean;
   /** Whether a block device is mounted, held or open, so it must not be re-created. */
   inUse(blockPath: string): boolean;
+  /**
+   * inUse for many devices at once (one pass's plan): a checker that looks
+   * at the processes once for all of them. Absent: inUse, device by device.
+   */
+  inUseChecker?(): (blockPath: string) => boolean;
 }
 
 /** The real host: the control device, detached servers, records under `stateDir`. */
@@ -55,6 +65,7 @@ export function hostKernel(control: ControlCommands, stateDir: string): Kernel {
   return {
     features: control.features,
     listDevices: () => control.listDevices(),
+    deviceIds: () => Promise.resolve(listDeviceIds()),
     getDeviceInfo: (id) => control.getDeviceInfo(id),
     getParams: (id) => control.getParams(id),
     startServer: (spec, opts) => startServer(spec, { ...opts, stateDir, control }),
@@ -72,5 +83,6 @@ export function hostKernel(control: ControlCommands, stateDir: string): Kernel {
     records: directoryRecords(stateDir),
     isAlive,
     inUse: blockDeviceInUse,
+    inUseChecker: blockDeviceUsage,
   };
 }

@@ -242,6 +242,13 @@ function planResize(
   return { ...base, kind: 'resize', reason: `${what}: resized in place`, sizeBytes: change.to };
 }
 
+/**
+ * Name order, as String.prototype.localeCompare gives it, from one
+ * collator: localeCompare sets up the locale's collation on every call,
+ * which was a tenth of what sorting a 64-device pass cost.
+ */
+export const nameOrder = new Intl.Collator();
+
 /** The plan: one action per name, sorted by name. */
 export function plan(input: PlanInput): Action[] {
   const actions: Action[] = [];
@@ -274,7 +281,7 @@ export function plan(input: PlanInput): Action[] {
     if (desiredNames.has(name)) continue;
     actions.push({ name, devId: record.devId, ...deletion(record, name, input) });
   }
-  return actions.sort((a, b) => a.name.localeCompare(b.name));
+  return actions.sort((a, b) => nameOrder.compare(a.name, b.name));
 }
 
 /**

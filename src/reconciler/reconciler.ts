@@ -7,7 +7,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { DeviceInfo } from '../kernel/control';
-import { formatManifestError, LoadedManifest, loadManifestDirAsync } from '../manifest';
+import { formatManifestError, LoadedManifest, loadManifestDirAsync, ManifestCache } from '../manifest';
 import type { DeviceRecord } from '../server/device-records';
 import { updateSizeMissing } from '../kernel/uapi';
 import { identityWithoutSize } from '../spec/device-spec';
@@ -17,8 +17,9 @@ import { isRecoverable } from '../spec/recovery-mode';
 import { parseSize } from '../spec/sizes';
 import { apply, DeviceOutcome, plannedOutcome } from './apply';
 import { Backoff } from './backoff';
+import { defaultConcurrency, runBounded } from './concurrency';
 import type { Kernel } from './kernel';
-import { Action, ActionKind, DesiredDevice, isChange, LiveDevice, plan, requeueAfter } from './planner';
+import { Action, DesiredDevice, isChange, LiveDevice, nameOrder, plan, requeueAfter } from './planner';
 import { preflight } from './preflight';
 
 export type { DeviceOutcome } from './apply';
@@ -42,6 +43,10 @@ export interface ReconcileOptions {
   deathNoticedAt?: (pid: number) => number | undefined;
   /** Hand every device whose server runs another ublk-ts version than the installed one over to a new server. */
   upgradeServers?: boolean;
+  /** How many device actions run at once (see concurrency.ts); default defaultConcurrency(). */
+  concurrency?: number;
+  /** Manifests checked by earlier passes of this process (the watcher's): unchanged files are not parsed again. */
+  manifestCache?: ManifestCache;
 }
 
 export interface PassResult {
@@ -53,14 +58,23 @@ export interface PassResult {
   requeueAfterMs?: number;
 }
 
-function liveView(kernel: Kernel, info: DeviceInfo, owned: boolean): LiveDevice {
+/**
+ * The planner's view of a kernel device. `inUse` is looked up only when the
+ * plan reads it (a changed spec), not for every device of every pass: the
+ * answer is the same, and a pass where nothing changed never scans /proc.
+ */
+function liveView(kernel: Kernel, info: DeviceInfo, owned: boolean, inUse: (blockPath: string) => boolean): LiveDevice {
   const handover = handoverMethod(info);
+  let inUseAnswer: boolean | undefined;
   return {
     id: info.id,
     state: info.state,
     serverPid: info.serverPid,
     serverAlive: info.serverPid > 0 && kernel.isAlive(info.serverPid),
-    inUse: owned && info.state === 'LIVE' ? kernel.inUse(info.blockPath) : false,
+    get inUse(): boolean {
+      inUseAnswer ??= owned && info.state === 'LIVE' ? inUse(info.blockPath) : false;
+      return inUseAnswer;
+    },
     recoverable: isRecoverable(info.flags),
     cannotResize: updateSizeMissing(kernel.features, info.flags),
     handoverRefusal: 'impossible' in handover ? handover.impossible : undefined,
@@ -74,13 +88,23 @@ function manifestSize(m: LoadedManifest): number | undefined {
   return 'bytes' in parsed ? parsed.bytes : undefined;
 }
 
-/** Deletions first (they free ids and files), then re-creations, recoveries, handovers, creations; the rest in name order. */
-const ORDER: ActionKind[] = ['delete', 'recreate', 'recover', 'handover', 'create'];
-
-function rank(a: Action): number {
-  const i = ORDER.indexOf(a.kind);
-  return i < 0 ? ORDER.length : i;
+/**
+ * The stages of a pass, run one after the other; the actions of one stage
+ * run concurrently. Deletions first: they free ids and files (a renamed
+ * manifest's create may need its old device's loop file). Then
+ * re-creations (they free the old spec's id and file too). Then creations
+ * with a fixed id, so the kernel cannot hand that id to a device created
+ * without one. Then everything else: recoveries, handovers, resizes,
+ * creations without an id, and the bookkeeping of devices that are fine,
+ * none of which frees anything another action could be waiting for.
+ */
+function stage(a: Action, fixedId: number | undefined): number {
+  if (a.kind === 'delete') return 0;
+  if (a.kind === 'recreate') return 1;
+  if (a.kind === 'create' && fixedId !== undefined) return 2;
+  return 3;
 }
+const STAGES = 4;
 
 function describe(o: DeviceOutcome): string {
   const dev = o.devId !== undefined ? ` dev ${o.devId}` : '';
@@ -127,19 +151,36 @@ async function plannedWithPreflight(
   }
 }
 
+/**
+ * What no two concurrent actions may share: a device (its id), a name, and
+ * a loop file (two manifests on one file that `create: true` makes would
+ * otherwise race to create it; taken one after the other, the second finds it).
+ */
+function actionKeys(action: Action, manifest: LoadedManifest | undefined): string[] {
+  const keys = [`name:${action.name}`];
+  if (action.devId !== undefined) keys.push(`dev:${action.devId}`);
+  const target = manifest?.spec.target;
+  if (target?.type === 'loop' && typeof target.file === 'string') keys.push(`file:${path.resolve(target.file)}`);
+  return keys;
+}
+
 /** Runs one pass. Throws only for environment problems (no ublk, missing directory, a corrupt record). */
 export async function reconcileOnce(kernel: Kernel, opts: ReconcileOptions): Promise<PassResult> {
   const log = opts.log ?? (() => undefined);
   const now = (opts.now ?? Date.now)();
   const backoff = opts.backoff ?? new Backoff();
-  const loaded = await loadManifestDirAsync(opts.dir, { checkPermissions: opts.checkPermissions });
+  const loaded = await loadManifestDirAsync(opts.dir, {
+    checkPermissions: opts.checkPermissions,
+    cache: opts.manifestCache,
+  });
   const manifestErrors = loaded.errors.map(formatManifestError);
   for (const e of manifestErrors) log(`invalid manifest: ${e}`);
 
   const records = kernel.records.list().filter((r) => r.owner === 'reconciler');
   const ownedIds = new Set(records.map((r) => r.devId));
   const infos = await kernel.listDevices();
-  const live = new Map(infos.map((i) => [i.id, liveView(kernel, i, ownedIds.has(i.id))]));
+  const inUse = kernel.inUseChecker?.() ?? ((blockPath: string) => kernel.inUse(blockPath));
+  const live = new Map(infos.map((i) => [i.id, liveView(kernel, i, ownedIds.has(i.id), inUse)]));
   const byName = new Map(loaded.manifests.map((m) => [m.name, m]));
   const desired: DesiredDevice[] = loaded.manifests.map((m) => ({
     name: m.name,
@@ -170,20 +211,39 @@ export async function reconcileOnce(kernel: Kernel, opts: ReconcileOptions): Pro
   // What --plan checks fixed ids against: the kernel's devices less those the plan removes first.
   const freed = new Set(actions.filter((a) => a.kind === 'delete' || a.kind === 'recreate').map((a) => a.devId));
   const takenAfterDeletes = (id: number): boolean => live.has(id) && !freed.has(id);
-  const devices: DeviceOutcome[] = [];
-  for (const action of [...actions].sort((a, b) => rank(a) - rank(b))) {
+  const recordById = new Map(records.map((r) => [r.devId, r]));
+  const concurrency = opts.concurrency ?? defaultConcurrency();
+  const applyOne = async (action: Action): Promise<DeviceOutcome> => {
     const outcome = opts.planOnly
       ? await plannedWithPreflight(action, byName.get(action.name), takenAfterDeletes, opts.checkPermissions)
       : await apply(
           { kernel, backoff, now, deathNoticedAt: opts.deathNoticedAt, checkPermissions: opts.checkPermissions },
           action,
           byName.get(action.name),
-          records.find((r) => r.devId === action.devId),
+          action.devId === undefined ? undefined : recordById.get(action.devId),
         );
     if (!(opts.quietNoops && outcome.action === 'noop')) log(describe(outcome));
-    devices.push(outcome);
+    return outcome;
+  };
+  const devices: DeviceOutcome[] = [];
+  for (let s = 0; s < STAGES; s++) {
+    const staged = actions.filter((a) => stage(a, byName.get(a.name)?.spec.id) === s);
+    const tasks = staged.map((action) => ({
+      keys: actionKeys(action, byName.get(action.name)),
+      run: () => applyOne(action),
+    }));
+    const settled = await runBounded(tasks, concurrency);
+    settled.forEach((r, i) => {
+      // apply reports a device's failure in its outcome; a throw here is a bug, reported on that device alone.
+      if (r.status === 'fulfilled') devices.push(r.value);
+      else
+        devices.push({
+          ...plannedOutcome(staged[i]!, 'failed'),
+          error: String((r.reason as Error)?.message ?? r.reason),
+        });
+    });
   }
-  devices.sort((a, b) => a.name.localeCompare(b.name));
+  devices.sort((a, b) => nameOrder.compare(a.name, b.name));
   const unsettled = devices.some(
     (d) => d.outcome === 'failed' || ['drift', 'refuse', 'hold', 'wait'].includes(d.action),
   );

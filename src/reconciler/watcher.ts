@@ -13,6 +13,7 @@ import * as path from 'node:path';
 import { isManifestFile } from '../manifest';
 import { Backoff } from './backoff';
 import type { Kernel } from './kernel';
+import { ManifestCache } from '../manifest';
 import { PassResult, reconcileOnce, ReconcileOptions } from './reconciler';
 
 export interface WatchOptions extends Omit<ReconcileOptions, 'backoff' | 'quietNoops'> {
@@ -63,6 +64,8 @@ export class ReconcileWatcher {
   private timers: NodeJS.Timeout[] = [];
   private debounce: NodeJS.Timeout | undefined;
   private requeue: NodeJS.Timeout | undefined;
+  /** Each manifest file's last checked text and result: a resync that finds a file unchanged does not parse it again. */
+  private readonly manifestCache = new ManifestCache();
   private running = false;
   private again = false;
   private queuedReasons: string[] = [];
@@ -196,6 +199,7 @@ export class ReconcileWatcher {
         const result = await reconcileOnce(this.kernel, {
           ...this.opts,
           backoff: this.backoff,
+          manifestCache: this.manifestCache,
           deathNoticedAt: (pid) => this.knownDead.get(pid),
           quietNoops: this.passes++ > 1,
         });

@@ -194,6 +194,24 @@ function readText(file: string): string {
 }
 
 /**
+ * Records parsed and checked before, by file, with the text they came
+ * from: the watcher lists every record twice a second (to notice a dead
+ * server) and on every pass, and checking a record's spec costs far more
+ * than reading its file. A file whose text changed in any way is parsed
+ * and checked afresh.
+ */
+const parsedRecords = new Map<string, { text: string; record: DeviceRecord }>();
+
+/** A record from its file's text: the one parsed before when the text is the same. */
+function parseRecordText(file: string, text: string): DeviceRecord {
+  const hit = parsedRecords.get(file);
+  if (hit && hit.text === text) return { ...hit.record };
+  const record = parseRecord(file, text);
+  parsedRecords.set(file, { text, record });
+  return { ...record };
+}
+
+/**
  * Every record in the state directory. Temporary files whose writer is
  * gone are removed; those of a writer still running are left to it.
  */
@@ -215,7 +233,11 @@ export function listRecords(stateDir: string): DeviceRecord[] {
       continue;
     }
     if (!/^ublkb\d+\.json$/.test(name)) continue;
-    records.push(parseRecord(file, readText(file)));
+    records.push(parseRecordText(file, readText(file)));
+  }
+  const present = new Set(names);
+  for (const file of parsedRecords.keys()) {
+    if (path.dirname(file) === dir && !present.has(path.basename(file))) parsedRecords.delete(file);
   }
   return records.sort((a, b) => a.devId - b.devId);
 }

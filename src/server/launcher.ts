@@ -1,4 +1,5 @@
 import { ChildProcess, spawn } from 'node:child_process';
+import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Readable } from 'node:stream';
@@ -115,10 +116,11 @@ async function launch(spec: DeviceSpec, stateDir: string, opts: LaunchOptions): 
   const logDir = path.join(stateDir, 'logs');
   fs.mkdirSync(logDir, { recursive: true, mode: 0o750 });
   const recovering = opts.recoverDevId !== undefined;
-  // A recovering server appends to the device's log; a new one starts a log that is named once the id is known.
+  // A recovering server appends to the device's log; a new one starts a log that is named once the id is known
+  // (a unique name: a reconcile pass starts several servers at once, often within one millisecond).
   const pendingLog = recovering
     ? serverLogPath(stateDir, opts.recoverDevId!)
-    : path.join(logDir, `.starting-${process.pid}-${Date.now()}.log`);
+    : path.join(logDir, `.starting-${process.pid}-${crypto.randomBytes(6).toString('hex')}.log`);
   const logFd = fs.openSync(pendingLog, 'a', 0o640);
   let child: ChildProcess;
   try {

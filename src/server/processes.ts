@@ -58,3 +58,29 @@ export function withTimeout<T>(promise: Promise<T>, ms: number, onTimeout: () =>
   });
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
+
+/** What a server process costs the host right now. */
+export interface ProcessFootprint {
+  /**
+   * Proportional set size in KiB (smaps_rollup's Pss): its private pages
+   * plus its share of pages it shares. The RSS of a node process counts
+   * node's own code and the addon in full for every server, so it says
+   * ~40 MiB where a server costs the host a fraction of that; the PSS of
+   * all servers adds up to what they take together.
+   */
+  pssKiB: number;
+  /** Its threads (/proc/PID/task): main, libuv's pool, V8's helpers, one per queue. */
+  threads: number;
+}
+
+/** The footprint of process `pid`, or undefined when it is gone or not ours to read (smaps needs ptrace rights). */
+export function processFootprint(pid: number): ProcessFootprint | undefined {
+  try {
+    const rollup = fs.readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8');
+    const pss = /^Pss:\s+(\d+) kB$/m.exec(rollup);
+    if (!pss) return undefined;
+    return { pssKiB: Number(pss[1]), threads: fs.readdirSync(`/proc/${pid}/task`).length };
+  } catch {
+    return undefined;
+  }
+}

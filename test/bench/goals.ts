@@ -56,7 +56,10 @@ export interface BenchResult {
   cpuModel: string;
   runtimeSeconds: number;
   nullBlkRuns: number[];
-  rows: BenchRow[];
+  /** Absent when only the reconcile section ran (UBLK_TS_BENCH_ONLY=reconcile). */
+  rows?: BenchRow[];
+  /** The manager's section (reconcile-bench.ts). */
+  reconcile?: unknown;
 }
 
 /** One row as a table line: name, figure, data path, ratio and its goal. */

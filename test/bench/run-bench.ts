@@ -28,7 +28,8 @@ async function benchLeg(leg: string, env: Record<string, string>): Promise<Bench
     cwd: ROOT,
     kernel: leg,
     icount: true,
-    timeoutMs: 20 * 60_000,
+    // The fio rows take about 6 minutes a leg, the reconcile section about as long again.
+    timeoutMs: 40 * 60_000,
     env,
     onOutput: (chunk) => process.stdout.write(chunk),
     log: (s) => console.log(`[vm ${leg}] ${s}`),
@@ -42,6 +43,7 @@ async function benchLeg(leg: string, env: Record<string, string>): Promise<Bench
     console.error(`bench: the ${leg} leg failed (guest exit code ${r.exitCode})`);
     return undefined;
   }
+  result.kernel ??= leg;
   return result;
 }
 
@@ -52,7 +54,7 @@ const CELL = 38;
 function printSummary(results: BenchResult[]): void {
   const keys: Array<{ key: string; section: string; name: string; id: string }> = [];
   for (const result of results) {
-    for (const row of result.rows) {
+    for (const row of result.rows ?? []) {
       if (row.ratio === undefined) continue;
       const key = `${row.section}\u0000${row.name}`;
       if (!keys.some((k) => k.key === key)) keys.push({ key, section: row.section, name: row.name, id: row.id });
@@ -67,13 +69,15 @@ function printSummary(results: BenchResult[]): void {
       console.log(`${section}:`);
     }
     const cells = results.map((result) => {
-      const row = result.rows.find((r) => `${r.section}\u0000${r.name}` === k.key);
+      const row = result.rows?.find((r) => `${r.section}\u0000${r.name}` === k.key);
       if (row?.ratio === undefined) return '-'.padEnd(CELL);
       const goal = goalFor(result.kernel, row.id);
       const goalText = goal === undefined ? '' : ` (>= ${goal.toFixed(2)} ${row.ratio >= goal ? 'met' : 'MISSED'})`;
       return `${row.ratio.toFixed(3)} [${row.dataPath ?? '-'}]${goalText}`.padEnd(CELL);
     });
-    const reference = results.flatMap((r) => r.rows).find((r) => `${r.section}\u0000${r.name}` === k.key)?.reference;
+    const reference = results
+      .flatMap((r) => r.rows ?? [])
+      .find((r) => `${r.section}\u0000${r.name}` === k.key)?.reference;
     console.log(`  ${`${k.name} / ${reference}`.padEnd(62)} ${cells.join('')}`);
   }
 }
@@ -87,7 +91,13 @@ async function main(): Promise<number> {
     return 2;
   }
   const env: Record<string, string> = { UBLK_TS_BENCH_CPU_MODEL: QEMU_CPU_MODEL };
-  for (const name of ['UBLK_TS_BENCH_RUNTIME', 'UBLK_TS_BENCH_RING_VARIANTS']) {
+  // UBLK_TS_BENCH_ONLY and UBLK_TS_BENCH_DEVICES are the reconcile section's switches (reconcile-bench.ts).
+  for (const name of [
+    'UBLK_TS_BENCH_RUNTIME',
+    'UBLK_TS_BENCH_RING_VARIANTS',
+    'UBLK_TS_BENCH_ONLY',
+    'UBLK_TS_BENCH_DEVICES',
+  ]) {
     const value = process.env[name];
     if (value !== undefined) env[name] = value;
   }

@@ -77,6 +77,14 @@ describe('ublk-reconcile arguments', () => {
     });
   }
 
+  for (const value of ['0', '65', 'many', '-1', '2.5']) {
+    it(`refuses --concurrency ${value}, stating the range`, () => {
+      const r = cli(RECONCILE, ['--dir', dir, `--concurrency=${value}`]);
+      assert.equal(r.status, 2);
+      assert.match(r.stderr, /--concurrency must be a whole number from 1 to 64/);
+    });
+  }
+
   it('gives JSON on stdout on error paths with --json: bad option, bad directory, bad state directory', () => {
     for (const args of [
       ['--bogus'],

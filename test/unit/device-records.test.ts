@@ -32,6 +32,26 @@ describe('state records', () => {
     assert.equal(readRecord(dir, 3), undefined);
   });
 
+  it('lists a record rewritten, or corrupted, after it was listed as what its file now says', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ublk-ts-state-'));
+    try {
+      const spec = normalizeDeviceSpec({ target: 'null', size: '1GiB' }, { maxQueues: 1 });
+      writeRecord(dir, { version: 1, devId: 7, owner: 'ublkctl', spec, serverPid: 42, status: 'live', updatedAt: '' });
+      const first = listRecords(dir)[0]!;
+      assert.equal(listRecords(dir)[0]!.serverPid, 42);
+      // Each caller gets its own object: changing one changes no later listing.
+      first.serverPid = 1;
+      assert.equal(listRecords(dir)[0]!.serverPid, 42);
+      writeRecord(dir, { ...first, serverPid: 43 });
+      assert.equal(listRecords(dir)[0]!.serverPid, 43);
+      const file = path.join(dir, 'devices', 'ublkb7.json');
+      fs.writeFileSync(file, fs.readFileSync(file, 'utf8').replace('"queues": 1', '"queues": 0'));
+      assert.throws(() => listRecords(dir), CorruptRecordError);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('reports a corrupt record, or one that is not ours, naming its file', () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ublk-ts-state-'));
     fs.mkdirSync(path.join(dir, 'devices'));
