@@ -25,7 +25,7 @@ const USAGE = `usage:
   ublkctl add -t js --module /abs/target.js [--options JSON] --size SIZE [options]
       options: [--id N] [--queues Q] [--depth D] [--max-io-size SIZE]
                [--logical-block-size B] [--read-only] [--lock-memory] [--no-partition-scan]
-               [--recovery reissue|fail-inflight|fail-io|none] [--insecure-permissions] [--json]
+               [--threads-per-queue N] [--recovery reissue|fail-inflight|fail-io|none] [--insecure-permissions] [--json]
   ublkctl del ID|--all [--force] [--json]
   ublkctl recover ID [--insecure-permissions] [--json]
   ublkctl resize ID SIZE [--insecure-permissions] [--json]
@@ -93,6 +93,7 @@ async function cmdAdd(args: string[]): Promise<void> {
       'read-only': { type: 'boolean' },
       'lock-memory': { type: 'boolean' },
       'no-partition-scan': { type: 'boolean' },
+      'threads-per-queue': { type: 'string' },
       file: { type: 'string', short: 'f' },
       create: { type: 'boolean' },
       'direct-io': { type: 'string' },
@@ -132,6 +133,7 @@ async function cmdAdd(args: string[]): Promise<void> {
     readOnly: values['read-only'],
     lockMemory: values['lock-memory'],
     partitionScan: values['no-partition-scan'] ? false : undefined,
+    threadsPerQueue: numeric(values['threads-per-queue']),
     recovery: values.recovery as DeviceSpecInput['recovery'],
   };
   const spec = normalizeDeviceSpec(input);

@@ -7,7 +7,7 @@
  */
 import { ERRNO, SpecError, UblkError } from '../errors';
 import { DeviceInfo } from '../kernel/control';
-import { featureNames, UBLK_F_NO_AUTO_PART_SCAN } from '../kernel/uapi';
+import { featureNames, UBLK_F_NO_AUTO_PART_SCAN, UBLK_F_PER_IO_DAEMON } from '../kernel/uapi';
 import { DeviceSpec } from '../spec/device-spec';
 import { quiesceFlag, RecoveryMode, recoveryFlags } from '../spec/recovery-mode';
 
@@ -29,6 +29,16 @@ export function addDeviceFlags(spec: DeviceSpec, recovery: RecoveryMode, feature
       );
     }
     flags |= UBLK_F_NO_AUTO_PART_SCAN;
+  }
+  if (spec.threadsPerQueue !== undefined && spec.threadsPerQueue > 1) {
+    if ((features & UBLK_F_PER_IO_DAEMON) === 0n) {
+      throw new SpecError(
+        'threadsPerQueue',
+        `${spec.threadsPerQueue} needs the kernel feature UBLK_F_PER_IO_DAEMON (Linux 6.16 or newer); ` +
+          'this kernel serves each queue from one thread: remove the field (or set 1)',
+      );
+    }
+    flags |= UBLK_F_PER_IO_DAEMON;
   }
   return flags;
 }

@@ -6,6 +6,7 @@
 import * as os from 'node:os';
 import {
   UBLK_F_NO_AUTO_PART_SCAN,
+  UBLK_F_PER_IO_DAEMON,
   UBLK_F_QUIESCE,
   UBLK_F_SAFE_STOP_DEV,
   UBLK_F_UPDATE_SIZE,
@@ -61,6 +62,15 @@ const DEFINITIONS: FeatureDefinition[] = [
     present: '`ublkctl restart` and the reconciler hand a device to a new server without failing IO',
     absent:
       '`ublkctl restart` works for devices with user recovery (the old server closes its queues, the new one recovers); others cannot be handed over',
+  },
+  {
+    name: 'threads per queue',
+    uapi: 'UBLK_F_PER_IO_DAEMON',
+    since: '6.16',
+    flag: UBLK_F_PER_IO_DAEMON,
+    present:
+      'spec.threadsPerQueue: N (ublkctl add --threads-per-queue N) serves each queue of a native target from N threads, each owning every Nth tag',
+    absent: 'spec.threadsPerQueue above 1 is refused; each queue is served by one thread',
   },
   {
     name: 'safe stop',

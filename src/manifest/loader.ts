@@ -176,12 +176,13 @@ function checkDocument(ctx: DocumentContext, limits: HostLimits): CheckedDocumen
   if (!validate(data)) return { ctx, errors: schemaErrors(ctx, validate.errors ?? []) };
   const semantic = semanticErrors(ctx, data.spec, limits);
   if (semantic.length > 0) return { ctx, errors: semantic };
-  // lockMemory and partitionScan came later: left out at their defaults, as comparableSpec does, so old hashes still match.
-  const { allowDataLoss: _consent, lockMemory, partitionScan, ...unlocked } = data.spec;
+  // lockMemory, partitionScan and threadsPerQueue came later: left out at their defaults, as comparableSpec does, so old hashes still match.
+  const { allowDataLoss: _consent, lockMemory, partitionScan, threadsPerQueue, ...unlocked } = data.spec;
   const asWritten = {
     ...unlocked,
     ...(lockMemory ? { lockMemory } : {}),
     ...(partitionScan === false ? { partitionScan } : {}),
+    ...(threadsPerQueue !== undefined && threadsPerQueue > 1 ? { threadsPerQueue } : {}),
   };
   const manifest: LoadedManifest = {
     name: data.metadata.name,

@@ -73,6 +73,7 @@ export interface DeviceSpecInput {
   readOnly?: boolean;
   lockMemory?: boolean;
   partitionScan?: boolean;
+  threadsPerQueue?: number;
   recovery?: RecoveryMode;
 }
 
@@ -101,6 +102,13 @@ export interface DeviceSpec {
    * left out so specs and records written before the field stay as they were.
    */
   partitionScan?: false;
+  /**
+   * Native threads serving each queue, present only when more than 1: the
+   * device is made with UBLK_F_PER_IO_DAEMON and each thread fetches (and
+   * so answers) every threadsPerQueue-th tag. Absent: one thread per queue,
+   * as always; left out so specs and records written before it stay as they were.
+   */
+  threadsPerQueue?: number;
   recovery: RecoveryMode;
 }
 
@@ -184,6 +192,7 @@ export function normalizeDeviceSpec(
   };
   if (input.id !== undefined) spec.id = input.id;
   if (input.partitionScan === false) spec.partitionScan = false;
+  if (input.threadsPerQueue !== undefined && input.threadsPerQueue > 1) spec.threadsPerQueue = input.threadsPerQueue;
   return spec;
 }
 
@@ -315,6 +324,7 @@ function comparable(input: DeviceSpecInput): Record<string, unknown> {
   // Only when set, so the identity of every device written before the field existed stays the same.
   if (input.lockMemory) spec.lockMemory = true;
   if (input.partitionScan === false) spec.partitionScan = false;
+  if (input.threadsPerQueue !== undefined && input.threadsPerQueue > 1) spec.threadsPerQueue = input.threadsPerQueue;
   return spec;
 }
 

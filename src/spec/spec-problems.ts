@@ -15,6 +15,7 @@ import {
   MAX_DEVICE_ID,
   MIN_DEPTH,
   MIN_QUEUES,
+  MIN_THREADS_PER_QUEUE,
   RECOVERY_MODES,
   TARGET_TYPES,
   TargetType,
@@ -72,6 +73,23 @@ function oneOf<T>(values: readonly T[], value: unknown): string | undefined {
 function absolutePathProblem(what: string, value: unknown): string | undefined {
   if (typeof value !== 'string' || value === '') return `is required for the ${what} target`;
   return path.isAbsolute(value) ? undefined : `must be an absolute path, got ${quote(value)}`;
+}
+
+/**
+ * Each of a queue's threads needs a tag of its own, and only the native
+ * targets have threads to add: a js target's queue is one worker with one
+ * event loop.
+ */
+function threadsPerQueueProblem(input: DeviceSpecInput, target: LooseTarget): string | undefined {
+  if (input.threadsPerQueue === undefined) return undefined;
+  const depth = input.depth ?? DEFAULTS.depth;
+  const maxThreads = typeof depth === 'number' && depth >= MIN_DEPTH && depth <= MAX_DEPTH ? depth : MAX_DEPTH;
+  const problem = integerProblem(input.threadsPerQueue, MIN_THREADS_PER_QUEUE, maxThreads);
+  if (problem !== undefined) return maxThreads === depth ? `${problem} (at most depth: a tag per thread)` : problem;
+  if (input.threadsPerQueue > 1 && target.type === 'js') {
+    return `must be 1 for a js target (each queue is served by one worker), got ${input.threadsPerQueue}`;
+  }
+  return undefined;
 }
 
 /** A target whose fields are not checked yet. */
@@ -142,5 +160,6 @@ export function specProblems(input: DeviceSpecInput, limits: HostLimits): SpecPr
   check('readOnly', booleanProblem(input.readOnly));
   check('lockMemory', booleanProblem(input.lockMemory));
   check('partitionScan', booleanProblem(input.partitionScan));
+  check('threadsPerQueue', threadsPerQueueProblem(input, target));
   return problems;
 }
