@@ -175,7 +175,7 @@ describe('threads per queue (real ublk driver)', function () {
       60_000,
       `dev ${dev.id} QUIESCED after the kill`,
     );
-    const recovered = ublkctl(['recover', String(dev.id)], stateDir);
+    const recovered = ublkctl(['recover', String(dev.id), '--state-dir', stateDir]);
     assert.equal(recovered.status, 0, recovered.stderr);
     const now = listDevices().find((d) => d.id === dev.id)!;
     assert.equal(now.state, 'LIVE');
