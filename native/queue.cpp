@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "batch_queue.h"
 #include "errors.h"
 #include "process.h"
 #include "queue_io.h"
@@ -293,7 +294,7 @@ Napi::Function QueueGroup::Define(Napi::Env env) {
 }
 
 // new QueueGroup({devId, charPath, depth, maxIoSize, legacyOpcodes, ringFlags,
-//                 target, threadsPerQueue, queues: [{qid, cpus: number[]}]}, onEvent)
+//                 target, threadsPerQueue, batchIo, queues: [{qid, cpus: number[]}]}, onEvent)
 QueueGroup::QueueGroup(const Napi::CallbackInfo &info) : Napi::ObjectWrap<QueueGroup>(info) {
   Napi::Env env = info.Env();
   Napi::Object o = info[0].As<Napi::Object>();
@@ -310,6 +311,7 @@ QueueGroup::QueueGroup(const Napi::CallbackInfo &info) : Napi::ObjectWrap<QueueG
   Napi::Value threadsValue = o.Get("threadsPerQueue");
   const uint16_t threadsPerQueue =
       threadsValue.IsNumber() ? static_cast<uint16_t>(threadsValue.As<Napi::Number>().Uint32Value()) : 1;
+  const bool batchIo = o.Get("batchIo").ToBoolean().Value();
   for (uint32_t i = 0; i < queues.Length(); i++) {
     Napi::Object q = queues.Get(i).As<Napi::Object>();
     QueueConfig c;
@@ -329,6 +331,10 @@ QueueGroup::QueueGroup(const Napi::CallbackInfo &info) : Napi::ObjectWrap<QueueG
     c.lockMemory = o.Get("lockMemory").ToBoolean().Value();
     Napi::Array cpus = q.Get("cpus").As<Napi::Array>();
     for (uint32_t k = 0; k < cpus.Length(); k++) c.cpus.push_back(cpus.Get(k).As<Napi::Number>().Int32Value());
+    if (batchIo) {
+      batchRunners_.push_back(std::make_unique<BatchQueueRunner>(std::move(c), charFd_, this));
+      continue;
+    }
     c.tagStride = threadsPerQueue;
     // Tags dealt out in turn rather than in blocks: the block layer hands
     // out low tags first, so at a low queue depth every thread still works.
@@ -341,13 +347,14 @@ QueueGroup::QueueGroup(const Napi::CallbackInfo &info) : Napi::ObjectWrap<QueueG
   }
   // The function keeps the event loop alive while any queue thread runs;
   // its finalizer runs on the JS thread once every thread has let go.
-  events_ = Napi::ThreadSafeFunction::New(env, onEvent, "ublk-queue-events", 0, runners_.size(), this,
-                                          [](Napi::Env, QueueGroup *group) {
+  events_ = Napi::ThreadSafeFunction::New(env, onEvent, "ublk-queue-events", 0, runners_.size() + batchRunners_.size(),
+                                          this, [](Napi::Env, QueueGroup *group) {
                                             group->ShutdownAndJoin();
                                             group->Unref();
                                           });
   Ref(); // released when the threads are joined, so events outlive a dropped handle
   for (auto &r : runners_) r->Start();
+  for (auto &r : batchRunners_) r->Start();
 }
 
 QueueGroup::~QueueGroup() { ShutdownAndJoin(); }
@@ -374,13 +381,16 @@ void QueueGroup::ShutdownAndJoin() {
   if (joined_) return;
   joined_ = true;
   for (auto &r : runners_) r->RequestStop();
+  for (auto &r : batchRunners_) r->RequestStop();
   for (auto &r : runners_) r->Join();
+  for (auto &r : batchRunners_) r->Join();
   if (charFd_ >= 0) close(charFd_);
   charFd_ = -1;
 }
 
 Napi::Value QueueGroup::Stop(const Napi::CallbackInfo &info) {
   for (auto &r : runners_) r->RequestStop();
+  for (auto &r : batchRunners_) r->RequestStop();
   return info.Env().Undefined();
 }
 

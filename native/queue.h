@@ -48,6 +48,7 @@ struct QueueEvent {
 };
 
 class QueueGroup;
+class BatchQueueRunner;
 
 // One ublk hardware queue (or, with PER_IO_DAEMON, its share of the queue's
 // tags) served by one native thread and one io_uring: FETCH_REQ for every
@@ -116,6 +117,8 @@ private:
 
   int charFd_ = -1;
   std::vector<std::unique_ptr<QueueRunner>> runners_;
+  // A device with UBLK_F_BATCH_IO is served by these instead, one per queue.
+  std::vector<std::unique_ptr<BatchQueueRunner>> batchRunners_;
   Napi::ThreadSafeFunction events_;
   std::mutex joinMutex_;
   bool joined_ = false;

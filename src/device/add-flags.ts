@@ -7,7 +7,7 @@
  */
 import { ERRNO, SpecError, UblkError } from '../errors';
 import { DeviceInfo } from '../kernel/control';
-import { featureNames, UBLK_F_NO_AUTO_PART_SCAN, UBLK_F_PER_IO_DAEMON } from '../kernel/uapi';
+import { featureNames, UBLK_F_BATCH_IO, UBLK_F_NO_AUTO_PART_SCAN, UBLK_F_PER_IO_DAEMON } from '../kernel/uapi';
 import { DeviceSpec } from '../spec/device-spec';
 import { quiesceFlag, RecoveryMode, recoveryFlags } from '../spec/recovery-mode';
 
@@ -39,6 +39,16 @@ export function addDeviceFlags(spec: DeviceSpec, recovery: RecoveryMode, feature
       );
     }
     flags |= UBLK_F_PER_IO_DAEMON;
+  }
+  if (spec.batchIo === true) {
+    if ((features & UBLK_F_BATCH_IO) === 0n) {
+      throw new SpecError(
+        'batchIo',
+        'true needs the kernel feature UBLK_F_BATCH_IO (Linux 7.0 or newer); ' +
+          'this kernel takes a command per request: remove the field',
+      );
+    }
+    flags |= UBLK_F_BATCH_IO;
   }
   return flags;
 }

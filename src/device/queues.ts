@@ -9,7 +9,7 @@
 import * as fs from 'node:fs/promises';
 import { ControlCommands, DeviceInfo } from '../kernel/control';
 import { native, NativeQueueEvent } from '../kernel/native';
-import { UBLK_F_CMD_IOCTL_ENCODE, UBLK_F_PER_IO_DAEMON } from '../kernel/uapi';
+import { UBLK_F_BATCH_IO, UBLK_F_CMD_IOCTL_ENCODE, UBLK_F_PER_IO_DAEMON } from '../kernel/uapi';
 import { ERRNO, SpecError, UblkError } from '../errors';
 import { DeviceSpec } from '../spec/device-spec';
 import { Backing } from './backing';
@@ -147,6 +147,8 @@ async function startNativeQueues(
     Array.from({ length: info.queues }, (_, qid) => control.getQueueAffinity(info.id, qid)),
   );
   const threads = threadsPerQueue(info, spec);
+  // A batch device refuses the per-tag commands: its flag, not the spec, picks the runner.
+  const batchIo = (info.flags & UBLK_F_BATCH_IO) !== 0n;
   const lifecycle = new QueueLifecycle(info.id, info.queues * threads);
   const onEvent = (e: NativeQueueEvent): void => {
     if (e.kind === 'ready') lifecycle.queueReady();
@@ -173,6 +175,7 @@ async function startNativeQueues(
       lockMemory: spec.lockMemory === true,
       sizeBytes: spec.sizeBytes,
       threadsPerQueue: threads,
+      batchIo,
       queues: Array.from({ length: info.queues }, (_, qid) => ({ qid, cpus: affinities[qid] ?? [] })),
     },
     onEvent,

@@ -5,6 +5,7 @@
  */
 import * as os from 'node:os';
 import {
+  UBLK_F_BATCH_IO,
   UBLK_F_NO_AUTO_PART_SCAN,
   UBLK_F_PER_IO_DAEMON,
   UBLK_F_QUIESCE,
@@ -71,6 +72,15 @@ const DEFINITIONS: FeatureDefinition[] = [
     present:
       'spec.threadsPerQueue: N (ublkctl add --threads-per-queue N) serves each queue of a native target from N threads, each owning every Nth tag',
     absent: 'spec.threadsPerQueue above 1 is refused; each queue is served by one thread',
+  },
+  {
+    name: 'batched IO commands',
+    uapi: 'UBLK_F_BATCH_IO, PREP/FETCH/COMMIT_IO_CMDS',
+    since: '7.0',
+    flag: UBLK_F_BATCH_IO,
+    present:
+      'spec.batchIo: true (ublkctl add --batch-io) serves each queue of a native target with one multishot fetch of tag arrays and a commit per pass',
+    absent: 'spec.batchIo: true is refused; every request takes its own fetch and commit command',
   },
   {
     name: 'safe stop',

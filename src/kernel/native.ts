@@ -97,6 +97,8 @@ export interface NativeQueueGroupOptions {
    * UBLK_F_PER_IO_DAEMON. Absent: 1.
    */
   threadsPerQueue?: number;
+  /** The device has UBLK_F_BATCH_IO: each queue is served with batched commands (one thread per queue). */
+  batchIo?: boolean;
   queues: Array<{ qid: number; cpus: number[] }>;
 }
 

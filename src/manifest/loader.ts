@@ -176,13 +176,14 @@ function checkDocument(ctx: DocumentContext, limits: HostLimits): CheckedDocumen
   if (!validate(data)) return { ctx, errors: schemaErrors(ctx, validate.errors ?? []) };
   const semantic = semanticErrors(ctx, data.spec, limits);
   if (semantic.length > 0) return { ctx, errors: semantic };
-  // lockMemory, partitionScan and threadsPerQueue came later: left out at their defaults, as comparableSpec does, so old hashes still match.
-  const { allowDataLoss: _consent, lockMemory, partitionScan, threadsPerQueue, ...unlocked } = data.spec;
+  // lockMemory, partitionScan, threadsPerQueue and batchIo came later: left out at their defaults, as comparableSpec does, so old hashes still match.
+  const { allowDataLoss: _consent, lockMemory, partitionScan, threadsPerQueue, batchIo, ...unlocked } = data.spec;
   const asWritten = {
     ...unlocked,
     ...(lockMemory ? { lockMemory } : {}),
     ...(partitionScan === false ? { partitionScan } : {}),
     ...(threadsPerQueue !== undefined && threadsPerQueue > 1 ? { threadsPerQueue } : {}),
+    ...(batchIo === true ? { batchIo } : {}),
   };
   const manifest: LoadedManifest = {
     name: data.metadata.name,

@@ -74,6 +74,7 @@ export interface DeviceSpecInput {
   lockMemory?: boolean;
   partitionScan?: boolean;
   threadsPerQueue?: number;
+  batchIo?: boolean;
   recovery?: RecoveryMode;
 }
 
@@ -109,6 +110,11 @@ export interface DeviceSpec {
    * as always; left out so specs and records written before it stay as they were.
    */
   threadsPerQueue?: number;
+  /**
+   * true: the device is made with UBLK_F_BATCH_IO and its queues are served
+   * with PREP/FETCH/COMMIT_IO_CMDS. Absent: a command per request, as always.
+   */
+  batchIo?: true;
   recovery: RecoveryMode;
 }
 
@@ -193,6 +199,7 @@ export function normalizeDeviceSpec(
   if (input.id !== undefined) spec.id = input.id;
   if (input.partitionScan === false) spec.partitionScan = false;
   if (input.threadsPerQueue !== undefined && input.threadsPerQueue > 1) spec.threadsPerQueue = input.threadsPerQueue;
+  if (input.batchIo === true) spec.batchIo = true;
   return spec;
 }
 
@@ -325,6 +332,7 @@ function comparable(input: DeviceSpecInput): Record<string, unknown> {
   if (input.lockMemory) spec.lockMemory = true;
   if (input.partitionScan === false) spec.partitionScan = false;
   if (input.threadsPerQueue !== undefined && input.threadsPerQueue > 1) spec.threadsPerQueue = input.threadsPerQueue;
+  if (input.batchIo === true) spec.batchIo = true;
   return spec;
 }
 

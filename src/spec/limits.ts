@@ -46,6 +46,7 @@ export const DEFAULTS = {
   lockMemory: specFields.lockMemory.default as boolean,
   partitionScan: specFields.partitionScan.default as boolean,
   threadsPerQueue: specFields.threadsPerQueue.default as number,
+  batchIo: specFields.batchIo.default as boolean,
   recovery: specFields.recovery.default as RecoveryMode,
   directIo: loopFields.directIo.default as DirectIoMode,
   create: loopFields.create.default as boolean,

@@ -92,6 +92,20 @@ function threadsPerQueueProblem(input: DeviceSpecInput, target: LooseTarget): st
   return undefined;
 }
 
+/**
+ * Batched commands are served by the native runner alone, one thread per
+ * queue (the kernel has no per-tag daemons in batch mode).
+ */
+function batchIoProblem(input: DeviceSpecInput, target: LooseTarget): string | undefined {
+  const problem = booleanProblem(input.batchIo);
+  if (problem !== undefined || input.batchIo !== true) return problem;
+  if (target.type === 'js') return 'must be false for a js target (its queues answer one request at a time)';
+  if (input.threadsPerQueue !== undefined && input.threadsPerQueue !== 1) {
+    return `cannot be true with threadsPerQueue ${shown(input.threadsPerQueue)}: a batch device has one thread per queue`;
+  }
+  return undefined;
+}
+
 /** A target whose fields are not checked yet. */
 export interface LooseTarget {
   type: string;
@@ -161,5 +175,6 @@ export function specProblems(input: DeviceSpecInput, limits: HostLimits): SpecPr
   check('lockMemory', booleanProblem(input.lockMemory));
   check('partitionScan', booleanProblem(input.partitionScan));
   check('threadsPerQueue', threadsPerQueueProblem(input, target));
+  check('batchIo', batchIoProblem(input, target));
   return problems;
 }

@@ -195,6 +195,7 @@ describe('manifest loading: valid manifests', () => {
       lockMemory: false,
       partitionScan: true,
       threadsPerQueue: 1,
+      batchIo: false,
       recovery: 'reissue',
       allowDataLoss: false,
     });
@@ -284,6 +285,30 @@ describe('manifest loading: valid manifests', () => {
     assert.equal(byFile('e.yaml')?.path, 'spec.threadsPerQueue');
     assert.match(byFile('e.yaml')!.message, /must be 1 for a js target \(each queue is served by one worker\), got 2/);
     assert.equal(byFile('f.yaml')?.path, 'spec.threadsPerQueue');
+  });
+
+  it('batchIo is identity only when true; refused for js targets and with several threads per queue', () => {
+    const dir = tempDir({
+      'a.yaml': manifest('a', 'target: {type: null}\nsize: 1MiB'),
+      'b.yaml': manifest('b', 'target: {type: null}\nsize: 1MiB\nbatchIo: false'),
+      'c.yaml': manifest('c', 'target: {type: null}\nsize: 1MiB\nbatchIo: true'),
+      'd.yaml': manifest('d', 'target: {type: js, module: /etc/passwd}\nsize: 1MiB\nbatchIo: true'),
+      'e.yaml': manifest('e', 'target: {type: null}\nsize: 1MiB\nbatchIo: true\nthreadsPerQueue: 2'),
+    });
+    const { manifests, errors } = loadManifestDir(dir);
+    const [a, b, c] = manifests;
+    assert.equal(manifests.length, 3);
+    assert.equal(b!.hash, a!.hash);
+    assert.equal(b!.legacyHash, a!.legacyHash);
+    assert.notEqual(c!.deviceHash, a!.deviceHash, 'batch IO is chosen at ADD_DEV: a change re-creates');
+    const byFile = (name: string) => errors.find((e) => e.file.endsWith(name));
+    assert.equal(byFile('d.yaml')?.path, 'spec.batchIo');
+    assert.match(byFile('d.yaml')!.message, /must be false for a js target/);
+    assert.equal(byFile('e.yaml')?.path, 'spec.batchIo');
+    assert.match(
+      byFile('e.yaml')!.message,
+      /cannot be true with threadsPerQueue 2: a batch device has one thread per queue/,
+    );
   });
 
   it('normalizes loop paths and target defaults before hashing', () => {
@@ -499,6 +524,7 @@ describe('manifest schema and TypeScript types', () => {
           lockMemory: true,
           partitionScan: true,
           threadsPerQueue: true,
+          batchIo: true,
           recovery: true,
           allowDataLoss: true,
         } satisfies Record<keyof ManifestSpec, true>,

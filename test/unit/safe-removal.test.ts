@@ -9,7 +9,12 @@ import { ERRNO, SpecError, UblkError } from '../../src/errors';
 import { addDeviceFlags, checkGrantedFlags } from '../../src/device/add-flags';
 import { ControlCommands, DeviceInfo } from '../../src/kernel/control';
 import { featureSupport, kernelVersion } from '../../src/kernel/feature-report';
-import { UBLK_F_NO_AUTO_PART_SCAN, UBLK_F_PER_IO_DAEMON, UBLK_F_SAFE_STOP_DEV } from '../../src/kernel/uapi';
+import {
+  UBLK_F_BATCH_IO,
+  UBLK_F_NO_AUTO_PART_SCAN,
+  UBLK_F_PER_IO_DAEMON,
+  UBLK_F_SAFE_STOP_DEV,
+} from '../../src/kernel/uapi';
 import { threadsPerQueue } from '../../src/device/queues';
 import { deleteAndWait, stopForRemoval } from '../../src/server/safe-removal';
 import { normalizeDeviceSpec } from '../../src/spec/device-spec';
@@ -217,6 +222,20 @@ describe('ADD_DEV flags', () => {
     );
   });
 
+  it('asks for BATCH_IO for batchIo: true where the kernel has it, and refuses it, naming the feature, where not', () => {
+    const batched = normalizeDeviceSpec({ target: 'null', size: '1MiB', batchIo: true }, { maxQueues: 1 });
+    assert.equal(batched.batchIo, true);
+    assert.equal(addDeviceFlags(batched, 'none', UBLK_F_BATCH_IO), UBLK_F_BATCH_IO);
+    assert.throws(
+      () => addDeviceFlags(batched, 'none', UBLK_F_PER_IO_DAEMON),
+      (err: unknown) =>
+        err instanceof SpecError &&
+        /^batchIo: true needs the kernel feature UBLK_F_BATCH_IO \(Linux 7\.0 or newer\)/.test(err.message),
+    );
+    const plain = normalizeDeviceSpec({ target: 'null', size: '1MiB', batchIo: false }, { maxQueues: 1 });
+    assert.equal('batchIo' in plain, false);
+  });
+
   it('leaves threadsPerQueue: 1 out of the spec and the flags', () => {
     const single = normalizeDeviceSpec({ target: 'null', size: '1MiB', threadsPerQueue: 1 }, { maxQueues: 1 });
     assert.equal('threadsPerQueue' in single, false);
@@ -276,6 +295,7 @@ describe('feature report', () => {
         'online resize',
         'graceful handover',
         'threads per queue',
+        'batched IO commands',
         'safe stop',
         'async delete',
         'no partition scan',
