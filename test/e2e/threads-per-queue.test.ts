@@ -190,6 +190,30 @@ describe('threads per queue (real ublk driver)', function () {
     assert.ok(result.jobs[0]!.read.io_bytes > 0, 'fio read back and verified what it wrote');
   });
 
+  it('ublkctl restart during fio verify hands the device to a new server with the same two threads', async function () {
+    needsFeature(this);
+    const dev = add(['-t', 'memory', '--size', '64MiB', '--threads-per-queue', '2']);
+    load = startFio([
+      ...verifyArgs('handover', dev.blockPath, '16M', 'randwrite'),
+      '--rate_iops=1500',
+      '--time_based',
+      '--runtime=3600',
+      '--verify_backlog=64',
+    ]);
+    const writes = await waitForWrites(dev.id, ioCounts(dev.id).writes, 200, 'fio writing before the restart');
+    const r = ublkctl(['restart', String(dev.id), '--state-dir', stateDir]);
+    assert.equal(r.status, 0, r.stderr);
+    const now = listDevices().find((d) => d.id === dev.id)!;
+    assert.equal(now.state, 'LIVE');
+    assert.notEqual(now.serverPid, dev.serverPid);
+    const names = threadNames(now.serverPid);
+    for (const t of [0, 1]) assert.ok(names.includes(`ublk${dev.id}q0t${t}`), names.join(' '));
+    await waitForWrites(dev.id, writes, 200, 'fio writing after the restart');
+    const result = await load.stop();
+    assert.equal(result.status, 0, result.raw);
+    assert.equal(result.jobs[0]!.error, 0);
+  });
+
   it('without the feature, --threads-per-queue 2 is refused before any device is made, naming it', function () {
     if ((features & UBLK_F_PER_IO_DAEMON) !== 0n) {
       console.log('    skipped: this kernel has UBLK_F_PER_IO_DAEMON (tests above)');
