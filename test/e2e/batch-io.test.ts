@@ -183,6 +183,33 @@ describe('batched IO commands (real ublk driver)', function () {
     assert.ok(result.jobs[0]!.read.io_bytes > 0, 'fio read back and verified what it wrote');
   });
 
+  it('ublkctl restart during fio verify hands the device over by closing the old server queues; fio sees no error', async function () {
+    needsFeature(this);
+    const dev = add(['-t', 'memory', '--size', '64MiB', '--batch-io']);
+    load = startFio([
+      ...verifyArgs('handover', dev.blockPath, '16M'),
+      '--rate_iops=1500',
+      '--time_based',
+      '--runtime=3600',
+      '--verify_backlog=64',
+    ]);
+    const writes = await waitForWrites(dev.id, ioCounts(dev.id).writes, 200, 'fio writing before the restart');
+    const r = ublkctlJson<{ method: string }>(['restart', String(dev.id), '--state-dir', stateDir]);
+    // QUIESCE_DEV fails a batch device's requests in flight (see handoverMethod).
+    assert.equal(r.method, 'close');
+    const now = listDevices().find((d) => d.id === dev.id)!;
+    assert.equal(now.state, 'LIVE');
+    assert.notEqual(now.serverPid, dev.serverPid);
+    assert.ok(threadNames(now.serverPid).includes(`ublk${dev.id}q0b`), threadNames(now.serverPid).join(' '));
+    // The old server ended cleanly (a failed commit would show here).
+    const log = fs.readFileSync(path.join(stateDir, 'logs', `ublkb${dev.id}.log`), 'utf8');
+    assert.match(log, /queue 0 ended after \d+ requests\n/, log);
+    await waitForWrites(dev.id, writes, 200, 'fio writing after the restart');
+    const result = await load.stop();
+    assert.equal(result.status, 0, result.raw);
+    assert.equal(result.jobs[0]!.error, 0);
+  });
+
   it('without the feature, --batch-io is refused before any device is made, naming it', function () {
     if ((features & UBLK_F_BATCH_IO) !== 0n) {
       console.log('    skipped: this kernel has UBLK_F_BATCH_IO (tests above)');
