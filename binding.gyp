@@ -4,6 +4,7 @@
       "target_name": "ublk_ts",
       "sources": [
         "native/addon.cpp",
+        "native/batch_queue.cpp",
         "native/control.cpp",
         "native/errors.cpp",
         "native/files.cpp",

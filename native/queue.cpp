@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "batch_queue.h"
 #include "errors.h"
 #include "process.h"
 #include "queue_io.h"
@@ -62,11 +63,12 @@ void QueueRunner::Join() {
 }
 
 void QueueRunner::Report(const char *kind, const std::string &op, int err) {
-  group_->Emit(new QueueEvent{config_.qid, kind, op, err, ios_});
+  group_->Emit(new QueueEvent{config_.qid, config_.thread, kind, op, err, ios_});
 }
 
 void QueueRunner::Run() {
   std::string name = "ublk" + std::to_string(config_.devId) + "q" + std::to_string(config_.qid);
+  if (config_.tagStride > 1) name += "t" + std::to_string(config_.thread);
   pthread_setname_np(pthread_self(), name.substr(0, 15).c_str());
   BecomeIoFlusher();
   if (!config_.cpus.empty()) {
@@ -86,12 +88,21 @@ void QueueRunner::Serve() {
   if (mappings_.Errno() != 0) return Report("exit", mappings_.FailedOp(), mappings_.Errno());
   // Under zero copy the IO buffers are never used: nothing there to lock.
   if (config_.lockMemory && !config_.autoBufReg) {
-    if (int err = mappings_.LockBuffers(); err != 0) {
+    int err = 0;
+    if (config_.tagStride == 1) {
+      err = mappings_.LockBuffers();
+    } else {
+      // Only this thread's tags: the others lock theirs in their own mapping.
+      for (unsigned tag = config_.firstTag; tag < config_.depth && err == 0; tag += config_.tagStride) {
+        err = mappings_.LockBuffer(tag);
+      }
+    }
+    if (err != 0) {
       mappings_.Reset();
       return Report("exit", "mlock io buffers", err);
     }
   }
-  const unsigned entries = RoundUp(config_.depth + 2, 2);
+  const unsigned entries = RoundUp(OwnTagCount() + 2, 2);
   int ret = SetupRing(&ring_, entries, config_.ringFlags);
   if (ret < 0) {
     mappings_.Reset();
@@ -125,7 +136,7 @@ void QueueRunner::Serve() {
     Fail("FETCH_REQ", -ret);
   } else {
     Report("ready", "", 0);
-    liveTags_ = config_.depth;
+    liveTags_ = OwnTagCount();
     ServeUntilDone();
   }
 
@@ -152,9 +163,15 @@ int QueueRunner::FetchAll() {
     stopSqe->user_data = kStopToken;
   }
   const unsigned fetchOp = ublk::io_opcode(ublk::IO_FETCH_REQ, config_.legacyOpcodes);
-  for (unsigned tag = 0; tag < config_.depth; tag++) PrepIoCommand(fetchOp, tag, 0);
+  for (unsigned tag = config_.firstTag; tag < config_.depth; tag += config_.tagStride) PrepIoCommand(fetchOp, tag, 0);
   if (failure_ != 0) return -failure_;
   return io_uring_submit(&ring_);
+}
+
+unsigned QueueRunner::OwnTagCount() const {
+  return config_.firstTag < config_.depth
+             ? (config_.depth - config_.firstTag + config_.tagStride - 1) / config_.tagStride
+             : 0;
 }
 
 // A FETCH_REQ the driver refuses (wrong state, tag already fetched) fails
@@ -382,7 +399,7 @@ Napi::Function QueueGroup::Define(Napi::Env env) {
 }
 
 // new QueueGroup({devId, charPath, depth, maxIoSize, legacyOpcodes, ringFlags,
-//                 target, queues: [{qid, cpus: number[]}]}, onEvent)
+//                 target, threadsPerQueue, batchIo, queues: [{qid, cpus: number[]}]}, onEvent)
 QueueGroup::QueueGroup(const Napi::CallbackInfo &info) : Napi::ObjectWrap<QueueGroup>(info) {
   Napi::Env env = info.Env();
   Napi::Object o = info[0].As<Napi::Object>();
@@ -397,6 +414,10 @@ QueueGroup::QueueGroup(const Napi::CallbackInfo &info) : Napi::ObjectWrap<QueueG
   }
   Napi::Array queues = o.Get("queues").As<Napi::Array>();
   std::shared_ptr<MemoryPages> memoryPages;
+  Napi::Value threadsValue = o.Get("threadsPerQueue");
+  const uint16_t threadsPerQueue =
+      threadsValue.IsNumber() ? static_cast<uint16_t>(threadsValue.As<Napi::Number>().Uint32Value()) : 1;
+  const bool batchIo = o.Get("batchIo").ToBoolean().Value();
   for (uint32_t i = 0; i < queues.Length(); i++) {
     Napi::Object q = queues.Get(i).As<Napi::Object>();
     QueueConfig c;
@@ -422,17 +443,30 @@ QueueGroup::QueueGroup(const Napi::CallbackInfo &info) : Napi::ObjectWrap<QueueG
     }
     Napi::Array cpus = q.Get("cpus").As<Napi::Array>();
     for (uint32_t k = 0; k < cpus.Length(); k++) c.cpus.push_back(cpus.Get(k).As<Napi::Number>().Int32Value());
-    runners_.push_back(std::make_unique<QueueRunner>(std::move(c), charFd_, this));
+    if (batchIo) {
+      batchRunners_.push_back(std::make_unique<BatchQueueRunner>(std::move(c), charFd_, this));
+      continue;
+    }
+    c.tagStride = threadsPerQueue;
+    // Tags dealt out in turn rather than in blocks: the block layer hands
+    // out low tags first, so at a low queue depth every thread still works.
+    for (uint16_t t = 0; t < threadsPerQueue; t++) {
+      QueueConfig share = c;
+      share.firstTag = t;
+      share.thread = t;
+      runners_.push_back(std::make_unique<QueueRunner>(std::move(share), charFd_, this));
+    }
   }
   // The function keeps the event loop alive while any queue thread runs;
   // its finalizer runs on the JS thread once every thread has let go.
-  events_ = Napi::ThreadSafeFunction::New(env, onEvent, "ublk-queue-events", 0, runners_.size(), this,
-                                          [](Napi::Env, QueueGroup *group) {
+  events_ = Napi::ThreadSafeFunction::New(env, onEvent, "ublk-queue-events", 0, runners_.size() + batchRunners_.size(),
+                                          this, [](Napi::Env, QueueGroup *group) {
                                             group->ShutdownAndJoin();
                                             group->Unref();
                                           });
   Ref(); // released when the threads are joined, so events outlive a dropped handle
   for (auto &r : runners_) r->Start();
+  for (auto &r : batchRunners_) r->Start();
 }
 
 QueueGroup::~QueueGroup() { ShutdownAndJoin(); }
@@ -442,6 +476,7 @@ void QueueGroup::Emit(QueueEvent *event) {
   events_.BlockingCall(event, [](Napi::Env env, Napi::Function fn, QueueEvent *e) {
     Napi::Object o = Napi::Object::New(env);
     o.Set("qid", Napi::Number::New(env, e->qid));
+    o.Set("thread", Napi::Number::New(env, e->thread));
     o.Set("kind", Napi::String::New(env, e->kind));
     o.Set("ios", Napi::Number::New(env, static_cast<double>(e->ios)));
     if (e->err != 0) {
@@ -458,13 +493,16 @@ void QueueGroup::ShutdownAndJoin() {
   if (joined_) return;
   joined_ = true;
   for (auto &r : runners_) r->RequestStop();
+  for (auto &r : batchRunners_) r->RequestStop();
   for (auto &r : runners_) r->Join();
+  for (auto &r : batchRunners_) r->Join();
   if (charFd_ >= 0) close(charFd_);
   charFd_ = -1;
 }
 
 Napi::Value QueueGroup::Stop(const Napi::CallbackInfo &info) {
   for (auto &r : runners_) r->RequestStop();
+  for (auto &r : batchRunners_) r->RequestStop();
   return info.Env().Undefined();
 }
 

@@ -33,10 +33,18 @@ struct QueueConfig {
   // Zero copy: the device has UBLK_F_AUTO_BUF_REG (loop and memory only), so
   // each request's bytes are a buffer in the ring's table, index = tag.
   bool autoBufReg = false;
+  // The tags this thread serves: firstTag, firstTag + tagStride, ... below
+  // depth. One thread per queue serves them all (0, 1); with
+  // UBLK_F_PER_IO_DAEMON a queue's tags are dealt out to several threads,
+  // each the only one to issue commands for the tags it fetched.
+  uint16_t firstTag = 0;
+  uint16_t tagStride = 1;
+  uint16_t thread = 0; // this thread's index within its queue
 };
 
 struct QueueEvent {
   uint16_t qid;
+  uint16_t thread;  // index within the queue (PER_IO_DAEMON), else 0
   const char *kind; // "ready" | "exit"
   std::string op;   // what failed, when err != 0
   int err;
@@ -44,9 +52,11 @@ struct QueueEvent {
 };
 
 class QueueGroup;
+class BatchQueueRunner;
 
-// One ublk hardware queue served by one native thread and one io_uring:
-// FETCH_REQ for every tag, then COMMIT_AND_FETCH_REQ for each request.
+// One ublk hardware queue (or, with PER_IO_DAEMON, its share of the queue's
+// tags) served by one native thread and one io_uring: FETCH_REQ for every
+// tag, then COMMIT_AND_FETCH_REQ for each request.
 class QueueRunner {
 public:
   QueueRunner(QueueConfig config, int charFd, QueueGroup *group);
@@ -73,6 +83,7 @@ private:
   void PrepIoCommand(unsigned opcode, unsigned tag, int result);
   io_uring_sqe *GetSqe();
   int FirstFetchError();
+  unsigned OwnTagCount() const;
   void Report(const char *kind, const std::string &op, int err);
   void Fail(const char *op, int err);
 
@@ -124,6 +135,8 @@ private:
 
   int charFd_ = -1;
   std::vector<std::unique_ptr<QueueRunner>> runners_;
+  // A device with UBLK_F_BATCH_IO is served by these instead, one per queue.
+  std::vector<std::unique_ptr<BatchQueueRunner>> batchRunners_;
   Napi::ThreadSafeFunction events_;
   std::mutex joinMutex_;
   bool joined_ = false;

@@ -154,6 +154,8 @@ public:
 
   // Keeps the IO buffers in memory (populating them): errno, or 0.
   int LockBuffers() { return mlock(buffers_, bufferBytes_) == 0 ? 0 : errno; }
+  // Keeps one tag's IO buffer in memory: errno, or 0.
+  int LockBuffer(unsigned tag) { return mlock(Buffer(tag), maxIoSize_) == 0 ? 0 : errno; }
 
   // Forgets both without unmapping: for when the kernel may still write
   // into the buffers (AwaitTargetIo gave up); leaking beats corrupting.

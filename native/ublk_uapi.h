@@ -37,6 +37,37 @@ enum IoCmd : unsigned {
   IO_UNREGISTER_IO_BUF = 0x24, // ioctl-encoded only (6.15+): io_cmd.addr = buffer index
 };
 
+// UBLK_F_BATCH_IO (7.0+): per-queue commands carrying arrays, which
+// replace FETCH_REQ / COMMIT_AND_FETCH_REQ on a batch device (those then
+// fail with EOPNOTSUPP). Ioctl-encoded only, with batch_io as the payload.
+enum BatchCmd : unsigned {
+  IO_PREP_IO_CMDS = 0x25,   // one-shot: makes the listed tags ready (as FETCH_REQ did)
+  IO_COMMIT_IO_CMDS = 0x26, // one-shot: answers the listed tags; res = element bytes done
+  IO_FETCH_IO_CMDS = 0x27,  // multishot: posts arrays of u16 tags into provided buffers
+};
+
+// The 16-byte command payload of the three batch commands.
+struct batch_io {
+  __u16 q_id;
+  __u16 flags; // BATCH_F_*; 0 for FETCH_IO_CMDS
+  __u16 nr_elem;
+  __u8 elem_bytes; // 8 + 8 per optional field (2 for FETCH_IO_CMDS: one u16 tag)
+  __u8 reserved;
+  __u64 reserved2;
+};
+
+// One element of PREP_IO_CMDS / COMMIT_IO_CMDS with BATCH_F_HAS_BUF_ADDR.
+struct batch_elem {
+  __u16 tag;
+  __u16 buf_index; // AUTO_BUF_REG only
+  __s32 result;    // COMMIT_IO_CMDS only
+  __u64 buf_addr;  // the tag's buffer for its next request (copy mode)
+};
+
+constexpr unsigned BATCH_F_HAS_BUF_ADDR = 1u << 1;
+// At most this many tags in one FETCH_IO_CMDS completion.
+constexpr unsigned BATCH_FETCH_MAX_TAGS = 128;
+
 struct ctrl_cmd {
   __u32 dev_id;
   __u16 queue_id; // 0xffff when the command is not for a queue
@@ -129,6 +160,8 @@ static_assert(sizeof(ctrl_cmd) == 32, "ublksrv_ctrl_cmd layout");
 static_assert(sizeof(ctrl_dev_info) == 64, "ublksrv_ctrl_dev_info layout");
 static_assert(sizeof(io_desc) == 24, "ublksrv_io_desc layout");
 static_assert(sizeof(io_cmd) == 16, "ublksrv_io_cmd layout");
+static_assert(sizeof(batch_io) == 16, "ublk_batch_io layout");
+static_assert(sizeof(batch_elem) == 16, "ublk_elem_header + buf_addr layout");
 static_assert(sizeof(param_basic) == 32, "ublk_param_basic layout");
 static_assert(sizeof(param_discard) == 20, "ublk_param_discard layout");
 static_assert(sizeof(params) == 112, "ublk_params prefix layout");
@@ -158,7 +191,8 @@ constexpr __u64 F_UPDATE_SIZE = 1ull << 10;
 // table (at the index sqe->addr names) before handing the request over,
 // and unregisters them at COMMIT_AND_FETCH_REQ (6.16+).
 constexpr __u64 F_AUTO_BUF_REG = 1ull << 11;
-constexpr __u64 F_QUIESCE = 1ull << 12; // QUIESCE_DEV; the kernel requires F_USER_RECOVERY with it
+constexpr __u64 F_QUIESCE = 1ull << 12;  // QUIESCE_DEV; the kernel requires F_USER_RECOVERY with it
+constexpr __u64 F_BATCH_IO = 1ull << 15; // PREP/FETCH/COMMIT_IO_CMDS instead of the per-tag commands
 
 constexpr unsigned IO_OP_READ = 0;
 constexpr unsigned IO_OP_WRITE = 1;
@@ -200,6 +234,8 @@ inline unsigned ctrl_opcode(CtrlCmd cmd, bool legacy) {
 inline unsigned ctrl_opcode_read(CtrlCmd cmd, bool legacy) {
   return legacy ? static_cast<unsigned>(cmd) : static_cast<unsigned>(_IOR('u', cmd, ctrl_cmd));
 }
+
+inline unsigned batch_opcode(BatchCmd cmd) { return static_cast<unsigned>(_IOWR('u', cmd, batch_io)); }
 
 inline unsigned io_opcode(IoCmd cmd, bool legacy) {
   return legacy ? static_cast<unsigned>(cmd) : static_cast<unsigned>(_IOWR('u', cmd, io_cmd));

@@ -27,7 +27,8 @@ const USAGE = `usage:
   ublkctl add -t js --module /abs/target.js [--options JSON] --size SIZE [options]
       options: [--id N] [--queues Q] [--depth D] [--max-io-size SIZE]
                [--logical-block-size B] [--read-only] [--lock-memory] [--no-partition-scan] [--no-zero-copy]
-               [--recovery reissue|fail-inflight|fail-io|none] [--insecure-permissions] [--json]
+               [--threads-per-queue N] [--batch-io] [--recovery reissue|fail-inflight|fail-io|none]
+               [--insecure-permissions] [--json]
   ublkctl del ID|--all [--force] [--json]
   ublkctl recover ID [--insecure-permissions] [--json]
   ublkctl resize ID SIZE [--insecure-permissions] [--json]
@@ -96,6 +97,8 @@ async function cmdAdd(args: string[]): Promise<void> {
       'lock-memory': { type: 'boolean' },
       'no-partition-scan': { type: 'boolean' },
       'no-zero-copy': { type: 'boolean' },
+      'threads-per-queue': { type: 'string' },
+      'batch-io': { type: 'boolean' },
       file: { type: 'string', short: 'f' },
       create: { type: 'boolean' },
       'direct-io': { type: 'string' },
@@ -136,6 +139,8 @@ async function cmdAdd(args: string[]): Promise<void> {
     lockMemory: values['lock-memory'],
     partitionScan: values['no-partition-scan'] ? false : undefined,
     zeroCopy: values['no-zero-copy'] ? false : undefined,
+    threadsPerQueue: numeric(values['threads-per-queue']),
+    batchIo: values['batch-io'],
     recovery: values.recovery as DeviceSpecInput['recovery'],
   };
   const spec = normalizeDeviceSpec(input);

@@ -7,7 +7,13 @@
  */
 import { ERRNO, SpecError, UblkError } from '../errors';
 import { DeviceInfo } from '../kernel/control';
-import { featureNames, UBLK_F_AUTO_BUF_REG, UBLK_F_NO_AUTO_PART_SCAN } from '../kernel/uapi';
+import {
+  featureNames,
+  UBLK_F_AUTO_BUF_REG,
+  UBLK_F_BATCH_IO,
+  UBLK_F_NO_AUTO_PART_SCAN,
+  UBLK_F_PER_IO_DAEMON,
+} from '../kernel/uapi';
 import { DeviceSpec } from '../spec/device-spec';
 import { servesZeroCopy } from './queues';
 import { quiesceFlag, RecoveryMode, recoveryFlags } from '../spec/recovery-mode';
@@ -32,6 +38,26 @@ export function addDeviceFlags(spec: DeviceSpec, recovery: RecoveryMode, feature
     flags |= UBLK_F_NO_AUTO_PART_SCAN;
   }
   if (wantsZeroCopy(spec, features)) flags |= UBLK_F_AUTO_BUF_REG;
+  if (spec.threadsPerQueue !== undefined && spec.threadsPerQueue > 1) {
+    if ((features & UBLK_F_PER_IO_DAEMON) === 0n) {
+      throw new SpecError(
+        'threadsPerQueue',
+        `${spec.threadsPerQueue} needs the kernel feature UBLK_F_PER_IO_DAEMON (Linux 6.16 or newer); ` +
+          'this kernel serves each queue from one thread: remove the field (or set 1)',
+      );
+    }
+    flags |= UBLK_F_PER_IO_DAEMON;
+  }
+  if (spec.batchIo === true) {
+    if ((features & UBLK_F_BATCH_IO) === 0n) {
+      throw new SpecError(
+        'batchIo',
+        'true needs the kernel feature UBLK_F_BATCH_IO (Linux 7.0 or newer); ' +
+          'this kernel takes a command per request: remove the field',
+      );
+    }
+    flags |= UBLK_F_BATCH_IO;
+  }
   return flags;
 }
 
@@ -40,9 +66,15 @@ export function addDeviceFlags(spec: DeviceSpec, recovery: RecoveryMode, feature
  * unless the spec turns it off, where the kernel has it and the target's
  * IO is a file operation on the queue's ring (loop, memory). The kernel
  * refuses the flag only on unprivileged devices, which ublk-ts does not make.
+ * A batchIo device copies: its runner hands the kernel buffer addresses.
  */
 export function wantsZeroCopy(spec: DeviceSpec, features: bigint): boolean {
-  return spec.zeroCopy !== false && servesZeroCopy(spec.target.type) && (features & UBLK_F_AUTO_BUF_REG) !== 0n;
+  return (
+    spec.zeroCopy !== false &&
+    spec.batchIo !== true &&
+    servesZeroCopy(spec.target.type) &&
+    (features & UBLK_F_AUTO_BUF_REG) !== 0n
+  );
 }
 
 /** Fails when ADD_DEV handed back a device without a flag that was asked for. */

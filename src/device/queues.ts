@@ -9,8 +9,8 @@
 import * as fs from 'node:fs/promises';
 import { ControlCommands, DeviceInfo } from '../kernel/control';
 import { native, NativeQueueEvent } from '../kernel/native';
-import { dataPathOf, UBLK_F_CMD_IOCTL_ENCODE } from '../kernel/uapi';
-import { ERRNO, UblkError } from '../errors';
+import { dataPathOf, UBLK_F_BATCH_IO, UBLK_F_CMD_IOCTL_ENCODE, UBLK_F_PER_IO_DAEMON } from '../kernel/uapi';
+import { ERRNO, SpecError, UblkError } from '../errors';
 import { DeviceSpec } from '../spec/device-spec';
 import { Backing } from './backing';
 import { PreparedJsTarget, prepareJsQueues } from './js-queues';
@@ -18,6 +18,8 @@ import { PreparedJsTarget, prepareJsQueues } from './js-queues';
 /** How a queue thread ended. */
 export interface QueueExit {
   qid: number;
+  /** Which of the queue's threads, where spec.threadsPerQueue gives it several. */
+  thread?: number;
   /** Requests it served. */
   ios: number;
   error?: UblkError;
@@ -101,7 +103,7 @@ export class QueueLifecycle {
     );
     if (this.exits.length === this.count) {
       this.onAllExited?.();
-      this.resolveExited(this.exits.sort((a, b) => a.qid - b.qid));
+      this.resolveExited(this.exits.sort((a, b) => a.qid - b.qid || (a.thread ?? 0) - (b.thread ?? 0)));
     }
   }
 }
@@ -111,7 +113,29 @@ export function queueError(qid: number, devId: number, detail: string): UblkErro
   return new UblkError(`queue ${qid}`, devId, ERRNO.EIO, detail);
 }
 
-/** One native thread per queue, pinned to the CPUs the kernel maps to it. */
+/**
+ * How many threads serve each of the device's queues: spec.threadsPerQueue
+ * on a device made with UBLK_F_PER_IO_DAEMON (a recovery or handover keeps
+ * the layout its spec names), 1 on any other. A spec asking for more on a
+ * device without the flag cannot be served: every command for a tag would
+ * have to come from the one queue thread.
+ */
+export function threadsPerQueue(info: DeviceInfo, spec: DeviceSpec): number {
+  const threads = spec.threadsPerQueue ?? 1;
+  if (threads > 1 && (info.flags & UBLK_F_PER_IO_DAEMON) === 0n) {
+    throw new SpecError(
+      'threadsPerQueue',
+      `${threads} needs a device made with UBLK_F_PER_IO_DAEMON; device ${info.id} was made without it ` +
+        '(one thread per queue): re-create it to serve a queue from several threads',
+    );
+  }
+  return threads;
+}
+
+/**
+ * Native threads per queue (threadsPerQueue of them, each with a share of
+ * the tags), pinned to the CPUs the kernel maps to the queue.
+ */
 async function startNativeQueues(
   control: ControlCommands,
   info: DeviceInfo,
@@ -122,7 +146,10 @@ async function startNativeQueues(
   const affinities = await Promise.all(
     Array.from({ length: info.queues }, (_, qid) => control.getQueueAffinity(info.id, qid)),
   );
-  const lifecycle = new QueueLifecycle(info.id, info.queues);
+  const threads = threadsPerQueue(info, spec);
+  // A batch device refuses the per-tag commands: its flag, not the spec, picks the runner.
+  const batchIo = (info.flags & UBLK_F_BATCH_IO) !== 0n;
+  const lifecycle = new QueueLifecycle(info.id, info.queues * threads);
   const onEvent = (e: NativeQueueEvent): void => {
     if (e.kind === 'ready') lifecycle.queueReady();
     else if (e.kind === 'unpinned') {
@@ -130,7 +157,8 @@ async function startNativeQueues(
       process.stderr.write(
         `${new Date().toISOString()} dev ${info.id} queue ${e.qid}: cannot pin its thread to CPUs ${cpus} (${e.error?.code}); it serves unpinned\n`,
       );
-    } else lifecycle.queueExited({ qid: e.qid, ios: e.ios, error: e.error });
+    } else
+      lifecycle.queueExited({ qid: e.qid, ...(threads > 1 ? { thread: e.thread } : {}), ios: e.ios, error: e.error });
   };
   const group = new (native().QueueGroup)(
     {
@@ -148,6 +176,8 @@ async function startNativeQueues(
       // From the device, not the spec: a recovered or handed-over device is served the way it was made.
       autoBufReg: dataPathOf(info.flags) === 'zero-copy',
       sizeBytes: spec.sizeBytes,
+      threadsPerQueue: threads,
+      batchIo,
       queues: Array.from({ length: info.queues }, (_, qid) => ({ qid, cpus: affinities[qid] ?? [] })),
     },
     onEvent,
@@ -171,6 +201,15 @@ function checkDataPath(info: DeviceInfo, spec: DeviceSpec): void {
       info.id,
       ERRNO.EINVAL,
       `the device was made zero copy (UBLK_F_AUTO_BUF_REG), which a ${spec.target.type} target cannot serve; re-create it`,
+    );
+  }
+  // ublk-ts never asks for both; the batch runner hands the kernel buffer addresses, not buffer slots.
+  if (dataPathOf(info.flags) === 'zero-copy' && (info.flags & UBLK_F_BATCH_IO) !== 0n) {
+    throw new UblkError(
+      'START queues',
+      info.id,
+      ERRNO.EINVAL,
+      'the device was made with both UBLK_F_AUTO_BUF_REG and UBLK_F_BATCH_IO, which ublk-ts does not serve; re-create it',
     );
   }
 }

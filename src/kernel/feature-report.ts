@@ -6,7 +6,9 @@
 import * as os from 'node:os';
 import {
   UBLK_F_AUTO_BUF_REG,
+  UBLK_F_BATCH_IO,
   UBLK_F_NO_AUTO_PART_SCAN,
+  UBLK_F_PER_IO_DAEMON,
   UBLK_F_QUIESCE,
   UBLK_F_SAFE_STOP_DEV,
   UBLK_F_UPDATE_SIZE,
@@ -62,6 +64,24 @@ const DEFINITIONS: FeatureDefinition[] = [
     present: '`ublkctl restart` and the reconciler hand a device to a new server without failing IO',
     absent:
       '`ublkctl restart` works for devices with user recovery (the old server closes its queues, the new one recovers); others cannot be handed over',
+  },
+  {
+    name: 'threads per queue',
+    uapi: 'UBLK_F_PER_IO_DAEMON',
+    since: '6.16',
+    flag: UBLK_F_PER_IO_DAEMON,
+    present:
+      'spec.threadsPerQueue: N (ublkctl add --threads-per-queue N) serves each queue of a native target from N threads, each owning every Nth tag',
+    absent: 'spec.threadsPerQueue above 1 is refused; each queue is served by one thread',
+  },
+  {
+    name: 'batched IO commands',
+    uapi: 'UBLK_F_BATCH_IO, PREP/FETCH/COMMIT_IO_CMDS',
+    since: '7.0',
+    flag: UBLK_F_BATCH_IO,
+    present:
+      'spec.batchIo: true (ublkctl add --batch-io) serves each queue of a native target with one multishot fetch of tag arrays and a commit per pass',
+    absent: 'spec.batchIo: true is refused; every request takes its own fetch and commit command',
   },
   {
     name: 'safe stop',

@@ -93,12 +93,22 @@ export interface NativeQueueGroupOptions {
   lockMemory: boolean;
   /** The device has UBLK_F_AUTO_BUF_REG: serve reads and writes zero copy (loop and memory). */
   autoBufReg?: boolean;
+  /**
+   * Threads serving each queue, each with its own ring and a share of the
+   * tags (tag % threadsPerQueue): more than 1 only on a device with
+   * UBLK_F_PER_IO_DAEMON. Absent: 1.
+   */
+  threadsPerQueue?: number;
+  /** The device has UBLK_F_BATCH_IO: each queue is served with batched commands (one thread per queue). */
+  batchIo?: boolean;
   queues: Array<{ qid: number; cpus: number[] }>;
 }
 
 /** What a queue thread reports: 'ready' once every tag is fetched, 'exit' when it ends. */
 export interface NativeQueueEvent {
   qid: number;
+  /** Which of the queue's threads (threadsPerQueue) reports; 0 where a queue has one. */
+  thread: number;
   /** unpinned: the queue's thread could not be pinned to its CPUs (error says why); it serves on. */
   kind: 'ready' | 'exit' | 'unpinned';
   ios: number;

@@ -59,6 +59,17 @@ export function dataPathOf(deviceFlags: bigint): DataPath {
 }
 /** QUIESCE_DEV (Linux 6.16+): a server can be made to let go of a live device; needs UBLK_F_USER_RECOVERY. */
 export const UBLK_F_QUIESCE = 1n << 12n;
+/**
+ * ADD_DEV flag (6.16+): each tag of a queue may be served by its own task —
+ * the one that fetched it issues every later command for it — so one queue
+ * can be served by several threads.
+ */
+export const UBLK_F_PER_IO_DAEMON = 1n << 13n;
+/**
+ * ADD_DEV flag (7.0+): the queues speak batched commands (PREP_IO_CMDS,
+ * multishot FETCH_IO_CMDS, COMMIT_IO_CMDS); the per-tag ones are refused.
+ */
+export const UBLK_F_BATCH_IO = 1n << 15n;
 /** The kernel has TRY_STOP_DEV (7.0+): a stop that refuses, race-free, while /dev/ublkbN is open. */
 export const UBLK_F_SAFE_STOP_DEV = 1n << 17n;
 /** ADD_DEV flag (7.0+): START_DEV does not scan /dev/ublkbN for a partition table. */

@@ -213,13 +213,23 @@ function checkDocument(ctx: DocumentContext, limits: HostLimits): CheckedDocumen
   if (!validate(data)) return { ctx, errors: schemaErrors(ctx, validate.errors ?? []) };
   const semantic = semanticErrors(ctx, data.spec, limits);
   if (semantic.length > 0) return { ctx, errors: semantic };
-  // lockMemory, partitionScan and zeroCopy came later: left out at their defaults, as comparableSpec does, so old hashes still match.
-  const { allowDataLoss: _consent, lockMemory, partitionScan, zeroCopy, ...unlocked } = data.spec;
+  // lockMemory, partitionScan, zeroCopy, threadsPerQueue and batchIo came later: left out at their defaults, as comparableSpec does, so old hashes still match.
+  const {
+    allowDataLoss: _consent,
+    lockMemory,
+    partitionScan,
+    zeroCopy,
+    threadsPerQueue,
+    batchIo,
+    ...unlocked
+  } = data.spec;
   const asWritten = {
     ...unlocked,
     ...(lockMemory ? { lockMemory } : {}),
     ...(partitionScan === false ? { partitionScan } : {}),
     ...(zeroCopy === false ? { zeroCopy } : {}),
+    ...(threadsPerQueue !== undefined && threadsPerQueue > 1 ? { threadsPerQueue } : {}),
+    ...(batchIo === true ? { batchIo } : {}),
   };
   const manifest: LoadedManifest = {
     name: data.metadata.name,

@@ -29,6 +29,7 @@ import * as fs from 'node:fs';
 import { ERRNO, UblkError } from '../errors';
 import { ControlCommands, DeviceInfo } from '../kernel/control';
 import {
+  UBLK_F_BATCH_IO,
   UBLK_F_QUIESCE,
   UBLK_F_USER_RECOVERY,
   UBLK_F_USER_RECOVERY_FAIL_IO,
@@ -65,6 +66,16 @@ export function handoverMethod(
       impossible:
         `device ${info.id} has recovery fail-io: IO fails while no server runs, so a handover would fail IO; ` +
         'a handover needs recovery reissue or fail-inflight',
+    };
+  }
+  if (has(UBLK_F_BATCH_IO)) {
+    // QUIESCE_DEV on a batch device (7.3.4) failed the requests in flight with EIO in the
+    // handover e2e test; a server that closes its queues hands them back for reissue, as a crash does.
+    if (has(UBLK_F_USER_RECOVERY_REISSUE)) return { method: 'close' };
+    return {
+      impossible:
+        `device ${info.id} has batched IO commands (UBLK_F_BATCH_IO) and recovery fail-inflight: QUIESCE_DEV fails ` +
+        'the requests in flight on such a device, and closing its server would too; a handover needs recovery reissue',
     };
   }
   if (has(UBLK_F_QUIESCE)) return { method: 'quiesce' };

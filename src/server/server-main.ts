@@ -127,7 +127,10 @@ async function main(): Promise<void> {
 
   const exits = await device.exited;
   const failed = exits.filter((e) => e.error);
-  for (const e of exits) log(`queue ${e.qid} ended after ${e.ios} requests${e.error ? `: ${e.error.message}` : ''}`);
+  for (const e of exits) {
+    const who = e.thread === undefined ? `queue ${e.qid}` : `queue ${e.qid} thread ${e.thread}`;
+    log(`${who} ended after ${e.ios} requests${e.error ? `: ${e.error.message}` : ''}`);
+  }
   const remains = await device.remains;
   if (failed.length > 0) {
     process.exitCode = 1;

@@ -74,6 +74,8 @@ export interface DeviceSpecInput {
   lockMemory?: boolean;
   partitionScan?: boolean;
   zeroCopy?: boolean;
+  threadsPerQueue?: number;
+  batchIo?: boolean;
   recovery?: RecoveryMode;
 }
 
@@ -110,6 +112,18 @@ export interface DeviceSpec {
    * field stay as they were.
    */
   zeroCopy?: false;
+  /**
+   * Native threads serving each queue, present only when more than 1: the
+   * device is made with UBLK_F_PER_IO_DAEMON and each thread fetches (and
+   * so answers) every threadsPerQueue-th tag. Absent: one thread per queue,
+   * as always; left out so specs and records written before it stay as they were.
+   */
+  threadsPerQueue?: number;
+  /**
+   * true: the device is made with UBLK_F_BATCH_IO and its queues are served
+   * with PREP/FETCH/COMMIT_IO_CMDS. Absent: a command per request, as always.
+   */
+  batchIo?: true;
   recovery: RecoveryMode;
 }
 
@@ -194,6 +208,8 @@ export function normalizeDeviceSpec(
   if (input.id !== undefined) spec.id = input.id;
   if (input.partitionScan === false) spec.partitionScan = false;
   if (input.zeroCopy === false) spec.zeroCopy = false;
+  if (input.threadsPerQueue !== undefined && input.threadsPerQueue > 1) spec.threadsPerQueue = input.threadsPerQueue;
+  if (input.batchIo === true) spec.batchIo = true;
   return spec;
 }
 
@@ -326,6 +342,8 @@ function comparable(input: DeviceSpecInput): Record<string, unknown> {
   if (input.lockMemory) spec.lockMemory = true;
   if (input.partitionScan === false) spec.partitionScan = false;
   if (input.zeroCopy === false) spec.zeroCopy = false;
+  if (input.threadsPerQueue !== undefined && input.threadsPerQueue > 1) spec.threadsPerQueue = input.threadsPerQueue;
+  if (input.batchIo === true) spec.batchIo = true;
   return spec;
 }
 

@@ -46,6 +46,8 @@ export const DEFAULTS = {
   lockMemory: specFields.lockMemory.default as boolean,
   partitionScan: specFields.partitionScan.default as boolean,
   zeroCopy: specFields.zeroCopy.default as boolean,
+  threadsPerQueue: specFields.threadsPerQueue.default as number,
+  batchIo: specFields.batchIo.default as boolean,
   recovery: specFields.recovery.default as RecoveryMode,
   directIo: loopFields.directIo.default as DirectIoMode,
   create: loopFields.create.default as boolean,
@@ -57,6 +59,8 @@ export const MAX_DEPTH: number = specFields.depth.maximum;
 /** Device ids: the kernel's minor-number space. */
 export const MAX_DEVICE_ID: number = specFields.id.maximum;
 export const MIN_QUEUES: number = specFields.queues.minimum;
+/** Threads per queue (UBLK_F_PER_IO_DAEMON above 1); also at most the queue's depth. */
+export const MIN_THREADS_PER_QUEUE: number = specFields.threadsPerQueue.minimum;
 /**
  * The IO buffer per tag: a whole number of 4 KiB pages, 4 KiB to 32 MiB.
  * Sizes may be strings, which JSON Schema cannot compare, so the upper

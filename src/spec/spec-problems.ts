@@ -15,6 +15,7 @@ import {
   MAX_DEVICE_ID,
   MIN_DEPTH,
   MIN_QUEUES,
+  MIN_THREADS_PER_QUEUE,
   RECOVERY_MODES,
   TARGET_TYPES,
   TargetType,
@@ -72,6 +73,37 @@ function oneOf<T>(values: readonly T[], value: unknown): string | undefined {
 function absolutePathProblem(what: string, value: unknown): string | undefined {
   if (typeof value !== 'string' || value === '') return `is required for the ${what} target`;
   return path.isAbsolute(value) ? undefined : `must be an absolute path, got ${quote(value)}`;
+}
+
+/**
+ * Each of a queue's threads needs a tag of its own, and only the native
+ * targets have threads to add: a js target's queue is one worker with one
+ * event loop.
+ */
+function threadsPerQueueProblem(input: DeviceSpecInput, target: LooseTarget): string | undefined {
+  if (input.threadsPerQueue === undefined) return undefined;
+  const depth = input.depth ?? DEFAULTS.depth;
+  const maxThreads = typeof depth === 'number' && depth >= MIN_DEPTH && depth <= MAX_DEPTH ? depth : MAX_DEPTH;
+  const problem = integerProblem(input.threadsPerQueue, MIN_THREADS_PER_QUEUE, maxThreads);
+  if (problem !== undefined) return maxThreads === depth ? `${problem} (at most depth: a tag per thread)` : problem;
+  if (input.threadsPerQueue > 1 && target.type === 'js') {
+    return `must be 1 for a js target (each queue is served by one worker), got ${input.threadsPerQueue}`;
+  }
+  return undefined;
+}
+
+/**
+ * Batched commands are served by the native runner alone, one thread per
+ * queue (the kernel has no per-tag daemons in batch mode).
+ */
+function batchIoProblem(input: DeviceSpecInput, target: LooseTarget): string | undefined {
+  const problem = booleanProblem(input.batchIo);
+  if (problem !== undefined || input.batchIo !== true) return problem;
+  if (target.type === 'js') return 'must be false for a js target (its queues answer one request at a time)';
+  if (input.threadsPerQueue !== undefined && input.threadsPerQueue !== 1) {
+    return `cannot be true with threadsPerQueue ${shown(input.threadsPerQueue)}: a batch device has one thread per queue`;
+  }
+  return undefined;
 }
 
 /** A target whose fields are not checked yet. */
@@ -143,5 +175,7 @@ export function specProblems(input: DeviceSpecInput, limits: HostLimits): SpecPr
   check('lockMemory', booleanProblem(input.lockMemory));
   check('partitionScan', booleanProblem(input.partitionScan));
   check('zeroCopy', booleanProblem(input.zeroCopy));
+  check('threadsPerQueue', threadsPerQueueProblem(input, target));
+  check('batchIo', batchIoProblem(input, target));
   return problems;
 }

@@ -10,6 +10,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { UBLK_F_QUIESCE } from '../../src/kernel/uapi';
 import { DeviceLockedError, lockDevice } from '../../src/server/device-lock';
+import { UBLK_F_BATCH_IO } from '../../src/kernel/uapi';
 import { handoverMethod } from '../../src/server/handover';
 import { quiesceFlag, recoveryFlags } from '../../src/spec/recovery-mode';
 import { RecoveryMode } from '../../src/spec/limits';
@@ -46,6 +47,14 @@ describe('handover: which devices, and how', () => {
     assert.match(refusal('none', NEW_KERNEL), /device 7 was created without user recovery.*a handover is impossible/);
     assert.match(refusal('fail-io', NEW_KERNEL), /recovery fail-io: IO fails while no server runs/);
     assert.match(refusal('fail-inflight', KERNEL_6_12), /fail-inflight but no UBLK_F_QUIESCE \(Linux 6\.16\+/);
+  });
+
+  it('hands a batch device (UBLK_F_BATCH_IO) over by closing its queues, never by QUIESCE_DEV', () => {
+    const batch = (mode: RecoveryMode) => ({ id: 3, flags: deviceFlags(mode, NEW_KERNEL) | UBLK_F_BATCH_IO });
+    assert.deepEqual(handoverMethod(batch('reissue')), { method: 'close' });
+    const how = handoverMethod(batch('fail-inflight'));
+    assert.ok('impossible' in how);
+    assert.match(how.impossible, /device 3 has batched IO commands \(UBLK_F_BATCH_IO\) and recovery fail-inflight/);
   });
 
   describe('device lock', () => {

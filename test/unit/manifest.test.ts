@@ -195,6 +195,8 @@ describe('manifest loading: valid manifests', () => {
       lockMemory: false,
       partitionScan: true,
       zeroCopy: true,
+      threadsPerQueue: 1,
+      batchIo: false,
       recovery: 'reissue',
       allowDataLoss: false,
     });
@@ -259,6 +261,55 @@ describe('manifest loading: valid manifests', () => {
     assert.notEqual(c!.hash, a!.hash, 'turning the scan off needs a new device');
     assert.equal(errors.length, 1);
     assert.equal(errors[0]!.path, 'spec.partitionScan');
+  });
+
+  it('threadsPerQueue is identity only above 1: hashes of manifests without it stay what they were', () => {
+    const dir = tempDir({
+      'a.yaml': manifest('a', 'target: {type: null}\nsize: 1MiB'),
+      'b.yaml': manifest('b', 'target: {type: null}\nsize: 1MiB\nthreadsPerQueue: 1'),
+      'c.yaml': manifest('c', 'target: {type: null}\nsize: 1MiB\nthreadsPerQueue: 2'),
+      'd.yaml': manifest('d', 'target: {type: null}\nsize: 1MiB\ndepth: 4\nthreadsPerQueue: 5'),
+      'e.yaml': manifest('e', 'target: {type: js, module: /etc/passwd}\nsize: 1MiB\nthreadsPerQueue: 2'),
+      'f.yaml': manifest('f', 'target: {type: null}\nsize: 1MiB\nthreadsPerQueue: 0'),
+    });
+    const { manifests, errors } = loadManifestDir(dir);
+    const [a, b, c] = manifests;
+    assert.equal(manifests.length, 3);
+    assert.equal(b!.hash, a!.hash);
+    assert.equal(b!.legacyHash, a!.legacyHash);
+    assert.equal(b!.deviceHash, a!.deviceHash);
+    assert.notEqual(c!.hash, a!.hash, 'more threads need a device made with PER_IO_DAEMON');
+    assert.notEqual(c!.deviceHash, a!.deviceHash, 'so no handover applies it');
+    const byFile = (name: string) => errors.find((e) => e.file.endsWith(name));
+    assert.equal(byFile('d.yaml')?.path, 'spec.threadsPerQueue');
+    assert.match(byFile('d.yaml')!.message, /must be between 1 and 4, got 5 \(at most depth: a tag per thread\)/);
+    assert.equal(byFile('e.yaml')?.path, 'spec.threadsPerQueue');
+    assert.match(byFile('e.yaml')!.message, /must be 1 for a js target \(each queue is served by one worker\), got 2/);
+    assert.equal(byFile('f.yaml')?.path, 'spec.threadsPerQueue');
+  });
+
+  it('batchIo is identity only when true; refused for js targets and with several threads per queue', () => {
+    const dir = tempDir({
+      'a.yaml': manifest('a', 'target: {type: null}\nsize: 1MiB'),
+      'b.yaml': manifest('b', 'target: {type: null}\nsize: 1MiB\nbatchIo: false'),
+      'c.yaml': manifest('c', 'target: {type: null}\nsize: 1MiB\nbatchIo: true'),
+      'd.yaml': manifest('d', 'target: {type: js, module: /etc/passwd}\nsize: 1MiB\nbatchIo: true'),
+      'e.yaml': manifest('e', 'target: {type: null}\nsize: 1MiB\nbatchIo: true\nthreadsPerQueue: 2'),
+    });
+    const { manifests, errors } = loadManifestDir(dir);
+    const [a, b, c] = manifests;
+    assert.equal(manifests.length, 3);
+    assert.equal(b!.hash, a!.hash);
+    assert.equal(b!.legacyHash, a!.legacyHash);
+    assert.notEqual(c!.deviceHash, a!.deviceHash, 'batch IO is chosen at ADD_DEV: a change re-creates');
+    const byFile = (name: string) => errors.find((e) => e.file.endsWith(name));
+    assert.equal(byFile('d.yaml')?.path, 'spec.batchIo');
+    assert.match(byFile('d.yaml')!.message, /must be false for a js target/);
+    assert.equal(byFile('e.yaml')?.path, 'spec.batchIo');
+    assert.match(
+      byFile('e.yaml')!.message,
+      /cannot be true with threadsPerQueue 2: a batch device has one thread per queue/,
+    );
   });
 
   it('normalizes loop paths and target defaults before hashing', () => {
@@ -474,6 +525,8 @@ describe('manifest schema and TypeScript types', () => {
           lockMemory: true,
           partitionScan: true,
           zeroCopy: true,
+          threadsPerQueue: true,
+          batchIo: true,
           recovery: true,
           allowDataLoss: true,
         } satisfies Record<keyof ManifestSpec, true>,

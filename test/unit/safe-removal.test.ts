@@ -9,7 +9,13 @@ import { ERRNO, SpecError, UblkError } from '../../src/errors';
 import { addDeviceFlags, checkGrantedFlags } from '../../src/device/add-flags';
 import { ControlCommands, DeviceInfo } from '../../src/kernel/control';
 import { featureSupport, kernelVersion } from '../../src/kernel/feature-report';
-import { UBLK_F_NO_AUTO_PART_SCAN, UBLK_F_SAFE_STOP_DEV } from '../../src/kernel/uapi';
+import {
+  UBLK_F_BATCH_IO,
+  UBLK_F_NO_AUTO_PART_SCAN,
+  UBLK_F_PER_IO_DAEMON,
+  UBLK_F_SAFE_STOP_DEV,
+} from '../../src/kernel/uapi';
+import { threadsPerQueue } from '../../src/device/queues';
 import { deleteAndWait, stopForRemoval } from '../../src/server/safe-removal';
 import { normalizeDeviceSpec } from '../../src/spec/device-spec';
 
@@ -199,6 +205,58 @@ describe('ADD_DEV flags', () => {
     assert.equal(addDeviceFlags(plain, 'none', 0n), 0n);
   });
 
+  it('asks for PER_IO_DAEMON for threadsPerQueue above 1 where the kernel has it', () => {
+    const threaded = normalizeDeviceSpec({ target: 'null', size: '1MiB', threadsPerQueue: 2 }, { maxQueues: 1 });
+    assert.equal(threaded.threadsPerQueue, 2);
+    assert.equal(addDeviceFlags(threaded, 'none', UBLK_F_PER_IO_DAEMON), UBLK_F_PER_IO_DAEMON);
+  });
+
+  it('refuses threadsPerQueue above 1 on a kernel without PER_IO_DAEMON, naming the field, the flag and the kernel', () => {
+    const threaded = normalizeDeviceSpec({ target: 'null', size: '1MiB', threadsPerQueue: 2 }, { maxQueues: 1 });
+    assert.throws(
+      () => addDeviceFlags(threaded, 'none', 0n),
+      (err: unknown) =>
+        err instanceof SpecError &&
+        err.field === 'threadsPerQueue' &&
+        /^threadsPerQueue: 2 needs the kernel feature UBLK_F_PER_IO_DAEMON \(Linux 6\.16 or newer\)/.test(err.message),
+    );
+  });
+
+  it('asks for BATCH_IO for batchIo: true where the kernel has it, and refuses it, naming the feature, where not', () => {
+    const batched = normalizeDeviceSpec({ target: 'null', size: '1MiB', batchIo: true }, { maxQueues: 1 });
+    assert.equal(batched.batchIo, true);
+    assert.equal(addDeviceFlags(batched, 'none', UBLK_F_BATCH_IO), UBLK_F_BATCH_IO);
+    assert.throws(
+      () => addDeviceFlags(batched, 'none', UBLK_F_PER_IO_DAEMON),
+      (err: unknown) =>
+        err instanceof SpecError &&
+        /^batchIo: true needs the kernel feature UBLK_F_BATCH_IO \(Linux 7\.0 or newer\)/.test(err.message),
+    );
+    const plain = normalizeDeviceSpec({ target: 'null', size: '1MiB', batchIo: false }, { maxQueues: 1 });
+    assert.equal('batchIo' in plain, false);
+  });
+
+  it('leaves threadsPerQueue: 1 out of the spec and the flags', () => {
+    const single = normalizeDeviceSpec({ target: 'null', size: '1MiB', threadsPerQueue: 1 }, { maxQueues: 1 });
+    assert.equal('threadsPerQueue' in single, false);
+    assert.equal(addDeviceFlags(single, 'none', 0n), 0n);
+  });
+
+  it('serves a queue from the threads the spec names only on a device made with PER_IO_DAEMON', () => {
+    const threaded = normalizeDeviceSpec({ target: 'null', size: '1MiB', threadsPerQueue: 3 }, { maxQueues: 1 });
+    assert.equal(threadsPerQueue({ ...deviceInfo(), flags: UBLK_F_PER_IO_DAEMON }, threaded), 3);
+    assert.equal(threadsPerQueue({ ...deviceInfo(), flags: UBLK_F_PER_IO_DAEMON }, spec), 1);
+    assert.equal(threadsPerQueue({ ...deviceInfo(), flags: 0n }, spec), 1);
+    assert.throws(
+      () => threadsPerQueue({ ...deviceInfo(), flags: 0n }, threaded),
+      (err: unknown) =>
+        err instanceof SpecError &&
+        /^threadsPerQueue: 3 needs a device made with UBLK_F_PER_IO_DAEMON; device \d+ was made without it/.test(
+          err.message,
+        ),
+    );
+  });
+
   it('refuses a device the kernel made without a flag it was asked for (6.12 drops unknown flags)', () => {
     assert.throws(
       () => checkGrantedFlags(UBLK_F_NO_AUTO_PART_SCAN, { ...deviceInfo(), flags: 0n }),
@@ -236,6 +294,8 @@ describe('feature report', () => {
         'fail-io recovery',
         'online resize',
         'graceful handover',
+        'threads per queue',
+        'batched IO commands',
         'safe stop',
         'async delete',
         'no partition scan',

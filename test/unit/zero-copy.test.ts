@@ -6,7 +6,7 @@ import { addDeviceFlags, checkGrantedFlags, wantsZeroCopy } from '../../src/devi
 import { UblkError } from '../../src/errors';
 import { DeviceInfo } from '../../src/kernel/control';
 import { featureSupport } from '../../src/kernel/feature-report';
-import { dataPathOf, UBLK_F_AUTO_BUF_REG, UBLK_F_USER_RECOVERY } from '../../src/kernel/uapi';
+import { dataPathOf, UBLK_F_AUTO_BUF_REG, UBLK_F_BATCH_IO, UBLK_F_USER_RECOVERY } from '../../src/kernel/uapi';
 import { loadManifestDir } from '../../src/manifest';
 import { normalizeDeviceSpec } from '../../src/spec/device-spec';
 
@@ -106,6 +106,13 @@ describe('zero copy: ADD_DEV flags', () => {
     assert.equal(addDeviceFlags(nullTarget, 'none', UBLK_F_AUTO_BUF_REG), 0n);
     const js = { ...memory, target: { type: 'js' as const, module: '/m.js', options: {} } };
     assert.equal(wantsZeroCopy(js, UBLK_F_AUTO_BUF_REG), false);
+  });
+
+  it('keeps the copy path for a batchIo device: the batch runner hands the kernel buffer addresses', () => {
+    const batched = { ...memory, batchIo: true as const };
+    assert.equal(wantsZeroCopy(memory, UBLK_F_AUTO_BUF_REG | UBLK_F_BATCH_IO), true);
+    assert.equal(wantsZeroCopy(batched, UBLK_F_AUTO_BUF_REG | UBLK_F_BATCH_IO), false);
+    assert.equal(addDeviceFlags(batched, 'none', UBLK_F_AUTO_BUF_REG | UBLK_F_BATCH_IO), UBLK_F_BATCH_IO);
   });
 
   it('refuses a device the kernel made without AUTO_BUF_REG when it was asked for', () => {
