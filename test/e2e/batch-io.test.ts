@@ -12,6 +12,7 @@ import { UblkControl } from '../../src/kernel/control';
 import { UBLK_F_BATCH_IO } from '../../src/kernel/uapi';
 import {
   DeviceTracker,
+  fioVerifyArgs,
   fio,
   FioRun,
   inFlight,
@@ -21,6 +22,7 @@ import {
   makeStateDir,
   requireUblk,
   startFio,
+  threadNames,
   ublkctl,
   ublkctlJson,
   waitFor,
@@ -32,36 +34,6 @@ interface Added {
   blockPath: string;
   serverPid: number;
   flagNames: string[];
-}
-
-/** The names of a process's threads (comm); the batch runner of queue 0 of dev 3 is ublk3q0b. */
-function threadNames(pid: number): string[] {
-  return fs
-    .readdirSync(`/proc/${pid}/task`)
-    .map((tid) => {
-      try {
-        return fs.readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim();
-      } catch {
-        return '';
-      }
-    })
-    .filter((name) => name !== '');
-}
-
-/** fio with crc32c verification over the device's first `size`, reading back everything it wrote. */
-function verifyArgs(name: string, blockPath: string, size: string): string[] {
-  return [
-    `--name=${name}`,
-    `--filename=${blockPath}`,
-    '--ioengine=io_uring',
-    '--direct=1',
-    '--rw=randwrite',
-    '--bs=4k',
-    '--iodepth=32',
-    `--size=${size}`,
-    '--verify=crc32c',
-    '--verify_fatal=1',
-  ];
 }
 
 describe('batched IO commands (real ublk driver)', function () {
@@ -138,7 +110,7 @@ describe('batched IO commands (real ublk driver)', function () {
               '--iodepth=32',
               '--size=32M',
             ])
-          : fio(verifyArgs(target, dev.blockPath, '32M'));
+          : fio(fioVerifyArgs(target, dev.blockPath, '32M'));
       assert.equal(jobs[0]!.error, 0);
       if (target !== 'null') assert.ok(jobs[0]!.read.io_bytes > 0, 'fio read back and verified what it wrote');
       const after = ioCounts(dev.id);
@@ -154,7 +126,7 @@ describe('batched IO commands (real ublk driver)', function () {
     needsFeature(this);
     const dev = add(['-t', 'memory', '--size', '64MiB', '--batch-io', '--recovery', 'reissue']);
     load = startFio([
-      ...verifyArgs('recover', dev.blockPath, '16M'),
+      ...fioVerifyArgs('recover', dev.blockPath, '16M'),
       '--rate_iops=1500',
       '--time_based',
       '--runtime=3600',
@@ -187,7 +159,7 @@ describe('batched IO commands (real ublk driver)', function () {
     needsFeature(this);
     const dev = add(['-t', 'memory', '--size', '64MiB', '--batch-io']);
     load = startFio([
-      ...verifyArgs('handover', dev.blockPath, '16M'),
+      ...fioVerifyArgs('handover', dev.blockPath, '16M'),
       '--rate_iops=1500',
       '--time_based',
       '--runtime=3600',

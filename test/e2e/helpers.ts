@@ -384,3 +384,33 @@ export function outcomeOf(result: ReconcilePass, name: string): ReconcileOutcome
   assert.ok(o, `${name} in ${JSON.stringify(result)}`);
   return o;
 }
+
+/** The names of a process's threads (comm): a queue thread of dev 3's queue 0 is ublk3q0, ublk3q0t1 or ublk3q0b. */
+export function threadNames(pid: number): string[] {
+  return fs
+    .readdirSync(`/proc/${pid}/task`)
+    .map((tid) => {
+      try {
+        return fs.readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim();
+      } catch {
+        return '';
+      }
+    })
+    .filter((name) => name !== '');
+}
+
+/** fio with crc32c verification over the device's first `size`, reading back everything it wrote. */
+export function fioVerifyArgs(name: string, blockPath: string, size: string, rw = 'randwrite'): string[] {
+  return [
+    `--name=${name}`,
+    `--filename=${blockPath}`,
+    '--ioengine=io_uring',
+    '--direct=1',
+    `--rw=${rw}`,
+    '--bs=4k',
+    '--iodepth=32',
+    `--size=${size}`,
+    '--verify=crc32c',
+    '--verify_fatal=1',
+  ];
+}

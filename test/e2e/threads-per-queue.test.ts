@@ -12,6 +12,7 @@ import { UblkControl } from '../../src/kernel/control';
 import { UBLK_F_PER_IO_DAEMON } from '../../src/kernel/uapi';
 import {
   DeviceTracker,
+  fioVerifyArgs,
   fio,
   FioRun,
   inFlight,
@@ -21,6 +22,7 @@ import {
   makeStateDir,
   requireUblk,
   startFio,
+  threadNames,
   ublkctl,
   ublkctlJson,
   waitFor,
@@ -32,36 +34,6 @@ interface Added {
   blockPath: string;
   serverPid: number;
   flagNames: string[];
-}
-
-/** The names of a process's threads (comm), e.g. ublk3q0t1 for queue 0's second thread of dev 3. */
-function threadNames(pid: number): string[] {
-  return fs
-    .readdirSync(`/proc/${pid}/task`)
-    .map((tid) => {
-      try {
-        return fs.readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim();
-      } catch {
-        return '';
-      }
-    })
-    .filter((name) => name !== '');
-}
-
-/** fio with crc32c verification over the device's first `size`, reading back everything it wrote. */
-function verifyArgs(name: string, blockPath: string, size: string, rw: string): string[] {
-  return [
-    `--name=${name}`,
-    `--filename=${blockPath}`,
-    '--ioengine=io_uring',
-    '--direct=1',
-    `--rw=${rw}`,
-    '--bs=4k',
-    '--iodepth=32',
-    `--size=${size}`,
-    '--verify=crc32c',
-    '--verify_fatal=1',
-  ];
 }
 
 describe('threads per queue (real ublk driver)', function () {
@@ -144,7 +116,7 @@ describe('threads per queue (real ublk driver)', function () {
               '--iodepth=32',
               '--size=32M',
             ])
-          : fio(verifyArgs(target, dev.blockPath, '32M', 'randwrite'));
+          : fio(fioVerifyArgs(target, dev.blockPath, '32M', 'randwrite'));
       assert.equal(jobs[0]!.error, 0);
       if (target !== 'null') assert.ok(jobs[0]!.read.io_bytes > 0, 'fio read back and verified what it wrote');
       const served = deleteAndCountServed(dev);
@@ -160,7 +132,7 @@ describe('threads per queue (real ublk driver)', function () {
     needsFeature(this);
     const dev = add(['-t', 'memory', '--size', '64MiB', '--threads-per-queue', '2', '--recovery', 'reissue']);
     load = startFio([
-      ...verifyArgs('recover', dev.blockPath, '16M', 'randwrite'),
+      ...fioVerifyArgs('recover', dev.blockPath, '16M', 'randwrite'),
       '--rate_iops=1500',
       '--time_based',
       '--runtime=3600',
@@ -194,7 +166,7 @@ describe('threads per queue (real ublk driver)', function () {
     needsFeature(this);
     const dev = add(['-t', 'memory', '--size', '64MiB', '--threads-per-queue', '2']);
     load = startFio([
-      ...verifyArgs('handover', dev.blockPath, '16M', 'randwrite'),
+      ...fioVerifyArgs('handover', dev.blockPath, '16M', 'randwrite'),
       '--rate_iops=1500',
       '--time_based',
       '--runtime=3600',
