@@ -9,6 +9,7 @@ import { parseArgs } from 'node:util';
 import { EnvironmentError, ERRNO, SpecError, UblkError } from '../errors';
 import { DeviceInfo, UblkControl } from '../kernel/control';
 import { resizeDevice } from '../device/resize';
+import { activeScheduler } from '../device/scheduler';
 import { blockDeviceInUse } from '../kernel/in-use';
 import { featureSupport } from '../kernel/feature-report';
 import { DataPath, dataPathOf } from '../kernel/uapi';
@@ -26,7 +27,8 @@ const USAGE = `usage:
   ublkctl add -t loop --file PATH [--size SIZE] [--create] [--direct-io auto|on|off] [options]
   ublkctl add -t js --module /abs/target.js [--options JSON] --size SIZE [options]
       options: [--id N] [--queues Q] [--depth D] [--max-io-size SIZE]
-               [--logical-block-size B] [--read-only] [--lock-memory] [--no-partition-scan] [--no-zero-copy]
+               [--logical-block-size B] [--read-only] [--lock-memory] [--no-partition-scan]
+               [--zero-copy|--no-zero-copy] [--scheduler none|mq-deadline|kyber|bfq|kernel-default]
                [--threads-per-queue N] [--batch-io] [--recovery reissue|fail-inflight|fail-io|none]
                [--insecure-permissions] [--json]
   ublkctl del ID|--all [--force] [--json]
@@ -68,6 +70,12 @@ function directIoFlag(value: string | undefined): DirectIoMode | undefined {
   return value as DirectIoMode | undefined;
 }
 
+/** --zero-copy / --no-zero-copy: spec.zeroCopy true / false; neither: the target's default. */
+function zeroCopyFlag(on: boolean | undefined, off: boolean | undefined): boolean | undefined {
+  if (on && off) throw new UsageError('add: --zero-copy and --no-zero-copy contradict each other');
+  return on ? true : off ? false : undefined;
+}
+
 /** Root refuses a js module, or a link to a loop file, that others could change, unless told otherwise. */
 function checkPermissions(insecure: boolean | undefined): boolean {
   return process.geteuid?.() === 0 && !insecure;
@@ -97,6 +105,8 @@ async function cmdAdd(args: string[]): Promise<void> {
       'lock-memory': { type: 'boolean' },
       'no-partition-scan': { type: 'boolean' },
       'no-zero-copy': { type: 'boolean' },
+      'zero-copy': { type: 'boolean' },
+      scheduler: { type: 'string' },
       'threads-per-queue': { type: 'string' },
       'batch-io': { type: 'boolean' },
       file: { type: 'string', short: 'f' },
@@ -138,7 +148,8 @@ async function cmdAdd(args: string[]): Promise<void> {
     readOnly: values['read-only'],
     lockMemory: values['lock-memory'],
     partitionScan: values['no-partition-scan'] ? false : undefined,
-    zeroCopy: values['no-zero-copy'] ? false : undefined,
+    zeroCopy: zeroCopyFlag(values['zero-copy'], values['no-zero-copy']),
+    scheduler: values.scheduler as DeviceSpecInput['scheduler'],
     threadsPerQueue: numeric(values['threads-per-queue']),
     batchIo: values['batch-io'],
     recovery: values.recovery as DeviceSpecInput['recovery'],
@@ -331,6 +342,8 @@ interface ListedDevice extends DeviceInfo {
   serverPssKiB?: number;
   /** The server's thread count, likewise. */
   serverThreads?: number;
+  /** The disk's IO scheduler (queue/scheduler), when it has a disk that can be read. */
+  scheduler?: string;
 }
 
 async function cmdList(args: string[]): Promise<void> {
@@ -352,6 +365,7 @@ async function cmdList(args: string[]): Promise<void> {
           manifest: record?.manifest,
           lastError: record?.lastError,
           dataPath: dataPathOf(info.flags),
+          scheduler: activeScheduler(info.id),
         };
       }),
     );
@@ -373,6 +387,7 @@ async function cmdList(args: string[]): Promise<void> {
       'DEPTH',
       'MAX-IO',
       'DATA-PATH',
+      'SCHED',
       'PID',
       'PSS',
       'THREADS',
@@ -390,6 +405,7 @@ async function cmdList(args: string[]): Promise<void> {
       String(d.depth),
       formatSize(d.maxIoSize),
       d.dataPath,
+      d.scheduler ?? '-',
       d.serverPid > 0 ? String(d.serverPid) : '-',
       d.serverPssKiB !== undefined ? `${(d.serverPssKiB / 1024).toFixed(1)}MiB` : '-',
       d.serverThreads !== undefined ? String(d.serverThreads) : '-',

@@ -63,18 +63,19 @@ export function addDeviceFlags(spec: DeviceSpec, recovery: RecoveryMode, feature
 
 /**
  * Whether a device made from `spec` gets zero copy (UBLK_F_AUTO_BUF_REG):
- * unless the spec turns it off, where the kernel has it and the target's
- * IO is a file operation on the queue's ring (loop, memory). The kernel
- * refuses the flag only on unprivileged devices, which ublk-ts does not make.
- * A batchIo device copies: its runner hands the kernel buffer addresses.
+ * where the kernel has it and the target's IO is a file operation on the
+ * queue's ring — loop unless the spec says false, memory only when it says
+ * true. A memory device's file is on tmpfs, whose reads io_uring cannot
+ * issue without blocking and hands to a worker thread: measured slower
+ * than the copy through the server's mapping of the file (README,
+ * Benchmarks). The kernel refuses the flag only on unprivileged devices,
+ * which ublk-ts does not make. A batchIo device copies: its runner hands
+ * the kernel buffer addresses.
  */
 export function wantsZeroCopy(spec: DeviceSpec, features: bigint): boolean {
-  return (
-    spec.zeroCopy !== false &&
-    spec.batchIo !== true &&
-    servesZeroCopy(spec.target.type) &&
-    (features & UBLK_F_AUTO_BUF_REG) !== 0n
-  );
+  if (spec.zeroCopy === false || spec.batchIo === true || (features & UBLK_F_AUTO_BUF_REG) === 0n) return false;
+  if (spec.zeroCopy === true) return servesZeroCopy(spec.target.type);
+  return spec.target.type === 'loop';
 }
 
 /** Fails when ADD_DEV handed back a device without a flag that was asked for. */

@@ -12,8 +12,10 @@ import { Backing, discardMemory, openBacking } from './backing';
 import { PreparedJsTarget, prepareJsTarget } from './js-queues';
 import { deviceParams } from './params';
 import { PreparedQueues, prepareQueues, QueueExit, RunningQueues, startQueues } from './queues';
+import { applyScheduler, SchedulerOutcome } from './scheduler';
 
 export type { QueueExit } from './queues';
+export type { SchedulerOutcome } from './scheduler';
 
 /** Progress of UblkDevice.create, for callers that must clean up after a crash mid-way. */
 export type CreateProgress = { stage: 'added'; info: DeviceInfo };
@@ -83,6 +85,8 @@ export class UblkDevice {
    * this process recovered rather than created.
    */
   readonly recovery: RecoveryMode | undefined;
+  /** The IO scheduler spec.scheduler asked for, the one the disk has, and why they differ if they do. */
+  readonly scheduler: SchedulerOutcome;
   private readonly control: ControlCommands;
   private readonly ownsControl: boolean;
   private readonly queues: RunningQueues;
@@ -97,6 +101,8 @@ export class UblkDevice {
     this.remains = held.queues!.exited.then(() => deviceRemains(control, info.id));
     this.exited = closeOnExit(held.queues!.exited, this.remains, held.backing, spec, info.id);
     this.queues = held.queues!;
+    // Each server start sets it: a handover is how a changed manifest reaches a live device.
+    this.scheduler = applyScheduler(info.id, spec.scheduler ?? 'none');
   }
 
   get id(): number {

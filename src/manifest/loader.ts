@@ -213,7 +213,8 @@ function checkDocument(ctx: DocumentContext, limits: HostLimits): CheckedDocumen
   if (!validate(data)) return { ctx, errors: schemaErrors(ctx, validate.errors ?? []) };
   const semantic = semanticErrors(ctx, data.spec, limits);
   if (semantic.length > 0) return { ctx, errors: semantic };
-  // lockMemory, partitionScan, zeroCopy, threadsPerQueue and batchIo came later: left out at their defaults, as comparableSpec does, so old hashes still match.
+  // lockMemory, partitionScan, zeroCopy, threadsPerQueue, batchIo and scheduler came later: left out at their
+  // defaults, as comparableSpec does, so old hashes still match (zeroCopy: true meant the default then).
   const {
     allowDataLoss: _consent,
     lockMemory,
@@ -221,6 +222,7 @@ function checkDocument(ctx: DocumentContext, limits: HostLimits): CheckedDocumen
     zeroCopy,
     threadsPerQueue,
     batchIo,
+    scheduler,
     ...unlocked
   } = data.spec;
   const asWritten = {
@@ -230,6 +232,7 @@ function checkDocument(ctx: DocumentContext, limits: HostLimits): CheckedDocumen
     ...(zeroCopy === false ? { zeroCopy } : {}),
     ...(threadsPerQueue !== undefined && threadsPerQueue > 1 ? { threadsPerQueue } : {}),
     ...(batchIo === true ? { batchIo } : {}),
+    ...(scheduler !== undefined && scheduler !== 'none' ? { scheduler } : {}),
   };
   const manifest: LoadedManifest = {
     name: data.metadata.name,

@@ -104,6 +104,16 @@ async function main(): Promise<void> {
         'recoverable: true, so it dies with this server and is re-created with its data reported lost',
     );
   }
+  const sched = device.scheduler;
+  if (sched.error !== undefined) {
+    log(
+      `device ${device.id}: IO scheduler ${sched.wanted} not set, it has ${sched.active ?? 'an unknown one'}: ${sched.error}`,
+    );
+  } else {
+    log(
+      `device ${device.id}: IO scheduler ${sched.active}${sched.wanted === 'kernel-default' ? " (the kernel's)" : ''}`,
+    );
+  }
   send({ event: 'live', info: serializeInfo(device.info), createdFile: device.backing?.createdFile });
   closeStatus();
 

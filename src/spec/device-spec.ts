@@ -10,6 +10,8 @@ import { native } from '../kernel/native';
 import {
   DEFAULTS,
   DirectIoMode,
+  IO_SCHEDULERS,
+  IoScheduler,
   KERNEL_MAX_QUEUES,
   LOGICAL_BLOCK_SIZES,
   LogicalBlockSize,
@@ -23,10 +25,10 @@ import { clip } from './show-value';
 import { parseSize } from './sizes';
 import { LooseTarget, SpecProblem, specProblems, targetOf } from './spec-problems';
 
-export { DEFAULTS, TARGET_TYPES, RECOVERY_MODES, LOGICAL_BLOCK_SIZES, MAX_DEPTH };
+export { DEFAULTS, TARGET_TYPES, RECOVERY_MODES, LOGICAL_BLOCK_SIZES, MAX_DEPTH, IO_SCHEDULERS };
 export { specProblems };
 export type { SpecProblem };
-export type { DirectIoMode, LogicalBlockSize, RecoveryMode, TargetType };
+export type { DirectIoMode, IoScheduler, LogicalBlockSize, RecoveryMode, TargetType };
 
 /** A target that completes every request at once and stores nothing. */
 export interface NullTarget {
@@ -76,6 +78,7 @@ export interface DeviceSpecInput {
   zeroCopy?: boolean;
   threadsPerQueue?: number;
   batchIo?: boolean;
+  scheduler?: IoScheduler;
   recovery?: RecoveryMode;
 }
 
@@ -107,11 +110,12 @@ export interface DeviceSpec {
   /**
    * false: the device always takes the copy path, even where the kernel
    * could register each request's pages for the server's ring
-   * (UBLK_F_AUTO_BUF_REG). Absent: zero copy where the kernel and the
-   * target allow it; left out so specs and records written before the
-   * field stay as they were.
+   * (UBLK_F_AUTO_BUF_REG). true: zero copy for loop and memory where the
+   * kernel has it. Absent: the target's faster path (wantsZeroCopy): zero
+   * copy for loop, the copy path for memory; left out so specs and
+   * records written before the field stay as they were.
    */
-  zeroCopy?: false;
+  zeroCopy?: boolean;
   /**
    * Native threads serving each queue, present only when more than 1: the
    * device is made with UBLK_F_PER_IO_DAEMON and each thread fetches (and
@@ -124,6 +128,11 @@ export interface DeviceSpec {
    * with PREP/FETCH/COMMIT_IO_CMDS. Absent: a command per request, as always.
    */
   batchIo?: true;
+  /**
+   * The IO scheduler each server start writes to the disk's queue/scheduler,
+   * present only when not none (the default); kernel-default: left alone.
+   */
+  scheduler?: Exclude<IoScheduler, 'none'>;
   recovery: RecoveryMode;
 }
 
@@ -207,9 +216,10 @@ export function normalizeDeviceSpec(
   };
   if (input.id !== undefined) spec.id = input.id;
   if (input.partitionScan === false) spec.partitionScan = false;
-  if (input.zeroCopy === false) spec.zeroCopy = false;
+  if (input.zeroCopy !== undefined) spec.zeroCopy = input.zeroCopy;
   if (input.threadsPerQueue !== undefined && input.threadsPerQueue > 1) spec.threadsPerQueue = input.threadsPerQueue;
   if (input.batchIo === true) spec.batchIo = true;
+  if (input.scheduler !== undefined && input.scheduler !== 'none') spec.scheduler = input.scheduler;
   return spec;
 }
 
@@ -302,12 +312,13 @@ export function comparableSpec(input: DeviceSpecInput): Record<string, unknown> 
 
 /**
  * comparableSpec less what only the device's server does with it — a js
- * target's module and options, a loop target's directIo — which a new
- * server can change without the device changing (a handover). Two specs
- * alike here differ, if at all, only in what a handover applies live.
+ * target's module and options, a loop target's directIo, the IO scheduler
+ * it sets — which a new server can change without the device changing (a
+ * handover). Two specs alike here differ, if at all, only in what a
+ * handover applies live.
  */
 export function comparableDevice(input: DeviceSpecInput): Record<string, unknown> {
-  const spec = comparable(input);
+  const { scheduler: _scheduler, ...spec } = comparable(input);
   const { module: _module, options: _options, directIo: _directIo, ...target } = spec.target as Record<string, unknown>;
   return { ...spec, target };
 }
@@ -341,9 +352,10 @@ function comparable(input: DeviceSpecInput): Record<string, unknown> {
   // Only when set, so the identity of every device written before the field existed stays the same.
   if (input.lockMemory) spec.lockMemory = true;
   if (input.partitionScan === false) spec.partitionScan = false;
-  if (input.zeroCopy === false) spec.zeroCopy = false;
+  if (input.zeroCopy !== undefined) spec.zeroCopy = input.zeroCopy;
   if (input.threadsPerQueue !== undefined && input.threadsPerQueue > 1) spec.threadsPerQueue = input.threadsPerQueue;
   if (input.batchIo === true) spec.batchIo = true;
+  if (input.scheduler !== undefined && input.scheduler !== 'none') spec.scheduler = input.scheduler;
   return spec;
 }
 

@@ -36,6 +36,10 @@ export const LOGICAL_BLOCK_SIZES: readonly LogicalBlockSize[] = specFields.logic
 export type DirectIoMode = 'auto' | boolean;
 export const DIRECT_IO_MODES: readonly DirectIoMode[] = loopFields.directIo.enum;
 
+/** The block layer's IO scheduler a server sets on its device; kernel-default leaves the kernel's choice. */
+export type IoScheduler = 'none' | 'mq-deadline' | 'kyber' | 'bfq' | 'kernel-default';
+export const IO_SCHEDULERS: readonly IoScheduler[] = specFields.scheduler.enum;
+
 /** Defaults shared by ublkctl, the library and manifests (the schema's `default`s). */
 export const DEFAULTS = {
   queues: specFields.queues.default as number,
@@ -45,7 +49,7 @@ export const DEFAULTS = {
   readOnly: specFields.readOnly.default as boolean,
   lockMemory: specFields.lockMemory.default as boolean,
   partitionScan: specFields.partitionScan.default as boolean,
-  zeroCopy: specFields.zeroCopy.default as boolean,
+  scheduler: specFields.scheduler.default as IoScheduler,
   threadsPerQueue: specFields.threadsPerQueue.default as number,
   batchIo: specFields.batchIo.default as boolean,
   recovery: specFields.recovery.default as RecoveryMode,

@@ -9,6 +9,7 @@ import {
   DEFAULTS,
   DIRECT_IO_MODES,
   DirectIoMode,
+  IO_SCHEDULERS,
   IO_SIZE,
   LOGICAL_BLOCK_SIZES,
   MAX_DEPTH,
@@ -177,5 +178,6 @@ export function specProblems(input: DeviceSpecInput, limits: HostLimits): SpecPr
   check('zeroCopy', booleanProblem(input.zeroCopy));
   check('threadsPerQueue', threadsPerQueueProblem(input, target));
   check('batchIo', batchIoProblem(input, target));
+  check('scheduler', oneOf(IO_SCHEDULERS, input.scheduler ?? DEFAULTS.scheduler));
   return problems;
 }

@@ -7,7 +7,12 @@
 /** One benchmark row's identity: a stable key for bench.json and the summary. */
 export type RowId =
   | 'null'
+  | 'null-mq-deadline'
   | 'memory'
+  | 'memory-zero-copy'
+  | 'loop-direct-copy'
+  | 'bw-memory-zero-copy'
+  | 'bw-loop-copy'
   | 'js-null'
   | 'loop-direct'
   | 'loop-buffered'

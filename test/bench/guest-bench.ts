@@ -232,6 +232,10 @@ function main(): void {
     dataPath,
     iops: fio(TWO_QUEUES, dev, GiB),
   }));
+  // The kernel's own choice for a one-queue disk, which ublk-ts replaces with none (spec.scheduler).
+  const ublkNullDeadline = withUblk(['-t', 'null', '--size', '1GiB', '--scheduler', 'mq-deadline'], 1, {}, (dev) =>
+    fio(RANDREAD, dev, GiB),
+  );
   const variants = (process.env.UBLK_TS_BENCH_RING_VARIANTS ?? '').split(',').filter(Boolean);
   const variantRows = variants.map((flags) => ({
     flags,
@@ -251,6 +255,11 @@ function main(): void {
       bw: fio(BANDWIDTH, dev, MEMORY_BYTES),
     };
   });
+  // The other data path than memory's default, in the same boot: zero copy where the kernel has it.
+  const memoryZeroCopy = withUblk([...memorySize, '--zero-copy'], 1, {}, (dev, dataPath) => {
+    fill(dev, MEMORY_BYTES);
+    return { dataPath, qd32: fio(RANDREAD, dev, MEMORY_BYTES), bw: fio(BANDWIDTH, dev, MEMORY_BYTES) };
+  });
   const memoryTwo = withUblk(memorySize, 2, {}, (dev, dataPath) => {
     fill(dev, MEMORY_BYTES);
     return { dataPath, iops: fio(TWO_QUEUES, dev, MEMORY_BYTES) };
@@ -266,6 +275,14 @@ function main(): void {
 
   table.reference(RANDREAD, NULL_BLK, nullBlk);
   table.subject(RANDREAD, 'null', 'ublk-ts null', ublkNull.qd32, NULL_BLK, ublkNull.dataPath);
+  table.subject(
+    RANDREAD,
+    'null-mq-deadline',
+    'ublk-ts null, scheduler mq-deadline',
+    ublkNullDeadline,
+    NULL_BLK,
+    'copy',
+  );
   for (const v of variantRows) {
     table.rows.push({
       id: 'null',
@@ -279,6 +296,14 @@ function main(): void {
     });
   }
   table.subject(RANDREAD, 'memory', 'ublk-ts memory, written data', memory.qd32, NULL_BLK, memory.dataPath);
+  table.subject(
+    RANDREAD,
+    'memory-zero-copy',
+    'ublk-ts memory, written data, --zero-copy',
+    memoryZeroCopy.qd32,
+    NULL_BLK,
+    memoryZeroCopy.dataPath,
+  );
   table.subject(RANDREAD, 'js-null', 'ublk-ts JS null', jsNull.iops, NULL_BLK, jsNull.dataPath);
 
   const file = backingFile();
@@ -295,6 +320,11 @@ function main(): void {
     qd1: fio(QD1, dev, GiB),
     bw: fio(BANDWIDTH, dev, GiB),
   }));
+  const ublkLoopCopy = withUblk([...ublkLoopArgs('on'), '--no-zero-copy'], 1, {}, (dev, dataPath) => ({
+    dataPath,
+    qd32: fio(RANDREAD, dev, GiB),
+    bw: fio(BANDWIDTH, dev, GiB),
+  }));
   const ublkLoopTwo = withUblk(ublkLoopArgs('on'), 2, {}, (dev, dataPath) => ({
     dataPath,
     iops: fio(TWO_QUEUES, dev, GiB),
@@ -308,6 +338,14 @@ function main(): void {
 
   table.reference(RANDREAD, KERNEL_LOOP, loopDirect.qd32);
   table.subject(RANDREAD, 'loop-direct', 'ublk-ts loop, direct IO', ublkLoop.qd32, KERNEL_LOOP, ublkLoop.dataPath);
+  table.subject(
+    RANDREAD,
+    'loop-direct-copy',
+    'ublk-ts loop, direct IO, --no-zero-copy',
+    ublkLoopCopy.qd32,
+    KERNEL_LOOP,
+    ublkLoopCopy.dataPath,
+  );
   table.reference(RANDREAD, 'kernel loop, buffered', loopBuffered);
   table.subject(
     RANDREAD,
@@ -332,8 +370,24 @@ function main(): void {
 
   table.reference(BANDWIDTH, NULL_BLK, nullBlkBw);
   table.subject(BANDWIDTH, 'bw-memory', 'ublk-ts memory, written data', memory.bw, NULL_BLK, memory.dataPath);
+  table.subject(
+    BANDWIDTH,
+    'bw-memory-zero-copy',
+    'ublk-ts memory, written data, --zero-copy',
+    memoryZeroCopy.bw,
+    NULL_BLK,
+    memoryZeroCopy.dataPath,
+  );
   table.reference(BANDWIDTH, KERNEL_LOOP, loopDirect.bw);
   table.subject(BANDWIDTH, 'bw-loop', 'ublk-ts loop, direct IO', ublkLoop.bw, KERNEL_LOOP, ublkLoop.dataPath);
+  table.subject(
+    BANDWIDTH,
+    'bw-loop-copy',
+    'ublk-ts loop, direct IO, --no-zero-copy',
+    ublkLoopCopy.bw,
+    KERNEL_LOOP,
+    ublkLoopCopy.dataPath,
+  );
 
   const result: BenchResult = {
     kernel: LEG,
@@ -345,7 +399,7 @@ function main(): void {
   };
   console.log(
     `\nLinux ${result.kernelRelease} (leg ${LEG}), qemu -cpu ${cpuModel}, icount; fio io_uring O_DIRECT, ${RUNTIME_S} s per run;` +
-      ` ublk-ts devices depth 64; [data path]; null_blk runs ${nullBlk1} / ${nullBlk2}`,
+      ` ublk-ts devices depth 64, IO scheduler none (spec default) unless said; [data path]; null_blk runs ${nullBlk1} / ${nullBlk2}`,
   );
   let section = '';
   for (const row of table.rows) {

@@ -166,6 +166,7 @@ export interface ListedDevice {
   sizeBytes?: number;
   blockPath: string;
   charPath: string;
+  scheduler?: string;
 }
 
 export function listDevices(): ListedDevice[] {

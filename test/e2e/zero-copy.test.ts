@@ -181,11 +181,24 @@ describe('zero copy: UBLK_F_AUTO_BUF_REG (real ublk driver)', function () {
     return pid;
   }
 
-  it('ublkctl list shows the data path the device was made with: zero copy by default where the kernel has it, copy with --no-zero-copy and for null', () => {
+  it('ublkctl list shows the data path the device was made with: zero copy for loop by default and for memory with --zero-copy where the kernel has it; copy for memory by default, with --no-zero-copy and for null', () => {
     const zeroCopy = kernelHasAutoBufReg();
-    const memory = add(['-t', 'memory', '--size', '16MiB']);
-    const copied = add(['-t', 'memory', '--size', '16MiB', '--no-zero-copy']);
+    const memory = add(['-t', 'memory', '--size', '16MiB', '--zero-copy']);
+    const copied = add(['-t', 'memory', '--size', '16MiB']);
+    const loop = add(['-t', 'loop', '--file', path.join(scratch, 'list.img'), '--size', '16MiB', '--create']);
+    const loopCopied = add([
+      '-t',
+      'loop',
+      '--file',
+      path.join(scratch, 'list2.img'),
+      '--size',
+      '16MiB',
+      '--create',
+      '--no-zero-copy',
+    ]);
     const nullDev = add(['-t', 'null', '--size', '16MiB']);
+    assert.equal(listed(loop.id).dataPath, zeroCopy ? 'zero-copy' : 'copy');
+    assert.equal(listed(loopCopied.id).dataPath, 'copy');
     assert.equal(memory.flagNames.includes('AUTO_BUF_REG'), zeroCopy, 'ADD_DEV asked for AUTO_BUF_REG where it exists');
     assert.equal(listed(memory.id).dataPath, zeroCopy ? 'zero-copy' : 'copy');
     assert.equal(listed(copied.id).dataPath, 'copy');
@@ -224,14 +237,14 @@ describe('zero copy: UBLK_F_AUTO_BUF_REG (real ublk driver)', function () {
     });
 
     it('memory: fio verify over 4 KiB..512 KiB on 2 queues, zero copy', () => {
-      const dev = add(['-t', 'memory', '--size', '96MiB', '--queues', '2']);
+      const dev = add(['-t', 'memory', '--size', '96MiB', '--queues', '2', '--zero-copy']);
       assert.equal(listed(dev.id).dataPath, 'zero-copy');
       fioVerify(dev.blockPath);
     });
 
     it('loop with direct IO and memory: ext4 mkfs, mount, write, read back, fsck clean', () => {
       const loop = add(['-t', 'loop', '--file', path.join(scratch, 'fs.img'), '--size', '128MiB', '--create']);
-      const memory = add(['-t', 'memory', '--size', '128MiB']);
+      const memory = add(['-t', 'memory', '--size', '128MiB', '--zero-copy']);
       for (const dev of [loop, memory]) {
         assert.equal(listed(dev.id).dataPath, 'zero-copy');
         filesystemRoundTrip(dev.blockPath, scratch);
@@ -267,7 +280,7 @@ describe('zero copy: UBLK_F_AUTO_BUF_REG (real ublk driver)', function () {
       fs.chmodSync(manifestDir, 0o755);
       fs.writeFileSync(
         path.join(manifestDir, 'zc.yaml'),
-        manifest('zc', 'target:\n  type: memory\nsize: 48MiB\nrecovery: reissue'),
+        manifest('zc', 'target:\n  type: memory\nsize: 48MiB\nzeroCopy: true\nrecovery: reissue'),
         { mode: 0o644 },
       );
       const once = () => {

@@ -194,9 +194,9 @@ describe('manifest loading: valid manifests', () => {
       readOnly: false,
       lockMemory: false,
       partitionScan: true,
-      zeroCopy: true,
       threadsPerQueue: 1,
       batchIo: false,
+      scheduler: 'none',
       recovery: 'reissue',
       allowDataLoss: false,
     });
@@ -527,6 +527,7 @@ describe('manifest schema and TypeScript types', () => {
           zeroCopy: true,
           threadsPerQueue: true,
           batchIo: true,
+          scheduler: true,
           recovery: true,
           allowDataLoss: true,
         } satisfies Record<keyof ManifestSpec, true>,
