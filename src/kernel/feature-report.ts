@@ -113,7 +113,7 @@ const DEFINITIONS: FeatureDefinition[] = [
     since: '6.16',
     flag: UBLK_F_AUTO_BUF_REG,
     present:
-      'loop and memory devices serve reads and writes zero copy: the kernel registers each request as a buffer of the queue ring, read or written with READ_FIXED/WRITE_FIXED (spec.zeroCopy: false or ublkctl add --no-zero-copy keeps the copy path)',
+      'loop devices, and memory devices with spec.zeroCopy: true (ublkctl add --zero-copy), serve reads and writes zero copy: the kernel registers each request as a buffer of the queue ring, read or written with READ_FIXED/WRITE_FIXED (spec.zeroCopy: false or ublkctl add --no-zero-copy keeps the copy path)',
     absent: "every device copies each request through its server's buffer",
   },
   {

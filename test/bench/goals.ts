@@ -8,6 +8,9 @@
 export type RowId =
   | 'null'
   | 'null-mq-deadline'
+  | 'null-batch-io'
+  | 'null-threads-2'
+  | 'loop-batch-io'
   | 'memory'
   | 'memory-zero-copy'
   | 'loop-direct-copy'

@@ -236,6 +236,17 @@ function main(): void {
   const ublkNullDeadline = withUblk(['-t', 'null', '--size', '1GiB', '--scheduler', 'mq-deadline'], 1, {}, (dev) =>
     fio(RANDREAD, dev, GiB),
   );
+  // Batched commands and two threads per queue (7.0+ and 6.16+): on other kernels ublkctl refuses them and the row is left out.
+  const where = (args: string[]): { dataPath: string; iops: number } | undefined => {
+    try {
+      return withUblk(args, 1, {}, (dev, dataPath) => ({ dataPath, iops: fio(RANDREAD, dev, GiB) }));
+    } catch (err) {
+      console.log(`  left out, ublkctl add ${args.join(' ')}: ${(err as Error).message.split('\n')[0]}`);
+      return undefined;
+    }
+  };
+  const nullBatch = where(['-t', 'null', '--size', '1GiB', '--batch-io']);
+  const nullThreads = where(['-t', 'null', '--size', '1GiB', '--threads-per-queue', '2']);
   const variants = (process.env.UBLK_TS_BENCH_RING_VARIANTS ?? '').split(',').filter(Boolean);
   const variantRows = variants.map((flags) => ({
     flags,
@@ -325,6 +336,7 @@ function main(): void {
     qd32: fio(RANDREAD, dev, GiB),
     bw: fio(BANDWIDTH, dev, GiB),
   }));
+  const loopBatch = where([...ublkLoopArgs('on'), '--batch-io']);
   const ublkLoopTwo = withUblk(ublkLoopArgs('on'), 2, {}, (dev, dataPath) => ({
     dataPath,
     iops: fio(TWO_QUEUES, dev, GiB),
@@ -346,6 +358,9 @@ function main(): void {
     KERNEL_LOOP,
     ublkLoopCopy.dataPath,
   );
+  if (loopBatch) {
+    table.subject(RANDREAD, 'loop-batch-io', 'ublk-ts loop, direct IO, --batch-io', loopBatch.iops, KERNEL_LOOP, loopBatch.dataPath);
+  }
   table.reference(RANDREAD, 'kernel loop, buffered', loopBuffered);
   table.subject(
     RANDREAD,
