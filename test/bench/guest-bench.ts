@@ -359,7 +359,14 @@ function main(): void {
     ublkLoopCopy.dataPath,
   );
   if (loopBatch) {
-    table.subject(RANDREAD, 'loop-batch-io', 'ublk-ts loop, direct IO, --batch-io', loopBatch.iops, KERNEL_LOOP, loopBatch.dataPath);
+    table.subject(
+      RANDREAD,
+      'loop-batch-io',
+      'ublk-ts loop, direct IO, --batch-io',
+      loopBatch.iops,
+      KERNEL_LOOP,
+      loopBatch.dataPath,
+    );
   }
   table.reference(RANDREAD, 'kernel loop, buffered', loopBuffered);
   table.subject(
