@@ -286,6 +286,19 @@ function main(): void {
 
   table.reference(RANDREAD, NULL_BLK, nullBlk);
   table.subject(RANDREAD, 'null', 'ublk-ts null', ublkNull.qd32, NULL_BLK, ublkNull.dataPath);
+  if (nullBatch) {
+    table.subject(RANDREAD, 'null-batch-io', 'ublk-ts null, --batch-io', nullBatch.iops, NULL_BLK, nullBatch.dataPath);
+  }
+  if (nullThreads) {
+    table.subject(
+      RANDREAD,
+      'null-threads-2',
+      'ublk-ts null, --threads-per-queue 2',
+      nullThreads.iops,
+      NULL_BLK,
+      nullThreads.dataPath,
+    );
+  }
   table.subject(
     RANDREAD,
     'null-mq-deadline',
