@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { DEFAULTS, MAX_DEPTH, maxQueues, RECOVERY_MODES, TARGET_TYPES } from '../../src/spec/device-spec';
-import { IO_SIZE } from '../../src/spec/limits';
+import { IO_SCHEDULERS, IO_SIZE, IoScheduler } from '../../src/spec/limits';
 import {
   closest,
   DirectIoMode,
@@ -589,6 +589,15 @@ describe('manifest schema and TypeScript types', () => {
     assert.deepEqual(spec.properties.recovery!.enum, [...RECOVERY_MODES]);
     assert.deepEqual(sorted(spec.properties.logicalBlockSize!.enum!), sorted(Object.keys(blockSizes)));
     assert.deepEqual(sorted(branch('loop').properties.directIo!.enum!), sorted(Object.keys(directIo)));
+    const schedulers = {
+      none: true,
+      'mq-deadline': true,
+      kyber: true,
+      bfq: true,
+      'kernel-default': true,
+    } satisfies Record<IoScheduler, true>;
+    assert.deepEqual(spec.properties.scheduler!.enum, Object.keys(schedulers));
+    assert.deepEqual(spec.properties.scheduler!.enum, [...IO_SCHEDULERS]);
   });
 
   it("is where the spec's defaults and limits come from", () => {

@@ -755,6 +755,21 @@ describe('reconcile: server-side changes applied live by a handover', () => {
     assert.equal((await s.pass()).devices[0]!.action, 'noop', 'the new spec is the recorded one');
   });
 
+  it('a changed IO scheduler is handed over to a new server, which sets it: same device, new spec recorded', async () => {
+    const id = await s.owned('a', 'target: {type: null}\nsize: 1GiB\nrecovery: reissue');
+    s.write('a', 'target: {type: null}\nsize: 1GiB\nrecovery: reissue\nscheduler: mq-deadline');
+    const pass = await s.pass();
+    assert.deepEqual([pass.devices[0]!.action, pass.devices[0]!.outcome], ['handover', 'ok'], pass.devices[0]!.reason);
+    assert.deepEqual(s.kernel.calls, [`start ${id}`, `handover ${id}`, `recover ${id}`]);
+    assert.equal(s.recordOf('a')!.spec.scheduler, 'mq-deadline');
+    assert.equal((await s.pass()).devices[0]!.action, 'noop', 'the new spec is the recorded one');
+    // Written out, the default is the same device as before: nothing to do.
+    s.write('a', 'target: {type: null}\nsize: 1GiB\nrecovery: reissue\nscheduler: none');
+    assert.equal((await s.pass()).devices[0]!.action, 'handover', 'back to none is a change too');
+    s.write('a', 'target: {type: null}\nsize: 1GiB\nrecovery: reissue');
+    assert.equal((await s.pass()).devices[0]!.action, 'noop', 'none written out or left out: the same spec');
+  });
+
   it('a server-side change on a device that cannot be handed over stays drift, saying why', async () => {
     const { img } = await loopInUse('none');
     s.write('a', `target: {type: loop, file: ${img}, directIo: false}\nrecovery: none`);
