@@ -5,6 +5,8 @@
  * made without a flag it was asked for would behave otherwise than its
  * spec says.
  */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { ERRNO, SpecError, UblkError } from '../errors';
 import { DeviceInfo } from '../kernel/control';
 import {
@@ -24,7 +26,12 @@ import { quiesceFlag, RecoveryMode, recoveryFlags } from '../spec/recovery-mode'
  * GET_FEATURES answer) has the rest: a missing one is a SpecError naming
  * the field, raised before the device exists.
  */
-export function addDeviceFlags(spec: DeviceSpec, recovery: RecoveryMode, features: bigint): bigint {
+export function addDeviceFlags(
+  spec: DeviceSpec,
+  recovery: RecoveryMode,
+  features: bigint,
+  backing: BackingFacts = { onTmpfs: false },
+): bigint {
   // QUIESCE where the kernel has it: a device with recovery can then be handed to a new server live.
   let flags = recoveryFlags(recovery) | quiesceFlag(recovery, features);
   if (spec.partitionScan === false) {
@@ -37,7 +44,7 @@ export function addDeviceFlags(spec: DeviceSpec, recovery: RecoveryMode, feature
     }
     flags |= UBLK_F_NO_AUTO_PART_SCAN;
   }
-  if (wantsZeroCopy(spec, features)) flags |= UBLK_F_AUTO_BUF_REG;
+  if (wantsZeroCopy(spec, features, backing)) flags |= UBLK_F_AUTO_BUF_REG;
   if (spec.threadsPerQueue !== undefined && spec.threadsPerQueue > 1) {
     if ((features & UBLK_F_PER_IO_DAEMON) === 0n) {
       throw new SpecError(
@@ -61,21 +68,52 @@ export function addDeviceFlags(spec: DeviceSpec, recovery: RecoveryMode, feature
   return flags;
 }
 
+/** What the data path depends on in a loop target's backing store. */
+export interface BackingFacts {
+  /** The loop file is a regular file on tmpfs (see loopFileOnTmpfs). */
+  onTmpfs: boolean;
+}
+
+const TMPFS_MAGIC = 0x01021994;
+
+/**
+ * Whether a loop target's file is a regular file on tmpfs (or, not made
+ * yet, would be: its directory is). A block device is not, although its
+ * node lives on devtmpfs. Only a choice of speed hangs on the answer, so
+ * what cannot be looked at counts as not tmpfs.
+ */
+export function loopFileOnTmpfs(file: string): boolean {
+  try {
+    if (!fs.statSync(file).isFile()) return false;
+  } catch {
+    // not there yet (create): its directory decides
+  }
+  for (const where of [file, path.dirname(file)]) {
+    try {
+      return fs.statfsSync(where).type === TMPFS_MAGIC;
+    } catch {
+      // try the directory
+    }
+  }
+  return false;
+}
+
 /**
  * Whether a device made from `spec` gets zero copy (UBLK_F_AUTO_BUF_REG):
  * where the kernel has it and the target's IO is a file operation on the
- * queue's ring — loop unless the spec says false, memory only when it says
- * true. A memory device's file is on tmpfs, whose reads io_uring cannot
- * issue without blocking and hands to a worker thread: measured slower
- * than the copy through the server's mapping of the file (README,
- * Benchmarks). The kernel refuses the flag only on unprivileged devices,
- * which ublk-ts does not make. A batchIo device copies: its runner hands
- * the kernel buffer addresses.
+ * queue's ring, and only where it pays unless the spec says true. It pays
+ * where the ring can issue the fixed-buffer read or write without
+ * blocking — a block device, a file system with nowait IO — and costs
+ * where it cannot: a file on tmpfs (the memory target's always is), whose
+ * reads io_uring hands to an io-wq worker thread, slower than the copy
+ * (README, Zero copy). false: never. The kernel refuses the flag only on
+ * unprivileged devices, which ublk-ts does not make. A batchIo device
+ * copies: its runner hands the kernel buffer addresses.
  */
-export function wantsZeroCopy(spec: DeviceSpec, features: bigint): boolean {
+export function wantsZeroCopy(spec: DeviceSpec, features: bigint, backing: BackingFacts = { onTmpfs: false }): boolean {
   if (spec.zeroCopy === false || spec.batchIo === true || (features & UBLK_F_AUTO_BUF_REG) === 0n) return false;
   if (spec.zeroCopy === true) return servesZeroCopy(spec.target.type);
-  return spec.target.type === 'loop';
+  return spec.target.type === 'loop' && !backing.onTmpfs;
 }
 
 /** Fails when ADD_DEV handed back a device without a flag that was asked for. */

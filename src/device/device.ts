@@ -7,7 +7,7 @@ import { ERRNO, UblkError } from '../errors';
 import { ControlCommands, DeviceInfo, UblkControl } from '../kernel/control';
 import { DeviceSpec } from '../spec/device-spec';
 import { checkRecoverySupported, isRecoverable, RecoveryMode } from '../spec/recovery-mode';
-import { addDeviceFlags, checkGrantedFlags } from './add-flags';
+import { addDeviceFlags, checkGrantedFlags, loopFileOnTmpfs } from './add-flags';
 import { Backing, discardMemory, openBacking } from './backing';
 import { PreparedJsTarget, prepareJsTarget } from './js-queues';
 import { deviceParams } from './params';
@@ -127,7 +127,8 @@ export class UblkDevice {
       checkRecoverySupported(spec.recovery, control.features);
       const js = await prepareJsTarget(spec, { checkPermissions: opts.checkPermissions });
       held.recovery = effectiveRecovery(spec, js);
-      const flags = addDeviceFlags(spec, held.recovery, control.features);
+      const onTmpfs = spec.target.type === 'loop' && loopFileOnTmpfs(spec.target.file);
+      const flags = addDeviceFlags(spec, held.recovery, control.features, { onTmpfs });
       held.backing = openBacking(spec, { checkPermissions: opts.checkPermissions });
       const info = await control.addDevice({
         id: spec.id,

@@ -181,12 +181,13 @@ describe('zero copy: UBLK_F_AUTO_BUF_REG (real ublk driver)', function () {
     return pid;
   }
 
-  it('ublkctl list shows the data path the device was made with: zero copy for loop by default and for memory with --zero-copy where the kernel has it; copy for memory by default, with --no-zero-copy and for null', () => {
+  it('ublkctl list shows the data path the device was made with: by default zero copy where it pays (loop on a block device) and copy where it does not (memory, a loop file on tmpfs); --zero-copy and --no-zero-copy override', () => {
     const zeroCopy = kernelHasAutoBufReg();
     const memory = add(['-t', 'memory', '--size', '16MiB', '--zero-copy']);
     const copied = add(['-t', 'memory', '--size', '16MiB']);
-    const loop = add(['-t', 'loop', '--file', path.join(scratch, 'list.img'), '--size', '16MiB', '--create']);
-    const loopCopied = add([
+    // The guest's /tmp is tmpfs: there zero copy would go through io-wq.
+    const loopOnTmpfs = add(['-t', 'loop', '--file', path.join(scratch, 'list.img'), '--size', '16MiB', '--create']);
+    const loopForced = add([
       '-t',
       'loop',
       '--file',
@@ -194,11 +195,27 @@ describe('zero copy: UBLK_F_AUTO_BUF_REG (real ublk driver)', function () {
       '--size',
       '16MiB',
       '--create',
-      '--no-zero-copy',
+      '--zero-copy',
     ]);
+    run('truncate', ['-s', '16M', path.join(scratch, 'blk.img')]);
+    const kernelLoop = run('losetup', ['--find', '--show', path.join(scratch, 'blk.img')]).stdout.trim();
+    try {
+      // One at a time: a loop target holds its backing exclusively.
+      for (const [flags, expected] of [
+        [[], zeroCopy ? 'zero-copy' : 'copy'],
+        [['--no-zero-copy'], 'copy'],
+      ] as const) {
+        const dev = add(['-t', 'loop', '--file', kernelLoop, ...flags]);
+        assert.equal(listed(dev.id).dataPath, expected, `loop on a block device ${flags.join(' ')}`);
+        assert.equal(ublkctl(['del', String(dev.id)], stateDir).status, 0);
+        devices.forget(dev.id);
+      }
+    } finally {
+      run('losetup', ['-d', kernelLoop]);
+    }
     const nullDev = add(['-t', 'null', '--size', '16MiB']);
-    assert.equal(listed(loop.id).dataPath, zeroCopy ? 'zero-copy' : 'copy');
-    assert.equal(listed(loopCopied.id).dataPath, 'copy');
+    assert.equal(listed(loopOnTmpfs.id).dataPath, 'copy');
+    assert.equal(listed(loopForced.id).dataPath, zeroCopy ? 'zero-copy' : 'copy');
     assert.equal(memory.flagNames.includes('AUTO_BUF_REG'), zeroCopy, 'ADD_DEV asked for AUTO_BUF_REG where it exists');
     assert.equal(listed(memory.id).dataPath, zeroCopy ? 'zero-copy' : 'copy');
     assert.equal(listed(copied.id).dataPath, 'copy');
@@ -227,7 +244,7 @@ describe('zero copy: UBLK_F_AUTO_BUF_REG (real ublk driver)', function () {
 
     it('loop: fio verify over 4 KiB..512 KiB on 2 queues, zero copy, and the backing file holds exactly the device bytes', () => {
       const file = path.join(scratch, 'verify.img');
-      const dev = add(['-t', 'loop', '--file', file, '--size', '96MiB', '--create', '--queues', '2']);
+      const dev = add(['-t', 'loop', '--file', file, '--size', '96MiB', '--create', '--queues', '2', '--zero-copy']);
       assert.equal(listed(dev.id).dataPath, 'zero-copy');
       fioVerify(dev.blockPath);
       const deviceSum = sha256(dev.blockPath, 96 * MiB);
@@ -243,7 +260,16 @@ describe('zero copy: UBLK_F_AUTO_BUF_REG (real ublk driver)', function () {
     });
 
     it('loop with direct IO and memory: ext4 mkfs, mount, write, read back, fsck clean', () => {
-      const loop = add(['-t', 'loop', '--file', path.join(scratch, 'fs.img'), '--size', '128MiB', '--create']);
+      const loop = add([
+        '-t',
+        'loop',
+        '--file',
+        path.join(scratch, 'fs.img'),
+        '--size',
+        '128MiB',
+        '--create',
+        '--zero-copy',
+      ]);
       const memory = add(['-t', 'memory', '--size', '128MiB', '--zero-copy']);
       for (const dev of [loop, memory]) {
         assert.equal(listed(dev.id).dataPath, 'zero-copy');
@@ -253,7 +279,18 @@ describe('zero copy: UBLK_F_AUTO_BUF_REG (real ublk driver)', function () {
 
     it('loop, reissue: kill -9 during fio verify, recovered by ublkctl recover; the new server serves zero copy and fio sees no error', async () => {
       const file = path.join(scratch, 'recover.img');
-      const dev = add(['-t', 'loop', '--file', file, '--size', '48MiB', '--create', '--recovery', 'reissue']);
+      const dev = add([
+        '-t',
+        'loop',
+        '--file',
+        file,
+        '--size',
+        '48MiB',
+        '--create',
+        '--recovery',
+        'reissue',
+        '--zero-copy',
+      ]);
       const load = startFio(verifiedWrites(dev.id, '40M'));
       started.push(load);
       let writes = await waitForWrites(dev.id, ioCounts(dev.id).writes, 100, 'fio writing before the kill');

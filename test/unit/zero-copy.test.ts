@@ -2,7 +2,7 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { addDeviceFlags, checkGrantedFlags, wantsZeroCopy } from '../../src/device/add-flags';
+import { addDeviceFlags, checkGrantedFlags, loopFileOnTmpfs, wantsZeroCopy } from '../../src/device/add-flags';
 import { UblkError } from '../../src/errors';
 import { DeviceInfo } from '../../src/kernel/control';
 import { featureSupport } from '../../src/kernel/feature-report';
@@ -101,6 +101,29 @@ describe('zero copy: ADD_DEV flags', () => {
     assert.equal(addDeviceFlags(memory, 'none', UBLK_F_AUTO_BUF_REG), 0n);
     assert.equal(addDeviceFlags(memoryZeroCopy, 'none', UBLK_F_AUTO_BUF_REG), UBLK_F_AUTO_BUF_REG);
     assert.equal(wantsZeroCopy({ ...loop, zeroCopy: false }, UBLK_F_AUTO_BUF_REG), false);
+  });
+
+  it('keeps a loop file on tmpfs on the copy path unless the spec says true: there zero copy goes through io-wq', () => {
+    const loop = { ...memory, target: { type: 'loop' as const, file: '/x', create: false, directIo: 'auto' as const } };
+    assert.equal(addDeviceFlags(loop, 'none', UBLK_F_AUTO_BUF_REG, { onTmpfs: true }), 0n);
+    assert.equal(wantsZeroCopy({ ...loop, zeroCopy: true }, UBLK_F_AUTO_BUF_REG, { onTmpfs: true }), true);
+  });
+
+  it('tells a regular file on tmpfs from one elsewhere and from a device node (devtmpfs)', function () {
+    const TMPFS_MAGIC = 0x01021994;
+    if (fs.statfsSync('/dev/shm').type !== TMPFS_MAGIC) this.skip(); // a host without a tmpfs /dev/shm
+    const file = path.join('/dev/shm', `ublk-ts-zc-${process.pid}`);
+    fs.writeFileSync(file, '');
+    try {
+      assert.equal(loopFileOnTmpfs(file), true);
+      assert.equal(loopFileOnTmpfs(`${file}.not-yet`), true, 'a file to be created: its directory decides');
+    } finally {
+      fs.rmSync(file);
+    }
+    assert.equal(loopFileOnTmpfs('/dev/null'), false, 'a device node is no file on tmpfs');
+    const elsewhere = fs.mkdtempSync(path.join(os.tmpdir(), 'ublk-ts-zc-'));
+    dirs.push(elsewhere);
+    assert.equal(loopFileOnTmpfs(path.join(elsewhere, 'f')), fs.statfsSync(elsewhere).type === TMPFS_MAGIC);
   });
 
   it('falls back to the copy path, without an error, on a kernel without it (6.12)', () => {
