@@ -11,6 +11,7 @@
         "native/js_queue.cpp",
         "native/process.cpp",
         "native/queue.cpp",
+        "native/queue_thread.cpp",
         "native/targets.cpp"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

@@ -1,16 +1,10 @@
 #include "batch_queue.h"
 
-#include <poll.h>
-#include <pthread.h>
-#include <sched.h>
-#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
-
-#include "process.h"
 
 namespace ublkts {
 namespace {
@@ -18,8 +12,8 @@ namespace {
 // liburing 2.3 predates the name; the kernel has had the flag since 6.12.
 constexpr unsigned kUringCmdMultishot = 1u << 1;
 
-constexpr uint64_t kStopToken = 1ull << 63;
-// kTargetIoBit (1 << 62) marks loop IO, kCancelToken (1 << 61) the drain's cancel.
+// Beside kStopToken (1 << 63, the stop poll), kTargetIoBit (1 << 62, loop
+// IO) and kCancelToken (1 << 61, the drain's cancel):
 constexpr uint64_t kPrepToken = 1ull << 60;
 constexpr uint64_t kFetchToken = 1ull << 59;
 constexpr uint64_t kCommitToken = 1ull << 58; // | the commit buffer's index
@@ -29,80 +23,18 @@ constexpr size_t kElemBytes = sizeof(ublk::batch_elem);
 } // namespace
 
 BatchQueueRunner::BatchQueueRunner(QueueConfig config, int charFd, QueueGroup *group)
-    : config_(std::move(config)), charFd_(charFd), group_(group) {
-  stopFd_ = eventfd(0, EFD_CLOEXEC);
-}
+    : QueueThread(std::move(config), charFd, group, "b") {}
 
-BatchQueueRunner::~BatchQueueRunner() {
-  Join();
-  if (stopFd_ >= 0) close(stopFd_);
-}
-
-void BatchQueueRunner::Start() {
-  thread_ = std::thread([this] { Run(); });
-}
-
-void BatchQueueRunner::RequestStop() {
-  uint64_t one = 1;
-  if (stopFd_ >= 0) (void)!write(stopFd_, &one, sizeof(one));
-}
-
-void BatchQueueRunner::Join() {
-  if (thread_.joinable()) thread_.join();
-}
-
-void BatchQueueRunner::Report(const char *kind, const std::string &op, int err) {
-  group_->Emit(new QueueEvent{config_.qid, config_.thread, kind, op, err, ios_});
-}
-
-void BatchQueueRunner::Fail(const char *op, int err) {
-  if (failure_ != 0) return;
-  failedOp_ = op;
-  failure_ = err;
-}
-
-void BatchQueueRunner::Run() {
-  std::string name = "ublk" + std::to_string(config_.devId) + "q" + std::to_string(config_.qid) + "b";
-  pthread_setname_np(pthread_self(), name.substr(0, 15).c_str());
-  BecomeIoFlusher();
-  if (!config_.cpus.empty()) {
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    for (int cpu : config_.cpus) CPU_SET(cpu, &set);
-    int err = pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
-    if (err != 0) Report("unpinned", "pthread_setaffinity_np", err);
-  }
-  Serve();
-}
+BatchQueueRunner::~BatchQueueRunner() { Join(); }
 
 void BatchQueueRunner::Serve() {
-  if (stopFd_ < 0) return Report("exit", "eventfd", EMFILE);
-  mappings_ = QueueMappings(charFd_, config_.qid, config_.depth, config_.maxIoSize);
-  if (mappings_.Errno() != 0) return Report("exit", mappings_.FailedOp(), mappings_.Errno());
-  if (config_.lockMemory) {
-    if (int err = mappings_.LockBuffers(); err != 0) {
-      mappings_.Reset();
-      return Report("exit", "mlock io buffers", err);
-    }
-  }
   // A slot per tag (loop IO) plus the stop poll, the fetch and the commits.
-  const unsigned entries = RoundUp(config_.depth + 2 + kCommitBuffers, 2);
-  io_uring_params p{};
-  int ret = io_uring_queue_init_params(entries, &ring_, &p);
-  if (ret < 0) {
-    mappings_.Reset();
-    return Report("exit", "io_uring_setup", -ret);
-  }
-  ringReady_ = true;
-  if (config_.target == TargetKind::Memory) {
-    memory_ =
-        std::make_unique<MemoryStore>(config_.backingFd, config_.sizeBytes, config_.maxIoSize, config_.memoryPages);
-  }
+  if (!SetUp(RoundUp(config_.depth + 2 + kCommitBuffers, 2), 0)) return;
   answers_.reserve(config_.depth);
   for (auto &c : commits_) c.resize(config_.depth);
-  batch_.reserve(ring_.cq.ring_entries);
 
-  if ((ret = SetUpFetchBuffers()) != 0) {
+  int ret = SetUpFetchBuffers();
+  if (ret != 0) {
     Fail("register fetch buffers", -ret);
   } else if ((ret = Prepare()) != 0) {
     Fail("PREP_IO_CMDS", -ret);
@@ -124,21 +56,11 @@ void BatchQueueRunner::Serve() {
     }
   }
 
-  // As in the per-tag runner: loop IO in flight uses the buffers until it
-  // completes, and closing the ring cancels the fetch; then they may go.
-  const bool drained = AwaitTargetIo(&ring_, &targetInflight_, kTargetDrainMs);
-  io_uring_queue_exit(&ring_);
-  ringReady_ = false;
+  // Closing the ring also cancels the fetch; then its buffer ring may go.
+  const bool drained = CloseRing();
   if (fetchRing_ != nullptr) munmap(fetchRing_, fetchRingBytes_);
   fetchRing_ = nullptr;
-  if (drained) {
-    mappings_.Reset();
-  } else {
-    mappings_.Abandon();
-    Fail("drain target IO", ETIMEDOUT);
-  }
-  memory_.reset();
-  Report("exit", failedOp_, failure_);
+  Exit(drained);
 }
 
 // The provided-buffer ring FETCH_IO_CMDS writes tags into: kFetchBuffers
@@ -186,10 +108,7 @@ void BatchQueueRunner::PrepBatchCommand(io_uring_sqe *sqe, unsigned cmd, const v
 // Hands every tag to the kernel with its buffer (one PREP_IO_CMDS) and
 // arms the stop poll; waits for the prep's answer: 0, or -errno.
 int BatchQueueRunner::Prepare() {
-  io_uring_sqe *stopSqe = GetSqe();
-  if (stopSqe == nullptr) return -failure_;
-  io_uring_prep_poll_add(stopSqe, stopFd_, POLLIN);
-  stopSqe->user_data = kStopToken;
+  if (!ArmStopPoll()) return -failure_;
   std::vector<ublk::batch_elem> elems(config_.depth);
   for (unsigned tag = 0; tag < config_.depth; tag++) {
     elems[tag] = ublk::batch_elem{static_cast<uint16_t>(tag), 0, 0, reinterpret_cast<uint64_t>(mappings_.Buffer(tag))};
@@ -233,18 +152,9 @@ void BatchQueueRunner::ServeUntilDone() {
   while (!stopping_ && failure_ == 0) {
     FlushAnswers();
     const bool settling = aborted_ && targetInflight_ == 0 && answers_.empty() && commitsInflight_ == 0;
-    int ret = settling ? io_uring_submit_and_get_events(&ring_) : io_uring_submit_and_wait(&ring_, 1);
-    if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) {
-      Fail("io_uring_enter", -ret);
-      return;
-    }
-    batch_.clear();
-    unsigned head;
-    io_uring_cqe *cqe;
-    io_uring_for_each_cqe(&ring_, head, cqe) batch_.push_back({cqe->user_data, {cqe->res, cqe->flags}});
-    io_uring_cq_advance(&ring_, static_cast<unsigned>(batch_.size()));
-    if (settling && batch_.empty()) return;
-    for (const auto &[userData, resFlags] : batch_) OnCompletion(userData, resFlags.first, resFlags.second);
+    if (!Reap(settling)) return;
+    if (settling && completions_.empty()) return;
+    for (const Completion &c : completions_) OnCompletion(c.userData, c.res, c.flags);
   }
 }
 
@@ -256,13 +166,7 @@ void BatchQueueRunner::OnCompletion(uint64_t userData, int res, unsigned flags) 
   } else if (userData & kTargetIoBit) {
     const unsigned tag = static_cast<unsigned>(userData & 0xffff);
     targetInflight_--;
-    int result = 0;
-    ZeroStage next = ZeroStage::ZeroRange;
-    if (LoopTargetComplete(mappings_.Descriptor(tag), res, StageOf(userData), &next, &result)) {
-      SubmitLoopIo(tag, next);
-    } else {
-      Answer(tag, result);
-    }
+    OnLoopIo(tag, userData, res);
   } else if (userData & kCommitToken) {
     OnCommitted(static_cast<unsigned>(userData & 0xff), res);
   }
@@ -317,27 +221,7 @@ void BatchQueueRunner::OnCommitted(unsigned buffer, int res) {
 void BatchQueueRunner::ServeRequest(unsigned tag) {
   const ublk::io_desc &iod = mappings_.Descriptor(tag);
   if (config_.readOnly && ChangesData(iod)) return Answer(tag, -EROFS);
-  switch (config_.target) {
-  case TargetKind::Null:
-    return Answer(tag, NullTargetResult(iod));
-  case TargetKind::Memory:
-    return Answer(tag, memory_->Io(iod, mappings_.Buffer(tag)));
-  case TargetKind::Loop:
-    if (config_.backingIsBlockDevice && IoOp(iod) == ublk::IO_OP_DISCARD) {
-      return Answer(tag, BlockDeviceDiscard(config_.backingFd, iod));
-    }
-    return SubmitLoopIo(tag, ZeroStage::ZeroRange);
-  }
-}
-
-void BatchQueueRunner::SubmitLoopIo(unsigned tag, ZeroStage stage) {
-  const ublk::io_desc &iod = mappings_.Descriptor(tag);
-  if (!LoopTargetSupports(iod)) return Answer(tag, -EOPNOTSUPP);
-  io_uring_sqe *sqe = GetSqe();
-  if (sqe == nullptr) return;
-  LoopTargetPrep(sqe, config_.backingFd, iod, mappings_.Buffer(tag), stage);
-  sqe->user_data = kTargetIoBit | StageBits(stage) | tag;
-  targetInflight_++;
+  ServeWithTarget(tag);
 }
 
 void BatchQueueRunner::Answer(unsigned tag, int result) {
@@ -362,20 +246,6 @@ void BatchQueueRunner::FlushAnswers() {
     commitsInflight_++;
     answers_.clear();
     return;
-  }
-}
-
-io_uring_sqe *BatchQueueRunner::GetSqe() {
-  for (;;) {
-    io_uring_sqe *sqe = io_uring_get_sqe(&ring_);
-    if (sqe != nullptr) return sqe;
-    int ret = io_uring_submit(&ring_);
-    if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) {
-      Fail("io_uring_enter", -ret);
-      stopping_ = true;
-      return nullptr;
-    }
-    if (ret <= 0) sched_yield();
   }
 }
 

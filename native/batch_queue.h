@@ -9,23 +9,18 @@
 
 #include <array>
 #include <cstdint>
-#include <string>
-#include <thread>
 #include <vector>
 
-#include "queue.h"
-#include "queue_io.h"
+#include "queue_thread.h"
 #include "ublk_uapi.h"
 
 namespace ublkts {
 
-class BatchQueueRunner {
+class BatchQueueRunner final : public QueueThread {
 public:
   BatchQueueRunner(QueueConfig config, int charFd, QueueGroup *group);
-  ~BatchQueueRunner();
-  void Start();
-  void RequestStop();
-  void Join();
+  // Joins first: until then the thread may be in this class's Serve().
+  ~BatchQueueRunner() override;
 
 private:
   // Buffers the fetch command fills with tags; each completion uses one.
@@ -33,8 +28,7 @@ private:
   // Commits that may be in the kernel at once; each has its own elements.
   static constexpr unsigned kCommitBuffers = 4;
 
-  void Run();
-  void Serve();
+  void Serve() override;
   int Prepare();
   int SetUpFetchBuffers();
   void ArmFetch();
@@ -43,29 +37,10 @@ private:
   void OnFetched(int res, unsigned flags);
   void OnCommitted(unsigned buffer, int res);
   void ServeRequest(unsigned tag);
-  void SubmitLoopIo(unsigned tag, ZeroStage stage);
-  void Answer(unsigned tag, int result);
+  void Answer(unsigned tag, int result) override;
   void FlushAnswers();
   void PrepBatchCommand(io_uring_sqe *sqe, unsigned cmd, const void *elems, unsigned count, unsigned flags);
-  io_uring_sqe *GetSqe();
-  void Report(const char *kind, const std::string &op, int err);
-  void Fail(const char *op, int err);
 
-  QueueConfig config_;
-  int charFd_;
-  int stopFd_ = -1;
-  QueueGroup *group_;
-  std::thread thread_;
-  uint64_t ios_ = 0;
-  // The queue thread's own state while Serve() runs.
-  QueueMappings mappings_;
-  io_uring ring_{};
-  bool ringReady_ = false;
-  std::unique_ptr<MemoryStore> memory_; // the memory target's file, mapped
-  uint32_t targetInflight_ = 0;
-  bool stopping_ = false;
-  // The fetch ended with ABORT (STOP_DEV or QUIESCE_DEV): no new requests come.
-  bool aborted_ = false;
   bool fetchArmed_ = false;
   // The provided-buffer ring the fetch command draws from, and its buffers.
   io_uring_buf_ring *fetchRing_ = nullptr;
@@ -79,9 +54,6 @@ private:
   std::array<bool, kCommitBuffers> commitBusy_{};
   std::array<unsigned, kCommitBuffers> commitCount_{};
   unsigned commitsInflight_ = 0;
-  std::vector<std::pair<uint64_t, std::pair<int, unsigned>>> batch_;
-  std::string failedOp_;
-  int failure_ = 0;
 };
 
 } // namespace ublkts

@@ -2,10 +2,6 @@
 
 #include <fcntl.h>
 #include <liburing.h>
-#include <poll.h>
-#include <pthread.h>
-#include <sched.h>
-#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -13,109 +9,28 @@
 
 #include "batch_queue.h"
 #include "errors.h"
-#include "process.h"
 #include "queue_io.h"
 
 namespace ublkts {
 namespace {
 
-constexpr uint64_t kStopToken = 1ull << 63;
 // Zero copy: the CQE of UBLK_U_IO_REGISTER_IO_BUF (or, with kUnregisterBit,
 // UNREGISTER_IO_BUF) for the tag in the low bits.
 constexpr uint64_t kBufferCmdBit = 1ull << 60;
 constexpr uint64_t kUnregisterBit = 1ull << 59;
 
-int SetupRing(io_uring *ring, unsigned entries, unsigned flags) {
-  io_uring_params p{};
-  p.flags = flags;
-  int ret = io_uring_queue_init_params(entries, ring, &p);
-  if (ret == -EINVAL && flags != 0) {
-    // Older kernels reject newer setup flags; the plain ring still works.
-    io_uring_params plain{};
-    ret = io_uring_queue_init_params(entries, ring, &plain);
-  }
-  return ret;
-}
-
 } // namespace
 
 QueueRunner::QueueRunner(QueueConfig config, int charFd, QueueGroup *group)
-    : config_(std::move(config)), charFd_(charFd), group_(group) {
-  stopFd_ = eventfd(0, EFD_CLOEXEC);
-}
+    : QueueThread(std::move(config), charFd, group, "") {}
 
-QueueRunner::~QueueRunner() {
-  Join();
-  if (stopFd_ >= 0) close(stopFd_);
-}
-
-void QueueRunner::Start() {
-  thread_ = std::thread([this] { Run(); });
-}
-
-void QueueRunner::RequestStop() {
-  uint64_t one = 1;
-  if (stopFd_ >= 0) (void)!write(stopFd_, &one, sizeof(one));
-}
-
-void QueueRunner::Join() {
-  if (thread_.joinable()) thread_.join();
-}
-
-void QueueRunner::Report(const char *kind, const std::string &op, int err) {
-  group_->Emit(new QueueEvent{config_.qid, config_.thread, kind, op, err, ios_});
-}
-
-void QueueRunner::Run() {
-  std::string name = "ublk" + std::to_string(config_.devId) + "q" + std::to_string(config_.qid);
-  if (config_.tagStride > 1) name += "t" + std::to_string(config_.thread);
-  pthread_setname_np(pthread_self(), name.substr(0, 15).c_str());
-  BecomeIoFlusher();
-  if (!config_.cpus.empty()) {
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    for (int cpu : config_.cpus) CPU_SET(cpu, &set);
-    // The queue still works unpinned, only slower: said, not fatal.
-    int err = pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
-    if (err != 0) Report("unpinned", "pthread_setaffinity_np", err);
-  }
-  Serve();
-}
+QueueRunner::~QueueRunner() { Join(); }
 
 void QueueRunner::Serve() {
-  if (stopFd_ < 0) return Report("exit", "eventfd", EMFILE);
-  mappings_ = QueueMappings(charFd_, config_.qid, config_.depth, config_.maxIoSize);
-  if (mappings_.Errno() != 0) return Report("exit", mappings_.FailedOp(), mappings_.Errno());
-  // Under zero copy the IO buffers are never used: nothing there to lock.
-  if (config_.lockMemory && !config_.autoBufReg) {
-    int err = 0;
-    if (config_.tagStride == 1) {
-      err = mappings_.LockBuffers();
-    } else {
-      // Only this thread's tags: the others lock theirs in their own mapping.
-      for (unsigned tag = config_.firstTag; tag < config_.depth && err == 0; tag += config_.tagStride) {
-        err = mappings_.LockBuffer(tag);
-      }
-    }
-    if (err != 0) {
-      mappings_.Reset();
-      return Report("exit", "mlock io buffers", err);
-    }
-  }
-  const unsigned entries = RoundUp(OwnTagCount() + 2, 2);
-  int ret = SetupRing(&ring_, entries, config_.ringFlags);
-  if (ret < 0) {
-    mappings_.Reset();
-    return Report("exit", "io_uring_setup", -ret);
-  }
-  // On a zero-copy device only flush, discard and write-zeroes come here; reads and writes go on the ring.
-  if (config_.target == TargetKind::Memory) {
-    memory_ =
-        std::make_unique<MemoryStore>(config_.backingFd, config_.sizeBytes, config_.maxIoSize, config_.memoryPages);
-  }
+  if (!SetUp(RoundUp(OwnTagCount() + 2, 2), config_.ringFlags)) return;
   if (config_.autoBufReg) {
     // The table the kernel registers each request's pages in: one slot per tag.
-    ret = io_uring_register_buffers_sparse(&ring_, config_.depth);
+    int ret = io_uring_register_buffers_sparse(&ring_, config_.depth);
     if (ret < 0) {
       io_uring_queue_exit(&ring_);
       mappings_.Reset();
@@ -127,9 +42,8 @@ void QueueRunner::Serve() {
   }
   commitOp_ = ublk::io_opcode(ublk::IO_COMMIT_AND_FETCH_REQ, config_.legacyOpcodes);
   served_.assign(config_.depth, false);
-  batch_.reserve(ring_.cq.ring_entries);
 
-  ret = FetchAll();
+  int ret = FetchAll();
   if (ret < 0) {
     Fail("FETCH_REQ", -ret);
   } else if ((ret = FirstFetchError()) != 0) {
@@ -140,28 +54,12 @@ void QueueRunner::Serve() {
     ServeUntilDone();
   }
 
-  // A stop can come while loop reads and writes are in flight; they use the
-  // buffers until they complete. Exiting the ring cancels any command still
-  // owned by the kernel; only then may the buffers those point at go away.
-  const bool drained = AwaitTargetIo(&ring_, &targetInflight_, kTargetDrainMs);
-  io_uring_queue_exit(&ring_);
-  if (drained) {
-    mappings_.Reset();
-  } else {
-    mappings_.Abandon();
-    Fail("drain target IO", ETIMEDOUT);
-  }
-  memory_.reset();
-  Report("exit", failedOp_, failure_);
+  Exit(CloseRing());
 }
 
 // Arms the stop poll and hands every tag to the kernel.
 int QueueRunner::FetchAll() {
-  io_uring_sqe *stopSqe = GetSqe();
-  if (stopSqe != nullptr) {
-    io_uring_prep_poll_add(stopSqe, stopFd_, POLLIN);
-    stopSqe->user_data = kStopToken;
-  }
+  if (!ArmStopPoll()) return -failure_;
   const unsigned fetchOp = ublk::io_opcode(ublk::IO_FETCH_REQ, config_.legacyOpcodes);
   for (unsigned tag = config_.firstTag; tag < config_.depth; tag += config_.tagStride) PrepIoCommand(fetchOp, tag, 0);
   if (failure_ != 0) return -failure_;
@@ -202,18 +100,9 @@ int QueueRunner::FirstFetchError() {
 void QueueRunner::ServeUntilDone() {
   while (liveTags_ > 0 && !stopping_) {
     const bool settling = aborted_ && targetInflight_ == 0;
-    int ret = settling ? io_uring_submit_and_get_events(&ring_) : io_uring_submit_and_wait(&ring_, 1);
-    if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) {
-      Fail("io_uring_enter", -ret);
-      return;
-    }
-    batch_.clear();
-    unsigned head;
-    io_uring_cqe *cqe;
-    io_uring_for_each_cqe(&ring_, head, cqe) batch_.emplace_back(cqe->user_data, cqe->res);
-    io_uring_cq_advance(&ring_, static_cast<unsigned>(batch_.size()));
-    if (settling && batch_.empty()) return;
-    for (const auto &[userData, res] : batch_) OnCompletion(userData, res);
+    if (!Reap(settling)) return;
+    if (settling && completions_.empty()) return;
+    for (const Completion &c : completions_) OnCompletion(c.userData, c.res);
   }
 }
 
@@ -225,19 +114,9 @@ void QueueRunner::OnCompletion(uint64_t userData, int res) {
   const unsigned tag = static_cast<unsigned>(userData & 0xffff);
   if (userData & kBufferCmdBit) return OnBufferCommand(tag, (userData & kUnregisterBit) != 0, res);
   if (userData & kTargetIoBit) {
-    if (config_.autoBufReg && CarriesData(mappings_.Descriptor(tag))) {
-      targetInflight_--;
-      return OnFixedIo(tag, res);
-    }
     targetInflight_--;
-    int result = 0;
-    ZeroStage next = ZeroStage::ZeroRange;
-    if (LoopTargetComplete(mappings_.Descriptor(tag), res, StageOf(userData), &next, &result)) {
-      SubmitLoopIo(tag, next);
-    } else {
-      FinishTargetIo(tag, result);
-    }
-    return;
+    if (config_.autoBufReg && CarriesData(mappings_.Descriptor(tag))) return OnFixedIo(tag, res);
+    return OnLoopIo(tag, userData, res);
   }
   if (res == ublk::IO_RES_OK) {
     ios_++;
@@ -256,40 +135,13 @@ void QueueRunner::OnCompletion(uint64_t userData, int res) {
   }
 }
 
-// Records the first failure (for the exit event).
-void QueueRunner::Fail(const char *op, int err) {
-  if (failure_ != 0) return;
-  failedOp_ = op;
-  failure_ = err;
-}
-
 void QueueRunner::ServeRequest(unsigned tag) {
   const ublk::io_desc &iod = mappings_.Descriptor(tag);
   // The kernel only warns about a write bio to a read-only disk (a stacked
   // driver or page-cache writeback can send one): the target refuses it.
   if (config_.readOnly && ChangesData(iod)) return Commit(tag, -EROFS);
   if (config_.autoBufReg && CarriesData(iod)) return ServeZeroCopyRequest(tag);
-  switch (config_.target) {
-  case TargetKind::Null:
-    return Commit(tag, NullTargetResult(iod));
-  case TargetKind::Memory:
-    return Commit(tag, memory_->Io(iod, mappings_.Buffer(tag)));
-  case TargetKind::Loop:
-    if (config_.backingIsBlockDevice && IoOp(iod) == ublk::IO_OP_DISCARD) {
-      return Commit(tag, BlockDeviceDiscard(config_.backingFd, iod));
-    }
-    return SubmitLoopIo(tag, ZeroStage::ZeroRange);
-  }
-}
-
-void QueueRunner::SubmitLoopIo(unsigned tag, ZeroStage stage) {
-  const ublk::io_desc &iod = mappings_.Descriptor(tag);
-  if (!LoopTargetSupports(iod)) return Commit(tag, -EOPNOTSUPP);
-  io_uring_sqe *sqe = GetSqe();
-  if (sqe == nullptr) return; // the ring failed: GetSqe ended the queue
-  LoopTargetPrep(sqe, config_.backingFd, iod, mappings_.Buffer(tag), stage);
-  sqe->user_data = kTargetIoBit | StageBits(stage) | tag;
-  targetInflight_++;
+  ServeWithTarget(tag);
 }
 
 void QueueRunner::Commit(unsigned tag, int result) { PrepIoCommand(commitOp_, tag, result); }
@@ -328,11 +180,11 @@ void QueueRunner::ServeZeroCopyRequest(unsigned tag) {
 // partial progress, fails the whole request.
 void QueueRunner::OnFixedIo(unsigned tag, int res) {
   const uint32_t bytes = IoBytes(mappings_.Descriptor(tag));
-  if (res < 0) return FinishTargetIo(tag, res);
-  if (res == 0) return FinishTargetIo(tag, -EIO);
+  if (res < 0) return Answer(tag, res);
+  if (res == 0) return Answer(tag, -EIO);
   fixedDone_[tag] += static_cast<uint32_t>(res);
   if (fixedDone_[tag] < bytes) return SubmitFixedIo(tag);
-  FinishTargetIo(tag, static_cast<int>(bytes));
+  Answer(tag, static_cast<int>(bytes));
 }
 
 void QueueRunner::SubmitFixedIo(unsigned tag) {
@@ -366,32 +218,14 @@ void QueueRunner::OnBufferCommand(unsigned tag, bool unregister, int res) {
   Commit(tag, heldResult_[tag]);
 }
 
-// A request's target IO is done: commit it, after giving back a buffer this
-// queue registered itself (the kernel only unregisters its own at commit).
-void QueueRunner::FinishTargetIo(unsigned tag, int result) {
+// Commits a request's result, after giving back a buffer this queue
+// registered itself (the kernel only unregisters its own at commit).
+void QueueRunner::Answer(unsigned tag, int result) {
   if (config_.autoBufReg && explicitBuffer_[tag]) {
     heldResult_[tag] = result;
     return PrepBufferCommand(tag, true);
   }
   Commit(tag, result);
-}
-
-// The ring has a slot for every tag plus the stop poll, so once the
-// previous SQEs are submitted a slot is free. A command that found no slot
-// would never reach the kernel: its request would hang, and STOP_DEV with
-// it. So submit until there is one; a ring that cannot submit ends the queue.
-io_uring_sqe *QueueRunner::GetSqe() {
-  for (;;) {
-    io_uring_sqe *sqe = io_uring_get_sqe(&ring_);
-    if (sqe != nullptr) return sqe;
-    int ret = io_uring_submit(&ring_);
-    if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) {
-      Fail("io_uring_enter", -ret);
-      stopping_ = true;
-      return nullptr;
-    }
-    if (ret <= 0) sched_yield();
-  }
 }
 
 Napi::Function QueueGroup::Define(Napi::Env env) {
@@ -444,7 +278,7 @@ QueueGroup::QueueGroup(const Napi::CallbackInfo &info) : Napi::ObjectWrap<QueueG
     Napi::Array cpus = q.Get("cpus").As<Napi::Array>();
     for (uint32_t k = 0; k < cpus.Length(); k++) c.cpus.push_back(cpus.Get(k).As<Napi::Number>().Int32Value());
     if (batchIo) {
-      batchRunners_.push_back(std::make_unique<BatchQueueRunner>(std::move(c), charFd_, this));
+      runners_.push_back(std::make_unique<BatchQueueRunner>(std::move(c), charFd_, this));
       continue;
     }
     c.tagStride = threadsPerQueue;
@@ -459,14 +293,13 @@ QueueGroup::QueueGroup(const Napi::CallbackInfo &info) : Napi::ObjectWrap<QueueG
   }
   // The function keeps the event loop alive while any queue thread runs;
   // its finalizer runs on the JS thread once every thread has let go.
-  events_ = Napi::ThreadSafeFunction::New(env, onEvent, "ublk-queue-events", 0, runners_.size() + batchRunners_.size(),
-                                          this, [](Napi::Env, QueueGroup *group) {
+  events_ = Napi::ThreadSafeFunction::New(env, onEvent, "ublk-queue-events", 0, runners_.size(), this,
+                                          [](Napi::Env, QueueGroup *group) {
                                             group->ShutdownAndJoin();
                                             group->Unref();
                                           });
   Ref(); // released when the threads are joined, so events outlive a dropped handle
   for (auto &r : runners_) r->Start();
-  for (auto &r : batchRunners_) r->Start();
 }
 
 QueueGroup::~QueueGroup() { ShutdownAndJoin(); }
@@ -493,16 +326,13 @@ void QueueGroup::ShutdownAndJoin() {
   if (joined_) return;
   joined_ = true;
   for (auto &r : runners_) r->RequestStop();
-  for (auto &r : batchRunners_) r->RequestStop();
   for (auto &r : runners_) r->Join();
-  for (auto &r : batchRunners_) r->Join();
   if (charFd_ >= 0) close(charFd_);
   charFd_ = -1;
 }
 
 Napi::Value QueueGroup::Stop(const Napi::CallbackInfo &info) {
   for (auto &r : runners_) r->RequestStop();
-  for (auto &r : batchRunners_) r->RequestStop();
   return info.Env().Undefined();
 }
 
