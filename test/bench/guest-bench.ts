@@ -119,26 +119,32 @@ function insmod(modules: string, mod: string, args: string[]): void {
   if (r.status !== 0 && !/exists/.test(r.stderr)) throw new Error(`insmod ${mod}: ${r.stderr}`);
 }
 
-/** null_blk's devices: nullb0 with one submit queue (module parameters) and nullb1 with two (configfs). */
-function loadNullBlk(): { oneQueue: string; twoQueues: string } {
+/**
+ * null_blk's devices: nullb0 with one submit queue (module parameters),
+ * nullb1 with two, and nullb2 keeping its data in memory (configfs): a
+ * block device to back loop targets with, whose reads io_uring issues
+ * without blocking (a tmpfs file's it hands to a worker thread).
+ */
+function loadNullBlk(): { oneQueue: string; twoQueues: string; memoryBacked: string } {
   const modules = process.env.UBLK_TS_MODULES_DIR;
   if (!modules) throw new Error('UBLK_TS_MODULES_DIR is not set: run through npm run bench');
   insmod(modules, 'configfs', []);
   insmod(modules, 'null_blk', ['queue_mode=2', 'nr_devices=1', 'submit_queues=1', 'hw_queue_depth=64', 'gb=1']);
   const config = '/sys/kernel/config';
   if (!fs.existsSync(path.join(config, 'nullb'))) sh('mount', ['-t', 'configfs', 'configfs', config]);
-  const dir = path.join(config, 'nullb', 'nullb1');
-  fs.mkdirSync(dir);
-  for (const [attr, value] of [
+  const configure = (name: string, attrs: Array<[string, string]>): void => {
+    const dir = path.join(config, 'nullb', name);
+    fs.mkdirSync(dir);
+    for (const [attr, value] of [...attrs, ['power', '1']]) fs.writeFileSync(path.join(dir, attr!), value!);
+  };
+  const common: Array<[string, string]> = [
     ['queue_mode', '2'],
-    ['submit_queues', '2'],
     ['hw_queue_depth', '64'],
     ['size', '1024'],
-    ['power', '1'],
-  ]) {
-    fs.writeFileSync(path.join(dir, attr!), value!);
-  }
-  return { oneQueue: '/dev/nullb0', twoQueues: '/dev/nullb1' };
+  ];
+  configure('nullb1', [...common, ['submit_queues', '2']]);
+  configure('nullb2', [...common, ['submit_queues', '1'], ['memory_backed', '1']]);
+  return { oneQueue: '/dev/nullb0', twoQueues: '/dev/nullb1', memoryBacked: '/dev/nullb2' };
 }
 
 /** The data path `ublkctl list --json` reports for device `id`: "copy" where the field is absent. */
@@ -344,7 +350,8 @@ function main(): void {
     qd1: fio(QD1, dev, GiB),
     bw: fio(BANDWIDTH, dev, GiB),
   }));
-  const ublkLoopCopy = withUblk([...ublkLoopArgs('on'), '--no-zero-copy'], 1, {}, (dev, dataPath) => ({
+  // The other data path than the default's for a file on tmpfs (copy): zero copy, asked for.
+  const ublkLoopOther = withUblk([...ublkLoopArgs('on'), '--zero-copy'], 1, {}, (dev, dataPath) => ({
     dataPath,
     qd32: fio(RANDREAD, dev, GiB),
     bw: fio(BANDWIDTH, dev, GiB),
@@ -360,16 +367,48 @@ function main(): void {
     iops: fio(RANDREAD, dev, GiB),
   }));
   fs.rmSync(file);
+  // Loop on a block device, where zero copy is the default: against the copy path on the same device.
+  fill(nullb.memoryBacked, GiB);
+  const blockdevLoop = withKernelLoop(nullb.memoryBacked, true, (dev) => ({
+    qd32: fio(RANDREAD, dev, GiB),
+    bw: fio(BANDWIDTH, dev, GiB),
+  }));
+  const onBlockdev = (extra: string[]): { dataPath: string; qd32: number; bw: number } =>
+    withUblk(['-t', 'loop', '--file', nullb.memoryBacked, '--direct-io', 'on', ...extra], 1, {}, (dev, dataPath) => ({
+      dataPath,
+      qd32: fio(RANDREAD, dev, GiB),
+      bw: fio(BANDWIDTH, dev, GiB),
+    }));
+  const ublkBlockdevLoop = onBlockdev([]);
+  const ublkBlockdevLoopCopy = onBlockdev(['--no-zero-copy']);
 
   table.reference(RANDREAD, KERNEL_LOOP, loopDirect.qd32);
   table.subject(RANDREAD, 'loop-direct', 'ublk-ts loop, direct IO', ublkLoop.qd32, KERNEL_LOOP, ublkLoop.dataPath);
   table.subject(
     RANDREAD,
-    'loop-direct-copy',
-    'ublk-ts loop, direct IO, --no-zero-copy',
-    ublkLoopCopy.qd32,
+    'loop-direct-zero-copy',
+    'ublk-ts loop, direct IO, --zero-copy',
+    ublkLoopOther.qd32,
     KERNEL_LOOP,
-    ublkLoopCopy.dataPath,
+    ublkLoopOther.dataPath,
+  );
+  const KERNEL_LOOP_BLOCKDEV = 'kernel loop on null_blk (memory-backed), direct IO';
+  table.reference(RANDREAD, KERNEL_LOOP_BLOCKDEV, blockdevLoop.qd32);
+  table.subject(
+    RANDREAD,
+    'blockdev-loop',
+    'ublk-ts loop on null_blk (memory-backed)',
+    ublkBlockdevLoop.qd32,
+    KERNEL_LOOP_BLOCKDEV,
+    ublkBlockdevLoop.dataPath,
+  );
+  table.subject(
+    RANDREAD,
+    'blockdev-loop-copy',
+    'ublk-ts loop on null_blk (memory-backed), --no-zero-copy',
+    ublkBlockdevLoopCopy.qd32,
+    KERNEL_LOOP_BLOCKDEV,
+    ublkBlockdevLoopCopy.dataPath,
   );
   if (loopBatch) {
     table.subject(
@@ -417,11 +456,28 @@ function main(): void {
   table.subject(BANDWIDTH, 'bw-loop', 'ublk-ts loop, direct IO', ublkLoop.bw, KERNEL_LOOP, ublkLoop.dataPath);
   table.subject(
     BANDWIDTH,
-    'bw-loop-copy',
-    'ublk-ts loop, direct IO, --no-zero-copy',
-    ublkLoopCopy.bw,
+    'bw-loop-zero-copy',
+    'ublk-ts loop, direct IO, --zero-copy',
+    ublkLoopOther.bw,
     KERNEL_LOOP,
-    ublkLoopCopy.dataPath,
+    ublkLoopOther.dataPath,
+  );
+  table.reference(BANDWIDTH, KERNEL_LOOP_BLOCKDEV, blockdevLoop.bw);
+  table.subject(
+    BANDWIDTH,
+    'bw-blockdev-loop',
+    'ublk-ts loop on null_blk (memory-backed)',
+    ublkBlockdevLoop.bw,
+    KERNEL_LOOP_BLOCKDEV,
+    ublkBlockdevLoop.dataPath,
+  );
+  table.subject(
+    BANDWIDTH,
+    'bw-blockdev-loop-copy',
+    'ublk-ts loop on null_blk (memory-backed), --no-zero-copy',
+    ublkBlockdevLoopCopy.bw,
+    KERNEL_LOOP_BLOCKDEV,
+    ublkBlockdevLoopCopy.dataPath,
   );
 
   const result: BenchResult = {
