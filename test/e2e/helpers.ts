@@ -618,3 +618,110 @@ export async function waitForStableServer(stateDir: string, id: number): Promise
     `the server of dev ${id} to pass the stability mark`,
   );
 }
+
+/** sha256 of `countMiB` MiB of a file or block device from `skipMiB` on; a device is read with O_DIRECT, past the page cache. */
+export function sha256Range(file: string, skipMiB: number, countMiB: number): string {
+  const direct = file.startsWith('/dev/') ? ' iflag=direct' : '';
+  return run('bash', [
+    '-c',
+    `set -o pipefail; dd if=${file} bs=1M skip=${skipMiB} count=${countMiB}${direct} status=none | sha256sum`,
+  ]).stdout.split(' ')[0]!;
+}
+
+/** A `ublk-reconcile` watching a manifest directory, as the e2e suites run it. */
+export interface ReconcileWatcher {
+  readonly child: ChildProcess;
+  /** What it has logged so far (stderr). */
+  log(): string;
+}
+
+/** A manifest directory and a state directory per test, and ublk-reconcile run on them. */
+export interface ManifestDir {
+  /** The running test's manifest directory (0755: the reconciler refuses one others may write). */
+  dir(): string;
+  /** The running test's state directory. */
+  stateDir(): string;
+  /** Writes a manifest file as an editor or a deploy tool would: a temporary renamed into place, then `mode` set. */
+  write(file: string, text: string, mode?: number): void;
+  /** Runs `ublk-reconcile --dir DIR --state-dir STATE ARGS` to its end. */
+  reconcile(args: string[]): CommandResult;
+  /** One `--once --json` pass (with `args` after), checked to agree with its exit status. */
+  once(...args: string[]): ReconcilePass;
+  /** Starts a watcher (by default with an hourly resync, so a pass it runs came from a file event) and waits until it watches. */
+  startWatcher(args?: string[]): Promise<ReconcileWatcher>;
+  /** Stops the running watcher, if any, with `signal`. */
+  stopWatcher(signal: NodeJS.Signals): Promise<void>;
+  /**
+   * For afterEach: stops the watcher, removes every manifest and runs a pass, which deletes the
+   * devices of the manifests that are gone (positive evidence); returns that `--once --json` pass's
+   * output. Anything that keeps a device busy (fio, a mount) must be gone first.
+   */
+  cleanup(): Promise<CommandResult>;
+}
+
+/** Registers a beforeEach that makes a manifest directory and a state directory; the suite's afterEach calls cleanup(). */
+export function useManifestDir(suite: Mocha.Suite): ManifestDir {
+  let dir: string | undefined;
+  let stateDir: string | undefined;
+  let watcher: ChildProcess | undefined;
+  let watcherLog = '';
+  const current = (d: string | undefined, what: string): string => {
+    if (d === undefined) throw new Error(`the ${what} directory is made for each test: use it inside one`);
+    return d;
+  };
+  // A pass killed at its bound comes back with status null, not a throw: a test asserts on it, a clean-up goes on.
+  const reconcile = (args: string[], opts: { killSignal?: NodeJS.Signals } = {}): CommandResult => {
+    const r = spawnSync(
+      process.execPath,
+      [RECONCILE, '--dir', current(dir, 'manifest'), '--state-dir', current(stateDir, 'state'), ...args],
+      { encoding: 'utf8', timeout: 240_000, ...opts },
+    );
+    return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+  };
+  const stopWatcher = async (signal: NodeJS.Signals): Promise<void> => {
+    const w = watcher;
+    watcher = undefined;
+    if (w) await stopProcess(w, signal);
+  };
+
+  suite.beforeEach(() => {
+    dir = fs.mkdtempSync('/tmp/ublk-ts-manifests-');
+    fs.chmodSync(dir, 0o755);
+    stateDir = makeStateDir();
+  });
+
+  return {
+    dir: () => current(dir, 'manifest'),
+    stateDir: () => current(stateDir, 'state'),
+    write(file, text, mode = 0o644) {
+      const full = path.join(current(dir, 'manifest'), file);
+      fs.writeFileSync(`${full}.tmp`, text, { mode });
+      fs.renameSync(`${full}.tmp`, full);
+      fs.chmodSync(full, mode);
+    },
+    reconcile: (args) => reconcile(args),
+    once: (...args) => parsePass(reconcile(['--once', '--json', ...args])),
+    async startWatcher(args = ['--resync-interval', '3600']) {
+      const child = spawn(
+        process.execPath,
+        [RECONCILE, '--dir', current(dir, 'manifest'), '--state-dir', current(stateDir, 'state'), ...args],
+        { stdio: ['ignore', 'ignore', 'pipe'] },
+      );
+      watcher = child;
+      watcherLog = '';
+      child.stderr!.on('data', (c: Buffer) => (watcherLog += c.toString()));
+      await waitFor(() => /watching \//.test(watcherLog), 60_000, 'the watcher to start');
+      return { child, log: () => watcherLog };
+    },
+    stopWatcher,
+    async cleanup() {
+      await stopWatcher('SIGTERM');
+      const d = current(dir, 'manifest');
+      for (const f of fs.readdirSync(d)) fs.rmSync(path.join(d, f), { recursive: true, force: true });
+      // A clean-up never hangs: a pass that outlives its bound is killed.
+      const pass = reconcile(['--once', '--json'], { killSignal: 'SIGKILL' });
+      fs.rmSync(d, { recursive: true, force: true });
+      return pass;
+    },
+  };
+}

@@ -13,6 +13,7 @@ import {
   RECONCILE,
   requireUblk,
   run,
+  sha256Range,
   startFio,
   ublkctl,
   ublkctlJson,
@@ -21,8 +22,6 @@ import {
   waitForStableServer,
   waitForWrites,
 } from './helpers';
-
-const MiB = 1024 * 1024;
 
 interface AddedDevice {
   id: number;
@@ -42,14 +41,6 @@ interface ListedDataPath {
 /** Whether this kernel offers AUTO_BUF_REG, as GET_FEATURES says (not which VM leg this is). */
 function kernelHasAutoBufReg(): boolean {
   return ublkctlJson<{ names: string[] }>(['features']).names.includes('AUTO_BUF_REG');
-}
-
-function sha256(file: string, bytes: number): string {
-  const direct = file.startsWith('/dev/') ? ' iflag=direct' : '';
-  return run('bash', [
-    '-c',
-    `set -o pipefail; dd if=${file} bs=1M count=${bytes / MiB}${direct} status=none | sha256sum`,
-  ]).stdout.split(' ')[0]!;
 }
 
 /** fio write-then-verify over block sizes 4 KiB..512 KiB and iodepths 1..128, two jobs on two queues. */
@@ -150,7 +141,7 @@ describe('zero copy: UBLK_F_AUTO_BUF_REG (real ublk driver)', function () {
     for (const dev of [memory, copied]) {
       run('dd', ['if=/dev/urandom', `of=${suite.scratch()}/payload`, 'bs=1M', 'count=8', 'status=none']);
       run('dd', [`if=${suite.scratch()}/payload`, `of=${dev.blockPath}`, 'bs=1M', 'oflag=direct', 'status=none']);
-      assert.equal(sha256(dev.blockPath, 8 * MiB), sha256(`${suite.scratch()}/payload`, 8 * MiB));
+      assert.equal(sha256Range(dev.blockPath, 0, 8), sha256Range(`${suite.scratch()}/payload`, 0, 8));
     }
   });
 
@@ -167,9 +158,9 @@ describe('zero copy: UBLK_F_AUTO_BUF_REG (real ublk driver)', function () {
       const dev = add(['-t', 'loop', '--file', file, '--size', '96MiB', '--create', '--queues', '2']);
       assert.equal(listed(dev.id).dataPath, 'zero-copy');
       fioVerifyCases(dev.blockPath, VERIFY_CASES);
-      const deviceSum = sha256(dev.blockPath, 96 * MiB);
+      const deviceSum = sha256Range(dev.blockPath, 0, 96);
       suite.del(dev.id);
-      assert.equal(sha256(file, 96 * MiB), deviceSum, 'backing file bytes equal the device bytes');
+      assert.equal(sha256Range(file, 0, 96), deviceSum, 'backing file bytes equal the device bytes');
     });
 
     it('memory: fio verify over 4 KiB..512 KiB on 2 queues, zero copy', () => {
@@ -207,7 +198,7 @@ describe('zero copy: UBLK_F_AUTO_BUF_REG (real ublk driver)', function () {
       assert.equal(result.status, 0, result.raw);
       assert.equal(result.jobs[0]!.error, 0);
       assert.ok(result.jobs[0]!.read.io_bytes > 0, 'fio read back and verified what it wrote');
-      assert.equal(sha256(dev.blockPath, 48 * MiB), sha256(file, 48 * MiB), 'backing file equals the device');
+      assert.equal(sha256Range(dev.blockPath, 0, 48), sha256Range(file, 0, 48), 'backing file equals the device');
     });
 
     it('memory, reissue: kill -9 during fio verify, recovered by ublk-reconcile; then handed over live by ublkctl restart; zero copy throughout, no fio error', async () => {
