@@ -9,10 +9,10 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import { UBLK_F_BATCH_IO } from '../../src/kernel/uapi';
 import {
+  AddedDevice,
   fioOnNativeTarget,
   fioVerifiedLoadArgs,
   ioCounts,
-  isAlive,
   killServerMidIo,
   listDevices,
   nativeTargetArgs,
@@ -27,17 +27,10 @@ import {
   useDeviceSuite,
 } from './helpers';
 
-interface Added {
-  id: number;
-  blockPath: string;
-  serverPid: number;
-  flagNames: string[];
-}
-
 describe('batched IO commands (real ublk driver)', function () {
   requireUblk(this);
   const suite = useDeviceSuite(this, '/tmp/ublk-ts-batch-');
-  const add = (args: string[]): Added => suite.add<Added>(args);
+  const { add } = suite;
 
   function needsFeature(ctx: Mocha.Context): void {
     if (!suite.kernelHas(UBLK_F_BATCH_IO)) {
@@ -46,7 +39,7 @@ describe('batched IO commands (real ublk driver)', function () {
   }
 
   /** Deletes the device; the server's log says how many requests queue 0 served and how it ended. */
-  function deleteAndCountServed(dev: Added): number {
+  function deleteAndCountServed(dev: AddedDevice): number {
     suite.del(dev.id);
     const log = suite.serverLog(dev.id);
     const m = /queue 0 ended after (\d+) requests(.*)$/m.exec(log);
@@ -79,12 +72,7 @@ describe('batched IO commands (real ublk driver)', function () {
     const writes = await waitForWrites(dev.id, ioCounts(dev.id).writes, 200, 'fio writing before the kill');
     await killServerMidIo(dev.id, dev.serverPid);
     await waitForState(dev.id, 'QUIESCED', `dev ${dev.id} QUIESCED after the kill`);
-    const recovered = ublkctl(['recover', String(dev.id), '--state-dir', suite.stateDir()]);
-    assert.equal(recovered.status, 0, recovered.stderr);
-    const now = listDevices().find((d) => d.id === dev.id)!;
-    assert.equal(now.state, 'LIVE');
-    assert.notEqual(now.serverPid, dev.serverPid);
-    assert.ok(isAlive(now.serverPid));
+    const now = suite.recover(dev);
     assert.ok(threadNames(now.serverPid).includes(`ublk${dev.id}q0b`), threadNames(now.serverPid).join(' '));
     await waitForWrites(dev.id, writes, 200, 'fio writing after recovery');
     const result = await load.stop();

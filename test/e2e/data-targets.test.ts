@@ -2,6 +2,7 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
+  AddedDevice,
   fioVerifyCases,
   listDevices,
   requireUblk,
@@ -11,13 +12,6 @@ import {
   useDeviceSuite,
   worldReadableUblkctl,
 } from './helpers';
-
-interface AddedDevice {
-  id: number;
-  blockPath: string;
-  serverPid: number;
-  logPath: string;
-}
 
 const MiB = 1024 * 1024;
 
@@ -88,7 +82,7 @@ function filesystemRoundTrip(device: string, scratch: string): void {
 describe('loop and memory targets (real ublk driver)', function () {
   requireUblk(this);
   const suite = useDeviceSuite(this, '/tmp/ublk-ts-data-');
-  const add = (args: string[]): AddedDevice => suite.add<AddedDevice>(args);
+  const { add } = suite;
   const del = (dev: AddedDevice): void => suite.del(dev.id);
 
   it('memory: fio verify over 4 KiB..512 KiB and iodepth 1..128 on 2 queues has zero errors', () => {

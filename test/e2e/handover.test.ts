@@ -8,6 +8,7 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
+  AddedDevice,
   fioVerifiedLoadArgs,
   ioCounts,
   isAlive,
@@ -32,13 +33,6 @@ import {
 const MiB = 1024 * 1024;
 const HANDOVERS = 5;
 
-interface AddedDevice {
-  id: number;
-  serverPid: number;
-  state: string;
-  flagNames: string[];
-}
-
 interface Restarted extends AddedDevice {
   method: 'quiesce' | 'close' | 'recover';
   oldPid: number;
@@ -52,7 +46,7 @@ function kernelFeatures(): string[] {
 describe('graceful server handover with ublkctl restart (real ublk driver)', function () {
   requireUblk(this);
   const suite = useDeviceSuite(this, '/tmp/ublk-ts-handover-');
-  const add = (args: string[]): AddedDevice => suite.add<AddedDevice>(args);
+  const { add } = suite;
   let quiesce: boolean;
 
   before(() => {
@@ -62,6 +56,12 @@ describe('graceful server handover with ublkctl restart (real ublk driver)', fun
 
   function restart(id: number): Restarted {
     return ublkctlJson<Restarted>(['restart', String(id), '--state-dir', suite.stateDir(), '--insecure-permissions']);
+  }
+
+  /** Writes 8 MiB of random data at 32 MiB, beyond what fio writes, and returns its sum. */
+  function writeBeyondFio(id: number): string {
+    run('dd', ['if=/dev/urandom', `of=/dev/ublkb${id}`, 'bs=1M', 'seek=32', 'count=8', 'oflag=direct', 'status=none']);
+    return sha256Range(`/dev/ublkb${id}`, 32, 8);
   }
 
   function device(id: number) {
@@ -113,16 +113,7 @@ describe('graceful server handover with ublkctl restart (real ublk driver)', fun
       'UBLK_F_QUIESCE asked for exactly where the kernel has it',
     );
     // Beyond fio's 24 MiB: data written before the handovers must be there after them.
-    run('dd', [
-      'if=/dev/urandom',
-      `of=/dev/ublkb${dev.id}`,
-      'bs=1M',
-      'seek=32',
-      'count=8',
-      'oflag=direct',
-      'status=none',
-    ]);
-    const before = sha256Range(`/dev/ublkb${dev.id}`, 32, 8);
+    const before = writeBeyondFio(dev.id);
     await handOverUnderFio(dev.id, dev.serverPid, quiesce ? 'quiesce' : 'close');
     assert.equal(sha256Range(`/dev/ublkb${dev.id}`, 32, 8), before, 'data written before the handovers is intact');
     assert.equal(
@@ -134,16 +125,7 @@ describe('graceful server handover with ublkctl restart (real ublk driver)', fun
 
   it('memory, fail-inflight: handed over with QUIESCE_DEV where the kernel has it; refused otherwise, device untouched', async () => {
     const dev = add(['-t', 'memory', '--size', '64MiB', '--recovery', 'fail-inflight']);
-    run('dd', [
-      'if=/dev/urandom',
-      `of=/dev/ublkb${dev.id}`,
-      'bs=1M',
-      'seek=32',
-      'count=8',
-      'oflag=direct',
-      'status=none',
-    ]);
-    const before = sha256Range(`/dev/ublkb${dev.id}`, 32, 8);
+    const before = writeBeyondFio(dev.id);
     if (quiesce) {
       await handOverUnderFio(dev.id, dev.serverPid, 'quiesce');
     } else {

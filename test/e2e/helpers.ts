@@ -9,6 +9,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { UblkControl } from '../../src/kernel/control';
+import { isAlive } from '../../src/server/processes';
 
 export const ROOT = path.resolve(__dirname, '..', '..', '..');
 export const UBLKCTL = path.join(ROOT, 'dist', 'src', 'cli', 'ublkctl.js');
@@ -189,7 +190,7 @@ export function serverPids(): number[] {
   return pids.sort((a, b) => a - b);
 }
 
-export { isAlive } from '../../src/server/processes';
+export { isAlive };
 
 /** Polls `check` until it holds; `what` (or what it returns, read at the timeout) names the event in the error. */
 export async function waitFor(check: () => boolean, timeoutMs: number, what: string | (() => string)): Promise<void> {
@@ -493,6 +494,16 @@ export async function killServerMidIo(id: number, serverPid: number): Promise<vo
   process.kill(serverPid, 'SIGKILL');
 }
 
+/** What `ublkctl add --json` prints about the device it made: the kernel's view (GET_DEV_INFO) and the server's log. */
+export interface AddedDevice {
+  id: number;
+  state: string;
+  serverPid: number;
+  flagNames: string[];
+  blockPath: string;
+  logPath: string;
+}
+
 /** What a test file made with ublkctl: the devices, a state directory and a scratch directory per test. */
 export interface DeviceSuite {
   readonly devices: DeviceTracker;
@@ -503,9 +514,14 @@ export interface DeviceSuite {
   /** Whether this kernel's GET_FEATURES has `flag` (a UBLK_F_* bit), read once before the tests. */
   kernelHas(flag: bigint): boolean;
   /** `ublkctl add ARGS --json` in the test's state directory; the device is deleted after the test. */
-  add<T extends { id: number }>(args: string[]): T;
+  add(args: string[]): AddedDevice;
   /** `ublkctl del ID`, which must succeed; the device is no longer the suite's to delete. */
   del(id: number): void;
+  /**
+   * `ublkctl recover ID` for a device whose server is gone, which must succeed; returns the
+   * device as listed afterwards, checked LIVE with a new server that runs.
+   */
+  recover(dev: { id: number; serverPid: number }): ListedDevice;
   /** The log of dev `id`'s servers in the test's state directory. */
   serverLog(id: number): string;
   /** A background fio the suite kills after the test, whatever happened; returns it. */
@@ -551,8 +567,8 @@ export function useDeviceSuite(suite: Mocha.Suite, scratchPrefix: string): Devic
     stateDir: state,
     scratch: () => current(scratch, 'scratch'),
     kernelHas: (flag) => (features & flag) !== 0n,
-    add<T extends { id: number }>(args: string[]): T {
-      const dev = ublkctlJson<T>(['add', ...args], state());
+    add(args) {
+      const dev = ublkctlJson<AddedDevice>(['add', ...args], state());
       devices.add(dev.id);
       return dev;
     },
@@ -560,6 +576,15 @@ export function useDeviceSuite(suite: Mocha.Suite, scratchPrefix: string): Devic
       const r = ublkctl(['del', String(id)], state());
       assert.equal(r.status, 0, r.stderr);
       devices.forget(id);
+    },
+    recover(dev) {
+      const recovered = ublkctl(['recover', String(dev.id), '--state-dir', state()]);
+      assert.equal(recovered.status, 0, recovered.stderr);
+      const now = listDevices().find((d) => d.id === dev.id)!;
+      assert.equal(now.state, 'LIVE');
+      assert.notEqual(now.serverPid, dev.serverPid);
+      assert.ok(isAlive(now.serverPid));
+      return now;
     },
     serverLog: (id) => fs.readFileSync(path.join(state(), 'logs', `ublkb${id}.log`), 'utf8'),
     track(load) {

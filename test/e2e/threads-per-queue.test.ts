@@ -9,10 +9,10 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import { UBLK_F_PER_IO_DAEMON } from '../../src/kernel/uapi';
 import {
+  AddedDevice,
   fioOnNativeTarget,
   fioVerifiedLoadArgs,
   ioCounts,
-  isAlive,
   killServerMidIo,
   listDevices,
   nativeTargetArgs,
@@ -26,17 +26,10 @@ import {
   useDeviceSuite,
 } from './helpers';
 
-interface Added {
-  id: number;
-  blockPath: string;
-  serverPid: number;
-  flagNames: string[];
-}
-
 describe('threads per queue (real ublk driver)', function () {
   requireUblk(this);
   const suite = useDeviceSuite(this, '/tmp/ublk-ts-threads-');
-  const add = (args: string[]): Added => suite.add<Added>(args);
+  const { add } = suite;
 
   function needsFeature(ctx: Mocha.Context): void {
     if (!suite.kernelHas(UBLK_F_PER_IO_DAEMON)) {
@@ -44,8 +37,14 @@ describe('threads per queue (real ublk driver)', function () {
     }
   }
 
+  /** Queue 0 of dev `id` is served by two threads, ublkNq0t0 and ublkNq0t1, of the server. */
+  function assertTwoThreads(id: number, serverPid: number): void {
+    const names = threadNames(serverPid);
+    for (const t of [0, 1]) assert.ok(names.includes(`ublk${id}q0t${t}`), names.join(' '));
+  }
+
   /** Deletes the device and returns the requests each of queue 0's threads served, from the server's log. */
-  function deleteAndCountServed(dev: Added): number[] {
+  function deleteAndCountServed(dev: AddedDevice): number[] {
     suite.del(dev.id);
     const log = suite.serverLog(dev.id);
     const served = [...log.matchAll(/queue 0 thread (\d+) ended after (\d+) requests/g)].map((m) => [
@@ -65,8 +64,7 @@ describe('threads per queue (real ublk driver)', function () {
       needsFeature(this);
       const dev = add([...nativeTargetArgs(target, suite.scratch()), '--threads-per-queue', '2', '--depth', '64']);
       assert.ok(dev.flagNames.includes('PER_IO_DAEMON'), dev.flagNames.join(' '));
-      const names = threadNames(dev.serverPid);
-      for (const t of [0, 1]) assert.ok(names.includes(`ublk${dev.id}q0t${t}`), names.join(' '));
+      assertTwoThreads(dev.id, dev.serverPid);
       fioOnNativeTarget(target, dev.blockPath);
       const served = deleteAndCountServed(dev);
       // At QD32 over 64 tags dealt out in turn, both threads get requests.
@@ -84,14 +82,8 @@ describe('threads per queue (real ublk driver)', function () {
     const writes = await waitForWrites(dev.id, ioCounts(dev.id).writes, 200, 'fio writing before the kill');
     await killServerMidIo(dev.id, dev.serverPid);
     await waitForState(dev.id, 'QUIESCED', `dev ${dev.id} QUIESCED after the kill`);
-    const recovered = ublkctl(['recover', String(dev.id), '--state-dir', suite.stateDir()]);
-    assert.equal(recovered.status, 0, recovered.stderr);
-    const now = listDevices().find((d) => d.id === dev.id)!;
-    assert.equal(now.state, 'LIVE');
-    assert.notEqual(now.serverPid, dev.serverPid);
-    assert.ok(isAlive(now.serverPid));
-    const names = threadNames(now.serverPid);
-    for (const t of [0, 1]) assert.ok(names.includes(`ublk${dev.id}q0t${t}`), names.join(' '));
+    const now = suite.recover(dev);
+    assertTwoThreads(dev.id, now.serverPid);
     await waitForWrites(dev.id, writes, 200, 'fio writing after recovery');
     const result = await load.stop();
     assert.equal(result.status, 0, result.raw);
@@ -109,8 +101,7 @@ describe('threads per queue (real ublk driver)', function () {
     const now = listDevices().find((d) => d.id === dev.id)!;
     assert.equal(now.state, 'LIVE');
     assert.notEqual(now.serverPid, dev.serverPid);
-    const names = threadNames(now.serverPid);
-    for (const t of [0, 1]) assert.ok(names.includes(`ublk${dev.id}q0t${t}`), names.join(' '));
+    assertTwoThreads(dev.id, now.serverPid);
     await waitForWrites(dev.id, writes, 200, 'fio writing after the restart');
     const result = await load.stop();
     assert.equal(result.status, 0, result.raw);

@@ -23,13 +23,6 @@ import {
   waitForWrites,
 } from './helpers';
 
-interface AddedDevice {
-  id: number;
-  blockPath: string;
-  serverPid: number;
-  flagNames: string[];
-}
-
 interface ListedDataPath {
   id: number;
   state: string;
@@ -79,7 +72,7 @@ function filesystemRoundTrip(device: string, scratch: string): void {
 describe('zero copy: UBLK_F_AUTO_BUF_REG (real ublk driver)', function () {
   requireUblk(this);
   const suite = useDeviceSuite(this, '/tmp/ublk-ts-zero-copy-');
-  const add = (args: string[]): AddedDevice => suite.add<AddedDevice>(args);
+  const { add } = suite;
   let manifestDir: string | undefined;
 
   // After the suite's own clean-up: fio is gone and the devices made with ublkctl are deleted.
