@@ -531,8 +531,8 @@ export interface DeviceSuite {
 /**
  * Registers the hooks of a suite that makes devices with ublkctl: GET_FEATURES read once, a
  * state directory and a scratch directory (`scratchPrefix` + random) per test; afterwards the
- * test's fio is killed, its devices deleted and its scratch directory removed. Call it after
- * requireUblk, so a kernel without ublk skips the suite before its probe runs.
+ * test's fio is killed and waited for, its devices deleted and its scratch directory removed.
+ * Call it after requireUblk, so a kernel without ublk skips the suite before its probe runs.
  */
 export function useDeviceSuite(suite: Mocha.Suite, scratchPrefix: string): DeviceSuite {
   const devices = new DeviceTracker();
@@ -555,8 +555,10 @@ export function useDeviceSuite(suite: Mocha.Suite, scratchPrefix: string): Devic
     stateDir = makeStateDir();
     scratch = fs.mkdtempSync(scratchPrefix);
   });
-  suite.afterEach(() => {
+  suite.afterEach(async () => {
     for (const load of loads) load.kill();
+    // An open device is not deleted: fio must be gone first.
+    await Promise.all(loads.map((load) => load.done));
     loads = [];
     devices.cleanup();
     if (scratch !== undefined) fs.rmSync(scratch, { recursive: true, force: true });
@@ -689,7 +691,6 @@ export function useManifestDir(suite: Mocha.Suite): ManifestDir {
   let dir: string | undefined;
   let stateDir: string | undefined;
   let watcher: ChildProcess | undefined;
-  let watcherLog = '';
   const current = (d: string | undefined, what: string): string => {
     if (d === undefined) throw new Error(`the ${what} directory is made for each test: use it inside one`);
     return d;
@@ -733,10 +734,10 @@ export function useManifestDir(suite: Mocha.Suite): ManifestDir {
         { stdio: ['ignore', 'ignore', 'pipe'] },
       );
       watcher = child;
-      watcherLog = '';
-      child.stderr!.on('data', (c: Buffer) => (watcherLog += c.toString()));
-      await waitFor(() => /watching \//.test(watcherLog), 60_000, 'the watcher to start');
-      return { child, log: () => watcherLog };
+      let log = '';
+      child.stderr!.on('data', (c: Buffer) => (log += c.toString()));
+      await waitFor(() => /watching \//.test(log), 60_000, 'the watcher to start');
+      return { child, log: () => log };
     },
     stopWatcher,
     async cleanup() {
