@@ -2,24 +2,16 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
-  DeviceTracker,
-  fio,
+  AddedDevice,
+  fioVerifyCases,
   listDevices,
-  makeStateDir,
   requireUblk,
   run,
   serverPids,
   ublkctl,
-  ublkctlJson,
+  useDeviceSuite,
   worldReadableUblkctl,
 } from './helpers';
-
-interface AddedDevice {
-  id: number;
-  blockPath: string;
-  serverPid: number;
-  logPath: string;
-}
 
 const MiB = 1024 * 1024;
 
@@ -37,43 +29,18 @@ function shmemBytes(): number {
   return Number(m![1]) * 1024;
 }
 
-/** fio write-then-verify jobs spanning block sizes 4 KiB..512 KiB and iodepths 1..128, two jobs on two CPUs (queues). */
-function fioVerify(device: string): void {
-  // Each case writes enough requests to exercise its depth many times over (4 MiB at 4 KiB and
-  // depth 1 is 1024 round trips per job), not more: small blocks are what cost time under TCG.
-  const cases: Array<[string, number, string]> = [
-    ['4k', 1, '4M'],
-    ['16k', 8, '8M'],
-    ['64k', 32, '16M'],
-    ['512k', 128, '24M'],
-    ['4k-512k', 16, '16M'],
-  ];
-  for (const [bs, iodepth, size] of cases) {
-    const jobs = fio([
-      '--name=verify',
-      `--filename=${device}`,
-      '--ioengine=io_uring',
-      '--direct=1',
-      '--rw=randwrite',
-      bs.includes('-') ? `--bsrange=${bs}` : `--bs=${bs}`,
-      `--iodepth=${iodepth}`,
-      '--numjobs=2',
-      '--cpus_allowed=0-1',
-      '--cpus_allowed_policy=split',
-      `--size=${size}`,
-      '--offset_increment=32M',
-      '--verify=crc32c',
-      '--do_verify=1',
-      '--verify_fatal=1',
-      '--group_reporting=0',
-    ]);
-    assert.equal(jobs.length, 2);
-    for (const job of jobs) {
-      assert.equal(job.error, 0, `fio bs=${bs} iodepth=${iodepth}: error ${job.error}`);
-      assert.ok(job.write.io_bytes > 0 && job.read.io_bytes > 0, `bs=${bs} iodepth=${iodepth} wrote and verified`);
-    }
-  }
-}
+/**
+ * fio write-then-verify over block sizes 4 KiB..512 KiB and iodepths 1..128, two jobs on two CPUs (queues).
+ * Each case writes enough requests to exercise its depth many times over (4 MiB at 4 KiB and
+ * depth 1 is 1024 round trips per job), not more: small blocks are what cost time under TCG.
+ */
+const VERIFY_CASES: Array<[bs: string, iodepth: number, size: string]> = [
+  ['4k', 1, '4M'],
+  ['16k', 8, '8M'],
+  ['64k', 32, '16M'],
+  ['512k', 128, '24M'],
+  ['4k-512k', 16, '16M'],
+];
 
 /** Kernel log lines about `device` logged after `since` (a previous dmesg length). */
 function kernelErrorsFor(device: string, since: number): string[] {
@@ -114,32 +81,19 @@ function filesystemRoundTrip(device: string, scratch: string): void {
 
 describe('loop and memory targets (real ublk driver)', function () {
   requireUblk(this);
-  const devices = new DeviceTracker();
-  const stateDir = makeStateDir();
-  const scratch = fs.mkdtempSync('/tmp/ublk-ts-data-');
-  afterEach(() => devices.cleanup());
-
-  function add(args: string[]): AddedDevice {
-    const dev = ublkctlJson<AddedDevice>(['add', ...args], stateDir);
-    devices.add(dev.id);
-    return dev;
-  }
-
-  function del(dev: AddedDevice): void {
-    const r = ublkctl(['del', String(dev.id)], stateDir);
-    assert.equal(r.status, 0, r.stderr);
-    devices.forget(dev.id);
-  }
+  const suite = useDeviceSuite(this, '/tmp/ublk-ts-data-');
+  const { add } = suite;
+  const del = (dev: AddedDevice): void => suite.del(dev.id);
 
   it('memory: fio verify over 4 KiB..512 KiB and iodepth 1..128 on 2 queues has zero errors', () => {
     const dev = add(['-t', 'memory', '--size', '128MiB', '--queues', '2', '--depth', '128']);
-    fioVerify(dev.blockPath);
+    fioVerifyCases(dev.blockPath, VERIFY_CASES);
   });
 
   it('loop: fio verify on 2 queues has zero errors, and the backing file holds exactly the device bytes', () => {
-    const file = path.join(scratch, 'verify.img');
+    const file = path.join(suite.scratch(), 'verify.img');
     const dev = add(['-t', 'loop', '--file', file, '--size', '128MiB', '--create', '--queues', '2', '--depth', '128']);
-    fioVerify(dev.blockPath);
+    fioVerifyCases(dev.blockPath, VERIFY_CASES);
     run('dd', [
       'if=/dev/urandom',
       `of=${dev.blockPath}`,
@@ -157,16 +111,16 @@ describe('loop and memory targets (real ublk driver)', function () {
 
   it('memory: ext4 mkfs, mount, write, read back, fsck clean', () => {
     const dev = add(['-t', 'memory', '--size', '256MiB']);
-    filesystemRoundTrip(dev.blockPath, scratch);
+    filesystemRoundTrip(dev.blockPath, suite.scratch());
   });
 
   it('loop: ext4 mkfs, mount, write, read back, fsck clean', () => {
-    const dev = add(['-t', 'loop', '--file', path.join(scratch, 'fs.img'), '--size', '256MiB', '--create']);
-    filesystemRoundTrip(dev.blockPath, scratch);
+    const dev = add(['-t', 'loop', '--file', path.join(suite.scratch(), 'fs.img'), '--size', '256MiB', '--create']);
+    filesystemRoundTrip(dev.blockPath, suite.scratch());
   });
 
   it('loop: blkdiscard punches holes in the backing file and discarded ranges read as zeroes', () => {
-    const file = path.join(scratch, 'discard.img');
+    const file = path.join(suite.scratch(), 'discard.img');
     const dev = add(['-t', 'loop', '--file', file, '--size', '64MiB', '--create']);
     run('dd', ['if=/dev/urandom', `of=${dev.blockPath}`, 'bs=1M', 'count=64', 'oflag=direct', 'status=none']);
     run('sync', []);
@@ -214,13 +168,13 @@ describe('loop and memory targets (real ublk driver)', function () {
   it('memory: written data reads back through the mapping, holes read without allocating, and a file shrunk by hand fails reads past its end with EIO', () => {
     const dev = add(['-t', 'memory', '--size', '64MiB']);
     const file = `/dev/shm/ublk-ts/dev${dev.id}.mem`;
-    const data = path.join(scratch, 'memory-data');
+    const data = path.join(suite.scratch(), 'memory-data');
     run('dd', ['if=/dev/urandom', `of=${data}`, 'bs=1M', 'count=4', 'status=none']);
     const ddDevice = (args: string[]) => run('dd', [...args, 'status=none'], { allowFail: true });
     assert.equal(ddDevice([`if=${data}`, `of=${dev.blockPath}`, 'bs=64k', 'oflag=direct']).status, 0);
     // Written twice: the second write lands on pages the file already holds (the mapping's path).
     assert.equal(ddDevice([`if=${data}`, `of=${dev.blockPath}`, 'bs=4k', 'oflag=direct']).status, 0);
-    const readBack = path.join(scratch, 'memory-read');
+    const readBack = path.join(suite.scratch(), 'memory-read');
     assert.equal(ddDevice([`if=${dev.blockPath}`, `of=${readBack}`, 'bs=4k', 'count=1024', 'iflag=direct']).status, 0);
     assert.equal(sha256(readBack), sha256(data), 'written data reads back');
 
@@ -245,7 +199,7 @@ describe('loop and memory targets (real ublk driver)', function () {
   });
 
   it('loop: a read-only device is read-only in the kernel, rejects writes, and leaves the file unchanged', () => {
-    const file = path.join(scratch, 'ro.img');
+    const file = path.join(suite.scratch(), 'ro.img');
     run('dd', ['if=/dev/urandom', `of=${file}`, 'bs=1M', 'count=16', 'status=none']);
     const sum = sha256(file);
     const dev = add(['-t', 'loop', '--file', file, '--read-only']);
@@ -262,7 +216,7 @@ describe('loop and memory targets (real ublk driver)', function () {
   });
 
   it('loop: backing-file errors fail only the affected requests; the server stays up', () => {
-    const mnt = fs.mkdtempSync(path.join(scratch, 'small-fs-'));
+    const mnt = fs.mkdtempSync(path.join(suite.scratch(), 'small-fs-'));
     run('mount', ['-t', 'tmpfs', '-o', 'size=8m', 'tmpfs', mnt]);
     try {
       const dev = add(['-t', 'loop', '--file', path.join(mnt, 'sparse.img'), '--size', '64MiB', '--create']);
@@ -292,7 +246,7 @@ describe('loop and memory targets (real ublk driver)', function () {
   describe('bad input fails before any device exists', () => {
     function refuses(args: string[], message: RegExp, opts: { asUser?: boolean } = {}): void {
       const before = { devices: listDevices().map((d) => d.id), servers: serverPids() };
-      const full = ['add', ...args, '--state-dir', stateDir];
+      const full = ['add', ...args, '--state-dir', suite.stateDir()];
       const r = opts.asUser
         ? run(
             'setpriv',
@@ -312,43 +266,43 @@ describe('loop and memory targets (real ublk driver)', function () {
 
     it('a missing file (without --create)', () => {
       refuses(
-        ['-t', 'loop', '--file', path.join(scratch, 'missing.img')],
+        ['-t', 'loop', '--file', path.join(suite.scratch(), 'missing.img')],
         /target\.file: .*missing\.img does not exist/,
       );
     });
 
     it('a path that is neither a regular file nor a block device', () => {
-      refuses(['-t', 'loop', '--file', scratch], /is not a regular file or block device/);
+      refuses(['-t', 'loop', '--file', suite.scratch()], /is not a regular file or block device/);
       refuses(['-t', 'loop', '--file', '/dev/null'], /is not a regular file or block device/);
     });
 
     it('a file without permission', () => {
-      const file = path.join(scratch, 'private.img');
+      const file = path.join(suite.scratch(), 'private.img');
       run('truncate', ['-s', '16M', file]);
       fs.chmodSync(file, 0o600);
-      fs.chmodSync(scratch, 0o755);
+      fs.chmodSync(suite.scratch(), 0o755);
       refuses(['-t', 'loop', '--file', file], /permission denied/, { asUser: true });
     });
 
     it('a size that is not a multiple of the logical block size', () => {
-      const odd = path.join(scratch, 'odd.img');
+      const odd = path.join(suite.scratch(), 'odd.img');
       run('truncate', ['-s', '1000', odd]);
       refuses(['-t', 'loop', '--file', odd], /size: must be a multiple of the logical block size \(512\), got 1000/);
       refuses(
-        ['-t', 'loop', '--file', path.join(scratch, 'new.img'), '--create', '--size', '4000'],
+        ['-t', 'loop', '--file', path.join(suite.scratch(), 'new.img'), '--create', '--size', '4000'],
         /multiple of the logical block size/,
       );
-      assert.ok(!fs.existsSync(path.join(scratch, 'new.img')), 'nothing created');
+      assert.ok(!fs.existsSync(path.join(suite.scratch(), 'new.img')), 'nothing created');
     });
 
     it('a size larger than the file without --create', () => {
-      const small = path.join(scratch, 'small.img');
+      const small = path.join(suite.scratch(), 'small.img');
       run('truncate', ['-s', '16M', small]);
       refuses(['-t', 'loop', '--file', small, '--size', '32MiB'], /larger than .*small\.img/);
     });
 
     it('a file already used by another ublk-ts device', () => {
-      const shared = path.join(scratch, 'shared.img');
+      const shared = path.join(suite.scratch(), 'shared.img');
       run('truncate', ['-s', '16M', shared]);
       const dev = add(['-t', 'loop', '--file', shared]);
       refuses(['-t', 'loop', '--file', shared], /already in use by another ublk-ts device/);
@@ -356,7 +310,7 @@ describe('loop and memory targets (real ublk driver)', function () {
     });
 
     it('direct IO forced on a file system without O_DIRECT', () => {
-      const mnt = fs.mkdtempSync(path.join(scratch, 'ramfs-'));
+      const mnt = fs.mkdtempSync(path.join(suite.scratch(), 'ramfs-'));
       run('mount', ['-t', 'ramfs', 'ramfs', mnt]);
       try {
         const file = path.join(mnt, 'nodirect.img');

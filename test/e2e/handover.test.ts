@@ -8,68 +8,34 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
-  DeviceTracker,
+  AddedDevice,
+  fioVerifiedLoadArgs,
+  ioCounts,
+  isAlive,
+  listDevices,
   manifest,
   outcomeOf,
   parsePass,
   RECONCILE,
   ReconcileOutcome,
-  runAsync,
-  FioRun,
-  isAlive,
-  listDevices,
-  makeStateDir,
   requireUblk,
   ROOT,
   run,
+  runAsync,
+  sha256Range,
   startFio,
   ublkctl,
   ublkctlJson,
+  useDeviceSuite,
   waitForWrites,
-  ioCounts,
 } from './helpers';
 
 const MiB = 1024 * 1024;
 const HANDOVERS = 5;
 
-interface AddedDevice {
-  id: number;
-  serverPid: number;
-  state: string;
-  flagNames: string[];
-}
-
 interface Restarted extends AddedDevice {
   method: 'quiesce' | 'close' | 'recover';
   oldPid: number;
-}
-
-/** fio options for a random-write load that runs until the test stops it, verifying what it wrote as it goes. */
-function verifiedWrites(name: string, id: number): string[] {
-  return [
-    `--name=${name}`,
-    `--filename=/dev/ublkb${id}`,
-    '--ioengine=io_uring',
-    '--direct=1',
-    '--rw=randwrite',
-    '--bs=4k',
-    '--iodepth=32',
-    '--size=24M',
-    '--rate_iops=0,300',
-    '--time_based',
-    '--runtime=3600',
-    '--verify=crc32c',
-    '--verify_backlog=64',
-    '--verify_fatal=1',
-  ];
-}
-
-function sha256(file: string, skipMiB: number, countMiB: number): string {
-  const direct = file.startsWith('/dev/') ? ' iflag=direct' : '';
-  return run('bash', [
-    '-c',
-    `set -o pipefail; dd if=${file} bs=1M skip=${skipMiB} count=${countMiB}${direct} status=none | sha256sum`,
-  ]).stdout.split(' ')[0]!;
 }
 
 /** What this kernel answered to GET_FEATURES, by name. */
@@ -79,37 +45,23 @@ function kernelFeatures(): string[] {
 
 describe('graceful server handover with ublkctl restart (real ublk driver)', function () {
   requireUblk(this);
-  let stateDir: string;
-  let scratch: string;
+  const suite = useDeviceSuite(this, '/tmp/ublk-ts-handover-');
+  const { add } = suite;
   let quiesce: boolean;
-  let fioRun: FioRun | undefined;
-  const devices = new DeviceTracker();
 
   before(() => {
     quiesce = kernelFeatures().includes('QUIESCE');
     console.log(`    this kernel ${quiesce ? 'has' : 'lacks'} UBLK_F_QUIESCE`);
   });
 
-  beforeEach(() => {
-    stateDir = makeStateDir();
-    scratch = fs.mkdtempSync('/tmp/ublk-ts-handover-');
-  });
-
-  afterEach(() => {
-    fioRun?.kill();
-    fioRun = undefined;
-    devices.cleanup();
-    fs.rmSync(scratch, { recursive: true, force: true });
-  });
-
-  function add(args: string[]): AddedDevice {
-    const dev = ublkctlJson<AddedDevice>(['add', ...args], stateDir);
-    devices.add(dev.id);
-    return dev;
+  function restart(id: number): Restarted {
+    return ublkctlJson<Restarted>(['restart', String(id), '--state-dir', suite.stateDir(), '--insecure-permissions']);
   }
 
-  function restart(id: number): Restarted {
-    return ublkctlJson<Restarted>(['restart', String(id), '--state-dir', stateDir, '--insecure-permissions']);
+  /** Writes 8 MiB of random data at 32 MiB, beyond what fio writes, and returns its sum. */
+  function writeBeyondFio(id: number): string {
+    run('dd', ['if=/dev/urandom', `of=/dev/ublkb${id}`, 'bs=1M', 'seek=32', 'count=8', 'oflag=direct', 'status=none']);
+    return sha256Range(`/dev/ublkb${id}`, 32, 8);
   }
 
   function device(id: number) {
@@ -122,12 +74,12 @@ describe('graceful server handover with ublkctl restart (real ublk driver)', fun
    * gone; fio never sees an error and reads back what it wrote.
    */
   async function handOverUnderFio(id: number, firstPid: number, expected: Restarted['method']): Promise<void> {
-    fioRun = startFio(verifiedWrites(`handover${id}`, id));
+    const load = suite.track(startFio(fioVerifiedLoadArgs(`handover${id}`, `/dev/ublkb${id}`, '24M', '0,300')));
     const pids = [firstPid];
     let writes = ioCounts(id).writes;
     for (let n = 1; n <= HANDOVERS; n++) {
       writes = await waitForWrites(id, writes, 100, `fio writing before handover ${n}`);
-      assert.equal(fioRun.child.exitCode, null, `fio still running at handover ${n}`);
+      assert.equal(load.child.exitCode, null, `fio still running at handover ${n}`);
       const r = restart(id);
       assert.equal(r.id, id, 'the same device');
       assert.equal(r.method, expected);
@@ -138,7 +90,7 @@ describe('graceful server handover with ublkctl restart (real ublk driver)', fun
       assert.equal(now?.state, 'LIVE');
       assert.equal(now?.serverPid, r.serverPid);
       pids.push(r.serverPid);
-      const log = fs.readFileSync(path.join(stateDir, 'logs', `ublkb${id}.log`), 'utf8');
+      const log = suite.serverLog(id);
       assert.match(
         log,
         new RegExp(`\\[server ${r.oldPid}\\] device ${id} handed over`),
@@ -146,15 +98,14 @@ describe('graceful server handover with ublkctl restart (real ublk driver)', fun
       );
     }
     await waitForWrites(id, writes, 100, 'fio writing after the last handover');
-    const result = await fioRun.stop();
-    fioRun = undefined;
+    const result = await load.stop();
     assert.equal(result.status, 0, result.raw);
     assert.equal(result.jobs[0]!.error, 0, result.raw);
     assert.ok(result.jobs[0]!.read.io_bytes > 0, 'fio read back and verified what it wrote');
   }
 
   it('loop, reissue: fio randwrite verify runs across five handovers with no IO error', async () => {
-    const file = path.join(scratch, 'loop.img');
+    const file = path.join(suite.scratch(), 'loop.img');
     const dev = add(['-t', 'loop', '--file', file, '--create', '--size', '64MiB', '--recovery', 'reissue']);
     assert.equal(
       dev.flagNames.includes('QUIESCE'),
@@ -162,48 +113,34 @@ describe('graceful server handover with ublkctl restart (real ublk driver)', fun
       'UBLK_F_QUIESCE asked for exactly where the kernel has it',
     );
     // Beyond fio's 24 MiB: data written before the handovers must be there after them.
-    run('dd', [
-      'if=/dev/urandom',
-      `of=/dev/ublkb${dev.id}`,
-      'bs=1M',
-      'seek=32',
-      'count=8',
-      'oflag=direct',
-      'status=none',
-    ]);
-    const before = sha256(`/dev/ublkb${dev.id}`, 32, 8);
+    const before = writeBeyondFio(dev.id);
     await handOverUnderFio(dev.id, dev.serverPid, quiesce ? 'quiesce' : 'close');
-    assert.equal(sha256(`/dev/ublkb${dev.id}`, 32, 8), before, 'data written before the handovers is intact');
-    assert.equal(sha256(`/dev/ublkb${dev.id}`, 0, 64), sha256(file, 0, 64), 'the backing file equals the device');
+    assert.equal(sha256Range(`/dev/ublkb${dev.id}`, 32, 8), before, 'data written before the handovers is intact');
+    assert.equal(
+      sha256Range(`/dev/ublkb${dev.id}`, 0, 64),
+      sha256Range(file, 0, 64),
+      'the backing file equals the device',
+    );
   });
 
   it('memory, fail-inflight: handed over with QUIESCE_DEV where the kernel has it; refused otherwise, device untouched', async () => {
     const dev = add(['-t', 'memory', '--size', '64MiB', '--recovery', 'fail-inflight']);
-    run('dd', [
-      'if=/dev/urandom',
-      `of=/dev/ublkb${dev.id}`,
-      'bs=1M',
-      'seek=32',
-      'count=8',
-      'oflag=direct',
-      'status=none',
-    ]);
-    const before = sha256(`/dev/ublkb${dev.id}`, 32, 8);
+    const before = writeBeyondFio(dev.id);
     if (quiesce) {
       await handOverUnderFio(dev.id, dev.serverPid, 'quiesce');
     } else {
-      const r = ublkctl(['restart', String(dev.id), '--state-dir', stateDir]);
+      const r = ublkctl(['restart', String(dev.id), '--state-dir', suite.stateDir()]);
       assert.equal(r.status, 1, r.stderr);
       assert.match(r.stderr, /fail-inflight but no UBLK_F_QUIESCE \(Linux 6\.16\+/);
       const now = device(dev.id);
       assert.equal(now?.state, 'LIVE');
       assert.equal(now?.serverPid, dev.serverPid, 'the server was left serving');
     }
-    assert.equal(sha256(`/dev/ublkb${dev.id}`, 32, 8), before, "the memory device's data is intact");
+    assert.equal(sha256Range(`/dev/ublkb${dev.id}`, 32, 8), before, "the memory device's data is intact");
   });
 
   it('js loop target (examples/loop.js), reissue: handed over twice under fio verify', async () => {
-    const file = path.join(scratch, 'js-loop.img');
+    const file = path.join(suite.scratch(), 'js-loop.img');
     fs.writeFileSync(file, Buffer.alloc(0));
     fs.truncateSync(file, 64 * MiB);
     const module = path.join(ROOT, 'dist', 'examples', 'loop.js');
@@ -220,7 +157,7 @@ describe('graceful server handover with ublkctl restart (real ublk driver)', fun
       'reissue',
       '--insecure-permissions',
     ]);
-    fioRun = startFio(verifiedWrites(`js${dev.id}`, dev.id));
+    const load = suite.track(startFio(fioVerifiedLoadArgs(`js${dev.id}`, `/dev/ublkb${dev.id}`, '24M', '0,300')));
     let pid = dev.serverPid;
     let writes = ioCounts(dev.id).writes;
     for (let n = 1; n <= 2; n++) {
@@ -232,8 +169,7 @@ describe('graceful server handover with ublkctl restart (real ublk driver)', fun
       pid = r.serverPid;
     }
     await waitForWrites(dev.id, writes, 100, 'fio writing after the last handover');
-    const result = await fioRun.stop();
-    fioRun = undefined;
+    const result = await load.stop();
     assert.equal(result.status, 0, result.raw);
     assert.equal(result.jobs[0]!.error, 0, result.raw);
   });
@@ -241,7 +177,7 @@ describe('graceful server handover with ublkctl restart (real ublk driver)', fun
   it('reconciler: a loop directIo change is applied live by a handover, and --upgrade-servers hands an older server over', async () => {
     const dir = fs.mkdtempSync('/tmp/ublk-ts-handover-manifests-');
     fs.chmodSync(dir, 0o755);
-    const file = path.join(scratch, 'managed.img');
+    const file = path.join(suite.scratch(), 'managed.img');
     const writeManifest = (directIo: boolean): void => {
       const text = manifest(
         'managed',
@@ -252,7 +188,17 @@ describe('graceful server handover with ublkctl restart (real ublk driver)', fun
     const pass = async (extra: string[] = []): Promise<ReconcileOutcome> => {
       const r = await runAsync(
         process.execPath,
-        [RECONCILE, '--dir', dir, '--state-dir', stateDir, '--once', '--json', '--insecure-permissions', ...extra],
+        [
+          RECONCILE,
+          '--dir',
+          dir,
+          '--state-dir',
+          suite.stateDir(),
+          '--once',
+          '--json',
+          '--insecure-permissions',
+          ...extra,
+        ],
         { allowFail: true },
       );
       return outcomeOf(parsePass(r), 'managed');
@@ -261,11 +207,11 @@ describe('graceful server handover with ublkctl restart (real ublk driver)', fun
       writeManifest(false);
       const created = await pass();
       assert.equal(created.action, 'create', created.error);
-      const id = devices.add(created.devId!);
-      const recordFile = path.join(stateDir, 'devices', `ublkb${id}.json`);
+      const id = suite.devices.add(created.devId!);
+      const recordFile = path.join(suite.stateDir(), 'devices', `ublkb${id}.json`);
       const installed = (JSON.parse(fs.readFileSync(recordFile, 'utf8')) as { serverVersion: string }).serverVersion;
       assert.ok(installed, 'the record keeps the server version');
-      fioRun = startFio(verifiedWrites(`managed${id}`, id));
+      const load = suite.track(startFio(fioVerifiedLoadArgs(`managed${id}`, `/dev/ublkb${id}`, '24M', '0,300')));
       let writes = await waitForWrites(id, ioCounts(id).writes, 100, 'fio writing before the manifest changes');
       const firstPid = device(id)!.serverPid;
 
@@ -295,8 +241,7 @@ describe('graceful server handover with ublkctl restart (real ublk driver)', fun
       );
 
       await waitForWrites(id, writes, 100, 'fio writing after the handovers');
-      const result = await fioRun.stop();
-      fioRun = undefined;
+      const result = await load.stop();
       assert.equal(result.status, 0, result.raw);
       assert.equal(result.jobs[0]!.error, 0, result.raw);
     } finally {
@@ -306,7 +251,7 @@ describe('graceful server handover with ublkctl restart (real ublk driver)', fun
 
   it('recovery none: a handover is refused as impossible and the device is left serving', () => {
     const dev = add(['-t', 'null', '--size', '16MiB', '--recovery', 'none']);
-    const r = ublkctl(['restart', String(dev.id), '--state-dir', stateDir]);
+    const r = ublkctl(['restart', String(dev.id), '--state-dir', suite.stateDir()]);
     assert.equal(r.status, 1, r.stderr);
     assert.match(r.stderr, /created without user recovery .* a handover is impossible/);
     const now = device(dev.id);

@@ -7,63 +7,37 @@
  * the fake kernel in test/unit/reconcile-table.test.ts.
  */
 import { strict as assert } from 'node:assert';
-import { ChildProcess, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
   listDevices,
-  makeStateDir,
   manifest,
   outcomeOf,
   parsePass,
-  RECONCILE,
   ReconcilePass,
   requireUblk,
-  stopProcess,
+  useManifestDir,
   waitFor,
 } from './helpers';
 
 describe('ublk-reconcile safety (real ublk driver)', function () {
   requireUblk(this);
-  let dir: string;
-  let stateDir: string;
+  const manifests = useManifestDir(this);
+  const write = (file: string, text: string): void => manifests.write(file, text);
   let scratch: string;
-  let watcher: ChildProcess | undefined;
 
   beforeEach(() => {
-    dir = fs.mkdtempSync('/tmp/ublk-ts-manifests-');
-    fs.chmodSync(dir, 0o755);
-    stateDir = makeStateDir();
     scratch = fs.mkdtempSync('/tmp/ublk-ts-safety-');
   });
 
   afterEach(async () => {
-    const w = watcher;
-    watcher = undefined;
-    if (w) await stopProcess(w, 'SIGTERM');
     // With every manifest file gone, a pass has positive evidence and deletes what the test made.
-    for (const f of fs.readdirSync(dir)) fs.rmSync(path.join(dir, f), { recursive: true, force: true });
-    reconcile(['--once']);
+    await manifests.cleanup();
     fs.rmSync(scratch, { recursive: true, force: true });
   });
 
-  function write(file: string, text: string): void {
-    const full = path.join(dir, file);
-    fs.writeFileSync(`${full}.tmp`, text, { mode: 0o644 });
-    fs.renameSync(`${full}.tmp`, full);
-  }
-
-  function reconcile(args: string[]): { status: number | null; stdout: string; stderr: string } {
-    const r = spawnSync(process.execPath, [RECONCILE, '--dir', dir, '--state-dir', stateDir, ...args], {
-      encoding: 'utf8',
-      timeout: 240_000,
-    });
-    return { status: r.status, stdout: r.stdout, stderr: r.stderr };
-  }
-
   function pass(mode: '--once' | '--plan' = '--once'): ReconcilePass {
-    const r = reconcile([mode, '--json']);
-    return parsePass(r);
+    return parsePass(manifests.reconcile([mode, '--json']));
   }
 
   const outcome = outcomeOf;
@@ -132,27 +106,23 @@ describe('ublk-reconcile safety (real ublk driver)', function () {
   });
 
   it('keeps the watcher up through a symlink loop among the manifests, and still creates a device added afterwards', async () => {
-    watcher = spawn(process.execPath, [RECONCILE, '--dir', dir, '--state-dir', stateDir, '--resync-interval', '3600'], {
-      stdio: ['ignore', 'ignore', 'pipe'],
-    });
-    let log = '';
-    watcher.stderr!.on('data', (c: Buffer) => (log += c.toString()));
-    await waitFor(() => /watching \//.test(log), 60_000, 'the watcher to start');
+    const watcher = await manifests.startWatcher();
+    const log = (): string => watcher.log();
 
-    const passesBefore = (log.match(/ pass \(/g) ?? []).length;
+    const passesBefore = (log().match(/ pass \(/g) ?? []).length;
     const loopMadeAt = Date.now();
-    fs.symlinkSync('b.yaml', path.join(dir, 'a.yaml'));
-    fs.symlinkSync('a.yaml', path.join(dir, 'b.yaml'));
-    fs.symlinkSync('self.yaml', path.join(dir, 'self.yaml'));
-    await waitFor(() => /ELOOP/.test(log), 60_000, 'the loop to be noticed');
+    fs.symlinkSync('b.yaml', path.join(manifests.dir(), 'a.yaml'));
+    fs.symlinkSync('a.yaml', path.join(manifests.dir(), 'b.yaml'));
+    fs.symlinkSync('self.yaml', path.join(manifests.dir(), 'self.yaml'));
+    await waitFor(() => /ELOOP/.test(log()), 60_000, 'the loop to be noticed');
 
     write('after.yaml', manifest('after', 'target:\n  type: null\nsize: 16MiB'));
-    await waitFor(() => /create after dev \d+/.test(log), 60_000, 'the device added after the loop');
-    const id = Number(/create after dev (\d+)/.exec(log)![1]);
+    await waitFor(() => /create after dev \d+/.test(log()), 60_000, 'the device added after the loop');
+    const id = Number(/create after dev (\d+)/.exec(log())![1]);
     assert.ok(listDevices().some((d) => d.id === id && d.state === 'LIVE'));
-    assert.equal(watcher.exitCode, null, `the watcher still runs:\n${log}`);
+    assert.equal(watcher.child.exitCode, null, `the watcher still runs:\n${log()}`);
     // The loop may keep the watcher busy, but never past its pass-rate bound (one per 250 ms; before: ~370 a second).
-    const passes = (log.match(/ pass \(/g) ?? []).length - passesBefore;
+    const passes = (log().match(/ pass \(/g) ?? []).length - passesBefore;
     const bound = Math.ceil((Date.now() - loopMadeAt) / 250) + 2;
     assert.ok(passes <= bound, `${passes} passes, at most ${bound} allowed by the rate bound`);
   });

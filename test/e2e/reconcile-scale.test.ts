@@ -11,55 +11,31 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
   listDevices,
-  makeStateDir,
   manifest,
   outcomeOf,
   parsePass,
-  RECONCILE,
   ReconcilePass,
   requireUblk,
   ROOT,
   ublkctlJson,
+  useManifestDir,
 } from './helpers';
 
 const FAILS_ONCE = path.join(ROOT, 'dist', 'test', 'fixtures', 'targets', 'fails-once.js');
 
 describe('ublk-reconcile with many devices (real ublk driver)', function () {
   requireUblk(this);
-  let dir: string;
-  let stateDir: string;
+  const manifests = useManifestDir(this);
+  const once = (...args: string[]): ReconcilePass => manifests.once(...args);
+  const write = (name: string, spec: string): void => manifests.write(`${name}.yaml`, manifest(name, spec));
 
-  beforeEach(() => {
-    dir = fs.mkdtempSync('/tmp/ublk-ts-manifests-');
-    fs.chmodSync(dir, 0o755);
-    stateDir = makeStateDir();
-  });
-
-  afterEach(() => {
-    for (const f of fs.readdirSync(dir)) fs.rmSync(path.join(dir, f));
-    const r = once();
-    fs.rmSync(dir, { recursive: true, force: true });
+  afterEach(async () => {
+    const r = parsePass(await manifests.cleanup());
     assert.equal(r.exitCode, 0, `clean-up pass: ${JSON.stringify(r)}`);
   });
 
-  function once(...args: string[]): ReconcilePass {
-    const r = spawnSync(
-      process.execPath,
-      [RECONCILE, '--dir', dir, '--state-dir', stateDir, '--once', '--json', ...args],
-      {
-        encoding: 'utf8',
-        timeout: 240_000,
-      },
-    );
-    return parsePass({ status: r.status, stdout: r.stdout, stderr: r.stderr });
-  }
-
-  function write(name: string, spec: string): void {
-    fs.writeFileSync(path.join(dir, `${name}.yaml`), manifest(name, spec), { mode: 0o644 });
-  }
-
   it('a target that throws at open fails alone: the devices beside it come up in the same concurrent pass', () => {
-    const marker = path.join(stateDir, 'fail-next-start');
+    const marker = path.join(manifests.stateDir(), 'fail-next-start');
     fs.writeFileSync(marker, '');
     const before = new Set(listDevices().map((d) => d.id));
     for (const name of ['a-null', 'b-null', 'd-null', 'e-null']) write(name, 'target: {type: null}\nsize: 64MiB');
@@ -106,7 +82,7 @@ describe('ublk-reconcile with many devices (real ublk driver)', function () {
     write('one', 'target: {type: null}\nsize: 16MiB\nqueues: 2');
     const id = outcomeOf(once(), 'one').devId!;
     const listed = ublkctlJson<Array<{ id: number; serverPid: number; serverPssKiB?: number; serverThreads?: number }>>(
-      ['list', '--state-dir', stateDir],
+      ['list', '--state-dir', manifests.stateDir()],
     ).find((d) => d.id === id)!;
     const status = fs.readFileSync(`/proc/${listed.serverPid}/status`, 'utf8');
     const rssKiB = Number(/^VmRSS:\s+(\d+) kB/m.exec(status)![1]);
@@ -120,7 +96,7 @@ describe('ublk-reconcile with many devices (real ublk driver)', function () {
     assert.ok(Math.abs(listed.serverThreads! - threads) <= 1, `listed ${listed.serverThreads}, /proc says ${threads}`);
     const text = spawnSync(
       process.execPath,
-      [path.join(ROOT, 'dist', 'src', 'cli', 'ublkctl.js'), 'list', '--state-dir', stateDir],
+      [path.join(ROOT, 'dist', 'src', 'cli', 'ublkctl.js'), 'list', '--state-dir', manifests.stateDir()],
       {
         encoding: 'utf8',
       },

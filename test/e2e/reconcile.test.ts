@@ -1,20 +1,15 @@
 import { strict as assert } from 'node:assert';
-import { ChildProcess, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
   listDevices,
-  makeStateDir,
   manifest,
   outcomeOf,
-  parsePass,
-  RECONCILE,
-  ReconcilePass,
   requireUblk,
   run,
-  stopProcess,
   ublkctl,
   ublkctlJson,
+  useManifestDir,
   waitFor,
 } from './helpers';
 
@@ -22,43 +17,10 @@ const MiB = 1024 * 1024;
 
 describe('ublk-reconcile (real ublk driver)', function () {
   requireUblk(this);
-  let dir: string;
-  let stateDir: string;
-  let watcher: ChildProcess | undefined;
+  const manifests = useManifestDir(this);
+  const { write, reconcile, once } = manifests;
 
-  beforeEach(() => {
-    dir = fs.mkdtempSync('/tmp/ublk-ts-manifests-');
-    fs.chmodSync(dir, 0o755);
-    stateDir = makeStateDir();
-  });
-
-  afterEach(async () => {
-    const w = watcher;
-    watcher = undefined;
-    if (w) await stopProcess(w, 'SIGTERM');
-    for (const f of fs.readdirSync(dir)) fs.rmSync(path.join(dir, f));
-    reconcile(['--once']);
-  });
-
-  function write(file: string, text: string, mode = 0o644): void {
-    const full = path.join(dir, file);
-    fs.writeFileSync(`${full}.tmp`, text, { mode });
-    fs.renameSync(`${full}.tmp`, full);
-    fs.chmodSync(full, mode);
-  }
-
-  function reconcile(args: string[]): { status: number | null; stdout: string; stderr: string } {
-    const r = spawnSync(process.execPath, [RECONCILE, '--dir', dir, '--state-dir', stateDir, ...args], {
-      encoding: 'utf8',
-      timeout: 240_000,
-    });
-    return { status: r.status, stdout: r.stdout, stderr: r.stderr };
-  }
-
-  function once(): ReconcilePass {
-    const r = reconcile(['--once', '--json']);
-    return parsePass(r);
-  }
+  afterEach(() => manifests.cleanup());
 
   const outcome = outcomeOf;
 
@@ -83,7 +45,7 @@ describe('ublk-reconcile (real ublk driver)', function () {
       second.devices.map((d) => [d.name, d.action, d.outcome]),
       [['scratch', 'noop', 'unchanged']],
     );
-    const listed = ublkctlJson<Array<{ id: number; manifest?: string }>>(['list', '--state-dir', stateDir]);
+    const listed = ublkctlJson<Array<{ id: number; manifest?: string }>>(['list', '--state-dir', manifests.stateDir()]);
     assert.equal(listed.find((d) => d.id === id)?.manifest, 'scratch');
   });
 
@@ -101,7 +63,7 @@ describe('ublk-reconcile (real ublk driver)', function () {
     assert.deepEqual([re.action, re.outcome], ['recreate', 'ok'], JSON.stringify(re));
     assert.equal(sizeOf(`/dev/ublkb${re.devId}`), 48 * MiB);
 
-    fs.rmSync(path.join(dir, 'data.yaml'));
+    fs.rmSync(path.join(manifests.dir(), 'data.yaml'));
     const removed = once();
     const del = outcome(removed, 'data');
     assert.deepEqual([del.action, del.outcome], ['delete', 'ok']);
@@ -125,7 +87,11 @@ describe('ublk-reconcile (real ublk driver)', function () {
       assert.equal(result.exitCode, 1);
       assert.equal(sizeOf(blockPath), 64 * MiB, 'device untouched');
       assert.equal(run('sha256sum', [`${mnt}/keep`]).stdout.split(' ')[0], sum, 'data intact');
-      const listed = ublkctlJson<Array<{ id: number; lastError?: string }>>(['list', '--state-dir', stateDir]);
+      const listed = ublkctlJson<Array<{ id: number; lastError?: string }>>([
+        'list',
+        '--state-dir',
+        manifests.stateDir(),
+      ]);
       assert.match(listed.find((d) => d.id === dev.devId)?.lastError ?? '', /in use/);
     } finally {
       run('umount', [mnt]);
@@ -133,14 +99,22 @@ describe('ublk-reconcile (real ublk driver)', function () {
   });
 
   it('never touches a device made with ublkctl add', () => {
-    const other = ublkctlJson<{ id: number }>(['add', '-t', 'null', '--size', '16MiB', '--state-dir', stateDir]);
+    const other = ublkctlJson<{ id: number }>([
+      'add',
+      '-t',
+      'null',
+      '--size',
+      '16MiB',
+      '--state-dir',
+      manifests.stateDir(),
+    ]);
     try {
       const result = once();
       assert.equal(result.exitCode, 0);
       assert.equal(result.devices.length, 0, JSON.stringify(result));
       assert.ok(listDevices().some((d) => d.id === other.id && d.state === 'LIVE'));
     } finally {
-      ublkctl(['del', String(other.id), '--state-dir', stateDir]);
+      ublkctl(['del', String(other.id), '--state-dir', manifests.stateDir()]);
     }
   });
 
@@ -165,45 +139,36 @@ describe('ublk-reconcile (real ublk driver)', function () {
   });
 
   it('lets only one reconciler run: a second exits 2 naming the lock', async () => {
-    watcher = spawn(process.execPath, [RECONCILE, '--dir', dir, '--state-dir', stateDir], {
-      stdio: ['ignore', 'ignore', 'pipe'],
-    });
-    let log = '';
-    watcher.stderr!.on('data', (c: Buffer) => (log += c.toString()));
-    await waitFor(() => /watching \//.test(log), 60_000, 'the watcher to start');
+    await manifests.startWatcher([]);
     const second = reconcile(['--once']);
     assert.equal(second.status, 2);
     assert.match(second.stderr, /holds the lock .*reconcile\.lock/);
   });
 
   it('watcher acts on a manifest added, changed and removed through file events, not the hourly resync', async () => {
-    watcher = spawn(process.execPath, [RECONCILE, '--dir', dir, '--state-dir', stateDir, '--resync-interval', '3600'], {
-      stdio: ['ignore', 'ignore', 'pipe'],
-    });
-    let log = '';
-    watcher.stderr!.on('data', (c: Buffer) => (log += c.toString()));
-    await waitFor(() => /watching \//.test(log), 60_000, 'the watcher to start');
+    const watcher = await manifests.startWatcher();
+    const log = (): string => watcher.log();
 
     // The resync interval is an hour, so a pass within the bound that names the file came from its event.
     // How quickly it comes is a benchmark's question, not this test's.
     const noticed = async (pattern: RegExp, what: string): Promise<void> => {
-      const from = log.length;
-      await waitFor(() => pattern.test(log.slice(from)), 60_000, `the watcher to notice ${what}`);
+      const from = log().length;
+      await waitFor(() => pattern.test(log().slice(from)), 60_000, `the watcher to notice ${what}`);
     };
 
     write('w.yaml', manifest('w', 'target:\n  type: null\nsize: 16MiB'));
     await noticed(/pass \(.*added w\.yaml/, 'the new manifest');
-    await waitFor(() => /create w dev \d+/.test(log), 60_000, 'the device');
-    const id = Number(/create w dev (\d+)/.exec(log)![1]);
+    await waitFor(() => /create w dev \d+/.test(log()), 60_000, 'the device');
+    const id = Number(/create w dev (\d+)/.exec(log())![1]);
     assert.ok(fs.existsSync(`/dev/ublkb${id}`));
 
     write('w.yaml', manifest('w', 'target:\n  type: null\nsize: 32MiB\ndepth: 64'));
     await noticed(/pass \(.*(added|changed) w\.yaml/, 'the change');
-    await waitFor(() => /recreate w dev \d+/.test(log), 60_000, 'the re-creation');
+    await waitFor(() => /recreate w dev \d+/.test(log()), 60_000, 'the re-creation');
 
-    fs.rmSync(path.join(dir, 'w.yaml'));
+    fs.rmSync(path.join(manifests.dir(), 'w.yaml'));
     await noticed(/pass \(.*removed w\.yaml/, 'the removal');
-    await waitFor(() => /delete w dev \d+/.test(log), 60_000, 'the deletion');
+    await waitFor(() => /delete w dev \d+/.test(log()), 60_000, 'the deletion');
   });
 
   it('refuses group-writable manifests and directories unless --insecure-permissions', () => {
@@ -214,20 +179,20 @@ describe('ublk-reconcile (real ublk driver)', function () {
     assert.equal(refused.devices.length, 0);
     const insecure = reconcile(['--once', '--json', '--insecure-permissions']);
     assert.equal(insecure.status, 0, insecure.stdout + insecure.stderr);
-    fs.chmodSync(path.join(dir, 'loose.yaml'), 0o644);
-    fs.chmodSync(dir, 0o775);
+    fs.chmodSync(path.join(manifests.dir(), 'loose.yaml'), 0o644);
+    fs.chmodSync(manifests.dir(), 0o775);
     const looseDir = once();
     assert.equal(looseDir.exitCode, 1);
     assert.match(looseDir.manifestErrors.join('\n'), /writable by group\/others/);
-    fs.chmodSync(dir, 0o755);
+    fs.chmodSync(manifests.dir(), 0o755);
   });
 
   it('refuses a js module another user could change before any of its code runs as root, unless --insecure-permissions', () => {
     // A user's directory beside the manifests; the module in it is root's, but the user may swap it.
-    const userDir = path.join(stateDir, 'user-dir');
+    const userDir = path.join(manifests.stateDir(), 'user-dir');
     fs.mkdirSync(userDir, { mode: 0o755 });
     fs.chownSync(userDir, 65534, 65534);
-    const marker = path.join(stateDir, 'module-ran');
+    const marker = path.join(manifests.stateDir(), 'module-ran');
     const module = path.join(userDir, 'target.js');
     fs.writeFileSync(
       module,

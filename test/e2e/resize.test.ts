@@ -6,21 +6,9 @@
  * UPDATE_SIZE (6.12) the same change is drift, with the reason.
  */
 import { strict as assert } from 'node:assert';
-import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import {
-  makeStateDir,
-  manifest,
-  outcomeOf,
-  parsePass,
-  RECONCILE,
-  ReconcilePass,
-  requireUblk,
-  run,
-  ublkctl,
-  ublkctlJson,
-} from './helpers';
+import { manifest, outcomeOf, ReconcilePass, requireUblk, run, ublkctl, ublkctlJson, useManifestDir } from './helpers';
 
 const MiB = 1024 * 1024;
 
@@ -40,44 +28,23 @@ function sha256(file: string): string {
 
 describe('online resize (real ublk driver)', function () {
   requireUblk(this);
-  let dir: string;
-  let stateDir: string;
+  const manifests = useManifestDir(this);
+  const write = (file: string, text: string): void => manifests.write(file, text);
+  const once = (): ReconcilePass => manifests.once();
   let work: string;
   const mounts: string[] = [];
   const added: number[] = [];
 
   beforeEach(() => {
-    dir = fs.mkdtempSync('/tmp/ublk-ts-manifests-');
-    fs.chmodSync(dir, 0o755);
-    stateDir = makeStateDir();
     work = fs.mkdtempSync('/tmp/ublk-ts-resize-');
   });
 
-  afterEach(() => {
+  afterEach(async () => {
     for (const mnt of mounts.splice(0)) run('umount', [mnt], { allowFail: true });
-    for (const id of added.splice(0)) ublkctl(['del', String(id)], stateDir);
-    for (const f of fs.readdirSync(dir)) fs.rmSync(path.join(dir, f));
-    reconcile(['--once']);
+    for (const id of added.splice(0)) ublkctl(['del', String(id)], manifests.stateDir());
+    await manifests.cleanup();
     fs.rmSync(work, { recursive: true, force: true });
   });
-
-  function write(file: string, text: string): void {
-    const full = path.join(dir, file);
-    fs.writeFileSync(`${full}.tmp`, text, { mode: 0o644 });
-    fs.renameSync(`${full}.tmp`, full);
-  }
-
-  function reconcile(args: string[]): { status: number | null; stdout: string; stderr: string } {
-    const r = spawnSync(process.execPath, [RECONCILE, '--dir', dir, '--state-dir', stateDir, ...args], {
-      encoding: 'utf8',
-      timeout: 240_000,
-    });
-    return { status: r.status, stdout: r.stdout, stderr: r.stderr };
-  }
-
-  function once(): ReconcilePass {
-    return parsePass(reconcile(['--once', '--json']));
-  }
 
   /** mkfs.ext4 on the device, mounted, with a file of random data; returns the mount point and the file's sum. */
   function ext4WithData(blockPath: string): { mnt: string; sum: string } {
@@ -125,7 +92,7 @@ describe('online resize (real ublk driver)', function () {
       const made = outcomeOf(once(), 'grow');
       const id = made.devId!;
       const blockPath = `/dev/ublkb${id}`;
-      const flags = ublkctlJson<Array<{ id: number; flagNames: string[] }>>(['list'], stateDir);
+      const flags = ublkctlJson<Array<{ id: number; flagNames: string[] }>>(['list'], manifests.stateDir());
       assert.ok(flags.find((d) => d.id === id)?.flagNames.includes('UPDATE_SIZE'), 'ADD_DEV granted UPDATE_SIZE');
       const { mnt, sum } = ext4WithData(blockPath);
 
@@ -139,7 +106,7 @@ describe('online resize (real ublk driver)', function () {
 
       const again = outcomeOf(once(), 'grow');
       assert.deepEqual([again.action, again.devId], ['noop', id], 'the record keeps the new size');
-      const listed = ublkctlJson<Array<{ id: number; sizeBytes: number }>>(['list'], stateDir);
+      const listed = ublkctlJson<Array<{ id: number; sizeBytes: number }>>(['list'], manifests.stateDir());
       assert.equal(listed.find((d) => d.id === id)?.sizeBytes, 80 * MiB);
     });
 
@@ -178,7 +145,7 @@ describe('online resize (real ublk driver)', function () {
     });
 
     it('ublkctl resize grows a device in place and shrinks it only while it is unused', () => {
-      const dev = ublkctlJson<{ id: number }>(['add', '-t', 'memory', '--size', '16MiB'], stateDir);
+      const dev = ublkctlJson<{ id: number }>(['add', '-t', 'memory', '--size', '16MiB'], manifests.stateDir());
       added.push(dev.id);
       const blockPath = `/dev/ublkb${dev.id}`;
       const grown = ublkctlJson<{ fromBytes: number; sizeBytes: number }>([
@@ -186,7 +153,7 @@ describe('online resize (real ublk driver)', function () {
         String(dev.id),
         '40MiB',
         '--state-dir',
-        stateDir,
+        manifests.stateDir(),
       ]);
       assert.deepEqual([grown.fromBytes, grown.sizeBytes], [16 * MiB, 40 * MiB]);
       assert.equal(sysfsSize(dev.id), 40 * MiB);
@@ -199,13 +166,13 @@ describe('online resize (real ublk driver)', function () {
       assert.equal(sha256(back), sha256(pattern), 'the new sectors are served');
 
       const { mnt } = ext4WithData(blockPath);
-      const busy = ublkctl(['resize', String(dev.id), '24MiB', '--state-dir', stateDir]);
+      const busy = ublkctl(['resize', String(dev.id), '24MiB', '--state-dir', manifests.stateDir()]);
       assert.equal(busy.status, 1, busy.stderr);
       assert.match(busy.stderr, /in use: shrinking it would take data from under its user/);
       assert.equal(sysfsSize(dev.id), 40 * MiB, 'a device in use is never shrunk');
       run('umount', [mnt]);
       mounts.splice(mounts.indexOf(mnt), 1);
-      const shrunk = ublkctl(['resize', String(dev.id), '24MiB', '--state-dir', stateDir]);
+      const shrunk = ublkctl(['resize', String(dev.id), '24MiB', '--state-dir', manifests.stateDir()]);
       assert.equal(shrunk.status, 0, shrunk.stderr);
       assert.equal(sysfsSize(dev.id), 24 * MiB);
     });
@@ -233,7 +200,7 @@ describe('online resize (real ublk driver)', function () {
       assert.equal(sysfsSize(id), 32 * MiB, 'device untouched');
       assert.equal(sha256(`${mnt}/keep`), sum, 'data intact');
 
-      const refused = ublkctl(['resize', String(id), '64MiB', '--state-dir', stateDir]);
+      const refused = ublkctl(['resize', String(id), '64MiB', '--state-dir', manifests.stateDir()]);
       assert.equal(refused.status, 1, refused.stderr);
       assert.match(refused.stderr, /UPDATE_SIZE.*the kernel lacks UPDATE_SIZE/);
     });

@@ -6,35 +6,14 @@
  */
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { activeScheduler, parseSchedulerList, schedulerFile } from '../../src/device/scheduler';
-import { DeviceTracker, fio, listDevices, makeStateDir, requireUblk, ublkctl, ublkctlJson } from './helpers';
-
-interface Added {
-  id: number;
-  blockPath: string;
-}
+import { AddedDevice, fio, listDevices, requireUblk, ublkctl, useDeviceSuite } from './helpers';
 
 describe('IO scheduler of the ublk disk (real ublk driver)', function () {
   requireUblk(this);
-  const devices = new DeviceTracker();
-  let stateDir: string;
-
-  beforeEach(() => {
-    stateDir = makeStateDir();
-  });
-
-  afterEach(() => devices.cleanup());
-
-  function add(args: string[]): Added {
-    const dev = ublkctlJson<Added>(['add', '-t', 'null', '--size', '64MiB', ...args], stateDir);
-    devices.add(dev.id);
-    return dev;
-  }
-
-  function serverLog(id: number): string {
-    return fs.readFileSync(path.join(stateDir, 'logs', `ublkb${id}.log`), 'utf8');
-  }
+  const suite = useDeviceSuite(this, '/tmp/ublk-ts-scheduler-');
+  const add = (args: string[]): AddedDevice => suite.add(['-t', 'null', '--size', '64MiB', ...args]);
+  const serverLog = (id: number): string => suite.serverLog(id);
 
   it('sets none by default, where the kernel would have given a one-queue disk mq-deadline; ublkctl list shows it', () => {
     const dev = add([]);
@@ -88,7 +67,7 @@ describe('IO scheduler of the ublk disk (real ublk driver)', function () {
     const dev = add(['--recovery', 'reissue']);
     fs.writeFileSync(schedulerFile(dev.id), 'mq-deadline');
     assert.equal(activeScheduler(dev.id), 'mq-deadline');
-    const r = ublkctl(['restart', String(dev.id), '--state-dir', stateDir, '--insecure-permissions', '--json']);
+    const r = ublkctl(['restart', String(dev.id), '--state-dir', suite.stateDir(), '--insecure-permissions', '--json']);
     assert.equal(r.status, 0, r.stderr);
     assert.equal(activeScheduler(dev.id), 'none');
   });

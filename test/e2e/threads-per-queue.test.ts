@@ -7,80 +7,46 @@
  */
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
-import * as path from 'node:path';
-import { UblkControl } from '../../src/kernel/control';
 import { UBLK_F_PER_IO_DAEMON } from '../../src/kernel/uapi';
 import {
-  DeviceTracker,
-  fioVerifyArgs,
-  fio,
-  FioRun,
-  inFlight,
+  AddedDevice,
+  fioOnNativeTarget,
+  fioVerifiedLoadArgs,
   ioCounts,
-  isAlive,
+  killServerMidIo,
   listDevices,
-  makeStateDir,
+  nativeTargetArgs,
   requireUblk,
+  skipBecause,
   startFio,
   threadNames,
   ublkctl,
-  ublkctlJson,
-  waitFor,
+  waitForState,
   waitForWrites,
+  useDeviceSuite,
 } from './helpers';
-
-interface Added {
-  id: number;
-  blockPath: string;
-  serverPid: number;
-  flagNames: string[];
-}
 
 describe('threads per queue (real ublk driver)', function () {
   requireUblk(this);
-  const devices = new DeviceTracker();
-  let stateDir: string;
-  let scratch: string;
-  let features = 0n;
-  let load: FioRun | undefined;
-
-  before(async () => {
-    const control = await UblkControl.open();
-    features = control.features;
-    control.close();
-  });
-
-  beforeEach(() => {
-    stateDir = makeStateDir();
-    scratch = fs.mkdtempSync('/tmp/ublk-ts-threads-');
-  });
-
-  afterEach(() => {
-    load?.kill();
-    load = undefined;
-    devices.cleanup();
-    fs.rmSync(scratch, { recursive: true, force: true });
-  });
-
-  function add(args: string[]): Added {
-    const dev = ublkctlJson<Added>(['add', ...args], stateDir);
-    devices.add(dev.id);
-    return dev;
-  }
+  const suite = useDeviceSuite(this, '/tmp/ublk-ts-threads-');
+  const { add } = suite;
 
   function needsFeature(ctx: Mocha.Context): void {
-    if ((features & UBLK_F_PER_IO_DAEMON) === 0n) {
-      console.log('    skipped: this kernel lacks UBLK_F_PER_IO_DAEMON (Linux 6.16+); the refusal is tested below');
-      ctx.skip();
+    if (!suite.kernelHas(UBLK_F_PER_IO_DAEMON)) {
+      skipBecause(ctx, 'this kernel lacks UBLK_F_PER_IO_DAEMON (Linux 6.16+); the refusal is tested below');
     }
   }
 
+  /** Queue 0 of dev `id` is served by two threads, ublkNq0t0 and ublkNq0t1, of the server. */
+  function assertTwoThreads(id: number, serverPid: number): void {
+    const names = threadNames(serverPid);
+    for (const t of [0, 1]) assert.ok(names.includes(`ublk${id}q0t${t}`), names.join(' '));
+  }
+
   /** Deletes the device and returns the requests each of queue 0's threads served, from the server's log. */
-  function deleteAndCountServed(dev: Added): number[] {
-    const del = ublkctl(['del', String(dev.id)], stateDir);
-    assert.equal(del.status, 0, del.stderr);
-    devices.forget(dev.id);
-    const log = fs.readFileSync(path.join(stateDir, 'logs', `ublkb${dev.id}.log`), 'utf8');
+  function deleteAndCountServed(dev: AddedDevice): number[] {
+    suite.del(dev.id);
+    const log = suite.serverLog(dev.id);
     const served = [...log.matchAll(/queue 0 thread (\d+) ended after (\d+) requests/g)].map((m) => [
       Number(m[1]),
       Number(m[2]),
@@ -96,29 +62,10 @@ describe('threads per queue (real ublk driver)', function () {
   for (const target of ['null', 'memory', 'loop'] as const) {
     it(`${target}: two threads serve queue 0, each its own tags; fio ${target === 'null' ? 'runs without an error' : 'verifies what it wrote'}`, function () {
       needsFeature(this);
-      const targetArgs =
-        target === 'loop'
-          ? ['-t', 'loop', '--file', path.join(scratch, 'disk.img'), '--create', '--size', '64MiB']
-          : ['-t', target, '--size', '64MiB'];
-      const dev = add([...targetArgs, '--threads-per-queue', '2', '--depth', '64']);
+      const dev = add([...nativeTargetArgs(target, suite.scratch()), '--threads-per-queue', '2', '--depth', '64']);
       assert.ok(dev.flagNames.includes('PER_IO_DAEMON'), dev.flagNames.join(' '));
-      const names = threadNames(dev.serverPid);
-      for (const t of [0, 1]) assert.ok(names.includes(`ublk${dev.id}q0t${t}`), names.join(' '));
-      const jobs =
-        target === 'null'
-          ? fio([
-              '--name=null',
-              `--filename=${dev.blockPath}`,
-              '--ioengine=io_uring',
-              '--direct=1',
-              '--rw=randrw',
-              '--bs=4k',
-              '--iodepth=32',
-              '--size=32M',
-            ])
-          : fio(fioVerifyArgs(target, dev.blockPath, '32M', 'randwrite'));
-      assert.equal(jobs[0]!.error, 0);
-      if (target !== 'null') assert.ok(jobs[0]!.read.io_bytes > 0, 'fio read back and verified what it wrote');
+      assertTwoThreads(dev.id, dev.serverPid);
+      fioOnNativeTarget(target, dev.blockPath);
       const served = deleteAndCountServed(dev);
       // At QD32 over 64 tags dealt out in turn, both threads get requests.
       assert.ok(
@@ -131,30 +78,12 @@ describe('threads per queue (real ublk driver)', function () {
   it('memory, reissue: kill -9 during fio verify; ublkctl recover brings it back with two threads and fio sees no error', async function () {
     needsFeature(this);
     const dev = add(['-t', 'memory', '--size', '64MiB', '--threads-per-queue', '2', '--recovery', 'reissue']);
-    load = startFio([
-      ...fioVerifyArgs('recover', dev.blockPath, '16M', 'randwrite'),
-      '--rate_iops=1500',
-      '--time_based',
-      '--runtime=3600',
-      '--verify_backlog=64',
-    ]);
+    const load = suite.track(startFio(fioVerifiedLoadArgs('recover', dev.blockPath, '16M', '1500')));
     const writes = await waitForWrites(dev.id, ioCounts(dev.id).writes, 200, 'fio writing before the kill');
-    process.kill(dev.serverPid, 'SIGSTOP');
-    await waitFor(() => inFlight(dev.id) > 0, 60_000, `requests in flight in the stopped server of dev ${dev.id}`);
-    process.kill(dev.serverPid, 'SIGKILL');
-    await waitFor(
-      () => listDevices().find((d) => d.id === dev.id)?.state === 'QUIESCED',
-      60_000,
-      `dev ${dev.id} QUIESCED after the kill`,
-    );
-    const recovered = ublkctl(['recover', String(dev.id), '--state-dir', stateDir]);
-    assert.equal(recovered.status, 0, recovered.stderr);
-    const now = listDevices().find((d) => d.id === dev.id)!;
-    assert.equal(now.state, 'LIVE');
-    assert.notEqual(now.serverPid, dev.serverPid);
-    assert.ok(isAlive(now.serverPid));
-    const names = threadNames(now.serverPid);
-    for (const t of [0, 1]) assert.ok(names.includes(`ublk${dev.id}q0t${t}`), names.join(' '));
+    await killServerMidIo(dev.id, dev.serverPid);
+    await waitForState(dev.id, 'QUIESCED', `dev ${dev.id} QUIESCED after the kill`);
+    const now = suite.recover(dev);
+    assertTwoThreads(dev.id, now.serverPid);
     await waitForWrites(dev.id, writes, 200, 'fio writing after recovery');
     const result = await load.stop();
     assert.equal(result.status, 0, result.raw);
@@ -165,21 +94,14 @@ describe('threads per queue (real ublk driver)', function () {
   it('ublkctl restart during fio verify hands the device to a new server with the same two threads', async function () {
     needsFeature(this);
     const dev = add(['-t', 'memory', '--size', '64MiB', '--threads-per-queue', '2']);
-    load = startFio([
-      ...fioVerifyArgs('handover', dev.blockPath, '16M', 'randwrite'),
-      '--rate_iops=1500',
-      '--time_based',
-      '--runtime=3600',
-      '--verify_backlog=64',
-    ]);
+    const load = suite.track(startFio(fioVerifiedLoadArgs('handover', dev.blockPath, '16M', '1500')));
     const writes = await waitForWrites(dev.id, ioCounts(dev.id).writes, 200, 'fio writing before the restart');
-    const r = ublkctl(['restart', String(dev.id), '--state-dir', stateDir]);
+    const r = ublkctl(['restart', String(dev.id), '--state-dir', suite.stateDir()]);
     assert.equal(r.status, 0, r.stderr);
     const now = listDevices().find((d) => d.id === dev.id)!;
     assert.equal(now.state, 'LIVE');
     assert.notEqual(now.serverPid, dev.serverPid);
-    const names = threadNames(now.serverPid);
-    for (const t of [0, 1]) assert.ok(names.includes(`ublk${dev.id}q0t${t}`), names.join(' '));
+    assertTwoThreads(dev.id, now.serverPid);
     await waitForWrites(dev.id, writes, 200, 'fio writing after the restart');
     const result = await load.stop();
     assert.equal(result.status, 0, result.raw);
@@ -187,12 +109,9 @@ describe('threads per queue (real ublk driver)', function () {
   });
 
   it('without the feature, --threads-per-queue 2 is refused before any device is made, naming it', function () {
-    if ((features & UBLK_F_PER_IO_DAEMON) !== 0n) {
-      console.log('    skipped: this kernel has UBLK_F_PER_IO_DAEMON (tests above)');
-      this.skip();
-    }
+    if (suite.kernelHas(UBLK_F_PER_IO_DAEMON)) skipBecause(this, 'this kernel has UBLK_F_PER_IO_DAEMON (tests above)');
     const before = fs.readdirSync('/sys/class/ublk-char').length;
-    const r = ublkctl(['add', '-t', 'null', '--size', '8MiB', '--threads-per-queue', '2'], stateDir);
+    const r = ublkctl(['add', '-t', 'null', '--size', '8MiB', '--threads-per-queue', '2'], suite.stateDir());
     assert.notEqual(r.status, 0);
     assert.match(
       r.stderr,

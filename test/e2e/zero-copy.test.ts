@@ -3,35 +3,25 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
-  DeviceTracker,
-  fio,
-  FioRun,
-  inFlight,
+  fioVerifiedLoadArgs,
+  fioVerifyCases,
   ioCounts,
   isAlive,
+  killServerMidIo,
   listDevices,
-  makeStateDir,
   manifest,
   RECONCILE,
   requireUblk,
   run,
+  sha256Range,
   startFio,
   ublkctl,
   ublkctlJson,
+  useDeviceSuite,
   waitFor,
+  waitForStableServer,
   waitForWrites,
 } from './helpers';
-
-const MiB = 1024 * 1024;
-/** The reconciler counts a server that died sooner than this after going LIVE as a crash loop (STABLE_MS, plus margin). */
-const STABLE_AFTER_MS = 3_500;
-
-interface AddedDevice {
-  id: number;
-  blockPath: string;
-  serverPid: number;
-  flagNames: string[];
-}
 
 interface ListedDataPath {
   id: number;
@@ -46,48 +36,13 @@ function kernelHasAutoBufReg(): boolean {
   return ublkctlJson<{ names: string[] }>(['features']).names.includes('AUTO_BUF_REG');
 }
 
-function sha256(file: string, bytes: number): string {
-  const direct = file.startsWith('/dev/') ? ' iflag=direct' : '';
-  return run('bash', [
-    '-c',
-    `set -o pipefail; dd if=${file} bs=1M count=${bytes / MiB}${direct} status=none | sha256sum`,
-  ]).stdout.split(' ')[0]!;
-}
-
 /** fio write-then-verify over block sizes 4 KiB..512 KiB and iodepths 1..128, two jobs on two queues. */
-function fioVerify(device: string): void {
-  const cases: Array<[string, number, string]> = [
-    ['4k', 1, '4M'],
-    ['64k', 32, '16M'],
-    ['512k', 128, '24M'],
-    ['4k-512k', 16, '16M'],
-  ];
-  for (const [bs, iodepth, size] of cases) {
-    const jobs = fio([
-      '--name=verify',
-      `--filename=${device}`,
-      '--ioengine=io_uring',
-      '--direct=1',
-      '--rw=randwrite',
-      bs.includes('-') ? `--bsrange=${bs}` : `--bs=${bs}`,
-      `--iodepth=${iodepth}`,
-      '--numjobs=2',
-      '--cpus_allowed=0-1',
-      '--cpus_allowed_policy=split',
-      `--size=${size}`,
-      '--offset_increment=32M',
-      '--verify=crc32c',
-      '--do_verify=1',
-      '--verify_fatal=1',
-      '--group_reporting=0',
-    ]);
-    assert.equal(jobs.length, 2);
-    for (const job of jobs) {
-      assert.equal(job.error, 0, `fio bs=${bs} iodepth=${iodepth}: error ${job.error}`);
-      assert.ok(job.write.io_bytes > 0 && job.read.io_bytes > 0, `bs=${bs} iodepth=${iodepth} wrote and verified`);
-    }
-  }
-}
+const VERIFY_CASES: Array<[bs: string, iodepth: number, size: string]> = [
+  ['4k', 1, '4M'],
+  ['64k', 32, '16M'],
+  ['512k', 128, '24M'],
+  ['4k-512k', 16, '16M'],
+];
 
 /** mkfs.ext4, mount, write files, remount, read them back, fsck -fn clean. */
 function filesystemRoundTrip(device: string, scratch: string): void {
@@ -114,44 +69,18 @@ function filesystemRoundTrip(device: string, scratch: string): void {
   assert.equal(fsck.status, 0, `fsck -fn: ${fsck.stdout}${fsck.stderr}`);
 }
 
-/** A random-write load verifying what it wrote as it goes, until stopped. */
-function verifiedWrites(id: number, size: string): string[] {
-  return [
-    '--name=zc',
-    `--filename=/dev/ublkb${id}`,
-    '--ioengine=io_uring',
-    '--direct=1',
-    '--rw=randwrite',
-    '--bsrange=4k-128k',
-    '--iodepth=32',
-    `--size=${size}`,
-    '--rate_iops=300',
-    '--time_based',
-    '--runtime=3600',
-    '--verify=crc32c',
-    '--verify_backlog=64',
-    '--verify_fatal=1',
-  ];
-}
-
 describe('zero copy: UBLK_F_AUTO_BUF_REG (real ublk driver)', function () {
   requireUblk(this);
-  const devices = new DeviceTracker();
-  const stateDir = makeStateDir();
-  const scratch = fs.mkdtempSync('/tmp/ublk-ts-zero-copy-');
-  let started: FioRun[] = [];
+  const suite = useDeviceSuite(this, '/tmp/ublk-ts-zero-copy-');
+  const { add } = suite;
   let manifestDir: string | undefined;
 
-  afterEach(async () => {
-    for (const f of started) f.kill();
-    // An open device is not deleted: fio must be gone first.
-    await Promise.all(started.map((f) => f.done));
-    started = [];
-    devices.cleanup();
+  // After the suite's own clean-up: fio is gone and the devices made with ublkctl are deleted.
+  afterEach(() => {
     if (manifestDir) {
       for (const f of fs.readdirSync(manifestDir)) fs.rmSync(path.join(manifestDir, f));
       // The reconciler deletes the devices of manifests that are gone.
-      spawnSync(process.execPath, [RECONCILE, '--dir', manifestDir, '--state-dir', stateDir, '--once'], {
+      spawnSync(process.execPath, [RECONCILE, '--dir', manifestDir, '--state-dir', suite.stateDir(), '--once'], {
         timeout: 120_000,
         killSignal: 'SIGKILL',
       });
@@ -159,24 +88,16 @@ describe('zero copy: UBLK_F_AUTO_BUF_REG (real ublk driver)', function () {
     }
   });
 
-  function add(args: string[]): AddedDevice {
-    const dev = ublkctlJson<AddedDevice>(['add', ...args], stateDir);
-    devices.add(dev.id);
-    return dev;
-  }
-
   function listed(id: number): ListedDataPath {
-    const d = ublkctlJson<ListedDataPath[]>(['list'], stateDir).find((x) => x.id === id);
+    const d = ublkctlJson<ListedDataPath[]>(['list'], suite.stateDir()).find((x) => x.id === id);
     assert.ok(d, `dev ${id} listed`);
     return d;
   }
 
   /** Freezes the server until requests are in flight inside it, then kills it. */
-  async function killServerMidIo(id: number): Promise<number> {
+  async function killMidIo(id: number): Promise<number> {
     const pid = listed(id).serverPid;
-    process.kill(pid, 'SIGSTOP');
-    await waitFor(() => inFlight(id) > 0, 60_000, `requests in flight in the stopped server of dev ${id}`);
-    process.kill(pid, 'SIGKILL');
+    await killServerMidIo(id, pid);
     await waitFor(() => listed(id).state === 'QUIESCED', 60_000, `dev ${id} QUIESCED`);
     return pid;
   }
@@ -186,19 +107,27 @@ describe('zero copy: UBLK_F_AUTO_BUF_REG (real ublk driver)', function () {
     const memory = add(['-t', 'memory', '--size', '16MiB', '--zero-copy']);
     const copied = add(['-t', 'memory', '--size', '16MiB']);
     // The guest's /tmp is tmpfs: there zero copy would go through io-wq.
-    const loopOnTmpfs = add(['-t', 'loop', '--file', path.join(scratch, 'list.img'), '--size', '16MiB', '--create']);
+    const loopOnTmpfs = add([
+      '-t',
+      'loop',
+      '--file',
+      path.join(suite.scratch(), 'list.img'),
+      '--size',
+      '16MiB',
+      '--create',
+    ]);
     const loopForced = add([
       '-t',
       'loop',
       '--file',
-      path.join(scratch, 'list2.img'),
+      path.join(suite.scratch(), 'list2.img'),
       '--size',
       '16MiB',
       '--create',
       '--zero-copy',
     ]);
-    run('truncate', ['-s', '16M', path.join(scratch, 'blk.img')]);
-    const kernelLoop = run('losetup', ['--find', '--show', path.join(scratch, 'blk.img')]).stdout.trim();
+    run('truncate', ['-s', '16M', path.join(suite.scratch(), 'blk.img')]);
+    const kernelLoop = run('losetup', ['--find', '--show', path.join(suite.scratch(), 'blk.img')]).stdout.trim();
     try {
       // One at a time: a loop target holds its backing exclusively.
       for (const [flags, expected] of [
@@ -207,8 +136,7 @@ describe('zero copy: UBLK_F_AUTO_BUF_REG (real ublk driver)', function () {
       ] as const) {
         const dev = add(['-t', 'loop', '--file', kernelLoop, ...flags]);
         assert.equal(listed(dev.id).dataPath, expected, `loop on a block device ${flags.join(' ')}`);
-        assert.equal(ublkctl(['del', String(dev.id)], stateDir).status, 0);
-        devices.forget(dev.id);
+        suite.del(dev.id);
       }
     } finally {
       run('losetup', ['-d', kernelLoop]);
@@ -221,16 +149,16 @@ describe('zero copy: UBLK_F_AUTO_BUF_REG (real ublk driver)', function () {
     assert.equal(listed(copied.id).dataPath, 'copy');
     assert.equal(listed(copied.id).flagNames.includes('AUTO_BUF_REG'), false);
     assert.equal(listed(nullDev.id).dataPath, 'copy');
-    const text = ublkctl(['list'], stateDir);
+    const text = ublkctl(['list'], suite.stateDir());
     assert.equal(text.status, 0, text.stderr);
     assert.match(text.stdout, /DATA-PATH/);
     const row = text.stdout.split('\n').find((l) => l.startsWith(`${memory.id} `));
     assert.match(row ?? '', zeroCopy ? /\bzero-copy\b/ : /\bcopy\b/);
     // Both data paths move the same bytes.
     for (const dev of [memory, copied]) {
-      run('dd', ['if=/dev/urandom', `of=${scratch}/payload`, 'bs=1M', 'count=8', 'status=none']);
-      run('dd', [`if=${scratch}/payload`, `of=${dev.blockPath}`, 'bs=1M', 'oflag=direct', 'status=none']);
-      assert.equal(sha256(dev.blockPath, 8 * MiB), sha256(`${scratch}/payload`, 8 * MiB));
+      run('dd', ['if=/dev/urandom', `of=${suite.scratch()}/payload`, 'bs=1M', 'count=8', 'status=none']);
+      run('dd', [`if=${suite.scratch()}/payload`, `of=${dev.blockPath}`, 'bs=1M', 'oflag=direct', 'status=none']);
+      assert.equal(sha256Range(dev.blockPath, 0, 8), sha256Range(`${suite.scratch()}/payload`, 0, 8));
     }
   });
 
@@ -243,20 +171,19 @@ describe('zero copy: UBLK_F_AUTO_BUF_REG (real ublk driver)', function () {
     });
 
     it('loop: fio verify over 4 KiB..512 KiB on 2 queues, zero copy, and the backing file holds exactly the device bytes', () => {
-      const file = path.join(scratch, 'verify.img');
+      const file = path.join(suite.scratch(), 'verify.img');
       const dev = add(['-t', 'loop', '--file', file, '--size', '96MiB', '--create', '--queues', '2', '--zero-copy']);
       assert.equal(listed(dev.id).dataPath, 'zero-copy');
-      fioVerify(dev.blockPath);
-      const deviceSum = sha256(dev.blockPath, 96 * MiB);
-      assert.equal(ublkctl(['del', String(dev.id)], stateDir).status, 0);
-      devices.forget(dev.id);
-      assert.equal(sha256(file, 96 * MiB), deviceSum, 'backing file bytes equal the device bytes');
+      fioVerifyCases(dev.blockPath, VERIFY_CASES);
+      const deviceSum = sha256Range(dev.blockPath, 0, 96);
+      suite.del(dev.id);
+      assert.equal(sha256Range(file, 0, 96), deviceSum, 'backing file bytes equal the device bytes');
     });
 
     it('memory: fio verify over 4 KiB..512 KiB on 2 queues, zero copy', () => {
       const dev = add(['-t', 'memory', '--size', '96MiB', '--queues', '2', '--zero-copy']);
       assert.equal(listed(dev.id).dataPath, 'zero-copy');
-      fioVerify(dev.blockPath);
+      fioVerifyCases(dev.blockPath, VERIFY_CASES);
     });
 
     it('loop with direct IO and memory: ext4 mkfs, mount, write, read back, fsck clean', () => {
@@ -264,7 +191,7 @@ describe('zero copy: UBLK_F_AUTO_BUF_REG (real ublk driver)', function () {
         '-t',
         'loop',
         '--file',
-        path.join(scratch, 'fs.img'),
+        path.join(suite.scratch(), 'fs.img'),
         '--size',
         '128MiB',
         '--create',
@@ -273,12 +200,12 @@ describe('zero copy: UBLK_F_AUTO_BUF_REG (real ublk driver)', function () {
       const memory = add(['-t', 'memory', '--size', '128MiB', '--zero-copy']);
       for (const dev of [loop, memory]) {
         assert.equal(listed(dev.id).dataPath, 'zero-copy');
-        filesystemRoundTrip(dev.blockPath, scratch);
+        filesystemRoundTrip(dev.blockPath, suite.scratch());
       }
     });
 
     it('loop, reissue: kill -9 during fio verify, recovered by ublkctl recover; the new server serves zero copy and fio sees no error', async () => {
-      const file = path.join(scratch, 'recover.img');
+      const file = path.join(suite.scratch(), 'recover.img');
       const dev = add([
         '-t',
         'loop',
@@ -291,12 +218,11 @@ describe('zero copy: UBLK_F_AUTO_BUF_REG (real ublk driver)', function () {
         'reissue',
         '--zero-copy',
       ]);
-      const load = startFio(verifiedWrites(dev.id, '40M'));
-      started.push(load);
+      const load = suite.track(startFio(fioVerifiedLoadArgs('zc', dev.blockPath, '40M', '300', '4k-128k')));
       let writes = await waitForWrites(dev.id, ioCounts(dev.id).writes, 100, 'fio writing before the kill');
       for (let kill = 1; kill <= 2; kill++) {
-        const oldPid = await killServerMidIo(dev.id);
-        const rec = ublkctl(['recover', String(dev.id), '--state-dir', stateDir]);
+        const oldPid = await killMidIo(dev.id);
+        const rec = ublkctl(['recover', String(dev.id), '--state-dir', suite.stateDir()]);
         assert.equal(rec.status, 0, rec.stderr);
         const now = listed(dev.id);
         assert.equal(now.state, 'LIVE');
@@ -309,7 +235,7 @@ describe('zero copy: UBLK_F_AUTO_BUF_REG (real ublk driver)', function () {
       assert.equal(result.status, 0, result.raw);
       assert.equal(result.jobs[0]!.error, 0);
       assert.ok(result.jobs[0]!.read.io_bytes > 0, 'fio read back and verified what it wrote');
-      assert.equal(sha256(dev.blockPath, 48 * MiB), sha256(file, 48 * MiB), 'backing file equals the device');
+      assert.equal(sha256Range(dev.blockPath, 0, 48), sha256Range(file, 0, 48), 'backing file equals the device');
     });
 
     it('memory, reissue: kill -9 during fio verify, recovered by ublk-reconcile; then handed over live by ublkctl restart; zero copy throughout, no fio error', async () => {
@@ -321,28 +247,26 @@ describe('zero copy: UBLK_F_AUTO_BUF_REG (real ublk driver)', function () {
         { mode: 0o644 },
       );
       const once = () => {
-        const r = spawnSync(process.execPath, [RECONCILE, '--dir', manifestDir!, '--state-dir', stateDir, '--once'], {
-          encoding: 'utf8',
-          timeout: 120_000,
-          killSignal: 'SIGKILL',
-        });
+        const r = spawnSync(
+          process.execPath,
+          [RECONCILE, '--dir', manifestDir!, '--state-dir', suite.stateDir(), '--once'],
+          {
+            encoding: 'utf8',
+            timeout: 120_000,
+            killSignal: 'SIGKILL',
+          },
+        );
         assert.equal(r.status, 0, `${r.stdout}${r.stderr}`);
       };
       const before = new Set(listDevices().map((d) => d.id));
       once();
-      const id = devices.add(listDevices().find((d) => !before.has(d.id))!.id);
+      const id = suite.devices.add(listDevices().find((d) => !before.has(d.id))!.id);
       assert.equal(listed(id).dataPath, 'zero-copy');
-      const load = startFio(verifiedWrites(id, '40M'));
-      started.push(load);
+      const load = suite.track(startFio(fioVerifiedLoadArgs('zc', `/dev/ublkb${id}`, '40M', '300', '4k-128k')));
       let writes = await waitForWrites(id, ioCounts(id).writes, 100, 'fio writing before the kill');
       // A server that dies right after it went LIVE counts as a crash loop, recovered only after a backoff.
-      const record = path.join(stateDir, 'devices', `ublkb${id}.json`);
-      const liveSince = () => {
-        const r = JSON.parse(fs.readFileSync(record, 'utf8')) as { startedAt?: string; updatedAt: string };
-        return Date.parse(r.startedAt ?? r.updatedAt);
-      };
-      await waitFor(() => Date.now() - liveSince() >= STABLE_AFTER_MS, 60_000, `the server of dev ${id} to be stable`);
-      const oldPid = await killServerMidIo(id);
+      await waitForStableServer(suite.stateDir(), id);
+      const oldPid = await killMidIo(id);
       once();
       await waitFor(
         () => {
@@ -354,7 +278,7 @@ describe('zero copy: UBLK_F_AUTO_BUF_REG (real ublk driver)', function () {
       );
       assert.equal(listed(id).dataPath, 'zero-copy');
       writes = await waitForWrites(id, writes, 100, 'fio writing after the recovery');
-      const restarted = ublkctl(['restart', String(id), '--state-dir', stateDir]);
+      const restarted = ublkctl(['restart', String(id), '--state-dir', suite.stateDir()]);
       assert.equal(restarted.status, 0, restarted.stderr);
       assert.equal(listed(id).dataPath, 'zero-copy', 'the handed-over device keeps its data path');
       await waitForWrites(id, writes, 100, 'fio writing after the handover');
