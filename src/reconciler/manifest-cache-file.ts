@@ -15,7 +15,7 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ManifestCache } from '../manifest';
-import { SCHEMA_PATH } from '../spec/schema-document';
+import { schemaDocument } from '../spec/schema-document';
 import { SERVER_VERSION } from '../server/launcher';
 
 const FORMAT = 1;
@@ -28,25 +28,21 @@ let digest: string | undefined;
 
 /**
  * What a saved check depends on besides the text and the host limit: the
- * ublk-ts version, and the code that checks and hashes a manifest (the
- * loader, the spec's checks and hashes, the schema) byte for byte, so a
- * changed checkout never takes another's results.
+ * ublk-ts version, the schema, and the code that checks and hashes a
+ * manifest (the loader and the spec's checks and hashes: each file's
+ * name, size and modification time, which every build of a change moves),
+ * so a rebuilt checkout never takes another build's results. Statted, not
+ * read: the modules are loaded already, and this is on every pass's path.
  */
 export function checkerDigest(): string {
   if (digest !== undefined) return digest;
-  const hash = crypto.createHash('sha256').update(`${SERVER_VERSION}\0`);
+  const hash = crypto.createHash('sha256').update(`${SERVER_VERSION}\0${JSON.stringify(schemaDocument)}\0`);
   for (const dir of [path.join(__dirname, '..', 'manifest'), path.join(__dirname, '..', 'spec')]) {
-    for (const name of fs
-      .readdirSync(dir)
-      .filter((n) => n.endsWith('.js'))
-      .sort()) {
-      hash
-        .update(`${name}\0`)
-        .update(fs.readFileSync(path.join(dir, name)))
-        .update('\0');
+    for (const name of fs.readdirSync(dir).filter((n) => n.endsWith('.js')).sort()) {
+      const st = fs.statSync(path.join(dir, name));
+      hash.update(`${name}\0${st.size}\0${st.mtimeMs}\0`);
     }
   }
-  hash.update(fs.readFileSync(SCHEMA_PATH));
   digest = hash.digest('hex');
   return digest;
 }
