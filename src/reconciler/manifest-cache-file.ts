@@ -38,7 +38,10 @@ export function checkerDigest(): string {
   if (digest !== undefined) return digest;
   const hash = crypto.createHash('sha256').update(`${SERVER_VERSION}\0${JSON.stringify(schemaDocument)}\0`);
   for (const dir of [path.join(__dirname, '..', 'manifest'), path.join(__dirname, '..', 'spec')]) {
-    for (const name of fs.readdirSync(dir).filter((n) => n.endsWith('.js')).sort()) {
+    for (const name of fs
+      .readdirSync(dir)
+      .filter((n) => n.endsWith('.js'))
+      .sort()) {
       const st = fs.statSync(path.join(dir, name));
       hash.update(`${name}\0${st.size}\0${st.mtimeMs}\0`);
     }
