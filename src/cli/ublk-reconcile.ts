@@ -13,6 +13,7 @@ import { EnvironmentError } from '../errors';
 import { UblkControl } from '../kernel/control';
 import { hostKernel } from '../reconciler/kernel';
 import { defaultConcurrency, MAX_CONCURRENCY } from '../reconciler/concurrency';
+import { manifestCachePath, readManifestCache, saveManifestCache } from '../reconciler/manifest-cache-file';
 import { acquireLock, LockHeldError } from '../reconciler/lock';
 import { PassResult, reconcileOnce } from '../reconciler/reconciler';
 import { validateManifests, ValidateResult } from '../reconciler/validate';
@@ -198,8 +199,16 @@ async function main(argv: string[]): Promise<number> {
 
   if (values.once) {
     try {
-      const result = await reconcileOnce(kernel, { ...opts, log: undefined });
+      // What the last --once checked: unchanged manifest files are not parsed again (manifest-cache-file.ts).
+      const manifestCache = readManifestCache(opts.stateDir);
+      const result = await reconcileOnce(kernel, { ...opts, manifestCache, log: undefined });
       printResult(result);
+      try {
+        saveManifestCache(opts.stateDir, manifestCache);
+      } catch (err) {
+        // Only the next pass's speed depends on it: said, and the pass's own result stands.
+        console.error(`ublk-reconcile: cannot save ${manifestCachePath(opts.stateDir)}: ${(err as Error).message}`);
+      }
       return result.exitCode;
     } finally {
       lock.release();

@@ -87,9 +87,14 @@ export interface LoadOptions {
  * the YAML parse, the schema and the semantic checks, whose result is a
  * function of those alone. Parsing is most of what a pass costs per
  * device, and most passes of a watcher find every file unchanged.
+ * `ublk-reconcile --once` keeps one from process to process (toSaved,
+ * fromSaved; reconciler/manifest-cache-file.ts).
  */
 export class ManifestCache {
   private files = new Map<string, { text: string; maxQueues: number; checked: CheckedDocument[] }>();
+
+  /** Whether set or keepOnly changed the cache since it was made or restored: a saved copy is then out of date. */
+  changed = false;
 
   /** The checked documents of `file` when its text and limits are those checked before. */
   get(file: string, text: string, limits: HostLimits): CheckedDocument[] | undefined {
@@ -100,6 +105,7 @@ export class ManifestCache {
   }
 
   set(file: string, text: string, limits: HostLimits, checked: CheckedDocument[]): void {
+    this.changed = true;
     this.files.set(file, {
       text,
       maxQueues: limits.maxQueues,
@@ -110,8 +116,100 @@ export class ManifestCache {
   /** Forgets the files a load no longer found, so the cache holds at most the directory's files. */
   keepOnly(files: readonly string[]): void {
     const present = new Set(files);
-    for (const file of this.files.keys()) if (!present.has(file)) this.files.delete(file);
+    for (const file of this.files.keys()) {
+      if (present.has(file)) continue;
+      this.files.delete(file);
+      this.changed = true;
+    }
   }
+
+  /**
+   * What a later process may restore (fromSaved): the files whose every
+   * document is valid, with their text and the manifests checking it gave.
+   * A file with an error is left out, so its errors are always found afresh.
+   */
+  toSaved(): SavedManifestCache {
+    const files: SavedManifestCache['files'] = {};
+    for (const [file, entry] of this.files) {
+      if (!entry.checked.every((d) => d.errors.length === 0 && d.manifest !== undefined)) continue;
+      files[file] = {
+        text: entry.text,
+        maxQueues: entry.maxQueues,
+        documents: entry.checked.map((d) => ({ keys: d.keys, manifest: d.manifest! })),
+      };
+    }
+    return { files };
+  }
+
+  /**
+   * A cache restored from toSaved()'s result, as another process wrote it.
+   * Its documents are those checking the same text gave then; one is
+   * parsed again only if an error must point into it (a duplicate name or
+   * id across files). Undefined when `saved` is not what toSaved gives.
+   */
+  static fromSaved(saved: unknown): ManifestCache | undefined {
+    if (!isSavedCache(saved)) return undefined;
+    const cache = new ManifestCache();
+    for (const [file, entry] of Object.entries(saved.files)) {
+      let parsed: CheckedDocument[] | undefined;
+      const reparse = (i: number): DocumentContext => {
+        parsed ??= parseAgain(file, entry.text, { maxQueues: entry.maxQueues });
+        return parsed[i]!.context();
+      };
+      const checked = entry.documents.map((d, i): CheckedDocument => ({
+        file,
+        errors: [],
+        manifest: d.manifest,
+        keys: d.keys,
+        context: () => reparse(i),
+      }));
+      cache.files.set(file, { text: entry.text, maxQueues: entry.maxQueues, checked });
+    }
+    return cache;
+  }
+}
+
+/** A ManifestCache as JSON: per file, its text, the host limit it was checked against, and its valid documents. */
+export interface SavedManifestCache {
+  files: Record<
+    string,
+    { text: string; maxQueues: number; documents: Array<{ keys: DocumentKeys; manifest: LoadedManifest }> }
+  >;
+}
+
+/** The documents of a saved file's text, parsed again; they were valid when saved, from this same text. */
+function parseAgain(file: string, text: string, limits: HostLimits): CheckedDocument[] {
+  const checked = parseAndCheck(file, text, limits);
+  if (!Array.isArray(checked))
+    throw new Error(`${file}: a saved manifest cache entry no longer parses: ${checked.message}`);
+  return checked;
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** Whether `v` has the shape toSaved gives (each manifest naming its own file), so nothing read from it is undefined. */
+function isSavedCache(v: unknown): v is SavedManifestCache {
+  if (!isObject(v) || !isObject(v.files)) return false;
+  return Object.entries(v.files).every(([file, entry]) => {
+    if (!isObject(entry) || typeof entry.text !== 'string' || !Number.isInteger(entry.maxQueues)) return false;
+    if (!Array.isArray(entry.documents)) return false;
+    return entry.documents.every((d: unknown) => {
+      if (!isObject(d) || !isObject(d.keys) || !isObject(d.manifest)) return false;
+      const m = d.manifest;
+      return (
+        m.file === file &&
+        typeof m.name === 'string' &&
+        d.keys.name === m.name &&
+        Number.isInteger(m.line) &&
+        isObject(m.spec) &&
+        d.keys.id === m.spec.id &&
+        isObject(m.document) &&
+        [m.hash, m.legacyHash, m.deviceHash].every((h) => typeof h === 'string' && /^[0-9a-f]{64}$/.test(h))
+      );
+    });
+  });
 }
 
 /**
@@ -170,11 +268,48 @@ function sha256(text: string): string {
   return crypto.createHash('sha256').update(text).digest('hex');
 }
 
-/** One document of a file after both checks: a manifest when it is valid, errors otherwise. */
-export interface CheckedDocument {
+/** What checkDocument found in one document: a manifest when it is valid, errors otherwise. */
+interface DocumentCheck {
   ctx: DocumentContext;
   errors: ManifestError[];
   manifest?: LoadedManifest;
+}
+
+/** The values two documents of a directory must not share (checked across files on every load). */
+export interface DocumentKeys {
+  /** metadata.name as the YAML gives it (not necessarily a string). */
+  name: unknown;
+  /** spec.id as the YAML gives it. */
+  id: unknown;
+}
+
+/** One document of a file after both checks: a manifest when it is valid, errors otherwise. */
+export interface CheckedDocument {
+  file: string;
+  errors: ManifestError[];
+  manifest?: LoadedManifest;
+  keys: DocumentKeys;
+  /**
+   * The document's YAML, to point an error at one of its nodes. A document
+   * from a saved cache (ManifestCache.fromSaved) parses its file's text
+   * again only when asked: only a duplicate name or id across files does.
+   */
+  context(): DocumentContext;
+}
+
+/** The duplicate-checked fields, where markDuplicates points its errors. */
+const NAME_FIELD = ['metadata', 'name'];
+const ID_FIELD = ['spec', 'id'];
+
+function checkedDocument(check: DocumentCheck): CheckedDocument {
+  const { ctx } = check;
+  return {
+    file: ctx.file,
+    errors: check.errors,
+    manifest: check.manifest,
+    keys: { name: ctx.doc.getIn(NAME_FIELD), id: ctx.doc.getIn(ID_FIELD) },
+    context: () => ctx,
+  };
 }
 
 /** The first syntax error of a document; what follows it is usually a consequence. */
@@ -193,7 +328,7 @@ function syntaxErrors(ctx: DocumentContext): ManifestError[] {
 }
 
 /** Checks one document; undefined for an empty one (a trailing `---`, only comments). */
-function checkDocument(ctx: DocumentContext, limits: HostLimits): CheckedDocument | undefined {
+function checkDocument(ctx: DocumentContext, limits: HostLimits): DocumentCheck | undefined {
   const syntax = syntaxErrors(ctx);
   if (syntax.length > 0) return { ctx, errors: syntax };
   const structure = structureError(ctx);
@@ -275,7 +410,7 @@ function parseAndCheck(file: string, text: string, limits: HostLimits): CheckedD
         return { ...ctx.error([], `more than ${MAX_DOCUMENTS} documents in one file`), manifestName: undefined };
       }
       const result = checkDocument(ctx, limits);
-      if (result) checked.push(result);
+      if (result) checked.push(checkedDocument(result));
     }
   } catch (err) {
     return fileError(file, `cannot parse: ${clip((err as Error).message)}`);
@@ -294,19 +429,20 @@ function formatPosition(ctx: DocumentContext, segments: readonly string[]): stri
  */
 function markDuplicates(
   docs: CheckedDocument[],
-  field: string[],
+  field: readonly string[],
+  keyOf: (keys: DocumentKeys) => unknown,
   describe: (key: unknown) => string | undefined,
 ): void {
   const groups = new Map<string, CheckedDocument[]>();
   for (const d of docs) {
-    const key = describe(d.ctx.doc.getIn(field));
+    const key = describe(keyOf(d.keys));
     if (key !== undefined) groups.set(key, [...(groups.get(key) ?? []), d]);
   }
   for (const [key, group] of groups) {
     if (group.length < 2) continue;
     for (const d of group) {
-      const others = group.filter((o) => o !== d).map((o) => formatPosition(o.ctx, field));
-      d.errors.push(d.ctx.error(field, `${key} is also used by ${others.join(', ')}`));
+      const others = group.filter((o) => o !== d).map((o) => formatPosition(o.context(), field));
+      d.errors.push(d.context().error(field, `${key} is also used by ${others.join(', ')}`));
     }
   }
 }
@@ -348,16 +484,16 @@ function* loadSteps(dir: string, opts: LoadOptions): Generator<void, LoadResult>
     yield;
   }
   opts.cache?.keepOnly(files);
-  markDuplicates(docs, ['metadata', 'name'], describeName);
-  markDuplicates(docs, ['spec', 'id'], describeId);
+  markDuplicates(docs, NAME_FIELD, (k) => k.name, describeName);
+  markDuplicates(docs, ID_FIELD, (k) => k.id, describeId);
   const manifests: LoadedManifest[] = [];
   const invalidFiles = new Set(errors.map((e) => e.file));
   for (const d of docs) {
     errors.push(...d.errors);
     if (d.manifest && d.errors.length === 0) manifests.push(d.manifest);
-    else invalidFiles.add(d.ctx.file);
+    else invalidFiles.add(d.file);
   }
-  const withDocuments = new Set(docs.map((d) => d.ctx.file));
+  const withDocuments = new Set(docs.map((d) => d.file));
   const validFiles = files.filter((f) => withDocuments.has(f) && !invalidFiles.has(f));
   return { manifests, errors: inFileOrder(errors, files), files, validFiles };
 }

@@ -27,6 +27,14 @@ function kindOf(st: fs.Stats): string {
 }
 
 /**
+ * What every manifest file is read into (one more byte than a file may
+ * have, to tell one that is too large): allocated once, not per file, as
+ * a pass reads every file; only the bytes read are decoded, and reads are
+ * synchronous, so no two use it at once.
+ */
+let readBuffer: Buffer | undefined;
+
+/**
  * The text of one manifest file, or why it cannot be read. Opened without
  * blocking (a FIFO swapped in must not hang the pass), checked to be a
  * regular file through the descriptor (no race with a rename), and read no
@@ -42,7 +50,7 @@ export function readManifestText(full: string, file: string): string | ManifestE
   try {
     const st = fs.fstatSync(fd);
     if (!st.isFile()) return fileError(file, `cannot read: it is ${kindOf(st)}, not a regular file`);
-    const buf = Buffer.alloc(MAX_FILE_BYTES + 1);
+    const buf = (readBuffer ??= Buffer.allocUnsafe(MAX_FILE_BYTES + 1));
     let got = 0;
     for (let n = 1; n > 0 && got < buf.length; got += n) n = fs.readSync(fd, buf, got, buf.length - got, null);
     if (got > MAX_FILE_BYTES) {
