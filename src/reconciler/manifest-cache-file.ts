@@ -71,7 +71,7 @@ export function saveManifestCache(stateDir: string, cache: ManifestCache): void 
   const temp = `${target}.${process.pid}.${crypto.randomBytes(4).toString('hex')}.tmp`;
   const text = JSON.stringify({ format: FORMAT, checker: checkerDigest(), cache: cache.toSaved() });
   try {
-    fs.writeFileSync(temp, text, { mode: 0o640, flag: 'wx' });
+    fs.writeFileSync(temp, text, { mode: 0o600, flag: 'wx' });
     fs.renameSync(temp, target);
   } catch (err) {
     fs.rmSync(temp, { force: true });
