@@ -107,25 +107,10 @@ describe('zero copy: UBLK_F_AUTO_BUF_REG (real ublk driver)', function () {
     const memory = add(['-t', 'memory', '--size', '16MiB', '--zero-copy']);
     const copied = add(['-t', 'memory', '--size', '16MiB']);
     // The guest's /tmp is tmpfs: there zero copy would go through io-wq.
-    const loopOnTmpfs = add([
-      '-t',
-      'loop',
-      '--file',
-      path.join(suite.scratch(), 'list.img'),
-      '--size',
-      '16MiB',
-      '--create',
-    ]);
-    const loopForced = add([
-      '-t',
-      'loop',
-      '--file',
-      path.join(suite.scratch(), 'list2.img'),
-      '--size',
-      '16MiB',
-      '--create',
-      '--zero-copy',
-    ]);
+    const tmpfsLoop = (name: string, ...flags: string[]): ReturnType<typeof add> =>
+      add(['-t', 'loop', '--file', path.join(suite.scratch(), name), '--size', '16MiB', '--create', ...flags]);
+    const loopOnTmpfs = tmpfsLoop('list.img');
+    const loopForced = tmpfsLoop('list2.img', '--zero-copy');
     run('truncate', ['-s', '16M', path.join(suite.scratch(), 'blk.img')]);
     const kernelLoop = run('losetup', ['--find', '--show', path.join(suite.scratch(), 'blk.img')]).stdout.trim();
     try {
