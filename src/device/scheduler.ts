@@ -72,7 +72,8 @@ export function applyScheduler(devId: number, wanted: IoScheduler, sysBlock = '/
         : code === 'EACCES' || code === 'EPERM' || code === 'EROFS'
           ? `${file} is not writable here (${code}): a server without CAP_SYS_ADMIN, or a read-only /sys`
           : `writing ${file}: ${code ?? (err as Error).message}`;
-    return { wanted, active: activeScheduler(devId, sysBlock) ?? active, error: why };
+    // A refused write changes nothing: the disk still has what was read before it.
+    return { wanted, active, error: why };
   }
   const now = activeScheduler(devId, sysBlock);
   if (now !== wanted) return { wanted, active: now, error: `the disk kept ${now ?? 'an unreadable scheduler'}` };

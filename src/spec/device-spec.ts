@@ -111,9 +111,10 @@ export interface DeviceSpec {
    * false: the device always takes the copy path, even where the kernel
    * could register each request's pages for the server's ring
    * (UBLK_F_AUTO_BUF_REG). true: zero copy for loop and memory where the
-   * kernel has it. Absent: the target's faster path (wantsZeroCopy): zero
-   * copy for loop, the copy path for memory; left out so specs and
-   * records written before the field stay as they were.
+   * kernel has it. Absent: zero copy only where it pays (wantsZeroCopy): a
+   * loop target on a block device or a file outside tmpfs; memory and a
+   * loop file on tmpfs copy. Left out so specs and records written before
+   * the field stay as they were.
    */
   zeroCopy?: boolean;
   /**
